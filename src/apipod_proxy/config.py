@@ -1,0 +1,142 @@
+"""Settings, read once from the environment (or `.env`) and validated up front.
+
+Every problem is reported as a `ConfigError` whose message names the variable, so
+the proxy and the scripts can stop with one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+#: The ADMIN_SECRET value shipped in `.env.example`; it must never be used for real.
+PLACEHOLDER_ADMIN_SECRET = "change-me-to-a-long-random-secret"
+MIN_ADMIN_SECRET_LENGTH = 16
+
+DEFAULTS: dict[str, str] = {
+    "ANTIGRAVITY_URL": "http://127.0.0.1:8080",
+    "PORT": "8081",
+    "DATABASE_PATH": "./data/proxy.db",
+    # LLM upstreams can take minutes before the first byte (long contexts, thinking
+    # models, antigravity-claude-proxy holding headers until the first event).
+    "UPSTREAM_TIMEOUT": "300",
+    "MAX_BODY_SIZE": "32m",
+}
+
+_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class ConfigError(ValueError):
+    """A missing or invalid setting; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    antigravity_url: str
+    antigravity_key: str
+    admin_secret: str | None
+    port: int
+    database_path: Path
+    upstream_timeout: float
+    max_body_size: int
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self.admin_secret is not None
+
+
+def read_environment(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, str]:
+    """The process environment layered over `.env`: the real environment wins."""
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build validated settings from `environ` (default: environment plus `.env`)."""
+    env = read_environment() if environ is None else environ
+
+    def get(name: str) -> str:
+        value = env.get(name, "").strip()
+        return value or DEFAULTS.get(name, "")
+
+    return Settings(
+        antigravity_url=_parse_url("ANTIGRAVITY_URL", get("ANTIGRAVITY_URL")),
+        antigravity_key=_required("ANTIGRAVITY_KEY", get("ANTIGRAVITY_KEY")),
+        admin_secret=_parse_admin_secret(get("ADMIN_SECRET")),
+        port=_parse_port("PORT", get("PORT")),
+        database_path=database_path(env),
+        upstream_timeout=_parse_positive_float("UPSTREAM_TIMEOUT", get("UPSTREAM_TIMEOUT")),
+        max_body_size=_parse_size("MAX_BODY_SIZE", get("MAX_BODY_SIZE")),
+    )
+
+
+def database_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Just DATABASE_PATH, for tools that need the database and nothing else."""
+    env = read_environment() if environ is None else environ
+    return Path(env.get("DATABASE_PATH", "").strip() or DEFAULTS["DATABASE_PATH"])
+
+
+def _required(name: str, value: str) -> str:
+    if not value:
+        raise ConfigError(f"{name} is required but not set (see .env.example)")
+    return value
+
+
+def _parse_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"{name} has an invalid port: {value!r}") from None
+    return value.rstrip("/")
+
+
+def _parse_admin_secret(value: str) -> str | None:
+    if not value:
+        return None
+    if value == PLACEHOLDER_ADMIN_SECRET:
+        raise ConfigError("ADMIN_SECRET is still the .env.example placeholder; set a random value")
+    if len(value) < MIN_ADMIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"ADMIN_SECRET must be at least {MIN_ADMIN_SECRET_LENGTH} characters long"
+        )
+    return value
+
+
+def _parse_port(name: str, value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name} must be between 1 and 65535, got {port}")
+    return port
+
+
+def _parse_positive_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+    return number
+
+
+def _parse_size(name: str, value: str) -> int:
+    text = value.lower().removesuffix("b")
+    multiplier = _SIZE_UNITS.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in _SIZE_UNITS else text
+    if not digits.isdigit() or int(digits) == 0:
+        raise ConfigError(f"{name} must be a size like 1048576, 512k or 32m, got {value!r}")
+    return int(digits) * multiplier

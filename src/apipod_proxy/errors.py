@@ -1,0 +1,134 @@
+"""Every error the proxy itself produces, as OpenAI-style JSON.
+
+`{"error": {"message", "type", "param", "code"}}` is what the OpenAI SDKs parse (they
+surface `error.message`). mitmproxy renders its own failures (upstream down, request
+too large, smuggling attempts) as HTML pages; `install_json_error_pages` replaces that
+renderer so those reach clients in the same JSON shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.net.http import http1
+
+log = logging.getLogger("apipod")
+
+_TYPES: dict[int, str] = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "upstream_error",
+}
+
+
+def error_type(status: int) -> str:
+    if status in _TYPES:
+        return _TYPES[status]
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+def error_payload(status: int, message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type(status), "param": None, "code": code}}
+
+
+def json_bytes(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_response(
+    status: int, payload: Any, headers: dict[str, str] | None = None
+) -> http.Response:
+    return http.Response.make(
+        status, json_bytes(payload), {"content-type": "application/json", **(headers or {})}
+    )
+
+
+def error_response(
+    status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> http.Response:
+    return json_response(status, error_payload(status, message, code), headers)
+
+
+# --- mitmproxy's own failures ------------------------------------------------------
+
+#: (status, substring of mitmproxy's message) -> (client-facing message, code).
+#: mitmproxy's messages can quote upstream bytes, so they are logged, never echoed.
+_PROXY_FAILURES: list[tuple[int, str, str, str]] = [
+    (413, "", "Request body is larger than the proxy accepts (MAX_BODY_SIZE)", "request_too_large"),
+    (
+        400,
+        "refusing to prevent request smuggling",
+        "Invalid or ambiguous request headers",
+        "invalid_request_headers",
+    ),
+    (400, "", "Malformed HTTP request", "malformed_request"),
+    (
+        502,
+        "server closed connection",
+        "The upstream closed the connection without answering",
+        "upstream_closed",
+    ),
+    (
+        502,
+        "protocol error",
+        "The upstream sent an invalid HTTP response",
+        "upstream_invalid_response",
+    ),
+    (
+        502,
+        "unexpected server response",
+        "The upstream sent an invalid HTTP response",
+        "upstream_invalid_response",
+    ),
+    (
+        502,
+        "from server, refusing",
+        "The upstream sent an invalid HTTP response",
+        "upstream_invalid_response",
+    ),
+    (
+        502,
+        "exceeds",
+        "The upstream response is larger than the proxy accepts",
+        "upstream_response_too_large",
+    ),
+    (502, "", "The upstream is unreachable", "upstream_unreachable"),
+]
+
+
+def describe_proxy_failure(status: int, message: str) -> tuple[str, str]:
+    """Client-facing (message, code) for one of mitmproxy's own error responses."""
+    lowered = message.lower()
+    for known_status, needle, text, code in _PROXY_FAILURES:
+        if known_status == status and needle.lower() in lowered:
+            return text, code
+    return HTTPStatus(
+        status
+    ).phrase if status in HTTPStatus._value2member_map_ else "Error", "proxy_error"
+
+
+def render_proxy_failure(status: int, message: str = "") -> bytes:
+    """A complete HTTP/1 response, in place of mitmproxy's HTML error page."""
+    text, code = describe_proxy_failure(status, message)
+    response = error_response(status, text, code, {"connection": "close"})
+    return http1.assemble_response(response)
+
+
+def install_json_error_pages() -> None:
+    """Make mitmproxy answer its own failures in JSON.
+
+    mitmproxy has no hook for these responses (mitmproxy#4854); its HTTP/1 server
+    layer builds them with a module-level function, which is replaced here. Clients
+    reach the proxy over HTTP/1.1 (TLS ends at the front proxy), so this covers them.
+    """
+    from mitmproxy.proxy.layers.http import _http1
+
+    _http1.make_error_response = render_proxy_failure

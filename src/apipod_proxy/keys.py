@@ -1,0 +1,99 @@
+"""Customer API keys: how they look, how they are hashed, how long they live.
+
+A key is `apk_` plus base64url of 32 random bytes. Only its SHA-256 is stored, so a
+leaked database does not leak usable keys; the plaintext is shown once at creation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+
+KEY_PREFIX = "apk_"
+#: `apk_` + 43 base64url characters (32 bytes, unpadded).
+KEY_LENGTH = len(KEY_PREFIX) + 43
+#: How much of a key is kept for display (`apk_AbCd…`), enough to tell keys apart.
+DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Longest lifetime accepted (about 100 years); beyond that datetime arithmetic overflows.
+MAX_LIFETIME_SECONDS = 100 * 365 * 86400
+
+
+def generate_key() -> str:
+    raw = secrets.token_bytes(32)
+    return KEY_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 hex of a key; any string, however odd, hashes cleanly."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def display_prefix(key: str) -> str:
+    return key[:DISPLAY_PREFIX_LENGTH]
+
+
+def looks_like_key(value: str) -> bool:
+    """Cheap shape check that spares the database from obviously foreign values."""
+    return len(value) == KEY_LENGTH and value.startswith(KEY_PREFIX)
+
+
+def parse_duration(value: object) -> int:
+    """Seconds from whole seconds (`3600`) or a string like `90s`, `30m`, `12h`, `30d`.
+
+    Raises ValueError with a message fit for an API client or CLI user.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expires_in must be whole seconds or a string like 90s, 30m, 12h, 30d")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError("expires_in must be whole seconds or a string like 90s, 30m, 12h, 30d")
+    if seconds <= 0:
+        raise ValueError("expires_in must be positive")
+    if seconds > MAX_LIFETIME_SECONDS:
+        raise ValueError("expires_in must be at most 100 years")
+    return seconds
+
+
+MAX_NAME_LENGTH = 200
+MAX_TIER_LENGTH = 64
+DEFAULT_TIER = "elite"
+
+
+def validate_new_key(
+    name: object, tier: object = None, expires_in: object = None
+) -> tuple[str, str, int | None]:
+    """Check what a caller asked for a new key; return (name, tier, lifetime seconds)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("name is required and must be a non-empty string")
+    if len(name.strip()) > MAX_NAME_LENGTH:
+        raise ValueError(f"name must be at most {MAX_NAME_LENGTH} characters")
+    if tier is None:
+        tier = DEFAULT_TIER
+    if not isinstance(tier, str) or not tier.strip() or len(tier.strip()) > MAX_TIER_LENGTH:
+        raise ValueError(f"tier must be a non-empty string of at most {MAX_TIER_LENGTH} characters")
+    seconds = None if expires_in is None else parse_duration(expires_in)
+    return name.strip(), tier.strip(), seconds
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def format_time(moment: datetime) -> str:
+    """ISO 8601 in UTC with a `Z`, the one timestamp format stored and returned."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def expiry_after(seconds: int | None, now: datetime | None = None) -> str | None:
+    if seconds is None:
+        return None
+    return format_time((now or utcnow()) + timedelta(seconds=seconds))

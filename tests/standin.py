@@ -1,0 +1,181 @@
+"""A stand-in Antigravity upstream that the tests own.
+
+It speaks the OpenAI wire format (see shared notes on wire formats): chat
+completions with and without SSE streaming, the `include_usage` chunk, `/v1/models`
+and OpenAI-shaped errors. Every request it receives is recorded, so tests can
+assert what reached the upstream, and what never did.
+
+Behaviour is steered per request with `x-standin-*` headers, which the proxy passes
+through like any other header:
+    x-standin-chunks: N         stream N content chunks (default 3)
+    x-standin-interval: S       seconds between chunks (default 0)
+    x-standin-status: CODE      answer with this error status and an OpenAI error body
+    x-standin-delay: S          wait before sending response headers
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MODELS = ["claude-sonnet-4-5", "gemini-3-flash", "gemini-3-pro-high"]
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class StandIn:
+    """Runs the upstream on a private event loop in a thread; `url` is its base URL."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> StandIn:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def reset(self) -> None:
+        self.received.clear()
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_route("*", "/{tail:.*}", self.echo)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def _record(self, request: web.Request) -> Received:
+        entry = Received(
+            request.method, request.path_qs, dict(request.headers), await request.read()
+        )
+        self.received.append(entry)
+        return entry
+
+    async def models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        data = [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "antigravity"}
+            for m in MODELS
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def echo(self, request: web.Request) -> web.Response:
+        entry = await self._record(request)
+        return web.json_response({"echo": entry.path, "method": entry.method})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        entry = await self._record(request)
+        delay = float(request.headers.get("x-standin-delay", "0"))
+        if delay:
+            await asyncio.sleep(delay)
+        if status := request.headers.get("x-standin-status"):
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"stand-in error {status}",
+                        "type": "upstream_test",
+                        "param": None,
+                        "code": f"standin_{status}",
+                    }
+                },
+                status=int(status),
+                headers={"retry-after": "7"},
+            )
+        body = entry.json()
+        model = body.get("model", "unknown")
+        if body.get("stream"):
+            return await self._stream(request, body, model)
+        return web.json_response(
+            {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": f"hello from {model}"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
+            }
+        )
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], model: str
+    ) -> web.StreamResponse:
+        chunks = int(request.headers.get("x-standin-chunks", "3"))
+        interval = float(request.headers.get("x-standin-interval", "0"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+
+        def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            chunk: dict[str, Any] = {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            if include_usage:
+                chunk["usage"] = None
+            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+        for i in range(chunks):
+            if i and interval:
+                await asyncio.sleep(interval)
+            # The content carries the send time, so tests can measure each chunk's lag.
+            await response.write(event({"content": f"{i}@{time.time():.6f} "}))
+        await response.write(event({}, "stop"))
+        if include_usage:
+            usage = {"prompt_tokens": 11, "completion_tokens": chunks, "total_tokens": 11 + chunks}
+            final = {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+            await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
