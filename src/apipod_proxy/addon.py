@@ -20,10 +20,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from mitmproxy import ctx, http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import events
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.utils import asyncio_utils
 
 from . import errors, keys, logs
@@ -98,6 +100,14 @@ class Apipod:
         ctx.options.update(**GATEWAY_OPTIONS, body_size_limit=str(settings.max_body_size))
         if not settings.admin_enabled:
             log.warning("ADMIN_SECRET is not set: the admin API is disabled")
+        if not runs_in_front_of(ctx.options.mode, settings.antigravity_url):
+            log.warning(
+                "mitmdump --mode %s does not forward to ANTIGRAVITY_URL=%s; "
+                "run it with --mode reverse:%s",
+                ",".join(ctx.options.mode),
+                settings.antigravity_url,
+                settings.antigravity_url,
+            )
         log.info(
             "apipod ready: upstream %s, database %s, upstream timeout %gs",
             settings.antigravity_url,
@@ -248,6 +258,20 @@ class Apipod:
         if state.timer is not None:
             state.timer.cancel()
         logs.access(flow, state, None)
+
+
+def runs_in_front_of(modes: list[str], url: str) -> bool:
+    """True when one of mitmdump's modes is `reverse:` to the configured upstream."""
+    parts = urlsplit(url)
+    expected = (
+        parts.scheme,
+        (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+    )
+    for spec in modes:
+        mode = ProxyMode.parse(spec)
+        if isinstance(mode, ReverseMode) and (mode.scheme, mode.address) == expected:
+            return True
+    return False
 
 
 def bearer_token(headers: http.Headers) -> str | None:

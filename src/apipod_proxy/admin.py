@@ -81,9 +81,15 @@ class AdminApi:
         except sqlite3.Error as exc:
             log.warning("health check: database error: %s", exc)
             database = "unavailable"
-        status = "ok" if database == "ok" else "degraded"
+        healthy = database == "ok"
+        # 503 when keys cannot be checked, so load balancers take this replica out.
         return json_response(
-            200, {"status": status, "database": database, "admin": self.settings.admin_enabled}
+            200 if healthy else 503,
+            {
+                "status": "ok" if healthy else "degraded",
+                "database": database,
+                "admin": self.settings.admin_enabled,
+            },
         )
 
     def create_key(self, request: http.Request) -> http.Response:

@@ -61,7 +61,8 @@ def main(argv: list[str]) -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        sys.exit(f"apipod: configuration error: {exc}")
+        print(f"apipod: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
     if settings.antigravity_key == PLACEHOLDER_UPSTREAM_KEY:
         print(
             "apipod: warning: ANTIGRAVITY_KEY is still the .env.example placeholder; "
