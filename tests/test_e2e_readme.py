@@ -1,0 +1,58 @@
+"""The README's "Try it" examples, run as a newcomer would paste them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ADMIN_SECRET, ROOT, UPSTREAM_KEY
+from standin import StandIn
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, f"README has no section {title!r}"
+    return match.group(1)
+
+
+def bash_blocks(section: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", section, re.S)
+
+
+def test_try_it_examples_work_against_a_real_proxy(
+    make_proxy, standin: StandIn, tmp_path: Path
+) -> None:
+    blocks = bash_blocks(readme_section("Try it"))
+    assert len(blocks) == 3
+    # The proxy takes its secret and database from .env, as after `make run`.
+    dotenv = f"ADMIN_SECRET={ADMIN_SECRET}\nDATABASE_PATH=./data/proxy.db\n"
+    proxy = make_proxy(standin.url, dotenv=dotenv, ADMIN_SECRET=None, DATABASE_PATH=None)
+    (proxy.workdir / ".venv").symlink_to(Path(sys.prefix))
+    (proxy.workdir / "scripts").symlink_to(ROOT / "scripts")
+    script = "set -euo pipefail\n" + "\n".join(blocks)
+    script = script.replace("localhost:8081", f"127.0.0.1:{proxy.port}")
+    standin.reset()
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=proxy.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    out = result.stdout
+    assert result.returncode == 0, result.stderr + out
+    assert re.search(r'"api_key":"apk_[A-Za-z0-9_-]{43}".*"name":"bob"', out)
+    assert '"object": "chat.completion"' in out
+    assert out.count('"object": "chat.completion.chunk"') >= 2
+    assert "data: [DONE]" in out
+    assert "HTTP/1.1 401" in out and "HTTP/1.1 403" in out
+    assert '{"status":"ok","database":"ok","admin":true}' in out
+    # Both completions went upstream, routed and with the upstream's key only.
+    routed = [r.json()["model"] for r in standin.received]
+    assert len(routed) == 2
+    assert set(routed) <= {"claude-sonnet-4-5", "gemini-3-flash"}
+    assert all(r.headers["x-api-key"] == UPSTREAM_KEY for r in standin.received)
