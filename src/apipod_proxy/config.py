@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,6 +26,13 @@ DEFAULTS: dict[str, str] = {
     # models, antigravity-claude-proxy holding headers until the first event).
     "UPSTREAM_TIMEOUT": "300",
     "MAX_BODY_SIZE": "32m",
+    # Requests per minute per key when neither the key nor its tier says otherwise.
+    # 0 turns the limit off. 600 stops a runaway client without troubling an agent.
+    "DEFAULT_RPM": "600",
+    "TIER_RPM": "",
+    # How long SIGTERM waits for in-flight requests and streams before exiting.
+    "DRAIN_TIMEOUT": "30",
+    "LOG_FORMAT": "text",
 }
 
 _SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
@@ -44,10 +51,20 @@ class Settings:
     database_path: Path
     upstream_timeout: float
     max_body_size: int
+    default_rpm: int = 600
+    tier_rpm: dict[str, int] = field(default_factory=dict)
+    drain_timeout: float = 30.0
+    log_format: str = "text"
 
     @property
     def admin_enabled(self) -> bool:
         return self.admin_secret is not None
+
+    def rpm_for(self, tier: str, override: int | None) -> int:
+        """The requests-per-minute limit of a key; 0 means unlimited."""
+        if override is not None:
+            return override
+        return self.tier_rpm.get(tier, self.default_rpm)
 
 
 def read_environment(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, str]:
@@ -75,6 +92,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         database_path=database_path(env),
         upstream_timeout=_parse_positive_float("UPSTREAM_TIMEOUT", get("UPSTREAM_TIMEOUT")),
         max_body_size=_parse_size("MAX_BODY_SIZE", get("MAX_BODY_SIZE")),
+        default_rpm=_parse_rpm("DEFAULT_RPM", get("DEFAULT_RPM")),
+        tier_rpm=_parse_tier_rpm(get("TIER_RPM")),
+        drain_timeout=_parse_positive_float("DRAIN_TIMEOUT", get("DRAIN_TIMEOUT")),
+        log_format=_parse_choice("LOG_FORMAT", get("LOG_FORMAT"), ("text", "json")),
     )
 
 
@@ -131,6 +152,29 @@ def _parse_positive_float(name: str, value: str) -> float:
     if not number > 0 or number == float("inf"):
         raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
     return number
+
+
+def _parse_rpm(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise ConfigError(f"{name} must be a whole number of requests per minute, got {value!r}")
+    return int(value)
+
+
+def _parse_tier_rpm(value: str) -> dict[str, int]:
+    """`elite=1200,basic=60` -> {"elite": 1200, "basic": 60}."""
+    limits: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        tier, sep, rpm = item.partition("=")
+        if not sep or not tier.strip():
+            raise ConfigError(f"TIER_RPM must look like elite=1200,basic=60, got {value!r}")
+        limits[tier.strip()] = _parse_rpm(f"TIER_RPM ({tier.strip()})", rpm.strip())
+    return limits
+
+
+def _parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value.lower() not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value.lower()
 
 
 def _parse_size(name: str, value: str) -> int:

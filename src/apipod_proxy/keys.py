@@ -68,6 +68,17 @@ MAX_TIER_LENGTH = 64
 DEFAULT_TIER = "elite"
 
 
+def validate_rpm(rpm: object) -> int | None:
+    """A per-key requests-per-minute override: None (tier default), or 0 (unlimited) and up."""
+    if rpm is None:
+        return None
+    if isinstance(rpm, str) and rpm.strip().isdigit():
+        rpm = int(rpm)
+    if isinstance(rpm, bool) or not isinstance(rpm, int) or not 0 <= rpm <= 1_000_000:
+        raise ValueError("rpm must be a whole number from 0 (unlimited) to 1000000")
+    return rpm
+
+
 def validate_new_key(
     name: object, tier: object = None, expires_in: object = None
 ) -> tuple[str, str, int | None]:
@@ -91,6 +102,15 @@ def utcnow() -> datetime:
 def format_time(moment: datetime) -> str:
     """ISO 8601 in UTC with a `Z`, the one timestamp format stored and returned."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def hour_of(moment: str) -> str:
+    """The usage bucket (`YYYY-MM-DDTHH`) holding a `format_time` timestamp."""
+    return moment[:13]
+
+
+def ago(seconds: int, now: datetime | None = None) -> str:
+    return format_time((now or utcnow()) - timedelta(seconds=seconds))
 
 
 def expiry_after(seconds: int | None, now: datetime | None = None) -> str | None:

@@ -30,6 +30,7 @@ class KeyRecord:
     created_at: str
     expires_at: str | None
     prefix: str
+    rpm: int | None = None
 
     def created_view(self, api_key: str) -> dict[str, object]:
         """What the admin endpoint and the CLI show once, right after creation."""
@@ -70,7 +71,34 @@ def m001_create_users(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX users_name ON users (name)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_create_users]
+def m002_rate_limits_and_usage(conn: sqlite3.Connection) -> None:
+    # NULL rpm: the tier's default limit applies.
+    conn.execute("ALTER TABLE users ADD COLUMN rpm INTEGER")
+    conn.execute("ALTER TABLE users ADD COLUMN last_used_at TEXT")
+    # One row per key, routed model and hour: bounded growth, and `--since` to the hour.
+    conn.execute(
+        """
+        CREATE TABLE usage (
+            key_id INTEGER NOT NULL REFERENCES users (id),
+            model TEXT NOT NULL,
+            hour TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0,
+            ok INTEGER NOT NULL DEFAULT 0,
+            client_errors INTEGER NOT NULL DEFAULT 0,
+            server_errors INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (key_id, model, hour)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX usage_hour ON usage (hour)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    m001_create_users,
+    m002_rate_limits_and_usage,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -105,30 +133,27 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-_KEY_COLUMNS = "id, name, tier, active, created_at, expires_at, key_prefix"
+_KEY_COLUMNS = "id, name, tier, active, created_at, expires_at, key_prefix, rpm"
 
 
 def _record(row: tuple) -> KeyRecord:
-    return KeyRecord(
-        id=row[0],
-        name=row[1],
-        tier=row[2],
-        active=bool(row[3]),
-        created_at=row[4],
-        expires_at=row[5],
-        prefix=row[6],
-    )
+    id_, name, tier, active, created_at, expires_at, prefix, rpm = row
+    return KeyRecord(id_, name, tier, bool(active), created_at, expires_at, prefix, rpm)
 
 
 def create_key(
-    conn: sqlite3.Connection, name: str, tier: str, expires_in: int | None
+    conn: sqlite3.Connection,
+    name: str,
+    tier: str,
+    expires_in: int | None,
+    rpm: int | None = None,
 ) -> tuple[str, KeyRecord]:
     """Store a new key; return its plaintext (shown once, never stored) and record."""
     plaintext = keys.generate_key()
     now = keys.utcnow()
     cursor = conn.execute(
-        "INSERT INTO users (name, key_hash, key_prefix, tier, created_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) RETURNING " + _KEY_COLUMNS,
+        "INSERT INTO users (name, key_hash, key_prefix, tier, created_at, expires_at, rpm)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING " + _KEY_COLUMNS,
         (
             name,
             keys.hash_key(plaintext),
@@ -136,6 +161,7 @@ def create_key(
             tier,
             keys.format_time(now),
             keys.expiry_after(expires_in, now),
+            rpm,
         ),
     )
     return plaintext, _record(cursor.fetchone())
@@ -146,6 +172,114 @@ def find_key(conn: sqlite3.Connection, key_hash: str) -> KeyRecord | None:
         f"SELECT {_KEY_COLUMNS} FROM users WHERE key_hash = ?", (key_hash,)
     ).fetchone()
     return _record(row) if row else None
+
+
+def set_active(conn: sqlite3.Connection, key_id: int, active: bool) -> bool:
+    """Revoke or re-activate a key; False when no key has that id."""
+    cursor = conn.execute("UPDATE users SET active = ? WHERE id = ?", (int(active), key_id))
+    return cursor.rowcount == 1
+
+
+def list_keys(conn: sqlite3.Connection) -> list[dict[str, object]]:
+    """Every key with its usage totals, oldest first. Never a key or a hash."""
+    rows = conn.execute(
+        """
+        SELECT u.id, u.name, u.tier, u.active, u.created_at, u.expires_at, u.key_prefix, u.rpm,
+               coalesce(sum(g.requests), 0), coalesce(sum(g.prompt_tokens), 0),
+               coalesce(sum(g.completion_tokens), 0), u.last_used_at
+        FROM users u LEFT JOIN usage g ON g.key_id = u.id
+        GROUP BY u.id ORDER BY u.id
+        """
+    ).fetchall()
+    columns = [
+        "id",
+        "name",
+        "tier",
+        "active",
+        "created_at",
+        "expires_at",
+        "prefix",
+        "rpm",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "last_used_at",
+    ]
+    return [{**dict(zip(columns, row, strict=True)), "active": bool(row[3])} for row in rows]
+
+
+def usage_report(conn: sqlite3.Connection, since: str | None = None) -> list[dict[str, object]]:
+    """Requests and tokens per key and routed model, from the hour holding `since` on."""
+    rows = conn.execute(
+        """
+        SELECT g.key_id, u.name, g.model, sum(g.requests), sum(g.prompt_tokens),
+               sum(g.completion_tokens)
+        FROM usage g JOIN users u ON u.id = g.key_id
+        WHERE g.hour >= ?
+        GROUP BY g.key_id, g.model ORDER BY g.key_id, g.model
+        """,
+        (keys.hour_of(since) if since else "",),
+    ).fetchall()
+    columns = ["key_id", "name", "model", "requests", "prompt_tokens", "completion_tokens"]
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+@dataclass(slots=True)
+class UsageCounts:
+    """What one flush adds to one (key, model, hour) row."""
+
+    requests: int = 0
+    ok: int = 0
+    client_errors: int = 0
+    server_errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def record_usage(
+    conn: sqlite3.Connection,
+    counts: dict[tuple[int, str, str], UsageCounts],
+    last_used: dict[int, str],
+) -> None:
+    """Add a batch of counts in one transaction: one commit per flush, not per request."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(
+            """
+            INSERT INTO usage (key_id, model, hour, requests, ok, client_errors, server_errors,
+                               prompt_tokens, completion_tokens)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (key_id, model, hour) DO UPDATE SET
+                requests = requests + excluded.requests,
+                ok = ok + excluded.ok,
+                client_errors = client_errors + excluded.client_errors,
+                server_errors = server_errors + excluded.server_errors,
+                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = completion_tokens + excluded.completion_tokens
+            """,
+            [
+                (
+                    key_id,
+                    model,
+                    hour,
+                    c.requests,
+                    c.ok,
+                    c.client_errors,
+                    c.server_errors,
+                    c.prompt_tokens,
+                    c.completion_tokens,
+                )
+                for (key_id, model, hour), c in counts.items()
+            ],
+        )
+        conn.executemany(
+            "UPDATE users SET last_used_at = max(coalesce(last_used_at, ''), ?) WHERE id = ?",
+            [(moment, key_id) for key_id, moment in last_used.items()],
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def ping(conn: sqlite3.Connection) -> None:
@@ -169,8 +303,24 @@ class KeyStore:
     def find(self, key_hash: str) -> KeyRecord | None:
         return find_key(self.connection(), key_hash)
 
-    def create(self, name: str, tier: str, expires_in: int | None) -> tuple[str, KeyRecord]:
-        return create_key(self.connection(), name, tier, expires_in)
+    def create(
+        self, name: str, tier: str, expires_in: int | None, rpm: int | None = None
+    ) -> tuple[str, KeyRecord]:
+        return create_key(self.connection(), name, tier, expires_in, rpm)
+
+    def set_active(self, key_id: int, active: bool) -> bool:
+        return set_active(self.connection(), key_id, active)
+
+    def list_keys(self) -> list[dict[str, object]]:
+        return list_keys(self.connection())
+
+    def usage(self, since: str | None = None) -> list[dict[str, object]]:
+        return usage_report(self.connection(), since)
+
+    def record_usage(
+        self, counts: dict[tuple[int, str, str], UsageCounts], last_used: dict[int, str]
+    ) -> None:
+        record_usage(self.connection(), counts, last_used)
 
     def ping(self) -> None:
         ping(self.connection())
