@@ -1,19 +1,23 @@
 """The mitmproxy addon: one object whose hooks walk each request through the proxy.
 
-requestheaders  authenticate (before the body is read; a refused request never
-                opens an upstream connection)
-request         answer internal endpoints, route the model, swap credentials,
-                start the upstream timeout
-responseheaders stream Server-Sent Events as they arrive
-response/error  one access-log line per request
+requestheaders  request id; authenticate and rate-limit before the body is read
+                (a refused request never opens an upstream connection)
+request         answer internal endpoints, route the model, ask upstream for usage,
+                swap credentials, start the upstream timeout
+responseheaders stream Server-Sent Events as they arrive, watching them for usage
+response/error  count usage and metrics, write the access line
 
-Blocking SQLite work runs on a small thread pool so no hook stalls the event loop.
+Blocking SQLite work runs on a small thread pool so no hook stalls the event loop,
+and usage is written in batches about once a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
+import signal
 import sqlite3
 import time
 from collections.abc import Callable
@@ -28,18 +32,19 @@ from mitmproxy.proxy import events
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.utils import asyncio_utils
 
-from . import errors, keys, logs
+from . import auth, errors, keys, logs
 from .admin import AdminApi, is_internal
 from .config import ConfigError, Settings, load_settings
+from .metrics import Metrics
+from .ratelimit import RateLimiter
 from .routing import BodyError, Router, parse_json_body
 from .store import KeyRecord, KeyStore
+from .usage import SseWatcher, Usage, UsageRecorder, usage_from_body
 
 log = logging.getLogger("apipod")
 T = TypeVar("T")
 
 STATE = "apipod"
-#: Client credentials that must never reach the upstream.
-CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "x-goog-api-key")
 #: mitmproxy options a gateway needs, whatever the command line says.
 GATEWAY_OPTIONS: dict[str, Any] = {
     # Customers (and Cursor's backend) connect from public addresses.
@@ -48,19 +53,29 @@ GATEWAY_OPTIONS: dict[str, Any] = {
     # upstream connection, and a down upstream yields an answer instead of a dropped client.
     "connection_strategy": "lazy",
 }
+#: How often counted usage is written to SQLite.
+USAGE_FLUSH_SECONDS = 1.0
+#: Larger non-streaming responses are not parsed for usage (they are forwarded all the same).
+MAX_USAGE_BODY = 4 << 20
+_REQUEST_ID = re.compile(r"^[\w.:/+=-]{1,128}$")
 
 
 @dataclass(slots=True)
 class FlowState:
     """What the proxy knows about one request, kept on `flow.metadata`."""
 
+    request_id: str
     started: float = field(default_factory=time.perf_counter)
     internal: bool = False
     user: KeyRecord | None = None
     requested_model: str | None = None
     routed_model: str | None = None
+    forwarded_at: float | None = None
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
+    strip_usage_chunk: bool = False
+    watcher: SseWatcher | None = None
+    finished: bool = False
 
 
 def state_of(flow: http.HTTPFlow) -> FlowState | None:
@@ -76,14 +91,20 @@ class Apipod:
     def __init__(self, settings: Settings | None = None, router: Router | None = None) -> None:
         self._given_settings = settings
         self.router = router or Router()
+        self.metrics = Metrics()
+        self.limiter = RateLimiter()
+        self.usage = UsageRecorder()
+        self.in_flight: set[str] = set()
+        self.draining = False
         self._db_pool: ThreadPoolExecutor | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
-        logs.setup()
         try:
             settings = self._given_settings or load_settings()
+            logs.setup(settings.log_format)
             store = KeyStore(settings.database_path)
             store.ping()  # creates the folder, file and schema now, not on first use
         except ConfigError as exc:
@@ -94,7 +115,7 @@ class Apipod:
             logs.startup_error(f"DATABASE_PATH {settings.database_path}: {exc}")
             return
         self.settings, self.store = settings, store
-        self.admin = AdminApi(settings, store)
+        self.admin = AdminApi(settings, store, self.metrics)
         self._db_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db")
         errors.install_json_error_pages()
         ctx.options.update(**GATEWAY_OPTIONS, body_size_limit=str(settings.max_body_size))
@@ -115,7 +136,19 @@ class Apipod:
             settings.upstream_timeout,
         )
 
+    def running(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Replace mitmdump's handlers, which stop at once and cut streams mid-flight.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal)
+        self._flusher = asyncio_utils.create_task(
+            self._flush_periodically(), name="apipod usage flusher", keep_ref=True
+        )
+
     def done(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self._flush_now()  # whatever the last periodic flush did not see
         if self._db_pool is not None:
             self._db_pool.shutdown(wait=True)
 
@@ -123,10 +156,64 @@ class Apipod:
         assert self._db_pool is not None
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
 
+    # --- graceful shutdown -------------------------------------------------------
+
+    def _on_stop_signal(self) -> None:
+        if self.draining:  # a second signal: stop now
+            log.warning("second stop signal: exiting without waiting")
+            ctx.master.shutdown()
+            return
+        self.draining = True
+        asyncio_utils.create_task(self._drain(), name="apipod drain", keep_ref=True)
+
+    async def _drain(self) -> None:
+        """Stop listening, let in-flight requests finish, flush usage, then exit."""
+        timeout = self.settings.drain_timeout
+        log.info(
+            "stop signal: draining %d in-flight requests (up to %gs)", len(self.in_flight), timeout
+        )
+        ctx.options.update(server=False)  # closes the listening socket only
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.in_flight:
+            log.warning("drain timeout: %d requests still in flight are cut", len(self.in_flight))
+        await self._flush()
+        log.info("drained; exiting")
+        ctx.master.shutdown()
+
+    # --- usage batches -----------------------------------------------------------
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_SECONDS)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self.usage:
+            return
+        batch = self.usage.take()
+        try:
+            await self._db(self.store.record_usage, *batch)
+        except sqlite3.Error as exc:
+            log.error("usage flush failed, will retry: %s", exc)
+            self.usage.give_back(*batch)
+
+    def _flush_now(self) -> None:
+        if self.usage and hasattr(self, "store"):
+            batch = self.usage.take()
+            try:
+                self.store.record_usage(*batch)
+            except sqlite3.Error as exc:
+                log.error("final usage flush failed; %d buckets lost: %s", len(batch[0]), exc)
+
     # --- request path ------------------------------------------------------------
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        state = flow.metadata[STATE] = FlowState()
+        given_id = flow.request.headers.get("x-request-id", "")
+        request_id = given_id if _REQUEST_ID.match(given_id) else "req_" + secrets.token_hex(8)
+        state = flow.metadata[STATE] = FlowState(request_id)
+        self.in_flight.add(flow.id)
         if is_internal(flow.request.path.partition("?")[0]):
             state.internal = True
             return
@@ -134,31 +221,30 @@ class Apipod:
 
     async def _authenticate(self, headers: http.Headers, state: FlowState) -> http.Response | None:
         """Put the caller's key record on `state`, or return the refusal."""
-        key = bearer_token(headers)
-        if key is None:
-            return errors.error_response(
-                401,
-                "Missing API key: send it as 'Authorization: Bearer apk_...'",
-                "missing_api_key",
-            )
-        if not keys.looks_like_key(key):
-            return errors.error_response(403, "Invalid API key", "invalid_api_key")
-        try:
-            record = await self._db(self.store.find, keys.hash_key(key))
-        except sqlite3.Error as exc:
-            log.error("key lookup failed: %s", exc)
-            return errors.error_response(
-                503, "The key database is unavailable, try again shortly", "database_unavailable"
-            )
-        if record is None:
-            return errors.error_response(403, "Invalid API key", "invalid_api_key")
-        if not record.active:
-            return errors.error_response(
-                403, "This API key has been deactivated", "inactive_api_key"
-            )
-        if not record.is_usable(keys.format_time(keys.utcnow())):
-            return errors.error_response(403, "This API key has expired", "expired_api_key")
+        key = auth.bearer_token(headers)
+        record = None
+        if auth.needs_lookup(key):
+            try:
+                record = await self._db(self.store.find, keys.hash_key(key or ""))
+            except sqlite3.Error as exc:
+                log.error("key lookup failed: %s", exc)
+                message = "The key database is unavailable, try again shortly"
+                return errors.error_response(503, message, "database_unavailable")
+        if refused := auth.refusal(key, record, keys.format_time(keys.utcnow())):
+            reason, response = refused
+            self.metrics.auth_failures.labels(reason).inc()
+            return response
+        assert record is not None
         state.user = record
+        wait = self.limiter.acquire(record.id, self.settings.rpm_for(record.tier, record.rpm))
+        if wait:
+            self.metrics.rate_limited.inc()
+            return errors.error_response(
+                429,
+                "Rate limit exceeded for this API key; retry later",
+                "rate_limit_exceeded",
+                {"retry-after": self.limiter.retry_after(wait)},
+            )
         return None
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -169,37 +255,46 @@ class Apipod:
             flow.response = await self._db(self.admin.handle, flow.request)
             return
         is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
-        if is_api_post and (refusal := self._route(flow, state)) is not None:
+        if is_api_post and (refusal := self._rewrite_body(flow, state)) is not None:
             flow.response = refusal
             return
-        swap_credentials(flow.request.headers, self.settings.antigravity_key)
+        auth.swap_credentials(flow.request.headers, self.settings.antigravity_key)
+        flow.request.headers["x-request-id"] = state.request_id
+        state.forwarded_at = time.perf_counter()
         state.timer = asyncio.get_running_loop().call_later(
             self.settings.upstream_timeout, self._upstream_timed_out, flow
         )
 
-    def _route(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
-        """Rewrite the body's `model` per the routing table; refuse malformed JSON."""
+    def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
+        """Route the body's `model` and ask for stream usage; refuse malformed JSON."""
         content_type = flow.request.headers.get("content-type", "").lower()
         if content_type.startswith("multipart/"):
             return None
         try:
             raw = flow.request.get_content(strict=True)
         except ValueError:
-            return errors.error_response(
-                400, "Request body cannot be decoded (bad Content-Encoding)", "invalid_encoding"
-            )
+            message = "Request body cannot be decoded (bad Content-Encoding)"
+            return errors.error_response(400, message, "invalid_encoding")
         if not raw:
             return None
         try:
             body = parse_json_body(raw)
         except BodyError as exc:
             return errors.error_response(400, str(exc), "invalid_json")
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        if not isinstance(body, dict):
             return None
-        state.requested_model = body["model"]
-        state.routed_model = self.router.route(state.requested_model)
-        if state.routed_model != state.requested_model:
-            body["model"] = state.routed_model
+        changed = False
+        if isinstance(model := body.get("model"), str):
+            state.requested_model = model
+            state.routed_model = self.router.route(model)
+            if state.routed_model != model:
+                body["model"] = state.routed_model
+                changed = True
+        if _wants_usage_injected(flow.request.path, body):
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options or {}), "include_usage": True}
+            state.strip_usage_chunk = changed = True
+        if changed:
             flow.request.content = errors.json_bytes(body)
         return None
 
@@ -236,54 +331,88 @@ class Apipod:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        if state is not None and state.timer is not None:
-            state.timer.cancel()
         response = flow.response
-        assert response is not None
-        response.headers.pop("x-api-key", None)
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
-            response.stream = True
-            # Ask front proxies such as nginx not to buffer the stream.
-            response.headers["x-accel-buffering"] = "no"
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
-        if state is not None and flow.response is not None:
-            logs.access(flow, state, flow.response.status_code)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
-        if state is None:
+        if state is None or response is None:
             return
         if state.timer is not None:
             state.timer.cancel()
-        logs.access(flow, state, None)
+        if state.forwarded_at is not None and not state.timed_out:
+            self.metrics.upstream_ttfb.observe(time.perf_counter() - state.forwarded_at)
+        response.headers.pop("x-api-key", None)
+        response.headers["x-request-id"] = state.request_id
+        if self.draining:
+            response.headers["connection"] = "close"
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            state.watcher = SseWatcher(state.strip_usage_chunk)
+            response.stream = state.watcher
+            # Ask front proxies such as nginx not to buffer the stream.
+            response.headers["x-accel-buffering"] = "no"
+            self.metrics.active_streams.inc()
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            self._finish(flow, flow.response.status_code)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow, None)
+
+    def _finish(self, flow: http.HTTPFlow, status: int | None) -> None:
+        """Count and log a request once, whether it ended in a response or an error."""
+        state = state_of(flow)
+        if state is None or state.finished:
+            return
+        state.finished = True
+        self.in_flight.discard(flow.id)
+        if state.timer is not None:
+            state.timer.cancel()
+        if state.watcher is not None:
+            self.metrics.active_streams.dec()
+        if status is None:
+            status = 504 if state.timed_out else logs.failure_status(flow.error)
+        model = state.routed_model or ""
+        self.metrics.requests.labels(model or "-", str(status)).inc()
+        self.metrics.duration.observe(time.perf_counter() - state.started)
+        if state.user is not None and state.forwarded_at is not None:
+            usage = self._usage_of(flow, state)
+            self.usage.add(state.user.id, model, status, usage)
+            if usage.prompt_tokens or usage.completion_tokens:
+                self.metrics.tokens.labels(model or "-", "prompt").inc(usage.prompt_tokens)
+                self.metrics.tokens.labels(model or "-", "completion").inc(usage.completion_tokens)
+        logs.access(flow, state, status)
+
+    @staticmethod
+    def _usage_of(flow: http.HTTPFlow, state: FlowState) -> Usage:
+        if state.watcher is not None:
+            return state.watcher.usage
+        response = flow.response
+        if (
+            response is None
+            or "json" not in response.headers.get("content-type", "")
+            or len(response.raw_content or b"") > MAX_USAGE_BODY
+        ):
+            return Usage()
+        return usage_from_body(response.get_content(strict=False) or b"")
+
+
+def _wants_usage_injected(path: str, body: dict[str, Any]) -> bool:
+    """An OpenAI stream that did not ask for its usage chunk (we ask, then strip it)."""
+    if body.get("stream") is not True or not path.startswith("/v1/chat/completions"):
+        return False
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        return False
+    return not (options or {}).get("include_usage")
 
 
 def runs_in_front_of(modes: list[str], url: str) -> bool:
     """True when one of mitmdump's modes is `reverse:` to the configured upstream."""
     parts = urlsplit(url)
-    expected = (
-        parts.scheme,
-        (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
-    )
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     for spec in modes:
         mode = ProxyMode.parse(spec)
-        if isinstance(mode, ReverseMode) and (mode.scheme, mode.address) == expected:
+        if isinstance(mode, ReverseMode) and (mode.scheme, mode.address) == (
+            parts.scheme,
+            (parts.hostname, port),
+        ):
             return True
     return False
-
-
-def bearer_token(headers: http.Headers) -> str | None:
-    """The key from `Authorization: Bearer <key>`, or None when there is none."""
-    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return token
-
-
-def swap_credentials(headers: http.Headers, upstream_key: str) -> None:
-    for name in CLIENT_CREDENTIAL_HEADERS:
-        headers.pop(name, None)
-    headers["x-api-key"] = upstream_key

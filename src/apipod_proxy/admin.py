@@ -12,12 +12,15 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import http
 
 from . import keys
+from .auth import bearer_token
 from .config import Settings
 from .errors import error_response, json_response
+from .metrics import CONTENT_TYPE, Metrics
 from .routing import BodyError, parse_json_body
 from .store import KeyStore
 
@@ -29,15 +32,32 @@ ADMIN_PREFIX = "/admin/"
 HEALTH_PATH = "/health"
 
 
+METRICS_PATH = "/metrics"
+
+
 def is_internal(path: str) -> bool:
     """True for paths the proxy owns; such a request never goes upstream."""
-    return path == HEALTH_PATH or path.startswith(ADMIN_PREFIX) or path == "/admin"
+    return path in (HEALTH_PATH, METRICS_PATH, "/admin") or path.startswith(ADMIN_PREFIX)
+
+
+def _json_object(request: http.Request, allowed: set[str]) -> dict[str, Any]:
+    """The request's JSON object body, or ValueError with a message for the client."""
+    try:
+        body = parse_json_body(request.get_content(strict=False) or b"")
+    except BodyError:
+        body = None
+    if not isinstance(body, dict):
+        raise ValueError("Body must be a JSON object")
+    if unknown := sorted(set(body) - allowed):
+        raise ValueError(f"Unknown fields: {', '.join(unknown)}")
+    return body
 
 
 @dataclass
 class AdminApi:
     settings: Settings
     store: KeyStore
+    metrics: Metrics | None = None
 
     def handle(self, request: http.Request) -> http.Response:
         path = request.path.partition("?")[0]
@@ -65,7 +85,8 @@ class AdminApi:
                 "The admin API is disabled because ADMIN_SECRET is not set",
                 "admin_disabled",
             )
-        given = request.headers.get("x-admin-secret", "")
+        # x-admin-secret, or Authorization: Bearer (what Prometheus scrape configs send).
+        given = request.headers.get("x-admin-secret") or bearer_token(request.headers) or ""
         if not hmac.compare_digest(
             given.encode("utf-8", "surrogateescape"), secret.encode("utf-8")
         ):
@@ -94,27 +115,61 @@ class AdminApi:
 
     def create_key(self, request: http.Request) -> http.Response:
         try:
-            body = parse_json_body(request.get_content(strict=False) or b"")
-        except BodyError:
-            return error_response(400, "Body must be a JSON object", "invalid_json")
-        if not isinstance(body, dict):
-            return error_response(400, "Body must be a JSON object", "invalid_json")
-        unknown = sorted(set(body) - {"name", "tier", "expires_in"})
-        if unknown:
-            return error_response(400, f"Unknown fields: {', '.join(unknown)}", "invalid_field")
+            body = _json_object(request, {"name", "tier", "expires_in", "rpm"})
+        except ValueError as exc:
+            return error_response(400, str(exc), "invalid_json")
         try:
             name, tier, expires_in = keys.validate_new_key(
                 body.get("name"), body.get("tier"), body.get("expires_in")
             )
+            rpm = keys.validate_rpm(body.get("rpm"))
         except ValueError as exc:
             return error_response(400, str(exc), "invalid_field")
-        api_key, record = self.store.create(name, tier, expires_in)
+        api_key, record = self.store.create(name, tier, expires_in, rpm)
         log.info("admin: created key id=%s name=%s tier=%s", record.id, record.name, record.tier)
         return json_response(201, record.created_view(api_key))
+
+    def list_keys(self, request: http.Request) -> http.Response:
+        return json_response(200, {"data": self.store.list_keys()})
+
+    def revoke_key(self, request: http.Request) -> http.Response:
+        return self._set_active(request, False)
+
+    def activate_key(self, request: http.Request) -> http.Response:
+        return self._set_active(request, True)
+
+    def _set_active(self, request: http.Request, active: bool) -> http.Response:
+        try:
+            key_id = _json_object(request, {"id"}).get("id")
+        except ValueError as exc:
+            return error_response(400, str(exc), "invalid_json")
+        if isinstance(key_id, bool) or not isinstance(key_id, int):
+            return error_response(400, "id must be a key's whole-number id", "invalid_field")
+        if not self.store.set_active(key_id, active):
+            return error_response(404, f"No key has id {key_id}", "key_not_found")
+        log.info("admin: %s key id=%s", "activated" if active else "revoked", key_id)
+        return json_response(200, {"id": key_id, "active": active})
+
+    def usage(self, request: http.Request) -> http.Response:
+        since = request.query.get("since")
+        try:
+            start = keys.ago(keys.parse_duration(since)) if since else None
+        except ValueError:
+            return error_response(400, "since must look like 90m, 24h or 30d", "invalid_field")
+        return json_response(200, {"data": self.store.usage(start)})
+
+    def metrics_page(self, request: http.Request) -> http.Response:
+        body = self.metrics.render() if self.metrics else b""
+        return http.Response.make(200, body, {"content-type": CONTENT_TYPE})
 
 
 #: path -> (method, handler, needs the admin secret)
 ROUTES: dict[str, tuple[str, Handler, bool]] = {
     HEALTH_PATH: ("GET", AdminApi.health, False),
     "/admin/create-key": ("POST", AdminApi.create_key, True),
+    "/admin/keys": ("GET", AdminApi.list_keys, True),
+    "/admin/revoke-key": ("POST", AdminApi.revoke_key, True),
+    "/admin/activate-key": ("POST", AdminApi.activate_key, True),
+    "/admin/usage": ("GET", AdminApi.usage, True),
+    METRICS_PATH: ("GET", AdminApi.metrics_page, True),
 }

@@ -1,19 +1,23 @@
 """Log setup and the one access line per request.
 
 The `apipod` logger writes to stdout on its own handler, so its lines appear even
-under `mitmdump -q` (which silences mitmproxy's own log below ERROR). Keys never
-reach a log line: only key ids and names are written, and anything quoted from
-mitmproxy's error messages is redacted and shortened first.
+under `mitmdump -q` (which silences mitmproxy's own log below ERROR). With
+LOG_FORMAT=json every line is one JSON object, for log shippers.
+
+Keys never reach a log line: only key ids and names are written, and anything quoted
+from mitmproxy's error messages is redacted and shortened first.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from mitmproxy import flow as mflow
 from mitmproxy import http
 
 if TYPE_CHECKING:
@@ -24,19 +28,34 @@ log = logging.getLogger("apipod")
 _KEYISH = re.compile(r"apk_[A-Za-z0-9_\-]*|(?i:(x-api-key|authorization)\S*\s*\S+)")
 
 
-class _UTCFormatter(logging.Formatter):
-    converter = time.gmtime
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
+        f".{int(record.msecs):03d}Z"
+    )
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{_timestamp(record)} {record.levelname} {record.getMessage()}"
 
 
-def setup() -> None:
-    """Attach the stdout handler once (the addon may be reloaded)."""
-    if any(getattr(h, "_apipod", False) for h in log.handlers):
-        return
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "access", {}))
+        return json.dumps(line, ensure_ascii=False)
+
+
+def setup(log_format: str = "text") -> None:
+    """Attach the stdout handler once (the addon may be loaded again)."""
+    for old in [h for h in log.handlers if getattr(h, "_apipod", False)]:
+        log.removeHandler(old)
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_UTCFormatter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler._apipod = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -54,9 +73,9 @@ def redact(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def failure_status(message: str) -> int:
-    """The status mitmproxy answered with when a flow ended in an error."""
-    lowered = message.lower()
+def failure_status(error: mflow.Error | None) -> int:
+    """The status a client saw when its flow ended in an error."""
+    lowered = error.msg.lower() if error else ""
     if "client disconnected" in lowered or "killed" in lowered:
         return 499  # the client went away; nothing was sent (nginx's convention)
     if "body_size_limit" in lowered and "request" in lowered:
@@ -66,20 +85,28 @@ def failure_status(message: str) -> int:
     return 502
 
 
-def access(flow: http.HTTPFlow, state: FlowState, status: int | None) -> None:
-    """Write the request's access line; `status` is None when the flow errored."""
-    duration_ms = (time.perf_counter() - state.started) * 1000
-    request = flow.request
-    user = f"{state.user.id}:{state.user.name}" if state.user else "-"
-    parts = [request.method, request.path.partition("?")[0]]
-    error = None
-    if status is None:
-        message = flow.error.msg if flow.error else "unknown error"
-        status = 504 if state.timed_out else failure_status(message)
-        error = redact(message)
-    parts += [str(status), f"{duration_ms:.1f}ms", f"key={user}"]
+def access(flow: http.HTTPFlow, state: FlowState, status: int) -> None:
+    """Write the request's access line."""
+    user = state.user
+    fields: dict[str, Any] = {
+        "request_id": state.request_id,
+        "method": flow.request.method,
+        "path": flow.request.path.partition("?")[0],
+        "status": status,
+        "duration_ms": round((time.perf_counter() - state.started) * 1000, 1),
+        "key_id": user.id if user else None,
+        "key_name": user.name if user else None,
+        "model": state.requested_model,
+        "routed_model": state.routed_model,
+    }
+    if flow.error and flow.response is None:
+        fields["error"] = redact(flow.error.msg)
+    text = (
+        f"{fields['method']} {fields['path']} {status} {fields['duration_ms']}ms "
+        f"key={f'{user.id}:{user.name}' if user else '-'} id={state.request_id}"
+    )
     if state.requested_model is not None:
-        parts.append(f"model={state.requested_model}->{state.routed_model}")
-    if error:
-        parts.append(f'error="{error}"')
-    log.info(" ".join(parts))
+        text += f" model={state.requested_model}->{state.routed_model}"
+    if "error" in fields:
+        text += f' error="{fields["error"]}"'
+    log.info(text, extra={"access": fields})

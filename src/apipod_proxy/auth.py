@@ -1,0 +1,53 @@
+"""Who is calling: the client's key, the refusal reasons, and the credential swap."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from . import keys
+from .errors import error_response
+from .store import KeyRecord
+
+#: Client credentials that must never reach the upstream.
+CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "x-goog-api-key")
+
+
+def bearer_token(headers: http.Headers) -> str | None:
+    """The token from `Authorization: Bearer <token>`, or None when there is none."""
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def refusal(
+    key: str | None, record: KeyRecord | None, now: str
+) -> tuple[str, http.Response] | None:
+    """None when the key may pass, else (reason, the 401/403 response).
+
+    `record` is what the database holds for the key (None: unknown); `now` is a
+    `keys.format_time` timestamp for the expiry check.
+    """
+    if key is None:
+        message = "Missing API key: send it as 'Authorization: Bearer apk_...'"
+        return "missing", error_response(401, message, "missing_api_key")
+    if record is None:
+        return "unknown", error_response(403, "Invalid API key", "invalid_api_key")
+    if not record.active:
+        message = "This API key has been deactivated"
+        return "inactive", error_response(403, message, "inactive_api_key")
+    if not record.is_usable(now):
+        return "expired", error_response(403, "This API key has expired", "expired_api_key")
+    return None
+
+
+def needs_lookup(key: str | None) -> bool:
+    """Only well-formed keys are worth a database query."""
+    return key is not None and keys.looks_like_key(key)
+
+
+def swap_credentials(headers: http.Headers, upstream_key: str) -> None:
+    for name in CLIENT_CREDENTIAL_HEADERS:
+        headers.pop(name, None)
+    headers["x-api-key"] = upstream_key

@@ -1,0 +1,152 @@
+"""The operator's command line: `python scripts/keys.py {create,list,revoke,activate,usage}`.
+
+It opens the proxy's database (DATABASE_PATH from the environment or `.env`) directly,
+so it works whether or not the proxy runs. Revocation takes effect on the next request
+of every proxy process, since each request looks its key up. Human output is an aligned
+table; `--json` output is stable, for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import keys
+from .config import database_path
+from .store import KeyStore
+
+LIST_COLUMNS = [
+    "id",
+    "name",
+    "tier",
+    "active",
+    "created_at",
+    "expires_at",
+    "prefix",
+    "rpm",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "last_used_at",
+]
+USAGE_COLUMNS = ["key_id", "name", "model", "requests", "prompt_tokens", "completion_tokens"]
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as left-aligned columns under a header; numbers right-aligned."""
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    numeric = [bool(rows) and all(_is_number(r[c]) for r in rows) for c in columns]
+
+    def line(values: Sequence[str]) -> str:
+        parts = (
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        )
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(columns), *(line(r) for r in cells)])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _print(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) -> None:
+    print(json.dumps(rows, indent=2) if as_json else table(rows, columns))
+
+
+def create(store: KeyStore, args: argparse.Namespace) -> int:
+    name, tier, expires_in = keys.validate_new_key(args.name, args.tier, args.expires_in)
+    rpm = keys.validate_rpm(args.rpm)
+    api_key, record = store.create(name, tier, expires_in, rpm)
+    print(json.dumps(record.created_view(api_key)) if args.json else api_key)
+    return 0
+
+
+def list_keys(store: KeyStore, args: argparse.Namespace) -> int:
+    _print(store.list_keys(), LIST_COLUMNS, args.json)
+    return 0
+
+
+def set_active(store: KeyStore, args: argparse.Namespace) -> int:
+    active = args.command == "activate"
+    if not store.set_active(args.id, active):
+        print(f"error: no key has id {args.id}", file=sys.stderr)
+        return 1
+    print(f"key {args.id} {'activated' if active else 'revoked'}")
+    return 0
+
+
+def usage(store: KeyStore, args: argparse.Namespace) -> int:
+    since = keys.ago(keys.parse_duration(args.since)) if args.since else None
+    _print(store.usage(since), USAGE_COLUMNS, args.json)
+    return 0
+
+
+def add_create_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", required=True, help="who the key is for")
+    parser.add_argument("--tier", default=keys.DEFAULT_TIER, help="tier (default: %(default)s)")
+    parser.add_argument(
+        "--expires-in", help="lifetime: whole seconds or 90s, 30m, 12h, 30d (default: never)"
+    )
+    parser.add_argument(
+        "--rpm", type=int, help="requests per minute for this key (default: the tier's; 0: none)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keys.py", description="Manage apipod API keys.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_create_options(commands.add_parser("create", help="create a key (shown once)"))
+    listing = commands.add_parser("list", help="all keys with their usage; never a key")
+    listing.add_argument("--json", action="store_true")
+    for name in ("revoke", "activate"):
+        sub = commands.add_parser(name, help=f"{name} a key by id, effective at once")
+        sub.add_argument("id", type=int)
+    report = commands.add_parser("usage", help="requests and tokens per key and routed model")
+    report.add_argument("--since", help="only the last 90m, 24h, 30d ... (to the hour)")
+    report.add_argument("--json", action="store_true")
+    return parser
+
+
+HANDLERS = {
+    "create": create,
+    "list": list_keys,
+    "revoke": set_active,
+    "activate": set_active,
+    "usage": usage,
+}
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run a parsed command; user errors exit 2 with one line on stderr."""
+    path = database_path()
+    try:
+        return HANDLERS[args.command](KeyStore(path), args)
+    except ValueError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    except BrokenPipeError:  # `keys.py list | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (OSError, sqlite3.Error) as exc:
+        parser.exit(2, f"error: database {path}: {exc}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    return run(parser.parse_args(argv), parser)

@@ -1,0 +1,59 @@
+"""Prometheus metrics, served on `GET /metrics` behind the admin secret.
+
+A private registry (not prometheus-client's global one), so a reloaded addon or a
+test that builds several addons never registers a metric twice.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+#: LLM requests run from milliseconds (errors, cached answers) to minutes (long streams).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter(
+            "apipod_requests",
+            "Requests answered, by routed model and HTTP status.",
+            ["model", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "apipod_request_duration_seconds",
+            "Time from request headers to the last byte of the response.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_ttfb = Histogram(
+            "apipod_upstream_ttfb_seconds",
+            "Time from forwarding a request to the upstream's response headers.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.active_streams = Gauge(
+            "apipod_active_streams", "SSE responses being streamed now.", registry=registry
+        )
+        self.tokens = Counter(
+            "apipod_tokens",
+            "Tokens reported by the upstream, by routed model and kind (prompt, completion).",
+            ["model", "kind"],
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "apipod_auth_failures",
+            "Requests refused by key checks, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "apipod_rate_limited", "Requests refused by the per-key rate limit.", registry=registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,181 @@
+"""Token usage: read from responses and streams, counted per key, written in batches.
+
+Non-streaming answers carry `usage` in their JSON. Streams carry it in events:
+OpenAI's final usage chunk (`choices: []`, only sent when the request asked with
+`stream_options.include_usage`), or Anthropic's `message_start` / `message_delta`.
+When a client did not ask for the usage chunk, the proxy asks upstream anyway and
+`SseWatcher` takes that chunk out of what the client receives.
+
+Counts accumulate in memory and are flushed to SQLite about once a second in one
+transaction: no disk sync per request, and a crash loses at most that second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from . import keys
+from .store import UsageCounts
+
+log = logging.getLogger("apipod")
+
+#: An SSE event ends at a blank line; servers may use CRLF.
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+#: A stream whose events never end is not watched past this many buffered bytes.
+MAX_EVENT_BYTES = 1 << 20
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _read_usage(payload: Any, usage: Usage) -> None:
+    """Update `usage` from one JSON object: a response body or a stream event."""
+    if not isinstance(payload, dict):
+        return
+    if payload.get("type") == "message_start":  # Anthropic stream: input tokens up front
+        payload = payload.get("message")
+        if not isinstance(payload, dict):
+            return
+    found = payload.get("usage")
+    if not isinstance(found, dict):
+        return
+    if "prompt_tokens" in found or "completion_tokens" in found:  # OpenAI
+        usage.prompt_tokens = _int(found.get("prompt_tokens"))
+        usage.completion_tokens = _int(found.get("completion_tokens"))
+        return
+    # Anthropic: cached input is input too; output_tokens is cumulative in message_delta.
+    prompt = sum(
+        _int(found.get(name))
+        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
+    if prompt:
+        usage.prompt_tokens = prompt
+    if "output_tokens" in found:
+        usage.completion_tokens = _int(found.get("output_tokens"))
+
+
+def usage_from_body(body: bytes) -> Usage:
+    usage = Usage()
+    if b'"usage"' in body:
+        with contextlib.suppress(ValueError, RecursionError):
+            _read_usage(json.loads(body), usage)
+    return usage
+
+
+class SseWatcher:
+    """`flow.response.stream` callable: forwards an SSE stream, noting its usage.
+
+    Without stripping, every chunk is forwarded untouched the moment it arrives and
+    is only observed. With `strip_usage_chunk`, whole events are forwarded as soon as
+    they are complete, minus OpenAI's usage-only chunk, which the client did not ask for.
+    """
+
+    def __init__(self, strip_usage_chunk: bool = False) -> None:
+        self.usage = Usage()
+        self.strip = strip_usage_chunk
+        self._buffer = b""
+        self._watching = True
+
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
+        # mitmproxy sends each returned item as one chunk; an empty bytes object would be
+        # an empty HTTP/1 chunk, which ends a chunked body, so "nothing" is an empty list.
+        if not self._watching:
+            return data
+        if not data:  # end of stream: let through whatever is left
+            rest, self._buffer = self._buffer, b""
+            return [rest] if rest and self.strip else []
+        self._buffer += data
+        events: list[bytes] = []
+        start = 0
+        for boundary in _EVENT_END.finditer(self._buffer):
+            event = self._buffer[start : boundary.end()]
+            start = boundary.end()
+            if self._observe(event):
+                events.append(event)
+        self._buffer = self._buffer[start:]
+        if len(self._buffer) > MAX_EVENT_BYTES:
+            log.warning(
+                "SSE event over %d bytes: this stream's usage is not counted", MAX_EVENT_BYTES
+            )
+            self._watching = False
+            events.append(self._buffer)
+            self._buffer = b""
+        return events if self.strip else data
+
+    def _observe(self, event: bytes) -> bool:
+        """Note the event's usage; False when the event must not reach the client."""
+        if b'"usage"' not in event:
+            return True
+        for line in event.splitlines():
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                payload = json.loads(line[5:])
+            except (ValueError, RecursionError):
+                continue
+            _read_usage(payload, self.usage)
+            if (
+                self.strip
+                and isinstance(payload, dict)
+                and payload.get("choices") == []
+                and payload.get("usage")
+            ):
+                return False
+        return True
+
+
+def status_class(status: int) -> str:
+    if status >= 500:
+        return "server_errors"
+    return "client_errors" if status >= 400 else "ok"
+
+
+class UsageRecorder:
+    """Counts per (key, routed model, hour), handed to the database in batches."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[int, str, str], UsageCounts] = {}
+        self._last_used: dict[int, str] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def add(self, key_id: int, model: str, status: int, usage: Usage) -> None:
+        now = keys.format_time(keys.utcnow())
+        counts = self._pending.get((key_id, model, keys.hour_of(now)))
+        if counts is None:
+            counts = self._pending[(key_id, model, keys.hour_of(now))] = UsageCounts()
+        counts.requests += 1
+        setattr(counts, status_class(status), getattr(counts, status_class(status)) + 1)
+        counts.prompt_tokens += usage.prompt_tokens
+        counts.completion_tokens += usage.completion_tokens
+        self._last_used[key_id] = now
+
+    def take(self) -> tuple[dict[tuple[int, str, str], UsageCounts], dict[int, str]]:
+        """Hand over everything counted so far; the recorder starts empty."""
+        batch = self._pending, self._last_used
+        self._pending, self._last_used = {}, {}
+        return batch
+
+    def give_back(
+        self, pending: dict[tuple[int, str, str], UsageCounts], last_used: dict[int, str]
+    ) -> None:
+        """Return a batch that could not be written, so the next flush retries it."""
+        for bucket, counts in pending.items():
+            mine = self._pending.setdefault(bucket, UsageCounts())
+            for name in UsageCounts.__slots__:
+                setattr(mine, name, getattr(mine, name) + getattr(counts, name))
+        for key_id, moment in last_used.items():
+            self._last_used[key_id] = max(moment, self._last_used.get(key_id, ""))
