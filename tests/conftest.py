@@ -96,6 +96,7 @@ def start_proxy(
         "PORT": str(port),
         "DATABASE_PATH": str(workdir / "data" / "proxy.db"),
         "UPSTREAM_TIMEOUT": "30",
+        "DEFAULT_RPM": "0",
         **overrides,
     }
     env = {k: v for k, v in env.items() if v is not None}

@@ -31,7 +31,7 @@ MODELS = ["claude-sonnet-4-5", "gemini-3-flash", "gemini-3-pro-high"]
 class Received:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: bytes
 
     def json(self) -> Any:
@@ -73,6 +73,7 @@ class StandIn:
         app = web.Application()
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/messages", self.messages)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -81,9 +82,8 @@ class StandIn:
         self.port = self._runner.addresses[0][1]
 
     async def _record(self, request: web.Request) -> Received:
-        entry = Received(
-            request.method, request.path_qs, dict(request.headers), await request.read()
-        )
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        entry = Received(request.method, request.path_qs, headers, await request.read())
         self.received.append(entry)
         return entry
 
@@ -137,6 +137,74 @@ class StandIn:
                 "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
             }
         )
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic Messages: usage in the body, or in message_start/message_delta."""
+        entry = await self._record(request)
+        if status := request.headers.get("x-standin-status"):
+            return web.json_response(
+                {"type": "error", "error": {"type": "rate_limit_error", "message": status}},
+                status=int(status),
+            )
+        body = entry.json()
+        model = body.get("model", "unknown")
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "msg_standin",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": f"hello from {model}"}],
+                    "stop_reason": "end_turn",
+                    "usage": {"input_tokens": 21, "output_tokens": 4},
+                }
+            )
+        chunks = int(request.headers.get("x-standin-chunks", "3"))
+        interval = float(request.headers.get("x-standin-interval", "0"))
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def send(name: str, data: dict[str, Any]) -> None:
+            await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+
+        message = {
+            "id": "msg_standin",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "usage": {"input_tokens": 21, "output_tokens": 1},
+        }
+        await send("message_start", {"type": "message_start", "message": message})
+        await send(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+        await send("ping", {"type": "ping"})
+        for i in range(chunks):
+            if i and interval:
+                await asyncio.sleep(interval)
+            delta = {"type": "text_delta", "text": f"{i}@{time.time():.6f} "}
+            await send(
+                "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+            )
+        await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+        await send(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": chunks},
+            },
+        )
+        await send("message_stop", {"type": "message_stop"})
+        await response.write_eof()
+        return response
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], model: str
