@@ -25,8 +25,12 @@ def bash_blocks(section: str) -> list[str]:
 def test_try_it_examples_work_against_a_real_proxy(
     make_proxy, standin: StandIn, tmp_path: Path
 ) -> None:
-    blocks = bash_blocks(readme_section("Try it"))
-    assert len(blocks) == 3
+    try_it, operate = (
+        bash_blocks(readme_section("Try it")),
+        bash_blocks(readme_section("Operate it")),
+    )
+    assert (len(try_it), len(operate)) == (3, 2)
+    blocks = try_it + operate
     # The proxy takes its secret and database from .env, as after `make run`.
     dotenv = f"ADMIN_SECRET={ADMIN_SECRET}\nDATABASE_PATH=./data/proxy.db\n"
     proxy = make_proxy(standin.url, dotenv=dotenv, ADMIN_SECRET=None, DATABASE_PATH=None)
@@ -51,6 +55,13 @@ def test_try_it_examples_work_against_a_real_proxy(
     assert "data: [DONE]" in out
     assert "HTTP/1.1 401" in out and "HTTP/1.1 403" in out
     assert '{"status":"ok","database":"ok","admin":true}' in out
+    # "Operate it": the CLI and the admin API, on the key "Try it" created first.
+    assert "key 1 revoked" in out and "key 1 activated" in out
+    assert re.search(r"^id +name +tier +active", out, re.M)
+    assert re.search(r"^ +1 +alice +elite +yes", out, re.M)
+    assert out.count('{"id":1,"active":') == 2
+    assert '{"data":[{"id":1,"name":"alice"' in out
+    assert 'apipod_requests_total{model="' in out
     # Both completions went upstream, routed and with the upstream's key only.
     routed = [r.json()["model"] for r in standin.received]
     assert len(routed) == 2
