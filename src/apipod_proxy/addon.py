@@ -217,7 +217,11 @@ class Apipod:
         if is_internal(flow.request.path.partition("?")[0]):
             state.internal = True
             return
-        flow.response = await self._authenticate(flow.request.headers, state)
+        try:
+            flow.response = await self._authenticate(flow.request.headers, state)
+        except Exception:  # never let a bug wave an unauthenticated request through
+            log.exception("internal error authenticating %s", flow.request.path)
+            flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
 
     async def _authenticate(self, headers: http.Headers, state: FlowState) -> http.Response | None:
         """Put the caller's key record on `state`, or return the refusal."""
@@ -254,11 +258,17 @@ class Apipod:
         if state.internal:
             flow.response = await self._db(self.admin.handle, flow.request)
             return
-        is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
-        if is_api_post and (refusal := self._rewrite_body(flow, state)) is not None:
-            flow.response = refusal
-            return
+        # Swap first: whatever happens next, the client's key never goes upstream.
         auth.swap_credentials(flow.request.headers, self.settings.antigravity_key)
+        try:
+            is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
+            if is_api_post and (refusal := self._rewrite_body(flow, state)) is not None:
+                flow.response = refusal
+                return
+        except Exception:  # a bug must answer 500, never forward a half-processed request
+            log.exception("internal error handling %s %s", flow.request.method, flow.request.path)
+            flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
+            return
         flow.request.headers["x-request-id"] = state.request_id
         state.forwarded_at = time.perf_counter()
         state.timer = asyncio.get_running_loop().call_later(
@@ -295,7 +305,12 @@ class Apipod:
             body["stream_options"] = {**(options or {}), "include_usage": True}
             state.strip_usage_chunk = changed = True
         if changed:
-            flow.request.content = errors.json_bytes(body)
+            try:
+                flow.request.content = errors.json_bytes(body, strict=True)
+            except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
+                return errors.error_response(
+                    400, "A number in the body is out of range", "invalid_json"
+                )
         return None
 
     def _upstream_timed_out(self, flow: http.HTTPFlow) -> None:
@@ -342,7 +357,7 @@ class Apipod:
         response.headers["x-request-id"] = state.request_id
         if self.draining:
             response.headers["connection"] = "close"
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
+        if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
             state.watcher = SseWatcher(state.strip_usage_chunk)
             response.stream = state.watcher
             # Ask front proxies such as nginx not to buffer the stream.
@@ -368,7 +383,8 @@ class Apipod:
         if state.watcher is not None:
             self.metrics.active_streams.dec()
         if status is None:
-            status = 504 if state.timed_out else logs.failure_status(flow.error)
+            forwarded = state.forwarded_at is not None
+            status = 504 if state.timed_out else logs.failure_status(flow.error, forwarded)
         model = state.routed_model or ""
         self.metrics.requests.labels(model or "-", str(status)).inc()
         self.metrics.duration.observe(time.perf_counter() - state.started)

@@ -76,6 +76,9 @@ class AdminApi:
         except sqlite3.Error as exc:
             log.error("database error on %s: %s", path, exc)
             return error_response(503, "The key database is unavailable", "database_unavailable")
+        except Exception:  # a bug answers 500; an internal path is never forwarded
+            log.exception("internal error on %s", path)
+            return error_response(500, "Internal proxy error", "internal_error")
 
     def _check_secret(self, request: http.Request) -> http.Response | None:
         secret = self.settings.admin_secret

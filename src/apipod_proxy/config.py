@@ -112,13 +112,13 @@ def _required(name: str, value: str) -> str:
 
 
 def _parse_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name} must be an http:// or https:// URL, got {value!r}")
     try:
-        parts.port  # noqa: B018 - raises on a bad port
+        parts = urlsplit(value)
+        port = parts.port  # raises on a bad port
     except ValueError:
-        raise ConfigError(f"{name} has an invalid port: {value!r}") from None
+        raise ConfigError(f"{name} is not a valid URL: {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {value!r}")
     return value.rstrip("/")
 
 
@@ -154,8 +154,12 @@ def _parse_positive_float(name: str, value: str) -> float:
     return number
 
 
+def _is_whole_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _parse_rpm(name: str, value: str) -> int:
-    if not value.isdigit():
+    if not _is_whole_number(value):
         raise ConfigError(f"{name} must be a whole number of requests per minute, got {value!r}")
     return int(value)
 
@@ -181,6 +185,6 @@ def _parse_size(name: str, value: str) -> int:
     text = value.lower().removesuffix("b")
     multiplier = _SIZE_UNITS.get(text[-1:], 1)
     digits = text[:-1] if text[-1:] in _SIZE_UNITS else text
-    if not digits.isdigit() or int(digits) == 0:
+    if not _is_whole_number(digits) or int(digits) == 0:
         raise ConfigError(f"{name} must be a size like 1048576, 512k or 32m, got {value!r}")
     return int(digits) * multiplier

@@ -85,12 +85,20 @@ def validate_new_key(
     """Check what a caller asked for a new key; return (name, tier, lifetime seconds)."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError("name is required and must be a non-empty string")
-    if len(name.strip()) > MAX_NAME_LENGTH:
-        raise ValueError(f"name must be at most {MAX_NAME_LENGTH} characters")
+    if len(name.strip()) > MAX_NAME_LENGTH or not name.isprintable():
+        # Printable only: names go into log lines, which a newline could forge.
+        raise ValueError(f"name must be at most {MAX_NAME_LENGTH} printable characters")
     if tier is None:
         tier = DEFAULT_TIER
-    if not isinstance(tier, str) or not tier.strip() or len(tier.strip()) > MAX_TIER_LENGTH:
-        raise ValueError(f"tier must be a non-empty string of at most {MAX_TIER_LENGTH} characters")
+    if (
+        not isinstance(tier, str)
+        or not tier.strip()
+        or len(tier.strip()) > MAX_TIER_LENGTH
+        or not tier.isprintable()
+    ):
+        raise ValueError(
+            f"tier must be a non-empty string of at most {MAX_TIER_LENGTH} printable characters"
+        )
     seconds = None if expires_in is None else parse_duration(expires_in)
     return name.strip(), tier.strip(), seconds
 

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("apipod")
 
-_KEYISH = re.compile(r"apk_[A-Za-z0-9_\-]*|(?i:(x-api-key|authorization)\S*\s*\S+)")
+_KEYISH = re.compile(
+    r"apk_[A-Za-z0-9_\-]*|(?i:(x-api-key|authorization)\S*\s*(bearer\s+|basic\s+)?\S+)"
+)
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -73,16 +75,18 @@ def redact(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def failure_status(error: mflow.Error | None) -> int:
-    """The status a client saw when its flow ended in an error."""
+def failure_status(error: mflow.Error | None, forwarded: bool) -> int:
+    """The status a client saw when its flow ended in an error.
+
+    Before the request was forwarded an error is the client's (bad HTTP, too large);
+    after, the upstream's.
+    """
     lowered = error.msg.lower() if error else ""
     if "client disconnected" in lowered or "killed" in lowered:
         return 499  # the client went away; nothing was sent (nginx's convention)
     if "body_size_limit" in lowered and "request" in lowered:
         return 413
-    if "from client" in lowered:
-        return 400
-    return 502
+    return 502 if forwarded else 400
 
 
 def access(flow: http.HTTPFlow, state: FlowState, status: int) -> None:
