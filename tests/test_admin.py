@@ -1,0 +1,367 @@
+"""Unit tests for apipod_proxy.admin: /health and /admin/create-key, called directly."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import tutils
+
+from apipod_proxy import keys
+from apipod_proxy.admin import AdminApi, is_internal
+from apipod_proxy.config import Settings
+from apipod_proxy.store import KeyStore
+
+SECRET = "admin-secret-for-tests-0123456789"
+
+
+def make_settings(tmp_path: Path, admin_secret: str | None = SECRET) -> Settings:
+    return Settings(
+        antigravity_url="http://127.0.0.1:9",
+        antigravity_key="upstream-key",
+        admin_secret=admin_secret,
+        port=8081,
+        database_path=tmp_path / "data" / "proxy.db",
+        upstream_timeout=30.0,
+        max_body_size=1024 * 1024,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> KeyStore:
+    return KeyStore(tmp_path / "data" / "proxy.db")
+
+
+@pytest.fixture
+def api(tmp_path: Path, store: KeyStore) -> AdminApi:
+    return AdminApi(make_settings(tmp_path), store)
+
+
+def request(
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> http.Request:
+    return tutils.treq(
+        method=method.encode(),
+        path=path.encode(),
+        headers=http.Headers(headers or []),
+        content=body if body is not None else b"",
+    )
+
+
+def create(
+    api: AdminApi, body: Any, secret: str | None = SECRET, raw: bytes | None = None
+) -> http.Response:
+    headers = [] if secret is None else [(b"x-admin-secret", secret.encode())]
+    headers.append((b"content-type", b"application/json"))
+    content = raw if raw is not None else json.dumps(body).encode()
+    return api.handle(request("POST", "/admin/create-key", content, headers))
+
+
+def error_of(response: http.Response) -> dict[str, Any]:
+    assert response.headers["content-type"] == "application/json"
+    payload = json.loads(response.content)
+    assert set(payload) == {"error"}
+    return payload["error"]
+
+
+def count_keys(store: KeyStore) -> int:
+    return store.connection().execute("SELECT count(*) FROM users").fetchone()[0]
+
+
+# --- is_internal -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/health", "/admin", "/admin/", "/admin/create-key", "/admin/x"])
+def test_internal_paths(path: str) -> None:
+    assert is_internal(path)
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/models", "/healthz", "/administrator", "/", "/v1/admin/"]
+)
+def test_other_paths_are_not_internal(path: str) -> None:
+    assert not is_internal(path)
+
+
+# --- /health -------------------------------------------------------------------------
+
+
+def test_health_is_ok_with_a_working_database(api: AdminApi) -> None:
+    response = api.handle(request("GET", "/health"))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert json.loads(response.content) == {"status": "ok", "database": "ok", "admin": True}
+
+
+def test_health_reports_admin_disabled(tmp_path: Path, store: KeyStore) -> None:
+    api = AdminApi(make_settings(tmp_path, admin_secret=None), store)
+    assert json.loads(api.handle(request("GET", "/health")).content)["admin"] is False
+
+
+def test_health_ignores_the_query_string(api: AdminApi) -> None:
+    assert api.handle(request("GET", "/health?verbose=1")).status_code == 200
+
+
+def test_health_needs_no_secret(api: AdminApi) -> None:
+    response = api.handle(request("GET", "/health", headers=[(b"x-admin-secret", b"wrong")]))
+    assert response.status_code == 200
+
+
+def test_health_is_503_degraded_when_the_database_cannot_open(tmp_path: Path) -> None:
+    unopenable = tmp_path / "is-a-directory"
+    unopenable.mkdir()
+    api = AdminApi(make_settings(tmp_path), KeyStore(unopenable))
+    response = api.handle(request("GET", "/health"))
+    # 503 so that a load balancer takes the replica out of rotation.
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/json"
+    assert json.loads(response.content) == {
+        "status": "degraded",
+        "database": "unavailable",
+        "admin": True,
+    }
+
+
+# --- routing and methods ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/admin", "/admin/", "/admin/list-keys", "/admin/create-key/"])
+def test_unknown_admin_path_is_404_json(api: AdminApi, path: str) -> None:
+    response = api.handle(request("POST", path, b"{}", [(b"x-admin-secret", SECRET.encode())]))
+    assert response.status_code == 404
+    error = error_of(response)
+    assert error["code"] == "not_found"
+    assert error["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_create_key_with_wrong_method_is_405(api: AdminApi, store: KeyStore, method: str) -> None:
+    response = api.handle(
+        request(
+            method, "/admin/create-key", b'{"name":"a"}', [(b"x-admin-secret", SECRET.encode())]
+        )
+    )
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert error_of(response)["code"] == "method_not_allowed"
+    assert count_keys(store) == 0
+
+
+def test_health_with_wrong_method_is_405(api: AdminApi) -> None:
+    response = api.handle(request("POST", "/health"))
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+
+
+# --- the admin secret -------------------------------------------------------------------
+
+
+def test_create_key_without_secret_is_401(api: AdminApi, store: KeyStore) -> None:
+    response = create(api, {"name": "alice"}, secret=None)
+    assert response.status_code == 401
+    error = error_of(response)
+    assert error["code"] == "invalid_admin_secret"
+    assert error["type"] == "authentication_error"
+    assert count_keys(store) == 0
+
+
+@pytest.mark.parametrize(
+    "secret", ["", "wrong", SECRET[:-1], SECRET + "x", SECRET.upper(), " " + SECRET]
+)
+def test_create_key_with_wrong_secret_is_401(api: AdminApi, store: KeyStore, secret: str) -> None:
+    response = create(api, {"name": "alice"}, secret=secret)
+    assert response.status_code == 401
+    assert count_keys(store) == 0
+
+
+def test_wrong_secret_is_not_echoed(api: AdminApi) -> None:
+    response = create(api, {"name": "alice"}, secret="guess-123456789")
+    assert b"guess-123456789" not in response.content
+
+
+def test_secret_with_undecodable_bytes_is_401_not_a_crash(api: AdminApi) -> None:
+    headers = [(b"x-admin-secret", b"\xff\xfe" * 10)]
+    response = api.handle(request("POST", "/admin/create-key", b'{"name":"a"}', headers))
+    assert response.status_code == 401
+
+
+def test_secret_is_checked_before_the_body(api: AdminApi) -> None:
+    response = create(api, None, secret="wrong", raw=b"not json")
+    assert response.status_code == 401
+
+
+def test_admin_disabled_is_503(tmp_path: Path, store: KeyStore) -> None:
+    api = AdminApi(make_settings(tmp_path, admin_secret=None), store)
+    for secret in (None, "", "anything-at-all-long"):
+        response = create(api, {"name": "alice"}, secret=secret)
+        assert response.status_code == 503
+        error = error_of(response)
+        assert error["code"] == "admin_disabled"
+        assert error["type"] == "service_unavailable"
+    assert count_keys(store) == 0
+
+
+# --- bad bodies ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"not json", b"{", b'{"name": NaN}', b'{"name": "\xff"}', b"[" * 100_000],
+)
+def test_create_key_rejects_non_json(api: AdminApi, store: KeyStore, raw: bytes) -> None:
+    response = create(api, None, raw=raw)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_json"
+    assert count_keys(store) == 0
+
+
+@pytest.mark.parametrize("body", [[], ["alice"], "alice", 42, None, True])
+def test_create_key_rejects_non_objects(api: AdminApi, store: KeyStore, body: Any) -> None:
+    response = create(api, body)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_json"
+    assert count_keys(store) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"name": ""},
+        {"name": "   "},
+        {"name": None},
+        {"name": 5},
+        {"tier": "pro"},
+        {"name": "n" * 201},
+        {"name": "alice", "tier": ""},
+        {"name": "alice", "tier": 3},
+        {"name": "alice", "tier": "t" * 65},
+    ],
+)
+def test_create_key_rejects_bad_name_or_tier(
+    api: AdminApi, store: KeyStore, body: dict[str, Any]
+) -> None:
+    response = create(api, body)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_field"
+    assert count_keys(store) == 0
+
+
+def test_create_key_rejects_unknown_fields_and_names_them(api: AdminApi, store: KeyStore) -> None:
+    response = create(api, {"name": "alice", "zeta": 1, "active": False})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["type"] == "invalid_request_error"
+    assert "active, zeta" in error["message"]
+    assert count_keys(store) == 0
+
+
+@pytest.mark.parametrize(
+    "expires_in", [0, -5, "0s", "soon", "1.5h", 1.5, True, "36501d", [60], {"s": 1}]
+)
+def test_create_key_rejects_bad_expires_in(api: AdminApi, store: KeyStore, expires_in: Any) -> None:
+    response = create(api, {"name": "alice", "expires_in": expires_in})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "invalid_field"
+    assert "expires_in" in error["message"]
+    assert count_keys(store) == 0
+
+
+# --- a good body ---------------------------------------------------------------------------
+
+
+def test_create_key_returns_201_with_the_new_key(api: AdminApi) -> None:
+    response = create(api, {"name": "alice"})
+    assert response.status_code == 201
+    assert response.headers["content-type"] == "application/json"
+    body = json.loads(response.content)
+    assert set(body) == {"api_key", "id", "name", "tier", "created_at", "expires_at"}
+    assert keys.looks_like_key(body["api_key"])
+    assert body["name"] == "alice"
+    assert body["tier"] == "elite"
+    assert body["expires_at"] is None
+    assert isinstance(body["id"], int)
+
+
+def test_created_key_authenticates(api: AdminApi, store: KeyStore) -> None:
+    body = json.loads(create(api, {"name": "alice", "tier": "pro"}).content)
+    found = store.find(keys.hash_key(body["api_key"]))
+    assert found is not None
+    assert found.id == body["id"]
+    assert found.name == "alice"
+    assert found.tier == "pro"
+    assert found.is_usable(keys.format_time(keys.utcnow()))
+
+
+def test_created_key_with_expires_in(api: AdminApi) -> None:
+    body = json.loads(create(api, {"name": "alice", "expires_in": "1h"}).content)
+    created = datetime.strptime(body["created_at"], "%Y-%m-%dT%H:%M:%SZ")
+    expires = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ")
+    assert expires - created == timedelta(hours=1)
+
+
+def test_created_key_with_integer_expires_in(api: AdminApi) -> None:
+    body = json.loads(create(api, {"name": "alice", "expires_in": 90}).content)
+    created = datetime.strptime(body["created_at"], "%Y-%m-%dT%H:%M:%SZ")
+    expires = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ")
+    assert expires - created == timedelta(seconds=90)
+
+
+def test_create_key_strips_the_name(api: AdminApi) -> None:
+    assert json.loads(create(api, {"name": "  alice  "}).content)["name"] == "alice"
+
+
+def test_create_key_accepts_non_ascii_names(api: AdminApi, store: KeyStore) -> None:
+    body = json.loads(create(api, {"name": "Алиса 🌸"}).content)
+    assert body["name"] == "Алиса 🌸"
+    found = store.find(keys.hash_key(body["api_key"]))
+    assert found is not None
+    assert found.name == "Алиса 🌸"
+
+
+def test_create_key_accepts_a_bom(api: AdminApi) -> None:
+    response = create(api, None, raw=b'\xef\xbb\xbf{"name": "alice"}')
+    assert response.status_code == 201
+
+
+def test_create_key_ignores_the_query_string(api: AdminApi) -> None:
+    response = api.handle(
+        request(
+            "POST",
+            "/admin/create-key?x=1",
+            b'{"name": "alice"}',
+            [(b"x-admin-secret", SECRET.encode())],
+        )
+    )
+    assert response.status_code == 201
+
+
+def test_each_created_key_is_different(api: AdminApi) -> None:
+    first = json.loads(create(api, {"name": "alice"}).content)
+    second = json.loads(create(api, {"name": "alice"}).content)
+    assert first["api_key"] != second["api_key"]
+    assert first["id"] != second["id"]
+
+
+def test_create_key_on_a_broken_database_is_503(tmp_path: Path) -> None:
+    unopenable = tmp_path / "is-a-directory"
+    unopenable.mkdir()
+    api = AdminApi(make_settings(tmp_path), KeyStore(unopenable))
+    response = create(api, {"name": "alice"})
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "database_unavailable"
+
+
+@pytest.mark.parametrize("body", [b'{"name": "\\ud800"}', b'{"name": "a", "tier": "\\udfff"}'])
+def test_create_key_rejects_lone_surrogates(api: AdminApi, store: KeyStore, body: bytes) -> None:
+    response = create(api, None, raw=body)
+    assert response.status_code == 400
+    assert count_keys(store) == 0

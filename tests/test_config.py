@@ -1,0 +1,347 @@
+"""Unit tests for apipod_proxy.config: defaults, validation and where values come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apipod_proxy.config import (
+    DEFAULTS,
+    MIN_ADMIN_SECRET_LENGTH,
+    PLACEHOLDER_ADMIN_SECRET,
+    ConfigError,
+    Settings,
+    database_path,
+    load_settings,
+    read_environment,
+)
+
+ALL_VARIABLES = (
+    "ANTIGRAVITY_URL",
+    "ANTIGRAVITY_KEY",
+    "ADMIN_SECRET",
+    "PORT",
+    "DATABASE_PATH",
+    "UPSTREAM_TIMEOUT",
+    "MAX_BODY_SIZE",
+)
+GOOD_SECRET = "s3cr3t-" + "x" * 20
+
+
+def settings_from(**overrides: str) -> Settings:
+    """load_settings over an explicit mapping: the real environment plays no part."""
+    env = {"ANTIGRAVITY_KEY": "upstream-key", **overrides}
+    return load_settings(env)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No apipod variable in the process environment, and a cwd without `.env`."""
+    for name in ALL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# --- defaults ----------------------------------------------------------------------
+
+
+def test_defaults_apply_when_only_the_upstream_key_is_set() -> None:
+    settings = settings_from()
+    assert settings.antigravity_url == "http://127.0.0.1:8080"
+    assert settings.antigravity_key == "upstream-key"
+    assert settings.admin_secret is None
+    assert settings.port == 8081
+    assert settings.database_path == Path("data/proxy.db")
+    assert settings.upstream_timeout == 300.0
+    assert settings.max_body_size == 32 * 1024 * 1024
+
+
+def test_blank_values_fall_back_to_defaults() -> None:
+    settings = settings_from(PORT="  ", UPSTREAM_TIMEOUT="", ANTIGRAVITY_URL=" ")
+    assert settings.port == int(DEFAULTS["PORT"])
+    assert settings.upstream_timeout == float(DEFAULTS["UPSTREAM_TIMEOUT"])
+    assert settings.antigravity_url == DEFAULTS["ANTIGRAVITY_URL"]
+
+
+def test_values_are_stripped_of_surrounding_whitespace() -> None:
+    settings = settings_from(ANTIGRAVITY_KEY="  k  ", PORT=" 9000 ")
+    assert settings.antigravity_key == "k"
+    assert settings.port == 9000
+
+
+def test_settings_are_frozen() -> None:
+    settings = settings_from()
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]
+
+
+# --- ANTIGRAVITY_KEY -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_antigravity_key_is_required(value: str | None) -> None:
+    env = {} if value is None else {"ANTIGRAVITY_KEY": value}
+    with pytest.raises(ConfigError, match="ANTIGRAVITY_KEY"):
+        load_settings(env)
+
+
+# --- ANTIGRAVITY_URL -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://upstream:8080", "http://upstream:8080"),
+        ("https://upstream.example", "https://upstream.example"),
+        ("http://upstream:8080/", "http://upstream:8080"),
+        ("http://upstream:8080/base//", "http://upstream:8080/base"),
+        ("http://[::1]:8080", "http://[::1]:8080"),
+    ],
+)
+def test_valid_urls_are_accepted_without_trailing_slash(value: str, expected: str) -> None:
+    assert settings_from(ANTIGRAVITY_URL=value).antigravity_url == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ftp://upstream",
+        "upstream:8080",
+        "127.0.0.1:8080",
+        "http://",
+        "http:///path",
+        "//upstream:8080",
+        "http://upstream:99999",
+        "http://upstream:abc",
+        "http://upstream:-1",
+    ],
+)
+def test_invalid_urls_are_rejected_naming_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="ANTIGRAVITY_URL"):
+        settings_from(ANTIGRAVITY_URL=value)
+
+
+def test_unbalanced_ipv6_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="ANTIGRAVITY_URL"):
+        settings_from(ANTIGRAVITY_URL="http://[::1:8080")
+
+
+# --- PORT ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", 1), ("65535", 65535), ("8081", 8081)])
+def test_port_accepts_the_valid_range(value: str, expected: int) -> None:
+    assert settings_from(PORT=value).port == expected
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "-1", "abc", "80.5", "1e3", "0x50"])
+def test_invalid_port_is_rejected_naming_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="PORT"):
+        settings_from(PORT=value)
+
+
+# --- UPSTREAM_TIMEOUT ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [("2.5", 2.5), ("600", 600.0), ("0.001", 0.001)])
+def test_upstream_timeout_accepts_positive_numbers(value: str, expected: float) -> None:
+    assert settings_from(UPSTREAM_TIMEOUT=value).upstream_timeout == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "-inf", "abc", "5s"])
+def test_invalid_upstream_timeout_is_rejected_naming_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="UPSTREAM_TIMEOUT"):
+        settings_from(UPSTREAM_TIMEOUT=value)
+
+
+# --- MAX_BODY_SIZE -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1048576", 1048576),
+        ("512k", 512 * 1024),
+        ("32m", 32 * 1024**2),
+        ("1g", 1024**3),
+        ("10K", 10 * 1024),
+        ("10MB", 10 * 1024**2),
+        ("7b", 7),
+    ],
+)
+def test_max_body_size_parses_units(value: str, expected: int) -> None:
+    assert settings_from(MAX_BODY_SIZE=value).max_body_size == expected
+
+
+@pytest.mark.parametrize("value", ["0", "0k", "-1", "1.5m", "k", "b", "abc", "12x", "1 m"])
+def test_invalid_max_body_size_is_rejected_naming_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="MAX_BODY_SIZE"):
+        settings_from(MAX_BODY_SIZE=value)
+
+
+def test_superscript_digit_size_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="MAX_BODY_SIZE"):
+        settings_from(MAX_BODY_SIZE="²m")
+
+
+# --- ADMIN_SECRET --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, "", "    "])
+def test_missing_admin_secret_disables_the_admin_api(value: str | None) -> None:
+    overrides = {} if value is None else {"ADMIN_SECRET": value}
+    settings = settings_from(**overrides)
+    assert settings.admin_secret is None
+    assert settings.admin_enabled is False
+
+
+def test_admin_secret_of_sixteen_characters_is_accepted() -> None:
+    secret = "a" * 16
+    settings = settings_from(ADMIN_SECRET=secret)
+    assert settings.admin_secret == secret
+    assert settings.admin_enabled is True
+
+
+@pytest.mark.parametrize("length", [1, 8, 15])
+def test_admin_secret_shorter_than_sixteen_is_rejected(length: int) -> None:
+    with pytest.raises(ConfigError, match="ADMIN_SECRET"):
+        settings_from(ADMIN_SECRET="a" * length)
+
+
+def test_admin_secret_length_counts_characters_after_stripping() -> None:
+    with pytest.raises(ConfigError, match="ADMIN_SECRET"):
+        settings_from(ADMIN_SECRET="   " + "a" * 15 + "   ")
+
+
+def test_placeholder_admin_secret_is_rejected_despite_its_length() -> None:
+    assert len(PLACEHOLDER_ADMIN_SECRET) >= MIN_ADMIN_SECRET_LENGTH
+    with pytest.raises(ConfigError, match=r"ADMIN_SECRET.*placeholder"):
+        settings_from(ADMIN_SECRET=PLACEHOLDER_ADMIN_SECRET)
+
+
+def test_placeholder_constant_matches_env_example() -> None:
+    example = Path(__file__).resolve().parents[1] / ".env.example"
+    assert f"ADMIN_SECRET={PLACEHOLDER_ADMIN_SECRET}\n" in example.read_text()
+
+
+# --- error messages ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ANTIGRAVITY_URL", "nope"),
+        ("PORT", "nope"),
+        ("UPSTREAM_TIMEOUT", "nope"),
+        ("MAX_BODY_SIZE", "nope"),
+        ("ADMIN_SECRET", "short"),
+    ],
+)
+def test_every_error_names_its_variable_and_only_that_one(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from(**{name: value})
+    message = str(info.value)
+    assert name in message
+    others = [other for other in ALL_VARIABLES if other != name]
+    assert not any(other in message for other in others)
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+# --- read_environment and .env -------------------------------------------------------
+
+
+def test_read_environment_reads_a_dotenv_file(clean_env: Path) -> None:
+    env_file = clean_env / "custom.env"
+    env_file.write_text("ANTIGRAVITY_KEY=from-file\nPORT=9999\n")
+    env = read_environment(env_file)
+    assert env["ANTIGRAVITY_KEY"] == "from-file"
+    assert env["PORT"] == "9999"
+
+
+def test_real_environment_wins_over_dotenv(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = clean_env / ".env"
+    env_file.write_text("ANTIGRAVITY_KEY=from-file\nPORT=9999\n")
+    monkeypatch.setenv("ANTIGRAVITY_KEY", "from-environment")
+    env = read_environment(env_file)
+    assert env["ANTIGRAVITY_KEY"] == "from-environment"
+    assert env["PORT"] == "9999"
+
+
+def test_read_environment_without_file_is_just_the_environment(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORT", "1234")
+    env = read_environment(clean_env / "does-not-exist.env")
+    assert env["PORT"] == "1234"
+    assert "ANTIGRAVITY_KEY" not in env
+
+
+def test_read_environment_with_none_ignores_dotenv(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("ANTIGRAVITY_KEY=from-file\n")
+    assert "ANTIGRAVITY_KEY" not in read_environment(None)
+
+
+def test_dotenv_variable_without_value_is_ignored(clean_env: Path) -> None:
+    env_file = clean_env / ".env"
+    env_file.write_text("ADMIN_SECRET\nPORT=9999\n")
+    env = read_environment(env_file)
+    assert "ADMIN_SECRET" not in env
+    assert env["PORT"] == "9999"
+
+
+def test_load_settings_defaults_to_dotenv_in_the_working_directory(clean_env: Path) -> None:
+    (clean_env / ".env").write_text(
+        f"ANTIGRAVITY_KEY=from-file\nADMIN_SECRET={GOOD_SECRET}\nPORT=9100\n"
+    )
+    settings = load_settings()
+    assert settings.antigravity_key == "from-file"
+    assert settings.admin_secret == GOOD_SECRET
+    assert settings.port == 9100
+
+
+def test_load_settings_reports_missing_key_when_nothing_is_configured(clean_env: Path) -> None:
+    with pytest.raises(ConfigError, match="ANTIGRAVITY_KEY"):
+        load_settings()
+
+
+def test_environment_can_blank_a_dotenv_admin_secret(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean_env / ".env").write_text(f"ANTIGRAVITY_KEY=k\nADMIN_SECRET={GOOD_SECRET}\n")
+    monkeypatch.setenv("ADMIN_SECRET", "")
+    assert load_settings().admin_enabled is False
+
+
+# --- database_path -------------------------------------------------------------------
+
+
+def test_database_path_default() -> None:
+    assert database_path({}) == Path("./data/proxy.db")
+
+
+def test_database_path_from_mapping_is_stripped() -> None:
+    assert database_path({"DATABASE_PATH": "  /var/lib/apipod/keys.db  "}) == Path(
+        "/var/lib/apipod/keys.db"
+    )
+
+
+def test_blank_database_path_uses_default() -> None:
+    assert database_path({"DATABASE_PATH": "   "}) == Path(DEFAULTS["DATABASE_PATH"])
+
+
+def test_database_path_does_not_need_other_settings(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("DATABASE_PATH=/tmp/only-this.db\n")
+    # No ANTIGRAVITY_KEY anywhere, yet database_path() still answers.
+    assert database_path() == Path("/tmp/only-this.db")
+
+
+def test_load_settings_uses_database_path(tmp_path: Path) -> None:
+    target = tmp_path / "keys.db"
+    assert settings_from(DATABASE_PATH=str(target)).database_path == target
