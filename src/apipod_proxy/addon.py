@@ -36,8 +36,17 @@ from . import auth, errors, keys, logs
 from .admin import AdminApi, is_internal
 from .config import ConfigError, Settings, load_settings
 from .metrics import Metrics
+from .models import MODELS_PATH, ModelList
 from .ratelimit import RateLimiter
-from .routing import BodyError, Router, parse_json_body
+from .routing import (
+    SESSION_HEADER,
+    BodyError,
+    Router,
+    RoutesError,
+    RoutesFile,
+    conversation_key,
+    parse_json_body,
+)
 from .store import KeyRecord, KeyStore
 from .usage import SseWatcher, Usage, UsageRecorder, usage_from_body
 
@@ -53,6 +62,8 @@ GATEWAY_OPTIONS: dict[str, Any] = {
     # upstream connection, and a down upstream yields an answer instead of a dropped client.
     "connection_strategy": "lazy",
 }
+#: How often ROUTES_FILE is checked for edits.
+ROUTES_POLL_SECONDS = 2.0
 #: How often counted usage is written to SQLite.
 USAGE_FLUSH_SECONDS = 1.0
 #: Larger non-streaming responses are not parsed for usage (they are forwarded all the same).
@@ -74,6 +85,7 @@ class FlowState:
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
     strip_usage_chunk: bool = False
+    answered_by_proxy: bool = False
     watcher: SseWatcher | None = None
     finished: bool = False
 
@@ -96,8 +108,9 @@ class Apipod:
         self.usage = UsageRecorder()
         self.in_flight: set[str] = set()
         self.draining = False
+        self.routes: RoutesFile | None = None
         self._db_pool: ThreadPoolExecutor | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -107,7 +120,10 @@ class Apipod:
             logs.setup(settings.log_format)
             store = KeyStore(settings.database_path)
             store.ping()  # creates the folder, file and schema now, not on first use
-        except ConfigError as exc:
+            if settings.routes_file:
+                self.routes = RoutesFile(settings.routes_file, self.router)
+                self.routes.load()
+        except (ConfigError, RoutesError) as exc:
             # Logged at ERROR during startup: mitmdump prints the line and exits.
             logs.startup_error(str(exc))
             return
@@ -116,6 +132,7 @@ class Apipod:
             return
         self.settings, self.store = settings, store
         self.admin = AdminApi(settings, store, self.metrics)
+        self.models = ModelList(settings.antigravity_url, settings.antigravity_key)
         self._db_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db")
         errors.install_json_error_pages()
         ctx.options.update(**GATEWAY_OPTIONS, body_size_limit=str(settings.max_body_size))
@@ -141,13 +158,21 @@ class Apipod:
         # Replace mitmdump's handlers, which stop at once and cut streams mid-flight.
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal)
-        self._flusher = asyncio_utils.create_task(
-            self._flush_periodically(), name="apipod usage flusher", keep_ref=True
+        self._tasks.append(
+            asyncio_utils.create_task(
+                self._flush_periodically(), name="apipod usage flusher", keep_ref=True
+            )
         )
+        if self.routes is not None:
+            self._tasks.append(
+                asyncio_utils.create_task(
+                    self._watch_routes(self.routes), name="apipod routes watcher", keep_ref=True
+                )
+            )
 
     def done(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in self._tasks:
+            task.cancel()
         self._flush_now()  # whatever the last periodic flush did not see
         if self._db_pool is not None:
             self._db_pool.shutdown(wait=True)
@@ -181,6 +206,11 @@ class Apipod:
         await self._flush()
         log.info("drained; exiting")
         ctx.master.shutdown()
+
+    async def _watch_routes(self, routes: RoutesFile) -> None:
+        while True:
+            await asyncio.sleep(ROUTES_POLL_SECONDS)
+            await self._db(routes.reload_if_changed)
 
     # --- usage batches -----------------------------------------------------------
 
@@ -222,10 +252,11 @@ class Apipod:
         except Exception:  # never let a bug wave an unauthenticated request through
             log.exception("internal error authenticating %s", flow.request.path)
             flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
+        state.answered_by_proxy = flow.response is not None
 
     async def _authenticate(self, headers: http.Headers, state: FlowState) -> http.Response | None:
         """Put the caller's key record on `state`, or return the refusal."""
-        key = auth.bearer_token(headers)
+        key = auth.client_key(headers)
         record = None
         if auth.needs_lookup(key):
             try:
@@ -258,16 +289,22 @@ class Apipod:
         if state.internal:
             flow.response = await self._db(self.admin.handle, flow.request)
             return
+        if flow.request.method == "GET" and flow.request.path.partition("?")[0] == MODELS_PATH:
+            listing = await self._db(self.models.listing, self.router.table.names())
+            flow.response = errors.json_response(200, listing)
+            return
         # Swap first: whatever happens next, the client's key never goes upstream.
         auth.swap_credentials(flow.request.headers, self.settings.antigravity_key)
         try:
             is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
             if is_api_post and (refusal := self._rewrite_body(flow, state)) is not None:
                 flow.response = refusal
+                state.answered_by_proxy = True
                 return
         except Exception:  # a bug must answer 500, never forward a half-processed request
             log.exception("internal error handling %s %s", flow.request.method, flow.request.path)
             flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
+            state.answered_by_proxy = True
             return
         flow.request.headers["x-request-id"] = state.request_id
         state.forwarded_at = time.perf_counter()
@@ -296,7 +333,11 @@ class Apipod:
         changed = False
         if isinstance(model := body.get("model"), str):
             state.requested_model = model
-            state.routed_model = self.router.route(model)
+            conversation = None
+            if self.router.is_sticky(model) and state.user is not None:
+                session = flow.request.headers.get(SESSION_HEADER)
+                conversation = conversation_key(state.user.id, session, body)
+            state.routed_model = self.router.route(model, conversation)
             if state.routed_model != model:
                 body["model"] = state.routed_model
                 changed = True
@@ -355,6 +396,9 @@ class Apipod:
             self.metrics.upstream_ttfb.observe(time.perf_counter() - state.forwarded_at)
         response.headers.pop("x-api-key", None)
         response.headers["x-request-id"] = state.request_id
+        own_error = (state.answered_by_proxy or state.timed_out) and response.status_code >= 400
+        if own_error and errors.is_anthropic_path(flow.request.path):
+            response.content = errors.anthropic_shape(response.content or b"")
         if self.draining:
             response.headers["connection"] = "close"
         if response.headers.get("content-type", "").lower().startswith("text/event-stream"):

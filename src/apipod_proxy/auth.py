@@ -21,6 +21,12 @@ def bearer_token(headers: http.Headers) -> str | None:
     return token
 
 
+def client_key(headers: http.Headers) -> str | None:
+    """The caller's key: `Authorization: Bearer` (OpenAI clients, curl) or `x-api-key`
+    (the Anthropic SDK, Claude Code)."""
+    return bearer_token(headers) or headers.get("x-api-key", "").strip() or None
+
+
 def refusal(
     key: str | None, record: KeyRecord | None, now: str
 ) -> tuple[str, http.Response] | None:
@@ -30,7 +36,9 @@ def refusal(
     `keys.format_time` timestamp for the expiry check.
     """
     if key is None:
-        message = "Missing API key: send it as 'Authorization: Bearer apk_...'"
+        message = (
+            "Missing API key: send it as 'Authorization: Bearer apk_...' or 'x-api-key: apk_...'"
+        )
         return "missing", error_response(401, message, "missing_api_key")
     if record is None:
         return "unknown", error_response(403, "Invalid API key", "invalid_api_key")

@@ -33,6 +33,8 @@ DEFAULTS: dict[str, str] = {
     # How long SIGTERM waits for in-flight requests and streams before exiting.
     "DRAIN_TIMEOUT": "30",
     "LOG_FORMAT": "text",
+    # A TOML routing table; empty means the built-in one (cursor-pro-sonnet 20/80).
+    "ROUTES_FILE": "",
 }
 
 _SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
@@ -55,6 +57,7 @@ class Settings:
     tier_rpm: dict[str, int] = field(default_factory=dict)
     drain_timeout: float = 30.0
     log_format: str = "text"
+    routes_file: str | None = None
 
     @property
     def admin_enabled(self) -> bool:
@@ -96,6 +99,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         tier_rpm=_parse_tier_rpm(get("TIER_RPM")),
         drain_timeout=_parse_positive_float("DRAIN_TIMEOUT", get("DRAIN_TIMEOUT")),
         log_format=_parse_choice("LOG_FORMAT", get("LOG_FORMAT"), ("text", "json")),
+        routes_file=get("ROUTES_FILE") or None,
     )
 
 

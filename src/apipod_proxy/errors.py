@@ -66,6 +66,25 @@ def error_response(
     return json_response(status, error_payload(status, message, code), headers)
 
 
+def is_anthropic_path(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
+def anthropic_shape(body: bytes) -> bytes:
+    """Add Anthropic's `"type": "error"` to one of our error bodies.
+
+    Clients of `/v1/messages` read `{"type": "error", "error": {"type", "message"}}`;
+    the OpenAI fields stay, so either kind of client understands the answer.
+    """
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(payload, dict) or "error" not in payload:
+        return body
+    return json_bytes({"type": "error", **payload})
+
+
 # --- mitmproxy's own failures ------------------------------------------------------
 
 #: (status, substring of mitmproxy's message) -> (client-facing message, code).

@@ -1,19 +1,37 @@
 """Model routing: which upstream model serves a requested model name.
 
-An alias spreads requests over several targets by weight; every other model passes
-through unchanged. The decision is a pure function of the model name and a random
-draw, so it is cheap on the hot path and easy to test statistically.
+The routing table has aliases, which spread requests over targets by weight, and
+renames, which map one name to another. Every other model passes through unchanged.
+
+An alias may be sticky: all requests of one conversation then go to the same target.
+The choice is a hash of the conversation mapped onto the weights, so nothing is stored
+per conversation and, across many conversations, the split still follows the weights.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import hashlib
 import itertools
 import json
+import logging
+import os
 import random
+import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("apipod")
+
+#: A client-sent conversation id; when present it identifies the conversation for
+#: sticky routing instead of the hash of the conversation's opening.
+SESSION_HEADER = "x-session-id"
+
+
+class RoutesError(ValueError):
+    """The routing table is invalid; the message says where."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,9 +40,10 @@ class Alias:
 
     targets: tuple[str, ...]
     cumulative: tuple[float, ...]
+    sticky: bool = False
 
     @classmethod
-    def from_weights(cls, weights: Mapping[str, float]) -> Alias:
+    def from_weights(cls, weights: Mapping[str, object], sticky: bool = False) -> Alias:
         if not weights:
             raise ValueError("an alias needs at least one target")
         for target, weight in weights.items():
@@ -32,31 +51,129 @@ class Alias:
                 raise ValueError(f"target names must be non-empty strings, got {target!r}")
             if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
                 raise ValueError(f"weight of {target!r} must be a positive number, got {weight!r}")
-        total = float(sum(weights.values()))
-        cumulative = tuple(c / total for c in itertools.accumulate(weights.values()))
-        return cls(tuple(weights), cumulative)
+        values = [float(w) for w in weights.values()]  # type: ignore[arg-type]
+        total = sum(values)
+        if total == float("inf"):
+            raise ValueError("weights must be finite")
+        cumulative = tuple(c / total for c in itertools.accumulate(values))
+        return cls(tuple(weights), cumulative, sticky)
 
     def pick(self, draw: float) -> str:
         index = bisect.bisect_right(self.cumulative, draw)
         return self.targets[min(index, len(self.targets) - 1)]
 
 
-#: The seed rule: Cursor's alias, 20 % Claude and 80 % Gemini.
-DEFAULT_ALIASES: dict[str, Alias] = {
-    "cursor-pro-sonnet": Alias.from_weights({"claude-sonnet-4-5": 20, "gemini-3-flash": 80}),
-}
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    aliases: dict[str, Alias] = field(default_factory=dict)
+    renames: dict[str, str] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        """Model names the proxy itself accepts, for `GET /v1/models`."""
+        return [*self.aliases, *self.renames]
+
+
+#: The seed rule, used without ROUTES_FILE: Cursor's alias, 20 % Claude, 80 % Gemini.
+DEFAULT_TABLE = RouteTable(
+    aliases={
+        "cursor-pro-sonnet": Alias.from_weights({"claude-sonnet-4-5": 20, "gemini-3-flash": 80})
+    }
+)
+
+
+def parse_routes(text: str) -> RouteTable:
+    """Read a routing table in its TOML format (see `routes.example.toml`)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RoutesError(f"not valid TOML: {exc}") from None
+    _only(document, {"aliases", "renames"}, "the top level")
+    aliases: dict[str, Alias] = {}
+    for name, spec in _table(document, "aliases").items():
+        if not isinstance(spec, dict):
+            raise RoutesError(f"[aliases.{name}] must be a table")
+        _only(spec, {"targets", "sticky"}, f"[aliases.{name}]")
+        sticky = spec.get("sticky", False)
+        if not isinstance(sticky, bool):
+            raise RoutesError(f"[aliases.{name}] sticky must be true or false")
+        targets = spec.get("targets")
+        if not isinstance(targets, dict):
+            raise RoutesError(f'[aliases.{name}] needs targets = {{ "model" = weight, ... }}')
+        try:
+            aliases[name] = Alias.from_weights(targets, sticky)
+        except ValueError as exc:
+            raise RoutesError(f"[aliases.{name}] {exc}") from None
+    renames: dict[str, str] = {}
+    for name, target in _table(document, "renames").items():
+        if not isinstance(target, str) or not target:
+            raise RoutesError(f"[renames] {name!r} must map to a model name")
+        if name in aliases:
+            raise RoutesError(f"{name!r} is both an alias and a rename")
+        renames[name] = target
+    return RouteTable(aliases, renames)
+
+
+def _table(document: dict[str, Any], name: str) -> dict[str, Any]:
+    value = document.get(name, {})
+    if not isinstance(value, dict):
+        raise RoutesError(f"[{name}] must be a table")
+    return value
+
+
+def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    if unknown := sorted(set(table) - allowed):
+        raise RoutesError(f"unknown keys in {where}: {', '.join(unknown)}")
 
 
 class Router:
-    def __init__(
-        self, aliases: Mapping[str, Alias] | None = None, rng: random.Random | None = None
-    ) -> None:
-        self.aliases = dict(DEFAULT_ALIASES if aliases is None else aliases)
+    def __init__(self, table: RouteTable = DEFAULT_TABLE, rng: random.Random | None = None) -> None:
+        self.table = table  # replaced whole on reload, never mutated
         self._random = (rng or random.Random()).random
 
-    def route(self, model: str) -> str:
-        alias = self.aliases.get(model)
-        return model if alias is None else alias.pick(self._random())
+    def is_sticky(self, model: str) -> bool:
+        alias = self.table.aliases.get(model)
+        return alias is not None and alias.sticky
+
+    def route(self, model: str, conversation: str | None = None) -> str:
+        """The target for `model`; `conversation` (a sticky alias's key) fixes the draw."""
+        table = self.table
+        if (renamed := table.renames.get(model)) is not None:
+            return renamed
+        alias = table.aliases.get(model)
+        if alias is None:
+            return model
+        draw = stable_draw(conversation) if alias.sticky and conversation else self._random()
+        return alias.pick(draw)
+
+
+def stable_draw(conversation: str) -> float:
+    """A uniform number in [0, 1) fixed by the conversation key."""
+    digest = hashlib.sha256(conversation.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def conversation_key(key_id: int, session: str | None, body: dict[str, Any]) -> str:
+    """Who and which conversation: the client's session id, or a hash of the opening.
+
+    The opening is the system prompt and the first user message, which an agent resends
+    unchanged on every turn of a conversation while the rest of it grows.
+    """
+    if session:
+        return f"{key_id}:session:{session}"
+    messages = body.get("messages")
+    messages = messages if isinstance(messages, list) else []
+    system = [body.get("system")]  # Anthropic keeps it outside the messages
+    first_user = None
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") in ("system", "developer"):
+            system.append(message.get("content"))
+        elif message.get("role") == "user":
+            first_user = message.get("content")
+            break
+    opening = json.dumps([system, first_user], sort_keys=True, default=str)
+    return f"{key_id}:opening:{hashlib.sha256(opening.encode()).hexdigest()}"
 
 
 class BodyError(ValueError):
@@ -74,3 +191,48 @@ def parse_json_body(raw: bytes) -> Any:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+class RoutesFile:
+    """ROUTES_FILE, re-read when it changes; a broken edit keeps the last good table."""
+
+    def __init__(self, path: str, router: Router) -> None:
+        self.path = path
+        self.router = router
+        self._seen: tuple[int, int, int] | None = None
+
+    def _signature(self) -> tuple[int, int, int]:
+        stat = os.stat(self.path)
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def load(self) -> None:
+        """Read the file now; RoutesError (naming the file) when it is missing or invalid."""
+        try:
+            signature = self._signature()
+            with open(self.path, encoding="utf-8") as file:
+                table = parse_routes(file.read())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RoutesError(f"ROUTES_FILE {self.path}: {exc}") from None
+        except RoutesError as exc:
+            raise RoutesError(f"ROUTES_FILE {self.path}: {exc}") from None
+        finally:
+            # Remember the version even when broken, so it is reported once, not per poll.
+            with contextlib.suppress(OSError):
+                self._seen = self._signature()
+        self.router.table = table
+        self._seen = signature
+
+    def reload_if_changed(self) -> bool:
+        """Pick up an edit; True when a new table took effect. Blocking (file I/O)."""
+        try:
+            if self._signature() == self._seen:
+                return False
+        except OSError:
+            pass  # vanished or unreadable: load() reports it
+        try:
+            self.load()
+        except RoutesError as exc:
+            log.error("%s; keeping the last good routing table", exc)
+            return False
+        log.info("routing table reloaded from %s", self.path)
+        return True

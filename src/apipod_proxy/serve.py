@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from .config import PLACEHOLDER_ADMIN_SECRET, ConfigError, Settings, load_settings
+from .routing import Router, RoutesError, RoutesFile
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "addons" / "apipod.py"
@@ -60,7 +61,9 @@ def main(argv: list[str]) -> None:
         return
     try:
         settings = load_settings()
-    except ConfigError as exc:
+        if settings.routes_file:
+            RoutesFile(settings.routes_file, Router()).load()
+    except (ConfigError, RoutesError) as exc:
         print(f"apipod: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     if settings.antigravity_key == PLACEHOLDER_UPSTREAM_KEY:
