@@ -297,11 +297,18 @@ def test_missing_bearer_is_401(gateway: Gateway, authorization: str | None) -> N
     assert error["type"] == "authentication_error"
 
 
-def test_key_in_x_api_key_alone_is_not_accepted(gateway: Gateway) -> None:
+def test_key_in_x_api_key_alone_is_accepted_and_removed(gateway: Gateway) -> None:
+    """The Anthropic SDK and Claude Code send the key as x-api-key."""
     key, _ = gateway.new_key()
     flow = gateway.send(make_flow(body=chat_body(), headers=[("x-api-key", key)]))
+    assert flow.response is None
+    assert flow.request.headers.get_all("x-api-key") == [UPSTREAM_KEY]
+
+
+def test_unknown_key_in_x_api_key_is_403(gateway: Gateway) -> None:
+    flow = gateway.send(make_flow(body=chat_body(), headers=[("x-api-key", keys.generate_key())]))
     assert flow.response is not None
-    assert flow.response.status_code == 401
+    assert flow.response.status_code == 403
 
 
 @pytest.mark.parametrize(
@@ -494,7 +501,7 @@ def test_client_key_is_nowhere_in_the_forwarded_request(gateway: Gateway) -> Non
 
 def test_get_requests_are_swapped_too(gateway: Gateway) -> None:
     key, _ = gateway.new_key()
-    flow = gateway.authed(key, method="GET", path="/v1/models")
+    flow = gateway.authed(key, method="GET", path="/v1/models/gemini-3-flash")
     assert flow.response is None
     assert "authorization" not in flow.request.headers
     assert flow.request.headers["x-api-key"] == UPSTREAM_KEY
@@ -505,7 +512,7 @@ def test_every_spelling_of_a_client_credential_is_removed(gateway: Gateway) -> N
     flow = gateway.authed(
         key,
         method="GET",
-        path="/v1/models",
+        path="/v1/models/gemini-3-flash",
         headers=[
             ("X-Api-Key", "c1"),
             ("x-api-key", "c2"),

@@ -210,10 +210,11 @@ def test_rate_limit_answers_429_with_retry_after_and_does_not_forward(
 ) -> None:
     _, key = new_key(proxy, "limited", rpm=3)
     statuses = [
-        httpx.get(f"{proxy.url}/v1/models", headers=bearer(key)).status_code for _ in range(3)
+        httpx.get(f"{proxy.url}/v1/models/gemini-3-flash", headers=bearer(key)).status_code
+        for _ in range(3)
     ]
     assert statuses == [200, 200, 200]
-    response = httpx.get(f"{proxy.url}/v1/models", headers=bearer(key))
+    response = httpx.get(f"{proxy.url}/v1/models/gemini-3-flash", headers=bearer(key))
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
     assert 1 <= int(response.headers["retry-after"]) <= 20
@@ -268,10 +269,11 @@ def test_request_id_is_kept_or_generated_and_seen_by_both_sides(
 ) -> None:
     _, key = new_key(proxy, "traced")
     given = httpx.get(
-        f"{proxy.url}/v1/models", headers={**bearer(key), "x-request-id": "trace-abc-123"}
+        f"{proxy.url}/v1/models/gemini-3-flash",
+        headers={**bearer(key), "x-request-id": "trace-abc-123"},
     )
     assert given.headers["x-request-id"] == "trace-abc-123"
-    made = httpx.get(f"{proxy.url}/v1/models", headers=bearer(key))
+    made = httpx.get(f"{proxy.url}/v1/models/gemini-3-flash", headers=bearer(key))
     generated = made.headers["x-request-id"]
     assert generated.startswith("req_") and generated != "trace-abc-123"
     assert [r.headers["x-request-id"] for r in upstream.received] == ["trace-abc-123", generated]

@@ -67,3 +67,19 @@ def test_try_it_examples_work_against_a_real_proxy(
     assert len(routed) == 2
     assert set(routed) <= {"claude-sonnet-4-5", "gemini-3-flash"}
     assert all(r.headers["x-api-key"] == UPSTREAM_KEY for r in standin.received)
+
+
+def test_client_examples_run_against_a_real_proxy(proxy, standin: StandIn) -> None:
+    """The Python snippets of "Clients", with the real port and a real key."""
+    blocks = re.findall(r"```python\n(.*?)```", readme_section("Clients"), re.S)
+    assert len(blocks) == 2
+    key = proxy.create_key("readme-clients")
+    for block in blocks:
+        code = block.replace("http://localhost:8081", proxy.url).replace("apk_...", key)
+        code += "\nprint(reply.choices[0].message.content if 'reply' in dir() else "
+        code += "message.content[0].text)\n"
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("hello from ")
