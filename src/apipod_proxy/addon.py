@@ -118,8 +118,9 @@ class Apipod:
         try:
             settings = self._given_settings or load_settings()
             logs.setup(settings.log_format)
-            store = KeyStore(settings.database_path)
-            store.ping()  # creates the folder, file and schema now, not on first use
+            # Created now, not on first use; later a vanished file is an error, not a fresh start.
+            store = KeyStore(settings.database_path, create_missing=False)
+            store.connection(create=True)
             if settings.routes_file:
                 self.routes = RoutesFile(settings.routes_file, self.router)
                 self.routes.load()

@@ -89,58 +89,40 @@ def anthropic_shape(body: bytes) -> bytes:
 
 #: (status, substring of mitmproxy's message) -> (client-facing message, code).
 #: mitmproxy's messages can quote upstream bytes, so they are logged, never echoed.
-_PROXY_FAILURES: list[tuple[int, str, str, str]] = [
-    (413, "", "Request body is larger than the proxy accepts (MAX_BODY_SIZE)", "request_too_large"),
-    (
-        400,
-        "refusing to prevent request smuggling",
-        "Invalid or ambiguous request headers",
-        "invalid_request_headers",
-    ),
-    (400, "", "Malformed HTTP request", "malformed_request"),
-    (
-        502,
-        "server closed connection",
-        "The upstream closed the connection without answering",
-        "upstream_closed",
-    ),
-    (
-        502,
-        "protocol error",
-        "The upstream sent an invalid HTTP response",
-        "upstream_invalid_response",
-    ),
-    (
-        502,
-        "unexpected server response",
-        "The upstream sent an invalid HTTP response",
-        "upstream_invalid_response",
-    ),
-    (
-        502,
-        "from server, refusing",
-        "The upstream sent an invalid HTTP response",
-        "upstream_invalid_response",
-    ),
-    (
-        502,
-        "exceeds",
-        "The upstream response is larger than the proxy accepts",
-        "upstream_response_too_large",
-    ),
-    (502, "", "The upstream is unreachable", "upstream_unreachable"),
+_PROXY_MESSAGES = {
+    "request_too_large": "Request body is larger than the proxy accepts (MAX_BODY_SIZE)",
+    "invalid_request_headers": "Invalid or ambiguous request headers",
+    "malformed_request": "Malformed HTTP request",
+    "upstream_closed": "The upstream closed the connection without answering",
+    "upstream_invalid_response": "The upstream sent an invalid HTTP response",
+    "upstream_response_too_large": "The upstream response is larger than the proxy accepts",
+    "upstream_unreachable": "The upstream is unreachable",
+}
+#: (status, words in mitmproxy's message, our code); the first match wins.
+_PROXY_FAILURES: list[tuple[int, str, str]] = [
+    (413, "", "request_too_large"),
+    (400, "request smuggling", "invalid_request_headers"),
+    (400, "", "malformed_request"),
+    (502, "server closed connection", "upstream_closed"),
+    (502, "protocol error", "upstream_invalid_response"),
+    (502, "cannot parse http response", "upstream_invalid_response"),
+    (502, "unexpected server response", "upstream_invalid_response"),
+    (502, "from server, refusing", "upstream_invalid_response"),
+    (502, "exceeds", "upstream_response_too_large"),
+    (502, "", "upstream_unreachable"),
 ]
 
 
 def describe_proxy_failure(status: int, message: str) -> tuple[str, str]:
     """Client-facing (message, code) for one of mitmproxy's own error responses."""
     lowered = message.lower()
-    for known_status, needle, text, code in _PROXY_FAILURES:
-        if known_status == status and needle.lower() in lowered:
-            return text, code
-    return HTTPStatus(
-        status
-    ).phrase if status in HTTPStatus._value2member_map_ else "Error", "proxy_error"
+    for known_status, needle, code in _PROXY_FAILURES:
+        if known_status == status and needle in lowered:
+            return _PROXY_MESSAGES[code], code
+    try:
+        return HTTPStatus(status).phrase, "proxy_error"
+    except ValueError:
+        return "Error", "proxy_error"
 
 
 def render_proxy_failure(status: int, message: str = "") -> bytes:

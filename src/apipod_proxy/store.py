@@ -7,6 +7,7 @@ busy timeout makes a briefly locked file wait instead of failing.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -303,17 +304,45 @@ def ping(conn: sqlite3.Connection) -> None:
 
 
 class KeyStore:
-    """Thread-safe access for the proxy: one connection per worker thread."""
+    """Thread-safe access for the proxy: one connection per worker thread.
 
-    def __init__(self, path: Path) -> None:
+    Every call checks that the file is still the one the connection opened. A deleted
+    file is reported (sqlite3.OperationalError) instead of being served from the
+    vanished inode, where writes would be lost; a replaced file (a restore from
+    backup) is reopened. Only creating a key, or `create_missing`, makes a new file
+    with a fresh schema.
+    """
+
+    def __init__(self, path: Path, create_missing: bool = True) -> None:
         self.path = path
+        self.create_missing = create_missing
         self._local = threading.local()
 
-    def connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = connect(self.path)
+    def connection(self, create: bool = False) -> sqlite3.Connection:
+        local = self._local
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            self._close()
+            if not (create or self.create_missing):
+                raise sqlite3.OperationalError(f"database file {self.path} is missing") from None
+        else:
+            if getattr(local, "conn", None) is not None and local.inode == (
+                stat.st_dev,
+                stat.st_ino,
+            ):
+                return local.conn
+            self._close()
+        conn = connect(self.path)
+        stat = os.stat(self.path)
+        local.conn, local.inode = conn, (stat.st_dev, stat.st_ino)
         return conn
+
+    def _close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            conn.close()
 
     def find(self, key_hash: str) -> KeyRecord | None:
         return find_key(self.connection(), key_hash)
@@ -321,7 +350,7 @@ class KeyStore:
     def create(
         self, name: str, tier: str, expires_in: int | None, rpm: int | None = None
     ) -> tuple[str, KeyRecord]:
-        return create_key(self.connection(), name, tier, expires_in, rpm)
+        return create_key(self.connection(create=True), name, tier, expires_in, rpm)
 
     def set_active(self, key_id: int, active: bool) -> bool:
         return set_active(self.connection(), key_id, active)
