@@ -11,6 +11,9 @@ through like any other header:
     x-standin-interval: S       seconds between chunks (default 0)
     x-standin-status: CODE      answer with this error status and an OpenAI error body
     x-standin-delay: S          wait before sending response headers
+
+`open_streams` counts streaming responses still being written, so tests can see that
+the proxy closes the upstream side when a client goes away.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class StandIn:
     host: str = "127.0.0.1"
     port: int = 0
     received: list[Received] = field(default_factory=list)
+    open_streams: int = 0
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -214,6 +218,20 @@ class StandIn:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
+        self.open_streams += 1
+        try:
+            return await self._write_chunks(response, model, chunks, interval, include_usage)
+        finally:
+            self.open_streams -= 1
+
+    async def _write_chunks(
+        self,
+        response: web.StreamResponse,
+        model: str,
+        chunks: int,
+        interval: float,
+        include_usage: bool,
+    ) -> web.StreamResponse:
 
         def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
             chunk: dict[str, Any] = {
