@@ -220,13 +220,18 @@ class StandIn:
         await response.prepare(request)
         self.open_streams += 1
         try:
-            return await self._write_chunks(response, model, chunks, interval, include_usage)
+            # The request id names every chunk, so a client can tell streams apart.
+            stream_id = request.headers.get("x-request-id", "chatcmpl-standin")
+            return await self._write_chunks(
+                response, stream_id, model, chunks, interval, include_usage
+            )
         finally:
             self.open_streams -= 1
 
     async def _write_chunks(
         self,
         response: web.StreamResponse,
+        stream_id: str,
         model: str,
         chunks: int,
         interval: float,
@@ -235,7 +240,7 @@ class StandIn:
 
         def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
             chunk: dict[str, Any] = {
-                "id": "chatcmpl-standin",
+                "id": stream_id,
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
                 "model": model,
@@ -254,7 +259,7 @@ class StandIn:
         if include_usage:
             usage = {"prompt_tokens": 11, "completion_tokens": chunks, "total_tokens": 11 + chunks}
             final = {
-                "id": "chatcmpl-standin",
+                "id": stream_id,
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
                 "model": model,
