@@ -156,7 +156,7 @@ class AdminApi:
     def usage(self, request: http.Request) -> http.Response:
         since = request.query.get("since")
         try:
-            start = keys.ago(keys.parse_duration(since)) if since else None
+            start = keys.ago(keys.parse_duration(since, "since")) if since else None
         except ValueError:
             return error_response(400, "since must look like 90m, 24h or 30d", "invalid_field")
         return json_response(200, {"data": self.store.usage(start)})

@@ -92,7 +92,7 @@ def set_active(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def usage(store: KeyStore, args: argparse.Namespace) -> int:
-    since = keys.ago(keys.parse_duration(args.since)) if args.since else None
+    since = keys.ago(keys.parse_duration(args.since, "--since")) if args.since else None
     _print(store.usage(since), USAGE_COLUMNS, args.json)
     return 0
 

@@ -18,7 +18,7 @@ KEY_LENGTH = len(KEY_PREFIX) + 43
 #: How much of a key is kept for display (`apk_AbCd…`), enough to tell keys apart.
 DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 #: Longest lifetime accepted (about 100 years); beyond that datetime arithmetic overflows.
 MAX_LIFETIME_SECONDS = 100 * 365 * 86400
@@ -43,23 +43,23 @@ def looks_like_key(value: str) -> bool:
     return len(value) == KEY_LENGTH and value.startswith(KEY_PREFIX)
 
 
-def parse_duration(value: object) -> int:
+def parse_duration(value: object, name: str = "expires_in") -> int:
     """Seconds from whole seconds (`3600`) or a string like `90s`, `30m`, `12h`, `30d`.
 
-    Raises ValueError with a message fit for an API client or CLI user.
+    Raises ValueError with a message, naming the field `name`, fit for an API client or
+    a CLI user.
     """
-    if isinstance(value, bool):
-        raise ValueError("expires_in must be whole seconds or a string like 90s, 30m, 12h, 30d")
-    if isinstance(value, int):
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
         seconds = value
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
+    elif match:
         seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
-        raise ValueError("expires_in must be whole seconds or a string like 90s, 30m, 12h, 30d")
+        raise ValueError(f"{name} must be whole seconds or a string like 90s, 30m, 12h, 30d")
     if seconds <= 0:
-        raise ValueError("expires_in must be positive")
+        raise ValueError(f"{name} must be positive")
     if seconds > MAX_LIFETIME_SECONDS:
-        raise ValueError("expires_in must be at most 100 years")
+        raise ValueError(f"{name} must be at most 100 years")
     return seconds
 
 

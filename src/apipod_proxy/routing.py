@@ -11,7 +11,6 @@ per conversation and, across many conversations, the split still follows the wei
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import itertools
 import json
@@ -199,36 +198,30 @@ class RoutesFile:
     def __init__(self, path: str, router: Router) -> None:
         self.path = path
         self.router = router
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: object = None  # the file version last loaded or reported
 
-    def _signature(self) -> tuple[int, int, int]:
-        stat = os.stat(self.path)
+    def _version(self) -> tuple[int, int, int] | str:
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            return f"unreadable: {exc}"
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
     def load(self) -> None:
         """Read the file now; RoutesError (naming the file) when it is missing or invalid."""
+        # Remember the version even when it is broken, so it is reported once, not per poll.
+        self._seen = self._version()
         try:
-            signature = self._signature()
             with open(self.path, encoding="utf-8") as file:
                 table = parse_routes(file.read())
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, RoutesError) as exc:
             raise RoutesError(f"ROUTES_FILE {self.path}: {exc}") from None
-        except RoutesError as exc:
-            raise RoutesError(f"ROUTES_FILE {self.path}: {exc}") from None
-        finally:
-            # Remember the version even when broken, so it is reported once, not per poll.
-            with contextlib.suppress(OSError):
-                self._seen = self._signature()
         self.router.table = table
-        self._seen = signature
 
     def reload_if_changed(self) -> bool:
         """Pick up an edit; True when a new table took effect. Blocking (file I/O)."""
-        try:
-            if self._signature() == self._seen:
-                return False
-        except OSError:
-            pass  # vanished or unreadable: load() reports it
+        if self._version() == self._seen:
+            return False
         try:
             self.load()
         except RoutesError as exc:

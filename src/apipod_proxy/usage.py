@@ -92,7 +92,7 @@ class SseWatcher:
         # mitmproxy sends each returned item as one chunk; an empty bytes object would be
         # an empty HTTP/1 chunk, which ends a chunked body, so "nothing" is an empty list.
         if not self._watching:
-            return data
+            return data or []
         if not data:  # end of stream: let through whatever is left
             rest, self._buffer = self._buffer, b""
             return [rest] if rest and self.strip else []
