@@ -1,0 +1,278 @@
+"""Unit tests for apipod_proxy.models: `GET /v1/models` merged with the proxy's names.
+
+The upstream is a stdlib HTTP server on 127.0.0.1 in a thread: no network beyond
+loopback, and every request it receives is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from apipod_proxy import models
+from apipod_proxy.models import CACHE_SECONDS, MODELS_PATH, ModelList
+
+UPSTREAM_KEY = "upstream-key-for-model-tests"
+
+
+@dataclass
+class FakeUpstream:
+    """What the fake answers (status, raw body) and what it was sent."""
+
+    status: int = 200
+    body: bytes = b'{"object": "list", "data": []}'
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    url: str = ""
+
+    def answer(self, payload: Any, status: int = 200) -> None:
+        self.status = status
+        self.body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            self.send_response(fake.status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(fake.body)))
+            self.end_headers()
+            self.wfile.write(fake.body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield fake
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """urllib honours *_proxy variables; the fake upstream must be reached directly."""
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """models' view of time.monotonic, moved by hand."""
+    fake = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(models, "time", SimpleNamespace(monotonic=lambda: fake.now))
+    return fake
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def warnings(self) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno == logging.WARNING]
+
+
+@pytest.fixture
+def apipod_log() -> Iterator[Records]:
+    logger = logging.getLogger("apipod")
+    handler = Records()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def model(model_id: str, owner: str = "antigravity") -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": owner}
+
+
+def ids(listing: dict[str, Any]) -> list[str]:
+    return [m["id"] for m in listing["data"]]
+
+
+def refused_url() -> str:
+    """A loopback URL nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# --- merging -------------------------------------------------------------------------
+
+
+def test_listing_puts_upstream_models_first_then_own_names(upstream: FakeUpstream) -> None:
+    upstream.answer({"object": "list", "data": [model("gemini-3-flash"), model("claude-x")]})
+    listing = ModelList(upstream.url, UPSTREAM_KEY).listing(["cursor-pro-sonnet", "gpt-4o"])
+    assert listing["object"] == "list"
+    assert ids(listing) == ["gemini-3-flash", "claude-x", "cursor-pro-sonnet", "gpt-4o"]
+
+
+def test_listing_keeps_upstream_entries_as_they_are(upstream: FakeUpstream) -> None:
+    entry = {**model("gemini-3-flash", "google"), "extra": {"context": 1_000_000}}
+    upstream.answer({"data": [entry]})
+    assert ModelList(upstream.url, UPSTREAM_KEY).listing([])["data"] == [entry]
+
+
+def test_listing_describes_own_names_in_openai_shape(upstream: FakeUpstream) -> None:
+    listing = ModelList(upstream.url, UPSTREAM_KEY).listing(["fast"])
+    assert listing["data"] == [
+        {"id": "fast", "object": "model", "created": 0, "owned_by": "apipod"}
+    ]
+
+
+def test_listing_does_not_repeat_names_the_upstream_has(upstream: FakeUpstream) -> None:
+    upstream.answer({"data": [model("gemini-3-flash", "google"), model("shared")]})
+    listing = ModelList(upstream.url, UPSTREAM_KEY).listing(["shared", "gemini-3-flash", "mine"])
+    assert ids(listing) == ["gemini-3-flash", "shared", "mine"]
+    assert listing["data"][0]["owned_by"] == "google"
+
+
+def test_listing_drops_upstream_entries_without_a_string_id(upstream: FakeUpstream) -> None:
+    upstream.answer({"data": [model("good"), {"id": 5}, {"object": "model"}, "text", None]})
+    assert ids(ModelList(upstream.url, UPSTREAM_KEY).listing(["mine"])) == ["good", "mine"]
+
+
+def test_listing_does_not_leak_own_names_into_the_cache(upstream: FakeUpstream) -> None:
+    upstream.answer({"data": [model("up")]})
+    models_list = ModelList(upstream.url, UPSTREAM_KEY)
+    models_list.listing(["first"])
+    assert ids(models_list.listing(["second"])) == ["up", "second"]
+
+
+# --- the upstream request --------------------------------------------------------------
+
+
+def test_upstream_is_asked_with_the_upstream_key_as_x_api_key(upstream: FakeUpstream) -> None:
+    ModelList(upstream.url, UPSTREAM_KEY).listing([])
+    assert len(upstream.requests) == 1
+    path, headers = upstream.requests[0]
+    assert path == MODELS_PATH
+    assert headers["x-api-key"] == UPSTREAM_KEY
+    assert "authorization" not in headers
+
+
+# --- caching ---------------------------------------------------------------------------
+
+
+def test_listing_is_cached_for_cache_seconds(
+    upstream: FakeUpstream, clock: SimpleNamespace
+) -> None:
+    upstream.answer({"data": [model("first")]})
+    models_list = ModelList(upstream.url, UPSTREAM_KEY)
+    assert ids(models_list.listing([])) == ["first"]
+    upstream.answer({"data": [model("second")]})
+    clock.now += CACHE_SECONDS - 0.5
+    assert ids(models_list.listing([])) == ["first"]
+    assert len(upstream.requests) == 1
+    clock.now += 0.5
+    assert ids(models_list.listing([])) == ["second"]
+    assert len(upstream.requests) == 2
+
+
+def test_each_model_list_has_its_own_cache(upstream: FakeUpstream, clock: SimpleNamespace) -> None:
+    ModelList(upstream.url, UPSTREAM_KEY).listing([])
+    ModelList(upstream.url, UPSTREAM_KEY).listing([])
+    assert len(upstream.requests) == 2
+
+
+def test_a_failure_is_not_cached(upstream: FakeUpstream, clock: SimpleNamespace) -> None:
+    upstream.answer({"error": "down"}, status=500)
+    models_list = ModelList(upstream.url, UPSTREAM_KEY)
+    assert ids(models_list.listing(["mine"])) == ["mine"]
+    upstream.answer({"data": [model("back")]})
+    assert ids(models_list.listing(["mine"])) == ["back", "mine"]
+    assert len(upstream.requests) == 2
+
+
+# --- upstream failures -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (500, b'{"data": [{"id": "should-not-appear"}]}'),
+        (404, b"not found"),
+        (200, b"<html>not json</html>"),
+        (200, b'{"data": [{"id": "cut'),
+        (200, b'{"object": "list"}'),
+        (200, b'{"data": {"id": "not-a-list"}}'),
+        (200, b'{"data": null}'),
+        (200, b'[{"id": "a-list-not-an-object"}]'),
+        (200, b'"just a string"'),
+        (200, b"\xff\xfe\xfa"),
+    ],
+    ids=[
+        "http-500",
+        "http-404",
+        "html",
+        "truncated-json",
+        "no-data",
+        "data-object",
+        "data-null",
+        "json-array",
+        "json-string",
+        "binary",
+    ],
+)
+def test_upstream_failure_lists_own_names_and_warns(
+    upstream: FakeUpstream, apipod_log: Records, status: int, body: bytes
+) -> None:
+    upstream.answer(body, status)
+    listing = ModelList(upstream.url, UPSTREAM_KEY).listing(["cursor-pro-sonnet", "gpt-4o"])
+    assert listing["object"] == "list"
+    assert ids(listing) == ["cursor-pro-sonnet", "gpt-4o"]
+    warnings = apipod_log.warnings()
+    assert len(warnings) == 1
+    assert upstream.url + MODELS_PATH in warnings[0]
+    assert UPSTREAM_KEY not in warnings[0]
+
+
+def test_refused_connection_lists_own_names_and_warns(apipod_log: Records) -> None:
+    url = refused_url()
+    listing = ModelList(url, UPSTREAM_KEY).listing(["cursor-pro-sonnet"])
+    assert ids(listing) == ["cursor-pro-sonnet"]
+    warnings = apipod_log.warnings()
+    assert len(warnings) == 1
+    assert url in warnings[0]
+
+
+def test_slow_upstream_times_out_to_own_names(
+    monkeypatch: pytest.MonkeyPatch, apipod_log: Records
+) -> None:
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()  # accepts connections, never answers
+    monkeypatch.setattr(models, "FETCH_TIMEOUT", 0.2)
+    try:
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}"
+        assert ids(ModelList(url, UPSTREAM_KEY).listing(["mine"])) == ["mine"]
+    finally:
+        listening.close()
+    assert len(apipod_log.warnings()) == 1
+
+
+def test_failure_with_no_own_names_is_an_empty_list(apipod_log: Records) -> None:
+    assert ModelList(refused_url(), UPSTREAM_KEY).listing([]) == {"object": "list", "data": []}
