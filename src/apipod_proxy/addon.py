@@ -14,6 +14,7 @@ and usage is written in batches about once a second.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import secrets
@@ -62,6 +63,17 @@ GATEWAY_OPTIONS: dict[str, Any] = {
     # upstream connection, and a down upstream yields an answer instead of a dropped client.
     "connection_strategy": "lazy",
 }
+#: mitmproxy's default addons that a reverse-proxy gateway never uses. mitmproxy offers
+#: every event to every addon, so each costs time on every request (TRIM_ADDONS).
+#: Kept: termlog, core, disableh2c, proxyserver, scriptloader, nextlayer, tlsconfig,
+#: errorcheck.
+UNUSED_ADDONS = (
+    "browser", "block", "stripdnshttpsrecords", "blocklist", "anticache", "anticomp",
+    "clientplayback", "commandhistory", "comment", "cut", "export", "onboarding",
+    "proxyauth", "dnsresolver", "serverplayback", "mapremote", "maplocal", "modifybody",
+    "modifyheaders", "stickyauth", "stickycookie", "save", "savehar", "upstreamauth",
+    "updatealtsvc", "dumper", "keepserving", "readfilestdin",
+)  # fmt: skip
 #: How often ROUTES_FILE is checked for edits.
 ROUTES_POLL_SECONDS = 2.0
 #: How often counted usage is written to SQLite.
@@ -155,6 +167,8 @@ class Apipod:
         )
 
     def running(self) -> None:
+        if self.settings.trim_addons:
+            self._trim_addons()
         loop = asyncio.get_running_loop()
         # Replace mitmdump's handlers, which stop at once and cut streams mid-flight.
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -170,6 +184,22 @@ class Apipod:
                     self._watch_routes(self.routes), name="apipod routes watcher", keep_ref=True
                 )
             )
+
+    def _trim_addons(self) -> None:
+        manager = ctx.master.addons
+        unused = [
+            addon
+            for name in UNUSED_ADDONS
+            if (addon := manager.get(name)) is not None
+            # remove() calls `done` synchronously; one with an async `done` must stay.
+            and not inspect.iscoroutinefunction(getattr(addon, "done", None))
+        ]
+        for addon in unused:
+            manager.remove(addon)
+        log.info(
+            "unloaded %d mitmproxy addons a gateway does not use (TRIM_ADDONS=false keeps them)",
+            len(unused),
+        )
 
     def done(self) -> None:
         for task in self._tasks:
