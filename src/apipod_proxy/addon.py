@@ -36,6 +36,7 @@ from mitmproxy.utils import asyncio_utils
 from . import auth, errors, keys, logs
 from .admin import AdminApi, is_internal
 from .config import ConfigError, Settings, load_settings
+from .keycache import MISS, KeyCache
 from .metrics import Metrics
 from .models import MODELS_PATH, ModelList
 from .ratelimit import RateLimiter
@@ -110,6 +111,7 @@ class Apipod:
     # Set by `load`; the hooks only run once loading succeeded.
     settings: Settings
     store: KeyStore
+    key_cache: KeyCache
     admin: AdminApi
 
     def __init__(self, settings: Settings | None = None, router: Router | None = None) -> None:
@@ -144,6 +146,7 @@ class Apipod:
             logs.startup_error(f"DATABASE_PATH {settings.database_path}: {exc}")
             return
         self.settings, self.store = settings, store
+        self.key_cache = KeyCache(settings.database_path)
         self.admin = AdminApi(settings, store, self.metrics)
         self.models = ModelList(settings.antigravity_url, settings.antigravity_key)
         self._db_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db")
@@ -289,9 +292,9 @@ class Apipod:
         """Put the caller's key record on `state`, or return the refusal."""
         key = auth.client_key(headers)
         record = None
-        if auth.needs_lookup(key):
+        if key is not None and auth.needs_lookup(key):
             try:
-                record = await self._db(self.store.find, keys.hash_key(key or ""))
+                record = await self._lookup(key)
             except sqlite3.Error as exc:
                 log.error("key lookup failed: %s", exc)
                 message = "The key database is unavailable, try again shortly"
@@ -312,6 +315,17 @@ class Apipod:
                 {"retry-after": self.limiter.retry_after(wait)},
             )
         return None
+
+    async def _lookup(self, key: str) -> KeyRecord | None:
+        """The key's record (None: unknown), from memory while the database is unchanged."""
+        key_hash = keys.hash_key(key)
+        version = self.key_cache.version()
+        cached = self.key_cache.get(key_hash, version)
+        if cached is not MISS:
+            return cached  # type: ignore[return-value]
+        record = await self._db(self.store.find, key_hash)
+        self.key_cache.put(key_hash, record, version)
+        return record
 
     async def request(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)

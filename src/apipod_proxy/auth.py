@@ -50,9 +50,9 @@ def refusal(
     return None
 
 
-def needs_lookup(key: str | None) -> bool:
+def needs_lookup(key: str) -> bool:
     """Only well-formed keys are worth a database query."""
-    return key is not None and keys.looks_like_key(key)
+    return keys.looks_like_key(key)
 
 
 def swap_credentials(headers: http.Headers, upstream_key: str) -> None:
