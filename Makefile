@@ -5,11 +5,24 @@ PYTHON ?= $(shell command -v python3.12 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint unit e2e clean help
+.PHONY: run test lint bench bench-replicas soak replicas clean help
 
 help:
-	@echo "make run    start the proxy (creates .venv and .env on first use)"
-	@echo "make test   lint and run the whole test suite"
+	@echo "make run             start the proxy (creates .venv and .env on first use)"
+	@echo "make test            lint and run the whole test suite"
+	@echo "make bench           benchmark apipod against bare mitmdump (ARGS=--quick: short)"
+	@echo "make bench-replicas  throughput of 1 vs 2 replicas behind HAProxy"
+	@echo "make soak            200 streams + 2,000 requests while keys churn"
+	@echo "make replicas N=2    run N replicas behind HAProxy on this host"
+
+# $(call need,TOOL): install Debian's package TOOL when the command is missing.
+need = command -v $(1) >/dev/null || { \
+	  echo "make: $(1) not found, installing it with apt-get"; \
+	  apt-get update -qq && apt-get install -y -qq $(1); \
+	} || { \
+	  echo "make: needs $(1) and could not install it (Debian/Ubuntu: sudo apt-get install $(1))" >&2; \
+	  exit 1; \
+	}
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.12+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 12) else None'
@@ -35,8 +48,29 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# curl runs the README's examples; wrk the bench smoke test (skipped without it).
 test: lint
+	@$(call need,curl)
+	-@$(call need,wrk)
 	$(BIN)/pytest
+
+# Needs wrk (and HAProxy for bench-replicas); as root they are installed when missing.
+bench: $(VENV)/.installed-test
+	@$(call need,wrk)
+	$(BIN)/python bench/run.py $(ARGS)
+
+bench-replicas: $(VENV)/.installed-test
+	@$(call need,wrk)
+	@$(call need,haproxy)
+	$(BIN)/python bench/replicas.py $(ARGS)
+
+# 200 SSE streams + 2,000 plain requests while keys churn; checks nothing is lost.
+soak: $(VENV)/.installed-test
+	$(BIN)/python tests/soak.py $(ARGS)
+
+N ?= 2
+replicas: $(VENV)/.installed .env
+	scripts/replicas.sh $(N)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
