@@ -16,16 +16,15 @@ from pathlib import Path
 import pytest
 from mitmproxy import http
 
+from apipod_proxy.bodies import parse_json
 from apipod_proxy.routing import (
     DEFAULT_TABLE,
     Alias,
-    BodyError,
     Router,
     RoutesError,
     RoutesFile,
     RouteTable,
     conversation_key,
-    parse_json_body,
     parse_routes,
     stable_draw,
 )
@@ -173,76 +172,6 @@ def test_same_seed_gives_same_routes() -> None:
     assert [first.route("cursor-pro-sonnet") for _ in range(100)] == [
         second.route("cursor-pro-sonnet") for _ in range(100)
     ]
-
-
-# --- parse_json_body -------------------------------------------------------------------
-
-
-def test_parse_json_body_decodes_an_object() -> None:
-    assert parse_json_body(b'{"model": "x", "n": [1, 2.5, null, true]}') == {
-        "model": "x",
-        "n": [1, 2.5, None, True],
-    }
-
-
-def test_parse_json_body_accepts_a_utf8_bom() -> None:
-    assert parse_json_body(b'\xef\xbb\xbf{"model": "x"}') == {"model": "x"}
-
-
-def test_parse_json_body_keeps_non_ascii() -> None:
-    assert parse_json_body('{"content": "привет 👋"}'.encode()) == {"content": "привет 👋"}
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b'{"content": "\xff"}',
-        b'{"content": "\xc3"}',
-        '{"a": 1}'.encode("utf-16"),
-        b"\xff\xfe",
-    ],
-)
-def test_parse_json_body_rejects_invalid_utf8(raw: bytes) -> None:
-    with pytest.raises(BodyError):
-        parse_json_body(raw)
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [b'{"t": NaN}', b'{"t": Infinity}', b'{"t": -Infinity}', b"NaN", b"[Infinity]"],
-)
-def test_parse_json_body_rejects_nan_and_infinity(raw: bytes) -> None:
-    with pytest.raises(BodyError):
-        parse_json_body(raw)
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [b"", b"   ", b"{", b'{"a": 1} trailing', b"{'a': 1}", b'{"a": 1,}', b"model=x"],
-)
-def test_parse_json_body_rejects_malformed_json(raw: bytes) -> None:
-    with pytest.raises(BodyError):
-        parse_json_body(raw)
-
-
-@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
-def test_parse_json_body_deep_nesting_is_a_body_error(opener: bytes) -> None:
-    depth = 200_000
-    closer = b"]" if opener == b"[" else b"}"
-    raw = opener * depth + b"1" + closer * depth
-    with pytest.raises(BodyError) as info:
-        parse_json_body(raw)
-    assert isinstance(info.value.__cause__, RecursionError)
-
-
-def test_parse_json_body_returns_non_objects_as_is() -> None:
-    assert parse_json_body(b"[1, 2]") == [1, 2]
-    assert parse_json_body(b'"text"') == "text"
-
-
-def test_body_error_is_a_value_error_with_a_client_message() -> None:
-    with pytest.raises(ValueError, match="not valid JSON"):
-        parse_json_body(b"nope")
 
 
 # --- parse_routes ----------------------------------------------------------------------
@@ -511,7 +440,7 @@ def test_sticky_routing_accepts_a_session_header_that_is_not_utf8() -> None:
 
 
 def test_conversation_key_accepts_lone_surrogates_in_the_body() -> None:
-    body = parse_json_body(b'{"messages": [{"role": "user", "content": "\\ud83d cut"}]}')
+    body = parse_json(b'{"messages": [{"role": "user", "content": "\\ud83d cut"}]}')
     conversation = conversation_key(1, None, body)
     assert conversation != conversation_key(1, None, chat(("user", " cut")))
     assert sticky_router().route(STICKY, conversation) in {CLAUDE, GEMINI}

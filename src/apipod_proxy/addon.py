@@ -35,20 +35,14 @@ from mitmproxy.utils import asyncio_utils
 
 from . import auth, errors, keys, logs
 from .admin import AdminApi, is_internal
+from .bodies import BodyError, BodyTooLarge, decoded, parse_json
 from .config import ConfigError, Settings, load_settings
 from .keycache import MISS, KeyCache
+from .logs import printable
 from .metrics import Metrics
 from .models import MODELS_PATH, ModelList
 from .ratelimit import RateLimiter
-from .routing import (
-    SESSION_HEADER,
-    BodyError,
-    Router,
-    RoutesError,
-    RoutesFile,
-    conversation_key,
-    parse_json_body,
-)
+from .routing import SESSION_HEADER, Router, RoutesError, RoutesFile, conversation_key
 from .store import KeyRecord, KeyStore
 from .usage import SseWatcher, Usage, UsageRecorder, usage_from_body
 
@@ -251,7 +245,10 @@ class Apipod:
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(USAGE_FLUSH_SECONDS)
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception:  # the flusher must outlive any one bad batch
+                log.exception("usage flush failed")
 
     async def _flush(self) -> None:
         if not self.usage:
@@ -275,9 +272,15 @@ class Apipod:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         given_id = flow.request.headers.get("x-request-id", "")
-        request_id = given_id if _REQUEST_ID.match(given_id) else "req_" + secrets.token_hex(8)
+        sane = _REQUEST_ID.fullmatch(given_id) and not keys.looks_keyish(given_id)
+        request_id = given_id if sane else "req_" + secrets.token_hex(8)
         state = flow.metadata[STATE] = FlowState(request_id)
         self.in_flight.add(flow.id)
+        if has_forbidden_header_bytes(flow.request.headers):
+            message = "Header values must not contain CR, LF or NUL"
+            flow.response = errors.error_response(400, message, "invalid_request_headers")
+            state.answered_by_proxy = True
+            return
         if is_internal(flow.request.path.partition("?")[0]):
             state.internal = True
             return
@@ -363,14 +366,17 @@ class Apipod:
         if content_type.startswith("multipart/"):
             return None
         try:
-            raw = flow.request.get_content(strict=True)
-        except ValueError:
-            message = "Request body cannot be decoded (bad Content-Encoding)"
+            raw = decoded(flow.request, self.settings.max_body_size)
+        except BodyTooLarge:
+            message = "Decoded request body is larger than the proxy accepts (MAX_BODY_SIZE)"
+            return errors.error_response(413, message, "request_too_large")
+        except BodyError as exc:
+            message = f"Request body cannot be decoded: {exc}"
             return errors.error_response(400, message, "invalid_encoding")
         if not raw:
             return None
         try:
-            body = parse_json_body(raw)
+            body = parse_json(raw)
         except BodyError as exc:
             return errors.error_response(400, str(exc), "invalid_json")
         if not isinstance(body, dict):
@@ -474,29 +480,40 @@ class Apipod:
         if status is None:
             forwarded = state.forwarded_at is not None
             status = 504 if state.timed_out else logs.failure_status(flow.error, forwarded)
-        model = state.routed_model or ""
-        self.metrics.requests.labels(model or "-", str(status)).inc()
+        try:
+            self._account(flow, state, status)
+        except Exception:  # accounting must never break the proxy, nor skip the log line
+            log.exception("internal error accounting %s", printable(flow.request.path))
+        logs.access(flow, state, status)
+
+    def _account(self, flow: http.HTTPFlow, state: FlowState, status: int) -> None:
+        model = printable(state.routed_model or "")
+        label = self.metrics.model_label(model)
+        self.metrics.requests.labels(label, str(status)).inc()
         self.metrics.duration.observe(time.perf_counter() - state.started)
         if state.user is not None and state.forwarded_at is not None:
             usage = self._usage_of(flow, state)
             self.usage.add(state.user.id, model, status, usage)
             if usage.prompt_tokens or usage.completion_tokens:
-                self.metrics.tokens.labels(model or "-", "prompt").inc(usage.prompt_tokens)
-                self.metrics.tokens.labels(model or "-", "completion").inc(usage.completion_tokens)
-        logs.access(flow, state, status)
+                self.metrics.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
+                self.metrics.tokens.labels(label, "completion").inc(usage.completion_tokens)
 
     @staticmethod
     def _usage_of(flow: http.HTTPFlow, state: FlowState) -> Usage:
         if state.watcher is not None:
             return state.watcher.usage
         response = flow.response
-        if (
-            response is None
-            or "json" not in response.headers.get("content-type", "")
-            or len(response.raw_content or b"") > MAX_USAGE_BODY
-        ):
+        if response is None or "json" not in response.headers.get("content-type", ""):
             return Usage()
-        return usage_from_body(response.get_content(strict=False) or b"")
+        try:
+            return usage_from_body(decoded(response, MAX_USAGE_BODY))
+        except BodyError:  # too large or oddly encoded: forwarded all the same, not counted
+            return Usage()
+
+
+def has_forbidden_header_bytes(headers: http.Headers) -> bool:
+    """CR, LF (an obs-fold) or NUL in a value, which a proxy must not pass on (RFC 9110 5.5)."""
+    return any(b"\r" in value or b"\n" in value or b"\0" in value for _, value in headers.fields)
 
 
 def _wants_usage_injected(path: str, body: dict[str, Any]) -> bool:

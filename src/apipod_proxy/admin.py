@@ -18,10 +18,10 @@ from mitmproxy import http
 
 from . import keys
 from .auth import bearer_token
+from .bodies import BodyError, decoded, parse_json
 from .config import Settings
 from .errors import error_response, json_response
 from .metrics import CONTENT_TYPE, Metrics
-from .routing import BodyError, parse_json_body
 from .store import KeyStore
 
 log = logging.getLogger("apipod")
@@ -40,10 +40,16 @@ def is_internal(path: str) -> bool:
     return path in (HEALTH_PATH, METRICS_PATH, "/admin") or path.startswith(ADMIN_PREFIX)
 
 
+#: Admin bodies are a few fields; nothing bigger is decoded.
+MAX_ADMIN_BODY = 64 << 10
+#: SQLite's integer range: no key can have an id outside it.
+MAX_ID = 2**63 - 1
+
+
 def _json_object(request: http.Request, allowed: set[str]) -> dict[str, Any]:
     """The request's JSON object body, or ValueError with a message for the client."""
     try:
-        body = parse_json_body(request.get_content(strict=False) or b"")
+        body = parse_json(decoded(request, MAX_ADMIN_BODY))
     except BodyError:
         body = None
     if not isinstance(body, dict):
@@ -148,7 +154,7 @@ class AdminApi:
             return error_response(400, str(exc), "invalid_json")
         if isinstance(key_id, bool) or not isinstance(key_id, int):
             return error_response(400, "id must be a key's whole-number id", "invalid_field")
-        if not self.store.set_active(key_id, active):
+        if not (1 <= key_id <= MAX_ID and self.store.set_active(key_id, active)):
             return error_response(404, f"No key has id {key_id}", "key_not_found")
         log.info("admin: %s key id=%s", "activated" if active else "revoked", key_id)
         return json_response(200, {"id": key_id, "active": active})

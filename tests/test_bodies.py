@@ -1,0 +1,150 @@
+"""Unit tests for apipod_proxy.bodies: bounded decoding and strict JSON."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import brotli
+import pytest
+from mitmproxy.test import tutils
+
+from apipod_proxy.bodies import BodyError, BodyTooLarge, decoded, parse_json
+
+try:
+    from compression import zstd
+except ImportError:
+    from backports import zstd
+
+
+# --- parse_json -------------------------------------------------------------------
+
+
+def test_parse_json_decodes_an_object() -> None:
+    assert parse_json(b'{"model": "x", "n": [1, 2.5, null, true]}') == {
+        "model": "x",
+        "n": [1, 2.5, None, True],
+    }
+
+
+def test_parse_json_accepts_a_utf8_bom() -> None:
+    assert parse_json(b'\xef\xbb\xbf{"model": "x"}') == {"model": "x"}
+
+
+def test_parse_json_keeps_non_ascii() -> None:
+    assert parse_json('{"content": "привет 👋"}'.encode()) == {"content": "привет 👋"}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"content": "\xff"}',
+        b'{"content": "\xc3"}',
+        '{"a": 1}'.encode("utf-16"),
+        b"\xff\xfe",
+    ],
+)
+def test_parse_json_rejects_invalid_utf8(raw: bytes) -> None:
+    with pytest.raises(BodyError):
+        parse_json(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"t": NaN}', b'{"t": Infinity}', b'{"t": -Infinity}', b"NaN", b"[Infinity]"],
+)
+def test_parse_json_rejects_nan_and_infinity(raw: bytes) -> None:
+    with pytest.raises(BodyError):
+        parse_json(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"   ", b"{", b'{"a": 1} trailing', b"{'a': 1}", b'{"a": 1,}', b"model=x"],
+)
+def test_parse_json_rejects_malformed_json(raw: bytes) -> None:
+    with pytest.raises(BodyError):
+        parse_json(raw)
+
+
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
+def test_parse_json_deep_nesting_is_a_body_error(opener: bytes) -> None:
+    depth = 200_000
+    closer = b"]" if opener == b"[" else b"}"
+    raw = opener * depth + b"1" + closer * depth
+    with pytest.raises(BodyError) as info:
+        parse_json(raw)
+    assert isinstance(info.value.__cause__, RecursionError)
+
+
+def test_parse_json_returns_non_objects_as_is() -> None:
+    assert parse_json(b"[1, 2]") == [1, 2]
+    assert parse_json(b'"text"') == "text"
+
+
+def test_body_error_is_a_value_error_with_a_client_message() -> None:
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_json(b"nope")
+
+
+# --- decoded --------------------------------------------------------------------------
+
+PLAIN = b'{"model": "cursor-pro-sonnet", "messages": []}'
+ENCODERS = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+    "zstd": zstd.compress,
+}
+
+
+def request(body: bytes, encoding: str | None) -> object:
+    req = tutils.treq(content=b"")
+    req.raw_content = body
+    if encoding is not None:
+        req.headers["content-encoding"] = encoding
+    return req
+
+
+@pytest.mark.parametrize("encoding", [None, "", "identity"])
+def test_unencoded_bodies_come_back_as_they_are(encoding: str | None) -> None:
+    assert decoded(request(PLAIN, encoding), 1024) == PLAIN
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+def test_each_client_encoding_is_decoded(encoding: str) -> None:
+    assert decoded(request(ENCODERS[encoding](PLAIN), encoding), 1024) == PLAIN
+
+
+def test_raw_deflate_is_accepted_too() -> None:
+    packer = zlib.compressobj(wbits=-15)
+    raw = packer.compress(PLAIN) + packer.flush()
+    assert decoded(request(raw, "deflate"), 1024) == PLAIN
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+def test_a_bomb_stops_at_the_limit(encoding: str) -> None:
+    bomb = ENCODERS[encoding](b"\0" * (8 << 20))
+    assert len(bomb) < 64 << 10
+    with pytest.raises(BodyTooLarge):
+        decoded(request(bomb, encoding), 1 << 20)
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+def test_exactly_the_limit_is_fine(encoding: str) -> None:
+    assert len(decoded(request(ENCODERS[encoding](b"a" * 1000), encoding), 1000)) == 1000
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+def test_truncated_or_garbage_bodies_are_errors(encoding: str) -> None:
+    packed = ENCODERS[encoding](PLAIN * 50)
+    for broken in (packed[: len(packed) // 2], b"definitely not " + encoding.encode()):
+        with pytest.raises(BodyError) as info:
+            decoded(request(broken, encoding), 1 << 20)
+        assert not isinstance(info.value, BodyTooLarge)
+
+
+@pytest.mark.parametrize("encoding", ["rot13", "base64", "hex", "bz2", "gzip, br", "compress"])
+def test_unsupported_encodings_are_refused(encoding: str) -> None:
+    with pytest.raises(BodyError, match="unsupported Content-Encoding"):
+        decoded(request(PLAIN, encoding), 1024)
