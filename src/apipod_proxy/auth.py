@@ -8,8 +8,14 @@ from . import keys
 from .errors import error_response
 from .store import KeyRecord
 
-#: Client credentials that must never reach the upstream.
-CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "x-goog-api-key")
+#: Client credentials that must never reach the upstream (the admin secret included).
+CLIENT_CREDENTIAL_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "x-admin-secret",
+)
 
 
 def bearer_token(headers: http.Headers) -> str | None:

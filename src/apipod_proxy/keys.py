@@ -43,6 +43,11 @@ def looks_like_key(value: str) -> bool:
     return len(value) == KEY_LENGTH and value.startswith(KEY_PREFIX)
 
 
+def looks_keyish(text: str) -> bool:
+    """True when `text` holds something shaped like one of our keys (never log it)."""
+    return KEY_PREFIX in text
+
+
 def parse_duration(value: object, name: str = "expires_in") -> int:
     """Seconds from whole seconds (`3600`) or a string like `90s`, `30m`, `12h`, `30d`.
 

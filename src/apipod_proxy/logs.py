@@ -36,9 +36,24 @@ def _timestamp(record: logging.LogRecord) -> str:
     )
 
 
+def printable(text: str) -> str:
+    """`text` with control characters and lone surrogates escaped (`\\n`, `\\ud800`),
+    so a value a client chose can neither forge a log line nor break the UTF-8 output."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _utf8(line: str) -> str:
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"{_timestamp(record)} {record.levelname} {record.getMessage()}"
+        line = f"{_timestamp(record)} {record.levelname} {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return _utf8(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,7 +64,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         line.update(getattr(record, "access", {}))
-        return json.dumps(line, ensure_ascii=False)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return _utf8(json.dumps(line, ensure_ascii=False))
 
 
 def setup(log_format: str = "text") -> None:
@@ -94,14 +111,14 @@ def access(flow: http.HTTPFlow, state: FlowState, status: int) -> None:
     user = state.user
     fields: dict[str, Any] = {
         "request_id": state.request_id,
-        "method": flow.request.method,
-        "path": flow.request.path.partition("?")[0],
+        "method": printable(flow.request.method),
+        "path": printable(flow.request.path.partition("?")[0]),
         "status": status,
         "duration_ms": round((time.perf_counter() - state.started) * 1000, 1),
         "key_id": user.id if user else None,
         "key_name": user.name if user else None,
-        "model": state.requested_model,
-        "routed_model": state.routed_model,
+        "model": None if state.requested_model is None else printable(state.requested_model),
+        "routed_model": None if state.routed_model is None else printable(state.routed_model),
     }
     if flow.error and flow.response is None:
         fields["error"] = redact(flow.error.msg)
@@ -109,8 +126,8 @@ def access(flow: http.HTTPFlow, state: FlowState, status: int) -> None:
         f"{fields['method']} {fields['path']} {status} {fields['duration_ms']}ms "
         f"key={f'{user.id}:{user.name}' if user else '-'} id={state.request_id}"
     )
-    if state.requested_model is not None:
-        text += f" model={state.requested_model}->{state.routed_model}"
+    if fields["model"] is not None:
+        text += f" model={fields['model']}->{fields['routed_model']}"
     if "error" in fields:
         text += f' error="{fields["error"]}"'
     log.info(text, extra={"access": fields})

@@ -9,6 +9,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+#: Distinct model labels kept; clients choose model names, and every label value is a
+#: time series held forever, so past this many the rest are counted as "other".
+MAX_MODEL_LABELS = 100
+
 #: LLM requests run from milliseconds (errors, cached answers) to minutes (long streams).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -54,6 +58,19 @@ class Metrics:
         self.rate_limited = Counter(
             "apipod_rate_limited", "Requests refused by the per-key rate limit.", registry=registry
         )
+
+        self._models: set[str] = set()
+
+    def model_label(self, model: str) -> str:
+        """The label for `model`: itself, "-" for none, or "other" past MAX_MODEL_LABELS."""
+        if not model:
+            return "-"
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODEL_LABELS:
+            return "other"
+        self._models.add(model)
+        return model
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
