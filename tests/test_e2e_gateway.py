@@ -105,7 +105,11 @@ def test_openai_sdk_chat_reaches_upstream_with_swapped_credentials(
     completion = client.chat.completions.create(
         model="gemini-3-flash",
         messages=[{"role": "user", "content": "hi"}],
-        extra_headers={"x-custom-trace": "kept", "x-api-key": api_key},
+        extra_headers={
+            "x-custom-trace": "kept",
+            "x-api-key": api_key,
+            "x-admin-secret": ADMIN_SECRET,
+        },
     )
     assert completion.choices[0].message.content == "hello from gemini-3-flash"
     assert completion.usage is not None and completion.usage.total_tokens == 16
@@ -113,6 +117,7 @@ def test_openai_sdk_chat_reaches_upstream_with_swapped_credentials(
     headers = {k.lower(): v for k, v in seen.headers.items()}
     assert headers["x-api-key"] == UPSTREAM_KEY
     assert "authorization" not in headers
+    assert "x-admin-secret" not in headers
     assert headers["x-custom-trace"] == "kept"
     assert api_key not in json.dumps(headers)
     assert seen.json()["model"] == "gemini-3-flash"
