@@ -17,6 +17,7 @@ from apipod_proxy.keys import (
     generate_key,
     hash_key,
     looks_like_key,
+    now_text,
     parse_duration,
     utcnow,
     validate_new_key,
@@ -280,3 +281,11 @@ def test_utcnow_is_aware_utc_without_microseconds() -> None:
     assert now.tzinfo is not None
     assert now.utcoffset() == timedelta(0)
     assert now.microsecond == 0
+
+
+def test_now_text_is_format_time_of_now() -> None:
+    before = format_time(utcnow())
+    now = now_text()
+    after = format_time(utcnow())
+    assert before <= now <= after
+    assert len(now) == len("2026-01-01T00:00:00Z") and now.endswith("Z")

@@ -468,7 +468,7 @@ NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 @pytest.fixture
 def frozen(monkeypatch: pytest.MonkeyPatch) -> str:
     """Freeze the recorder's clock; return the hour bucket it falls into."""
-    monkeypatch.setattr(usage.keys, "utcnow", lambda: NOW)
+    monkeypatch.setattr(usage.keys, "now_text", lambda: keys.format_time(NOW))
     return keys.hour_of(keys.format_time(NOW))
 
 
@@ -519,7 +519,7 @@ def test_add_keeps_keys_and_models_apart(frozen: str) -> None:
 def test_add_uses_a_new_bucket_each_hour(monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = UsageRecorder()
     moments = iter([NOW, NOW.replace(hour=8)])
-    monkeypatch.setattr(usage.keys, "utcnow", lambda: next(moments))
+    monkeypatch.setattr(usage.keys, "now_text", lambda: keys.format_time(next(moments)))
     recorder.add(1, "m", 200, Usage())
     recorder.add(1, "m", 200, Usage())
     pending, last_used = recorder.take()

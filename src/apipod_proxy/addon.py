@@ -7,8 +7,9 @@ request         answer internal endpoints, route the model, ask upstream for usa
 responseheaders stream Server-Sent Events as they arrive, watching them for usage
 response/error  count usage and metrics, write the access line
 
-Blocking SQLite work runs on a small thread pool so no hook stalls the event loop,
-and usage is written in batches about once a second.
+Key lookups are answered from memory while the database is unchanged (keycache.py);
+other SQLite work runs on a small thread pool, so no hook stalls the event loop, and
+usage is written in batches about once a second.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import secrets
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -75,7 +76,7 @@ ROUTES_POLL_SECONDS = 2.0
 USAGE_FLUSH_SECONDS = 1.0
 #: Larger non-streaming responses are not parsed for usage (they are forwarded all the same).
 MAX_USAGE_BODY = 4 << 20
-_REQUEST_ID = re.compile(r"^[\w.:/+=-]{1,128}$")
+_REQUEST_ID = re.compile(r"[\w.:/+=-]{1,128}")
 
 
 @dataclass(slots=True)
@@ -107,6 +108,7 @@ class Apipod:
     store: KeyStore
     key_cache: KeyCache
     admin: AdminApi
+    models: ModelList
 
     def __init__(self, settings: Settings | None = None, router: Router | None = None) -> None:
         self._given_settings = settings
@@ -170,17 +172,24 @@ class Apipod:
         # Replace mitmdump's handlers, which stop at once and cut streams mid-flight.
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal)
-        self._tasks.append(
-            asyncio_utils.create_task(
-                self._flush_periodically(), name="apipod usage flusher", keep_ref=True
+        self._every(USAGE_FLUSH_SECONDS, self._flush, "usage flush")
+        if (routes := self.routes) is not None:
+            self._every(
+                ROUTES_POLL_SECONDS, lambda: self._db(routes.reload_if_changed), "routes reload"
             )
-        )
-        if self.routes is not None:
-            self._tasks.append(
-                asyncio_utils.create_task(
-                    self._watch_routes(self.routes), name="apipod routes watcher", keep_ref=True
-                )
-            )
+
+    def _every(self, seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
+        """Run `job` every `seconds` until shutdown; one failure never stops the loop."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    await job()
+                except Exception:
+                    log.exception("%s failed", name)
+
+        self._tasks.append(asyncio_utils.create_task(loop(), name=f"apipod {name}", keep_ref=True))
 
     def _trim_addons(self) -> None:
         manager = ctx.master.addons
@@ -235,20 +244,7 @@ class Apipod:
         log.info("drained; exiting")
         ctx.master.shutdown()
 
-    async def _watch_routes(self, routes: RoutesFile) -> None:
-        while True:
-            await asyncio.sleep(ROUTES_POLL_SECONDS)
-            await self._db(routes.reload_if_changed)
-
     # --- usage batches -----------------------------------------------------------
-
-    async def _flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(USAGE_FLUSH_SECONDS)
-            try:
-                await self._flush()
-            except Exception:  # the flusher must outlive any one bad batch
-                log.exception("usage flush failed")
 
     async def _flush(self) -> None:
         if not self.usage:
@@ -265,8 +261,8 @@ class Apipod:
             batch = self.usage.take()
             try:
                 self.store.record_usage(*batch)
-            except sqlite3.Error as exc:
-                log.error("final usage flush failed; %d buckets lost: %s", len(batch[0]), exc)
+            except Exception:
+                log.exception("final usage flush failed; %d buckets lost", len(batch[0]))
 
     # --- request path ------------------------------------------------------------
 
@@ -287,7 +283,7 @@ class Apipod:
         try:
             flow.response = await self._authenticate(flow.request.headers, state)
         except Exception:  # never let a bug wave an unauthenticated request through
-            log.exception("internal error authenticating %s", flow.request.path)
+            log.exception("internal error authenticating %s", printable(flow.request.path))
             flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
         state.answered_by_proxy = flow.response is not None
 
@@ -302,7 +298,7 @@ class Apipod:
                 log.error("key lookup failed: %s", exc)
                 message = "The key database is unavailable, try again shortly"
                 return errors.error_response(503, message, "database_unavailable")
-        if refused := auth.refusal(key, record, keys.format_time(keys.utcnow())):
+        if refused := auth.refusal(key, record, keys.now_text()):
             reason, response = refused
             self.metrics.auth_failures.labels(reason).inc()
             return response
@@ -350,7 +346,7 @@ class Apipod:
                 state.answered_by_proxy = True
                 return
         except Exception:  # a bug must answer 500, never forward a half-processed request
-            log.exception("internal error handling %s %s", flow.request.method, flow.request.path)
+            log.exception("internal error handling %s", printable(flow.request.path))
             flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
             state.answered_by_proxy = True
             return

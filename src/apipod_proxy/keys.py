@@ -10,6 +10,7 @@ import base64
 import hashlib
 import re
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 
 KEY_PREFIX = "apk_"
@@ -110,6 +111,18 @@ def validate_new_key(
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+_now_cache: tuple[int, str] = (0, "")
+
+
+def now_text() -> str:
+    """`format_time(utcnow())`, formatted once per second: it is read on every request."""
+    global _now_cache
+    second = int(time.time())
+    if _now_cache[0] != second:
+        _now_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+    return _now_cache[1]
 
 
 def format_time(moment: datetime) -> str:

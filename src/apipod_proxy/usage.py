@@ -153,7 +153,7 @@ class UsageRecorder:
         return bool(self._pending)
 
     def add(self, key_id: int, model: str, status: int, usage: Usage) -> None:
-        now = keys.format_time(keys.utcnow())
+        now = keys.now_text()
         counts = self._pending.get((key_id, model, keys.hour_of(now)))
         if counts is None:
             counts = self._pending[(key_id, model, keys.hour_of(now))] = UsageCounts()
