@@ -130,3 +130,19 @@ def test_create_key_script_errors_go_to_stderr(
     assert result.stdout == ""
     assert message in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("trim", ["true", "false"])
+def test_the_proxy_works_with_and_without_mitmproxys_unused_addons(
+    make_proxy, standin, trim: str
+) -> None:
+    proxy = make_proxy(standin.url, TRIM_ADDONS=trim)
+    key = proxy.create_key()
+    response = httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "cursor-pro-sonnet", "messages": []},
+    )
+    assert response.status_code == 200
+    assert response.json()["model"] in ("claude-sonnet-4-5", "gemini-3-flash")
+    assert ("unloaded 27 mitmproxy addons" in proxy.log()) is (trim == "true")

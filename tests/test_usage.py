@@ -577,3 +577,18 @@ def test_give_back_keeps_the_latest_last_used_time() -> None:
 
 def _fields(counts: UsageCounts) -> dict[str, int]:
     return {name: getattr(counts, name) for name in UsageCounts.__slots__}
+
+
+def test_chunks_with_null_usage_are_not_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream that asked for usage carries `"usage": null` in every chunk; only the
+    final usage object is worth parsing."""
+    parsed: list[bytes] = []
+    real_loads = usage.json.loads
+    monkeypatch.setattr(usage.json, "loads", lambda raw: parsed.append(raw) or real_loads(raw))
+    watcher = SseWatcher(strip_usage_chunk=True)
+    chunk = b'data: {"choices": [{"delta": {"content": "x"}}], "usage": null}\n\n'
+    final = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}\n\n'
+    assert watcher(chunk) == [chunk]
+    assert watcher(chunk + final + b"data: [DONE]\n\n") == [chunk, b"data: [DONE]\n\n"]
+    assert len(parsed) == 1
+    assert (watcher.usage.prompt_tokens, watcher.usage.completion_tokens) == (3, 4)

@@ -165,6 +165,15 @@ class Apipod:
             settings.upstream_timeout,
         )
 
+    def configure(self, updated: set[str]) -> None:
+        if "termlog_verbosity" in updated:
+            # mitmproxy logs every connection at INFO. Under `-q` nothing shows those
+            # lines, yet each record is built (~5% of the loop with many short streams):
+            # let mitmproxy's loggers drop what its terminal log would drop anyway.
+            level = logging.getLevelName(ctx.options.termlog_verbosity.upper())
+            if isinstance(level, int):
+                logging.getLogger("mitmproxy").setLevel(level)
+
     def running(self) -> None:
         if self.settings.trim_addons:
             self._trim_addons()

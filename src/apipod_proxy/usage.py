@@ -26,6 +26,10 @@ log = logging.getLogger("apipod")
 
 #: An SSE event ends at a blank line; servers may use CRLF.
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+_WHOLE = (b"\n\n", b"\r\n\r\n")
+#: Usage as an object (not `"usage": null`, which every chunk of a stream that asked
+#: for usage carries): only events holding it are parsed.
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 #: A stream whose events never end is not watched past this many buffered bytes.
 MAX_EVENT_BYTES = 1 << 20
 
@@ -96,6 +100,8 @@ class SseWatcher:
         if not data:  # end of stream: let through whatever is left
             rest, self._buffer = self._buffer, b""
             return [rest] if rest and self.strip else []
+        if not self._buffer and data.endswith(_WHOLE) and not _USAGE_OBJECT.search(data):
+            return [data] if self.strip else data  # whole events, no usage: nothing to do
         self._buffer += data
         events: list[bytes] = []
         start = 0
@@ -116,7 +122,7 @@ class SseWatcher:
 
     def _observe(self, event: bytes) -> bool:
         """Note the event's usage; False when the event must not reach the client."""
-        if b'"usage"' not in event:
+        if not _USAGE_OBJECT.search(event):
             return True
         for line in event.splitlines():
             if not line.startswith(b"data:"):
