@@ -7,6 +7,7 @@ a temporary folder, so it reads no `.env` but the one a test writes.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -64,6 +65,18 @@ class Proxy:
         key = response.json()["api_key"]
         self.keys.append(key)
         return key
+
+    def usage_from_cli(self) -> list[dict[str, object]]:
+        """`scripts/keys.py usage --json` on this proxy's database (works once it exited)."""
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "keys.py"), "usage", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "DATABASE_PATH": str(self.database)},
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
 
     def stop(self) -> int:
         if self.process.poll() is None:

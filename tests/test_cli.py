@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from apipod_proxy import cli, keys
-from apipod_proxy.cli import LIST_COLUMNS, USAGE_COLUMNS, table
+from apipod_proxy.cli import table
+from apipod_proxy.store import KEY_FIELDS as LIST_COLUMNS
+from apipod_proxy.store import USAGE_FIELDS as USAGE_COLUMNS
 from apipod_proxy.store import KeyStore, UsageCounts
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
 import socketserver
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import ADMIN_SECRET, ROOT, Proxy, free_port
+from conftest import ADMIN_SECRET, Proxy, free_port
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
@@ -305,14 +302,8 @@ def test_sigterm_under_load_serves_in_flight_and_counts_exactly_what_was_served(
     assert proxy.process.wait(20) == 0
     served = outcomes.count("ok")
     assert served > 0 and set(outcomes) <= {"ok", "refused"}, set(outcomes)
-    rows = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "keys.py"), "usage", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "DATABASE_PATH": str(proxy.database)},
-    )
-    counted = sum(r["requests"] for r in json.loads(rows.stdout) if r["key_id"] == key_id["id"])
+    rows = proxy.usage_from_cli()
+    counted = sum(r["requests"] for r in rows if r["key_id"] == key_id["id"])
     print(f"served {served}, refused {outcomes.count('refused')}, counted {counted}")
     assert counted == served
 

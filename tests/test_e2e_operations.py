@@ -333,14 +333,8 @@ def test_stop_signal_drains_a_stream_in_flight_then_flushes_and_exits_0(
         :15
     ] == [str(i) for i in range(15)]
     # What was counted before the exit is in the database.
-    rows = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "keys.py"), "usage", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "DATABASE_PATH": str(proxy.database)},
-    )
-    [row] = [r for r in json.loads(rows.stdout) if r["key_id"] == key_id]
+    rows = proxy.usage_from_cli()
+    [row] = [r for r in rows if r["key_id"] == key_id]
     assert (row["requests"], row["completion_tokens"]) == (1, 15)
     assert "draining 1 in-flight" in proxy.log()
 

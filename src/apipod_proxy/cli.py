@@ -18,23 +18,7 @@ from typing import Any
 
 from . import keys
 from .config import database_path
-from .store import KeyStore
-
-LIST_COLUMNS = [
-    "id",
-    "name",
-    "tier",
-    "active",
-    "created_at",
-    "expires_at",
-    "prefix",
-    "rpm",
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "last_used_at",
-]
-USAGE_COLUMNS = ["key_id", "name", "model", "requests", "prompt_tokens", "completion_tokens"]
+from .store import KEY_FIELDS, USAGE_FIELDS, KeyStore
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -78,7 +62,7 @@ def create(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def list_keys(store: KeyStore, args: argparse.Namespace) -> int:
-    _print(store.list_keys(), LIST_COLUMNS, args.json)
+    _print(store.list_keys(), KEY_FIELDS, args.json)
     return 0
 
 
@@ -93,7 +77,7 @@ def set_active(store: KeyStore, args: argparse.Namespace) -> int:
 
 def usage(store: KeyStore, args: argparse.Namespace) -> int:
     since = keys.ago(keys.parse_duration(args.since, "--since")) if args.since else None
-    _print(store.usage(since), USAGE_COLUMNS, args.json)
+    _print(store.usage(since), USAGE_FIELDS, args.json)
     return 0
 
 

@@ -196,6 +196,25 @@ def set_active(conn: sqlite3.Connection, key_id: int, active: bool) -> bool:
     return cursor.rowcount == 1
 
 
+#: The fields of `list_keys` and `usage_report` rows, in order: a stable contract with
+#: operators' scripts (`keys.py ... --json`, GET /admin/keys and /admin/usage).
+KEY_FIELDS = [
+    "id",
+    "name",
+    "tier",
+    "active",
+    "created_at",
+    "expires_at",
+    "prefix",
+    "rpm",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "last_used_at",
+]
+USAGE_FIELDS = ["key_id", "name", "model", "requests", "prompt_tokens", "completion_tokens"]
+
+
 def list_keys(conn: sqlite3.Connection) -> list[dict[str, object]]:
     """Every key with its usage totals, oldest first. Never a key or a hash."""
     rows = conn.execute(
@@ -207,21 +226,7 @@ def list_keys(conn: sqlite3.Connection) -> list[dict[str, object]]:
         GROUP BY u.id ORDER BY u.id
         """
     ).fetchall()
-    columns = [
-        "id",
-        "name",
-        "tier",
-        "active",
-        "created_at",
-        "expires_at",
-        "prefix",
-        "rpm",
-        "requests",
-        "prompt_tokens",
-        "completion_tokens",
-        "last_used_at",
-    ]
-    return [{**dict(zip(columns, row, strict=True)), "active": bool(row[3])} for row in rows]
+    return [{**dict(zip(KEY_FIELDS, row, strict=True)), "active": bool(row[3])} for row in rows]
 
 
 def usage_report(conn: sqlite3.Connection, since: str | None = None) -> list[dict[str, object]]:
@@ -236,8 +241,7 @@ def usage_report(conn: sqlite3.Connection, since: str | None = None) -> list[dic
         """,
         (keys.hour_of(since) if since else "",),
     ).fetchall()
-    columns = ["key_id", "name", "model", "requests", "prompt_tokens", "completion_tokens"]
-    return [dict(zip(columns, row, strict=True)) for row in rows]
+    return [dict(zip(USAGE_FIELDS, row, strict=True)) for row in rows]
 
 
 @dataclass(slots=True)
