@@ -1,8 +1,8 @@
-"""Endpoints the proxy answers itself: `GET /health` and `POST /admin/*`.
+"""Endpoints the proxy answers itself: `/health`, `/metrics` and `/admin/*`.
 
 They never reach the upstream. A handful of exact paths does not need a web
 framework: one dict lookup keeps the hot path (every other request) untouched.
-The handlers do blocking SQLite work, so the addon runs them on its DB thread.
+The handlers do blocking SQLite work, so the addon runs them on its DB threads.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .auth import bearer_token
 from .bodies import BodyError, decoded, parse_json
 from .config import Settings
 from .errors import error_response, json_response
+from .logs import printable
 from .metrics import CONTENT_TYPE, Metrics
 from .store import KeyStore
 
@@ -30,8 +31,6 @@ Handler = Callable[["AdminApi", http.Request], http.Response]
 
 ADMIN_PREFIX = "/admin/"
 HEALTH_PATH = "/health"
-
-
 METRICS_PATH = "/metrics"
 
 
@@ -80,10 +79,10 @@ class AdminApi:
         try:
             return handler(self, request)
         except sqlite3.Error as exc:
-            log.error("database error on %s: %s", path, exc)
+            log.error("database error on %s: %s", printable(path), exc)
             return error_response(503, "The key database is unavailable", "database_unavailable")
         except Exception:  # a bug answers 500; an internal path is never forwarded
-            log.exception("internal error on %s", path)
+            log.exception("internal error on %s", printable(path))
             return error_response(500, "Internal proxy error", "internal_error")
 
     def _check_secret(self, request: http.Request) -> http.Response | None:
