@@ -1,0 +1,64 @@
+"""Unit tests for apipod_proxy.serve: the documented command and the first .env."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from dotenv import dotenv_values
+
+from apipod_proxy import serve
+from apipod_proxy.config import PLACEHOLDER_ADMIN_SECRET, load_settings
+
+
+def settings(**env: str):
+    return load_settings({"ANTIGRAVITY_KEY": "k", **env})
+
+
+def test_the_command_is_the_documented_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(serve.ROOT)
+    command = serve.mitmdump_command(
+        settings(ANTIGRAVITY_URL="http://10.0.0.5:9000", PORT="9999"), ["--set", "x=1"]
+    )
+    assert command[0] == str(Path(sys.executable).with_name("mitmdump"))
+    assert command[1:] == [
+        "-q",
+        "--mode",
+        "reverse:http://10.0.0.5:9000",
+        "-s",
+        "addons/apipod.py",
+        "--listen-port",
+        "9999",
+        "--set",
+        "x=1",
+    ]
+
+
+def test_the_addon_path_works_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    script = serve.mitmdump_command(settings(), [])[5]
+    assert os.path.samefile(tmp_path / script, serve.ADDON)
+
+
+def test_init_env_makes_a_private_env_with_a_fresh_secret(tmp_path: Path) -> None:
+    target = tmp_path / ".env"
+    serve.init_env(target)
+    values = dotenv_values(target)
+    assert values["ADMIN_SECRET"] != PLACEHOLDER_ADMIN_SECRET
+    assert len(values["ADMIN_SECRET"] or "") >= 32
+    assert values["ANTIGRAVITY_KEY"] == serve.PLACEHOLDER_UPSTREAM_KEY
+    assert target.stat().st_mode & 0o777 == 0o600
+    other = tmp_path / "other.env"
+    serve.init_env(other)
+    assert dotenv_values(other)["ADMIN_SECRET"] != values["ADMIN_SECRET"]
+
+
+def test_init_env_never_overwrites(tmp_path: Path) -> None:
+    target = tmp_path / ".env"
+    target.write_text("ANTIGRAVITY_KEY=mine\n")
+    serve.init_env(target)
+    assert target.read_text() == "ANTIGRAVITY_KEY=mine\n"
