@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from apipod_proxy import keys
+from apipod_proxy import store as store_module
 from apipod_proxy.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -373,3 +375,20 @@ def test_connect_waits_for_a_writer_on_a_fresh_database(db_path: Path) -> None:
     finally:
         release.join()
         other.close()
+
+
+def test_opening_an_up_to_date_database_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """A new worker thread's connection must not stall behind another process's write."""
+    path = tmp_path / "proxy.db"
+    store_module.connect(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        conn = store_module.connect(path)
+        assert time.monotonic() - started < 1.0
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+        conn.close()
+    finally:
+        holder.execute("COMMIT")
+        holder.close()

@@ -105,7 +105,13 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations; safe when several processes start at once."""
+    """Apply pending migrations; safe when several processes start at once.
+
+    An up-to-date schema is only read, so opening a connection never waits for a
+    writer's lock; the write lock is taken only when there is something to migrate.
+    """
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return SCHEMA_VERSION
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
