@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import ADMIN_SECRET, Proxy, start_proxy
+from harness import ADMIN_SECRET, Proxy, start_proxy
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}

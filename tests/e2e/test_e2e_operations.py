@@ -14,7 +14,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import ADMIN_SECRET, ROOT, Proxy
+from harness import ADMIN_SECRET, ROOT, Proxy
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}

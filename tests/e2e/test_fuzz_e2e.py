@@ -26,10 +26,12 @@ import brotli
 import httpx
 import pytest
 from backports import zstd
-from conftest import ADMIN_SECRET, UPSTREAM_KEY, Proxy
+from harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from standin import StandIn
+
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
 ALIAS = "cursor-pro-sonnet"
 TARGETS = {"claude-sonnet-4-5", "gemini-3-flash"}

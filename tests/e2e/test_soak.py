@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from soak import soak
+
+pytestmark = pytest.mark.slow
 
 
 def test_short_soak_loses_nothing(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import openai
 import pytest
-from conftest import ROOT, UPSTREAM_KEY, Proxy, free_port
+from harness import ROOT, UPSTREAM_KEY, Proxy, free_port
 from standin import MODELS, StandIn
 
 

@@ -48,6 +48,8 @@ from apipod_proxy.config import Settings
 from apipod_proxy.routing import Alias, Router, RouteTable
 from apipod_proxy.store import KeyRecord
 
+pytestmark = pytest.mark.fuzz
+
 UPSTREAM_URL = "http://127.0.0.1:9"
 UPSTREAM_KEY = "upstream-key-for-fuzz-0000"
 ADMIN_SECRET = "admin-secret-for-fuzz-0123456789"

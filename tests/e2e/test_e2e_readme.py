@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ADMIN_SECRET, ROOT, UPSTREAM_KEY
+from harness import ADMIN_SECRET, ROOT, UPSTREAM_KEY
 from standin import StandIn
 
 

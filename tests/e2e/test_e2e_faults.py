@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import ADMIN_SECRET, Proxy, free_port
+from harness import ADMIN_SECRET, Proxy, free_port
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}

@@ -14,7 +14,7 @@ from collections import Counter
 import httpx
 import openai
 import pytest
-from conftest import ADMIN_SECRET, UPSTREAM_KEY, Proxy, free_port
+from harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy, free_port
 from standin import StandIn
 
 

@@ -222,7 +222,7 @@ def test_placeholder_admin_secret_is_rejected_despite_its_length() -> None:
 
 
 def test_placeholder_constant_matches_env_example() -> None:
-    example = Path(__file__).resolve().parents[1] / ".env.example"
+    example = Path(__file__).resolve().parents[2] / ".env.example"
     assert f"ADMIN_SECRET={PLACEHOLDER_ADMIN_SECRET}\n" in example.read_text()
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, UPSTREAM_KEY, Proxy, free_port
 from dotenv import dotenv_values
+from harness import ROOT, UPSTREAM_KEY, Proxy, free_port
 
 from apipod_proxy.config import PLACEHOLDER_ADMIN_SECRET, load_settings
 

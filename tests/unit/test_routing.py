@@ -207,7 +207,7 @@ def test_parse_routes_of_an_empty_document_is_an_empty_table() -> None:
 
 
 def test_parse_routes_accepts_the_example_file() -> None:
-    text = (Path(__file__).resolve().parents[1] / "routes.example.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "routes.example.toml").read_text()
     table = parse_routes(text)
     assert "cursor-pro-sonnet" in table.aliases
     assert table.aliases["cursor-pro-sonnet"].sticky is False

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("wrk") is None,
-    reason="wrk is not installed (apt-get install wrk); the bench drives the proxies with it",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("wrk") is None,
+        reason="wrk is not installed (apt-get install wrk); the bench drives the proxies with it",
+    ),
+]
 
 #: Figures that must be present and positive, as paths into the result's `summary`.
 POSITIVE = [
