@@ -343,7 +343,8 @@ class Apipod:
             flow.response = await self._db(self.admin.handle, flow.request)
             return
         if flow.request.method == "GET" and flow.request.path.partition("?")[0] == MODELS_PATH:
-            listing = await self._db(self.models.listing, self.router.table.names())
+            # Fetched on the loop, bounded; never on the database threads (models.py).
+            listing = await self.models.listing(self.router.table.names())
             flow.response = errors.json_response(200, listing)
             return
         # Swap first: whatever happens next, the client's key never goes upstream.

@@ -2,52 +2,110 @@
 
 Cursor validates a custom key with this call and only offers models it lists, so
 aliases must appear here. The upstream list is fetched by the proxy itself (with the
-upstream key), cached for a minute, and when it cannot be had the aliases are still
-listed: a flaky upstream must not make Cursor call a good key bad.
+upstream key), cached for a minute, and when it cannot be had the last good list and
+the aliases are still listed: a flaky upstream must not make Cursor call a good key bad.
+
+The fetch runs on the event loop with an async client, bounded to FETCH_TIMEOUT as a
+whole, never on the database threads: a hanging upstream must not stall `/health`, key
+lookups or the admin API. Concurrent callers share one fetch, and a failure is
+remembered for FAILURE_SECONDS, so a down upstream costs one attempt per few seconds,
+not one per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-import urllib.request
 from typing import Any
+
+import httpx
 
 log = logging.getLogger("apipod")
 
 CACHE_SECONDS = 60.0
-FETCH_TIMEOUT = 5.0
+#: The whole fetch (connect, headers, body) must finish within this many seconds.
+FETCH_TIMEOUT = 2.0
+#: After a failed fetch, answer from what is known for this long before trying again.
+FAILURE_SECONDS = 5.0
+#: A models list is a few kilobytes; a larger answer is not a models list.
+MAX_LIST_BYTES = 4 << 20
 MODELS_PATH = "/v1/models"
+
+Models = list[dict[str, Any]]
 
 
 class ModelList:
     def __init__(self, upstream_url: str, upstream_key: str) -> None:
         self._url = upstream_url + MODELS_PATH
         self._key = upstream_key
-        self._cached: list[dict[str, Any]] | None = None
-        self._fetched_at = 0.0
+        self._good: Models | None = None  # the last list the upstream gave
+        self._fetched_at = -CACHE_SECONDS
+        self._failed_at = -FAILURE_SECONDS
+        self._fetch: asyncio.Task[Models] | None = None
 
-    def upstream_models(self) -> list[dict[str, Any]]:
-        """The upstream's models, from cache when fresh; [] when it fails. Blocking."""
-        if self._cached is not None and time.monotonic() - self._fetched_at < CACHE_SECONDS:
-            return self._cached
-        request = urllib.request.Request(self._url, headers={"x-api-key": self._key})
+    async def upstream_models(self) -> Models:
+        """The upstream's models: fresh from cache, else fetched (one fetch at a time).
+
+        Never raises and never waits longer than FETCH_TIMEOUT; on failure it answers
+        the last good list, or [] when there never was one.
+        """
+        now = time.monotonic()
+        if self._good is not None and now - self._fetched_at < CACHE_SECONDS:
+            return self._good
+        if now - self._failed_at < FAILURE_SECONDS:
+            return self._good or []
+        if self._fetch is None:
+            self._fetch = asyncio.create_task(self._fetch_bounded(), name="apipod models fetch")
+            self._fetch.add_done_callback(self._fetch_done)
+        # shield: a client hanging up must not cancel the fetch other callers wait for.
+        return await asyncio.shield(self._fetch)
+
+    def _fetch_done(self, task: asyncio.Task[Models]) -> None:
+        self._fetch = None
+
+    async def _fetch_bounded(self) -> Models:
         try:
-            with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
-                data = json.load(response).get("data")
-            if not isinstance(data, list):
-                raise ValueError("no 'data' list in the answer")
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("GET %s failed, listing the proxy's own models only: %s", self._url, exc)
-            return []
-        self._cached = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        self._fetched_at = time.monotonic()
-        return self._cached
+            async with asyncio.timeout(FETCH_TIMEOUT):
+                models = await self._get()
+        except (TimeoutError, httpx.HTTPError, ValueError, AttributeError, RecursionError) as exc:
+            self._failed_at = time.monotonic()
+            reason = str(exc) or f"no answer within {FETCH_TIMEOUT:g}s"
+            if self._good is None:
+                log.warning(
+                    "GET %s failed, listing the proxy's own models only: %s", self._url, reason
+                )
+                return []
+            log.warning(
+                "GET %s failed, listing the last good list and the proxy's own models: %s",
+                self._url,
+                reason,
+            )
+            return self._good
+        self._good, self._fetched_at = models, time.monotonic()
+        return models
 
-    def listing(self, own_names: list[str]) -> dict[str, Any]:
+    async def _get(self) -> Models:
+        # trust_env=False: the list comes from where traffic goes, not via a *_proxy variable.
+        body = bytearray()
+        async with (
+            httpx.AsyncClient(trust_env=False) as client,
+            client.stream("GET", self._url, headers={"x-api-key": self._key}) as response,
+        ):
+            response.raise_for_status()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_LIST_BYTES:
+                    raise ValueError(f"answer over {MAX_LIST_BYTES} bytes")
+        data = json.loads(body).get("data")
+        if not isinstance(data, list):
+            raise ValueError("no 'data' list in the answer")
+        return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+    async def listing(self, own_names: list[str]) -> dict[str, Any]:
         """OpenAI's list shape: the upstream's models, then our names it lacks."""
-        models = list(self.upstream_models())
+        models = list(await self.upstream_models())
         known = {m["id"] for m in models}
         models += [
             {"id": name, "object": "model", "created": 0, "owned_by": "apipod"}

@@ -1,15 +1,18 @@
 """Unit tests for apipod_proxy.models: `GET /v1/models` merged with the proxy's names.
 
 The upstream is a stdlib HTTP server on 127.0.0.1 in a thread: no network beyond
-loopback, and every request it receives is recorded.
+loopback, and every request it receives is recorded. `ModelList` is async; each test
+drives it with `asyncio.run`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +22,7 @@ from typing import Any
 import pytest
 
 from apipod_proxy import models
-from apipod_proxy.models import CACHE_SECONDS, MODELS_PATH, ModelList
+from apipod_proxy.models import CACHE_SECONDS, FAILURE_SECONDS, MODELS_PATH, ModelList
 
 UPSTREAM_KEY = "upstream-key-for-model-tests"
 
@@ -64,12 +67,8 @@ def upstream() -> Iterator[FakeUpstream]:
     thread.join(5)
 
 
-@pytest.fixture(autouse=True)
-def no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """urllib honours *_proxy variables; the fake upstream must be reached directly."""
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("no_proxy", "*")
+def fetch_listing(models_list: ModelList, own_names: list[str]) -> dict[str, Any]:
+    return asyncio.run(models_list.listing(own_names))
 
 
 @pytest.fixture
@@ -125,7 +124,7 @@ def refused_url() -> str:
 
 def test_listing_puts_upstream_models_first_then_own_names(upstream: FakeUpstream) -> None:
     upstream.answer({"object": "list", "data": [model("gemini-3-flash"), model("claude-x")]})
-    listing = ModelList(upstream.url, UPSTREAM_KEY).listing(["cursor-pro-sonnet", "gpt-4o"])
+    listing = fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), ["cursor-pro-sonnet", "gpt-4o"])
     assert listing["object"] == "list"
     assert ids(listing) == ["gemini-3-flash", "claude-x", "cursor-pro-sonnet", "gpt-4o"]
 
@@ -133,11 +132,11 @@ def test_listing_puts_upstream_models_first_then_own_names(upstream: FakeUpstrea
 def test_listing_keeps_upstream_entries_as_they_are(upstream: FakeUpstream) -> None:
     entry = {**model("gemini-3-flash", "google"), "extra": {"context": 1_000_000}}
     upstream.answer({"data": [entry]})
-    assert ModelList(upstream.url, UPSTREAM_KEY).listing([])["data"] == [entry]
+    assert fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), [])["data"] == [entry]
 
 
 def test_listing_describes_own_names_in_openai_shape(upstream: FakeUpstream) -> None:
-    listing = ModelList(upstream.url, UPSTREAM_KEY).listing(["fast"])
+    listing = fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), ["fast"])
     assert listing["data"] == [
         {"id": "fast", "object": "model", "created": 0, "owned_by": "apipod"}
     ]
@@ -145,28 +144,30 @@ def test_listing_describes_own_names_in_openai_shape(upstream: FakeUpstream) -> 
 
 def test_listing_does_not_repeat_names_the_upstream_has(upstream: FakeUpstream) -> None:
     upstream.answer({"data": [model("gemini-3-flash", "google"), model("shared")]})
-    listing = ModelList(upstream.url, UPSTREAM_KEY).listing(["shared", "gemini-3-flash", "mine"])
+    listing = fetch_listing(
+        ModelList(upstream.url, UPSTREAM_KEY), ["shared", "gemini-3-flash", "mine"]
+    )
     assert ids(listing) == ["gemini-3-flash", "shared", "mine"]
     assert listing["data"][0]["owned_by"] == "google"
 
 
 def test_listing_drops_upstream_entries_without_a_string_id(upstream: FakeUpstream) -> None:
     upstream.answer({"data": [model("good"), {"id": 5}, {"object": "model"}, "text", None]})
-    assert ids(ModelList(upstream.url, UPSTREAM_KEY).listing(["mine"])) == ["good", "mine"]
+    assert ids(fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), ["mine"])) == ["good", "mine"]
 
 
 def test_listing_does_not_leak_own_names_into_the_cache(upstream: FakeUpstream) -> None:
     upstream.answer({"data": [model("up")]})
     models_list = ModelList(upstream.url, UPSTREAM_KEY)
-    models_list.listing(["first"])
-    assert ids(models_list.listing(["second"])) == ["up", "second"]
+    fetch_listing(models_list, ["first"])
+    assert ids(fetch_listing(models_list, ["second"])) == ["up", "second"]
 
 
 # --- the upstream request --------------------------------------------------------------
 
 
 def test_upstream_is_asked_with_the_upstream_key_as_x_api_key(upstream: FakeUpstream) -> None:
-    ModelList(upstream.url, UPSTREAM_KEY).listing([])
+    fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), [])
     assert len(upstream.requests) == 1
     path, headers = upstream.requests[0]
     assert path == MODELS_PATH
@@ -182,29 +183,49 @@ def test_listing_is_cached_for_cache_seconds(
 ) -> None:
     upstream.answer({"data": [model("first")]})
     models_list = ModelList(upstream.url, UPSTREAM_KEY)
-    assert ids(models_list.listing([])) == ["first"]
+    assert ids(fetch_listing(models_list, [])) == ["first"]
     upstream.answer({"data": [model("second")]})
     clock.now += CACHE_SECONDS - 0.5
-    assert ids(models_list.listing([])) == ["first"]
+    assert ids(fetch_listing(models_list, [])) == ["first"]
     assert len(upstream.requests) == 1
     clock.now += 0.5
-    assert ids(models_list.listing([])) == ["second"]
+    assert ids(fetch_listing(models_list, [])) == ["second"]
     assert len(upstream.requests) == 2
 
 
 def test_each_model_list_has_its_own_cache(upstream: FakeUpstream, clock: SimpleNamespace) -> None:
-    ModelList(upstream.url, UPSTREAM_KEY).listing([])
-    ModelList(upstream.url, UPSTREAM_KEY).listing([])
+    fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), [])
+    fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), [])
     assert len(upstream.requests) == 2
 
 
-def test_a_failure_is_not_cached(upstream: FakeUpstream, clock: SimpleNamespace) -> None:
+def test_a_failure_is_remembered_for_failure_seconds(
+    upstream: FakeUpstream, clock: SimpleNamespace
+) -> None:
     upstream.answer({"error": "down"}, status=500)
     models_list = ModelList(upstream.url, UPSTREAM_KEY)
-    assert ids(models_list.listing(["mine"])) == ["mine"]
+    assert ids(fetch_listing(models_list, ["mine"])) == ["mine"]
     upstream.answer({"data": [model("back")]})
-    assert ids(models_list.listing(["mine"])) == ["back", "mine"]
+    clock.now += FAILURE_SECONDS - 0.5
+    assert ids(fetch_listing(models_list, ["mine"])) == ["mine"]
+    assert len(upstream.requests) == 1
+    clock.now += 0.5
+    assert ids(fetch_listing(models_list, ["mine"])) == ["back", "mine"]
     assert len(upstream.requests) == 2
+
+
+def test_a_failure_answers_the_last_good_list(
+    upstream: FakeUpstream, clock: SimpleNamespace, apipod_log: Records
+) -> None:
+    upstream.answer({"data": [model("known")]})
+    models_list = ModelList(upstream.url, UPSTREAM_KEY)
+    assert ids(fetch_listing(models_list, ["mine"])) == ["known", "mine"]
+    upstream.answer(b"down", status=503)
+    clock.now += CACHE_SECONDS
+    assert ids(fetch_listing(models_list, ["mine"])) == ["known", "mine"]
+    assert len(upstream.requests) == 2
+    [warning] = apipod_log.warnings()
+    assert "last good list" in warning
 
 
 # --- upstream failures -----------------------------------------------------------------
@@ -241,7 +262,7 @@ def test_upstream_failure_lists_own_names_and_warns(
     upstream: FakeUpstream, apipod_log: Records, status: int, body: bytes
 ) -> None:
     upstream.answer(body, status)
-    listing = ModelList(upstream.url, UPSTREAM_KEY).listing(["cursor-pro-sonnet", "gpt-4o"])
+    listing = fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), ["cursor-pro-sonnet", "gpt-4o"])
     assert listing["object"] == "list"
     assert ids(listing) == ["cursor-pro-sonnet", "gpt-4o"]
     warnings = apipod_log.warnings()
@@ -252,27 +273,118 @@ def test_upstream_failure_lists_own_names_and_warns(
 
 def test_refused_connection_lists_own_names_and_warns(apipod_log: Records) -> None:
     url = refused_url()
-    listing = ModelList(url, UPSTREAM_KEY).listing(["cursor-pro-sonnet"])
+    listing = fetch_listing(ModelList(url, UPSTREAM_KEY), ["cursor-pro-sonnet"])
     assert ids(listing) == ["cursor-pro-sonnet"]
     warnings = apipod_log.warnings()
     assert len(warnings) == 1
     assert url in warnings[0]
 
 
-def test_slow_upstream_times_out_to_own_names(
-    monkeypatch: pytest.MonkeyPatch, apipod_log: Records
-) -> None:
+@pytest.fixture
+def silent_upstream() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A URL whose server accepts connections and never answers; and what it accepted."""
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
-    listening.listen()  # accepts connections, never answers
+    listening.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listening.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(listening.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listening.getsockname()[1]}", accepted
+    stop.set()
+    thread.join(5)
+    for conn in accepted:
+        conn.close()
+    listening.close()
+
+
+def test_silent_upstream_times_out_to_own_names(
+    monkeypatch: pytest.MonkeyPatch,
+    apipod_log: Records,
+    silent_upstream: tuple[str, list[socket.socket]],
+) -> None:
     monkeypatch.setattr(models, "FETCH_TIMEOUT", 0.2)
-    try:
-        url = f"http://127.0.0.1:{listening.getsockname()[1]}"
-        assert ids(ModelList(url, UPSTREAM_KEY).listing(["mine"])) == ["mine"]
-    finally:
-        listening.close()
+    url, _ = silent_upstream
+    started = time.monotonic()
+    assert ids(fetch_listing(ModelList(url, UPSTREAM_KEY), ["mine"])) == ["mine"]
+    assert time.monotonic() - started < 2
+    [warning] = apipod_log.warnings()
+    assert "0.2s" in warning
+
+
+def test_concurrent_callers_share_one_bounded_fetch(
+    monkeypatch: pytest.MonkeyPatch,
+    apipod_log: Records,
+    silent_upstream: tuple[str, list[socket.socket]],
+) -> None:
+    """Eight clients asking at once open one upstream connection and all get the aliases."""
+    monkeypatch.setattr(models, "FETCH_TIMEOUT", 0.5)
+    url, accepted = silent_upstream
+    models_list = ModelList(url, UPSTREAM_KEY)
+
+    async def eight() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(models_list.listing(["alias"]) for _ in range(8)))
+
+    started = time.monotonic()
+    answers = asyncio.run(eight())
+    assert time.monotonic() - started < 3
+    assert [ids(a) for a in answers] == [["alias"]] * 8
+    assert len(accepted) == 1
     assert len(apipod_log.warnings()) == 1
+    # The failure is remembered: the next caller is answered without a new attempt.
+    started = time.monotonic()
+    assert ids(fetch_listing(models_list, ["alias"])) == ["alias"]
+    assert time.monotonic() - started < 0.2
+    assert len(accepted) == 1
+
+
+def test_a_caller_that_goes_away_does_not_cancel_the_shared_fetch(
+    upstream: FakeUpstream,
+) -> None:
+    upstream.answer({"data": [model("up")]})
+    models_list = ModelList(upstream.url, UPSTREAM_KEY)
+
+    async def scenario() -> dict[str, Any]:
+        leaver = asyncio.create_task(models_list.listing([]))
+        stayer = asyncio.create_task(models_list.listing(["mine"]))
+        await asyncio.sleep(0)
+        leaver.cancel()
+        return await stayer
+
+    assert ids(asyncio.run(scenario())) == ["up", "mine"]
+    assert len(upstream.requests) == 1
+
+
+def test_proxy_variables_are_not_used(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list comes from where traffic goes, whatever *_proxy variables say."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, refused_url())
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    upstream.answer({"data": [model("direct")]})
+    assert ids(fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), [])) == ["direct"]
+
+
+def test_an_oversized_answer_is_refused(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, apipod_log: Records
+) -> None:
+    monkeypatch.setattr(models, "MAX_LIST_BYTES", 100)
+    upstream.answer({"data": [model(f"m{i}") for i in range(10)]})
+    assert ids(fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), ["mine"])) == ["mine"]
+    assert "100 bytes" in apipod_log.warnings()[0]
 
 
 def test_failure_with_no_own_names_is_an_empty_list(apipod_log: Records) -> None:
-    assert ModelList(refused_url(), UPSTREAM_KEY).listing([]) == {"object": "list", "data": []}
+    empty = {"object": "list", "data": []}
+    assert fetch_listing(ModelList(refused_url(), UPSTREAM_KEY), []) == empty
