@@ -11,6 +11,9 @@ through like any other header:
     x-standin-interval: S       seconds between chunks (default 0)
     x-standin-status: CODE      answer with this error status and an OpenAI error body
     x-standin-delay: S          wait before sending response headers
+    x-standin-usage-on-finish: 1  a stream asked for usage gets it on the finish chunk,
+                                with no separate `choices: []` chunk (as some
+                                OpenAI-compatible servers send it)
 
 `open_streams` counts streaming responses still being written, so tests can see that
 the proxy closes the upstream side when a client goes away.
@@ -216,6 +219,7 @@ class StandIn:
         chunks = int(request.headers.get("x-standin-chunks", "3"))
         interval = float(request.headers.get("x-standin-interval", "0"))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        usage_on_finish = request.headers.get("x-standin-usage-on-finish") == "1"
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         self.open_streams += 1
@@ -223,7 +227,7 @@ class StandIn:
             # The request id names every chunk, so a client can tell streams apart.
             stream_id = request.headers.get("x-request-id", "chatcmpl-standin")
             return await self._write_chunks(
-                response, stream_id, model, chunks, interval, include_usage
+                response, stream_id, model, chunks, interval, include_usage, usage_on_finish
             )
         finally:
             self.open_streams -= 1
@@ -236,7 +240,9 @@ class StandIn:
         chunks: int,
         interval: float,
         include_usage: bool,
+        usage_on_finish: bool = False,
     ) -> web.StreamResponse:
+        usage = {"prompt_tokens": 11, "completion_tokens": chunks, "total_tokens": 11 + chunks}
 
         def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
             chunk: dict[str, Any] = {
@@ -247,7 +253,7 @@ class StandIn:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
             if include_usage:
-                chunk["usage"] = None
+                chunk["usage"] = usage if finish and usage_on_finish else None
             return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
         for i in range(chunks):
@@ -256,8 +262,7 @@ class StandIn:
             # The content carries the send time, so tests can measure each chunk's lag.
             await response.write(event({"content": f"{i}@{time.time():.6f} "}))
         await response.write(event({}, "stop"))
-        if include_usage:
-            usage = {"prompt_tokens": 11, "completion_tokens": chunks, "total_tokens": 11 + chunks}
+        if include_usage and not usage_on_finish:
             final = {
                 "id": stream_id,
                 "object": "chat.completion.chunk",

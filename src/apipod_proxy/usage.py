@@ -82,8 +82,10 @@ class SseWatcher:
     """`flow.response.stream` callable: forwards an SSE stream, noting its usage.
 
     Without stripping, every chunk is forwarded untouched the moment it arrives and
-    is only observed. With `strip_usage_chunk`, whole events are forwarded as soon as
-    they are complete, minus OpenAI's usage-only chunk, which the client did not ask for.
+    is only observed. With `strip_usage_chunk` (the proxy asked for usage the client did
+    not ask for), whole events are forwarded as soon as they are complete, minus OpenAI's
+    usage-only chunk; a usage object that rides on another chunk (the finish chunk, with
+    some OpenAI-compatible servers) is replaced by `null`. Either way it is counted.
     """
 
     def __init__(self, strip_usage_chunk: bool = False) -> None:
@@ -108,8 +110,8 @@ class SseWatcher:
         for boundary in _EVENT_END.finditer(self._buffer):
             event = self._buffer[start : boundary.end()]
             start = boundary.end()
-            if self._observe(event):
-                events.append(event)
+            if (forwarded := self._observe(event)) is not None:
+                events.append(forwarded)
         self._buffer = self._buffer[start:]
         if len(self._buffer) > MAX_EVENT_BYTES:
             log.warning(
@@ -120,11 +122,12 @@ class SseWatcher:
             self._buffer = b""
         return events if self.strip else data
 
-    def _observe(self, event: bytes) -> bool:
-        """Note the event's usage; False when the event must not reach the client."""
+    def _observe(self, event: bytes) -> bytes | None:
+        """Note the event's usage; return what the client gets (None: nothing)."""
         if not _USAGE_OBJECT.search(event):
-            return True
-        for line in event.splitlines():
+            return event
+        lines = event.splitlines(keepends=True)
+        for index, line in enumerate(lines):
             if not line.startswith(b"data:"):
                 continue
             try:
@@ -132,14 +135,19 @@ class SseWatcher:
             except (ValueError, RecursionError):
                 continue
             _read_usage(payload, self.usage)
-            if (
-                self.strip
-                and isinstance(payload, dict)
-                and payload.get("choices") == []
-                and payload.get("usage")
-            ):
-                return False
-        return True
+            if not (self.strip and isinstance(payload, dict)):
+                continue
+            found, choices = payload.get("usage"), payload.get("choices")
+            if not isinstance(found, dict) or not isinstance(choices, list):
+                continue  # not an OpenAI chunk with usage (Anthropic's events pass untouched)
+            if choices == [] and found:
+                return None  # the usage-only chunk
+            # Usage riding on the finish (or a content) chunk, as some OpenAI-compatible
+            # servers send it: the chunk stays, its usage becomes what OpenAI sends there.
+            payload["usage"] = None
+            ending = line[len(line.rstrip(b"\r\n")) :]
+            lines[index] = b"data: " + json.dumps(payload, ensure_ascii=False).encode() + ending
+        return b"".join(lines)
 
 
 def status_class(status: int) -> str:

@@ -297,10 +297,44 @@ def test_strip_end_of_stream_with_nothing_left_returns_an_empty_list() -> None:
     assert isinstance(result, list)
 
 
-def test_strip_keeps_usage_that_rides_on_a_content_chunk() -> None:
-    both = {**content_chunk("last"), "usage": {"prompt_tokens": 5, "completion_tokens": 6}}
-    stream = sse(both) + b"data: [DONE]\n\n"
+def finish_chunk_with_usage(prompt: int, completion: int) -> dict[str, Any]:
+    """A finish chunk carrying the usage, as some OpenAI-compatible servers send it."""
+    finish = {**content_chunk(""), "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    return {**finish, "usage": usage_chunk(prompt, completion)["usage"]}
+
+
+def test_strip_nulls_usage_that_rides_on_the_finish_chunk() -> None:
+    """The client did not ask for usage: it is counted, and the client sees null."""
+    chunk = finish_chunk_with_usage(5, 6)
+    stream = sse(content_chunk("Hi")) + sse(chunk) + b"data: [DONE]\n\n"
     watcher = SseWatcher(strip_usage_chunk=True)
+    out = sent(feed(watcher, stream))
+    assert out == sse(content_chunk("Hi")) + sse({**chunk, "usage": None}) + b"data: [DONE]\n\n"
+    assert watcher.usage == Usage(5, 6)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_strip_nulls_finish_chunk_usage_at_every_split_offset(newline: str) -> None:
+    chunk = {**finish_chunk_with_usage(7, 8), "choices": [{"delta": {"content": "é"}}]}
+    stream = sse(chunk, event="chunk", newline=newline) + sse(content_chunk("x"), newline=newline)
+    expected = json.loads(json.dumps({**chunk, "usage": None}))
+    for parts in splits(stream):
+        watcher = SseWatcher(strip_usage_chunk=True)
+        results = feed(watcher, *parts)
+        assert_no_empty_bytes(results)
+        out = sent(results).decode()
+        first, second = out.split(newline + newline)[:2]
+        assert first.split(newline)[0] == "event: chunk"
+        assert json.loads(first.split(newline)[1].removeprefix("data: ")) == expected
+        assert second.startswith("data: ")
+        assert out.endswith(newline + newline)
+        assert watcher.usage == Usage(7, 8)
+
+
+def test_without_strip_usage_on_the_finish_chunk_is_left_alone() -> None:
+    """The client asked for usage itself: its stream is not touched."""
+    stream = sse(finish_chunk_with_usage(5, 6)) + b"data: [DONE]\n\n"
+    watcher = SseWatcher()
     assert sent(feed(watcher, stream)) == stream
     assert watcher.usage == Usage(5, 6)
 

@@ -1,0 +1,90 @@
+"""End to end: what the client sees of usage, and what the operator sees of it.
+
+- A stream whose client did not ask for usage never shows it, even when the upstream
+  puts the usage the proxy asked for on the finish chunk instead of a separate
+  `choices: []` chunk; the proxy still counts it.
+- Usage rows and key objects show `errors` (requests answered 4xx or 5xx) beside
+  `requests`, so failed requests do not look billable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+from harness import ADMIN_SECRET, Proxy
+from standin import StandIn
+
+ADMIN = {"x-admin-secret": ADMIN_SECRET}
+
+
+def stream_chunks(proxy: Proxy, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """POST a streaming chat completion; the JSON of every `data:` event but [DONE]."""
+    headers = {"authorization": f"Bearer {key}", "x-standin-usage-on-finish": "1"}
+    chunks = []
+    with httpx.stream(
+        "POST", f"{proxy.url}/v1/chat/completions", headers=headers, json=body, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line.removeprefix("data: ")))
+    return chunks
+
+
+def usage_rows(proxy: Proxy, key_id: int, requests: int) -> list[dict[str, Any]]:
+    """This key's /admin/usage rows, once `requests` requests are counted (flushed ~1 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        data = httpx.get(f"{proxy.url}/admin/usage", headers=ADMIN).json()["data"]
+        rows = [row for row in data if row["key_id"] == key_id]
+        if sum(row["requests"] for row in rows) >= requests or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def new_key(proxy: Proxy, name: str) -> tuple[str, int]:
+    response = httpx.post(f"{proxy.url}/admin/create-key", headers=ADMIN, json={"name": name})
+    assert response.status_code == 201, response.text
+    return response.json()["api_key"], response.json()["id"]
+
+
+def test_usage_on_the_finish_chunk_is_hidden_from_a_client_that_did_not_ask(
+    proxy: Proxy, upstream: StandIn
+) -> None:
+    key, key_id = new_key(proxy, "finish-usage")
+    body = {
+        "model": "gemini-3-flash",
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    chunks = stream_chunks(proxy, key, body)
+
+    # The proxy asked for usage upstream, and the upstream put it on the finish chunk.
+    assert upstream.received[-1].json()["stream_options"] == {"include_usage": True}
+    finish = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finish) == 1
+    assert "usage" in finish[0] and finish[0]["usage"] is None
+    assert all(c.get("usage") is None for c in chunks), chunks
+    # ... and counted it all the same.
+    [row] = usage_rows(proxy, key_id, 1)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 3)
+
+
+def test_usage_on_the_finish_chunk_reaches_a_client_that_asked(
+    proxy: Proxy, upstream: StandIn
+) -> None:
+    key, _ = new_key(proxy, "asked-usage")
+    body = {
+        "model": "gemini-3-flash",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    chunks = stream_chunks(proxy, key, body)
+    with_usage = [c for c in chunks if c.get("usage")]
+    assert len(with_usage) == 1
+    assert with_usage[0]["usage"]["completion_tokens"] == 3
+    assert with_usage[0]["choices"][0]["finish_reason"] == "stop"
