@@ -97,12 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keys.py", description="Manage apipod API keys.")
     commands = parser.add_subparsers(dest="command", required=True)
     add_create_options(commands.add_parser("create", help="create a key (shown once)"))
-    listing = commands.add_parser("list", help="all keys with their usage; never a key")
+    listing = commands.add_parser(
+        "list", help="all keys with their usage (requests, errors, tokens); never a key"
+    )
     listing.add_argument("--json", action="store_true")
     for name in ("revoke", "activate"):
         sub = commands.add_parser(name, help=f"{name} a key by id, effective at once")
         sub.add_argument("id", type=int)
-    report = commands.add_parser("usage", help="requests and tokens per key and routed model")
+    report = commands.add_parser(
+        "usage", help="requests, errors (4xx/5xx) and tokens per key and routed model"
+    )
     report.add_argument("--since", help="only the last 90m, 24h, 30d ... (to the hour)")
     report.add_argument("--json", action="store_true")
     return parser

@@ -204,6 +204,8 @@ def set_active(conn: sqlite3.Connection, key_id: int, active: bool) -> bool:
 
 #: The fields of `list_keys` and `usage_report` rows, in order: a stable contract with
 #: operators' scripts (`keys.py ... --json`, GET /admin/keys and /admin/usage).
+#: `errors` counts the `requests` answered 4xx or 5xx (by the upstream, or by the proxy
+#: in its place: 502, 504), so `requests - errors` were answered successfully.
 KEY_FIELDS = [
     "id",
     "name",
@@ -214,11 +216,20 @@ KEY_FIELDS = [
     "prefix",
     "rpm",
     "requests",
+    "errors",
     "prompt_tokens",
     "completion_tokens",
     "last_used_at",
 ]
-USAGE_FIELDS = ["key_id", "name", "model", "requests", "prompt_tokens", "completion_tokens"]
+USAGE_FIELDS = [
+    "key_id",
+    "name",
+    "model",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+]
 
 
 def list_keys(conn: sqlite3.Connection) -> list[dict[str, object]]:
@@ -226,8 +237,9 @@ def list_keys(conn: sqlite3.Connection) -> list[dict[str, object]]:
     rows = conn.execute(
         """
         SELECT u.id, u.name, u.tier, u.active, u.created_at, u.expires_at, u.key_prefix, u.rpm,
-               coalesce(sum(g.requests), 0), coalesce(sum(g.prompt_tokens), 0),
-               coalesce(sum(g.completion_tokens), 0), u.last_used_at
+               coalesce(sum(g.requests), 0), coalesce(sum(g.client_errors + g.server_errors), 0),
+               coalesce(sum(g.prompt_tokens), 0), coalesce(sum(g.completion_tokens), 0),
+               u.last_used_at
         FROM users u LEFT JOIN usage g ON g.key_id = u.id
         GROUP BY u.id ORDER BY u.id
         """
@@ -239,8 +251,8 @@ def usage_report(conn: sqlite3.Connection, since: str | None = None) -> list[dic
     """Requests and tokens per key and routed model, from the hour holding `since` on."""
     rows = conn.execute(
         """
-        SELECT g.key_id, u.name, g.model, sum(g.requests), sum(g.prompt_tokens),
-               sum(g.completion_tokens)
+        SELECT g.key_id, u.name, g.model, sum(g.requests), sum(g.client_errors + g.server_errors),
+               sum(g.prompt_tokens), sum(g.completion_tokens)
         FROM usage g JOIN users u ON u.id = g.key_id
         WHERE g.hour >= ?
         GROUP BY g.key_id, g.model ORDER BY g.key_id, g.model

@@ -58,6 +58,7 @@ def test_non_streaming_usage_is_counted_per_key_and_model(proxy: Proxy) -> None:
         "name": "usage-plain",
         "model": "gemini-3-flash",
         "requests": 2,
+        "errors": 0,
         "prompt_tokens": 22,
         "completion_tokens": 10,
     }
@@ -79,6 +80,7 @@ def test_non_streaming_usage_is_counted_per_key_and_model(proxy: Proxy) -> None:
         "prefix",
         "rpm",
         "requests",
+        "errors",
         "prompt_tokens",
         "completion_tokens",
         "last_used_at",
@@ -197,7 +199,8 @@ def test_keys_cli_lists_revokes_and_reports(proxy: Proxy) -> None:
     assert missing.returncode == 1 and "no key has id 999999" in missing.stderr
     report = json.loads(keys_cli("usage", "--since", "24h", "--json").stdout)
     assert all(
-        set(row) == {"key_id", "name", "model", "requests", "prompt_tokens", "completion_tokens"}
+        set(row)
+        == {"key_id", "name", "model", "requests", "errors", "prompt_tokens", "completion_tokens"}
         for row in report
     )
 

@@ -88,3 +88,30 @@ def test_usage_on_the_finish_chunk_reaches_a_client_that_asked(
     assert len(with_usage) == 1
     assert with_usage[0]["usage"]["completion_tokens"] == 3
     assert with_usage[0]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_failed_requests_are_counted_as_errors_beside_requests(proxy: Proxy) -> None:
+    """One answer, one upstream 429 and one upstream 502: 3 requests, of which 2 errors."""
+    key, key_id = new_key(proxy, "errors")
+    body = {"model": "gemini-3-flash", "messages": [{"role": "user", "content": "hi"}]}
+    statuses = []
+    for status in (None, "429", "502"):
+        headers = {"authorization": f"Bearer {key}"}
+        if status:
+            headers["x-standin-status"] = status
+        statuses.append(
+            httpx.post(f"{proxy.url}/v1/chat/completions", headers=headers, json=body).status_code
+        )
+    assert statuses == [200, 429, 502]
+
+    [row] = usage_rows(proxy, key_id, 3)
+    assert (row["requests"], row["errors"]) == (3, 2)
+    assert list(row)[3:5] == ["requests", "errors"]
+    [listed] = [
+        k
+        for k in httpx.get(f"{proxy.url}/admin/keys", headers=ADMIN).json()["data"]
+        if k["id"] == key_id
+    ]
+    assert (listed["requests"], listed["errors"]) == (3, 2)
+    [cli_row] = [r for r in proxy.usage_from_cli() if r["key_id"] == key_id]
+    assert (cli_row["requests"], cli_row["errors"]) == (3, 2)

@@ -149,12 +149,14 @@ def test_list_json_is_an_array_with_the_documented_fields(
             "prefix",
             "rpm",
             "requests",
+            "errors",
             "prompt_tokens",
             "completion_tokens",
             "last_used_at",
         }
         assert row["active"] is True
         assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (0, 0, 0)
+        assert row["errors"] == 0
         assert row["last_used_at"] is None
     assert rows[0]["prefix"] == first["api_key"][: len(rows[0]["prefix"])]
     assert rows[1]["rpm"] == 5
@@ -308,10 +310,11 @@ def test_usage_since_json_reports_recent_counts_only(
     by_model = {(row["key_id"], row["model"]): row for row in rows}
     assert set(by_model) == {(alice["id"], "gemini"), (alice["id"], "claude")}
     gemini = by_model[(alice["id"], "gemini")]
-    assert (gemini["name"], gemini["requests"]) == ("alice", 5)
+    assert (gemini["name"], gemini["requests"], gemini["errors"]) == ("alice", 5, 1)
     assert (gemini["prompt_tokens"], gemini["completion_tokens"]) == (110, 44)
     claude = by_model[(alice["id"], "claude")]
     assert (claude["requests"], claude["prompt_tokens"], claude["completion_tokens"]) == (1, 7, 0)
+    assert claude["errors"] == 1
 
     code, out, _ = main(capsys, "usage", "--json")
     assert code == 0
@@ -324,14 +327,15 @@ def test_usage_also_shows_in_list(capsys: pytest.CaptureFixture[str], store: Key
     now = keys.format_time(keys.utcnow())
     store.record_usage(
         {
-            (alice["id"], "a", hour_ago(0)): UsageCounts(2, 2, 0, 0, 20, 8),
+            (alice["id"], "a", hour_ago(0)): UsageCounts(4, 2, 1, 1, 20, 8),
             (alice["id"], "b", hour_ago(0)): UsageCounts(1, 1, 0, 0, 5, 1),
         },
         {alice["id"]: now},
     )
     _, out, _ = main(capsys, "list", "--json")
     (row,) = json.loads(out)
-    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (3, 25, 9)
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (5, 25, 9)
+    assert row["errors"] == 2
     assert row["last_used_at"] == now
 
 
@@ -339,12 +343,13 @@ def test_usage_table_has_the_usage_columns(
     capsys: pytest.CaptureFixture[str], store: KeyStore
 ) -> None:
     alice = create(capsys, "--name", "alice")
-    store.record_usage({(alice["id"], "m", hour_ago(0)): UsageCounts(1, 1, 0, 0, 2, 3)}, {})
+    store.record_usage({(alice["id"], "m", hour_ago(0)): UsageCounts(3, 1, 1, 1, 2, 3)}, {})
     code, out, _ = main(capsys, "usage", "--since", "1h")
     assert code == 0
     header, row = out.rstrip("\n").split("\n")
     assert header.split() == USAGE_COLUMNS
-    assert row.split() == [str(alice["id"]), "alice", "m", "1", "2", "3"]
+    assert header.split()[3:5] == ["requests", "errors"]
+    assert row.split() == [str(alice["id"]), "alice", "m", "3", "2", "2", "3"]
 
 
 @pytest.mark.parametrize("since", ["yesterday", "24x", "-1h", "0h", "1.5h", "h"])
