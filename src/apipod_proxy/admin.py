@@ -45,6 +45,10 @@ MAX_ADMIN_BODY = 64 << 10
 MAX_ID = 2**63 - 1
 
 
+class UnknownFields(ValueError):
+    """A well-formed body naming fields the endpoint does not take (a typo, say)."""
+
+
 def _json_object(request: http.Request, allowed: set[str]) -> dict[str, Any]:
     """The request's JSON object body, or ValueError with a message for the client."""
     try:
@@ -54,8 +58,17 @@ def _json_object(request: http.Request, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValueError("Body must be a JSON object")
     if unknown := sorted(set(body) - allowed):
-        raise ValueError(f"Unknown fields: {', '.join(unknown)}")
+        raise UnknownFields(
+            f"Unknown fields: {', '.join(unknown)} (this endpoint takes "
+            f"{', '.join(sorted(allowed))})"
+        )
     return body
+
+
+def _body_error(exc: ValueError) -> http.Response:
+    """400 for a body that is not a JSON object (`invalid_json`) or names unknown fields."""
+    code = "unknown_field" if isinstance(exc, UnknownFields) else "invalid_json"
+    return error_response(400, str(exc), code)
 
 
 @dataclass
@@ -99,7 +112,10 @@ class AdminApi:
             given.encode("utf-8", "surrogateescape"), secret.encode("utf-8")
         ):
             return error_response(
-                401, "Missing or wrong x-admin-secret header", "invalid_admin_secret"
+                401,
+                "Missing or wrong admin secret: send ADMIN_SECRET as the x-admin-secret "
+                "header or as Authorization: Bearer",
+                "invalid_admin_secret",
             )
         return None
 
@@ -125,7 +141,7 @@ class AdminApi:
         try:
             body = _json_object(request, {"name", "tier", "expires_in", "rpm"})
         except ValueError as exc:
-            return error_response(400, str(exc), "invalid_json")
+            return _body_error(exc)
         try:
             name, tier, expires_in = keys.validate_new_key(
                 body.get("name"), body.get("tier"), body.get("expires_in")
@@ -150,7 +166,7 @@ class AdminApi:
         try:
             key_id = _json_object(request, {"id"}).get("id")
         except ValueError as exc:
-            return error_response(400, str(exc), "invalid_json")
+            return _body_error(exc)
         if isinstance(key_id, bool) or not isinstance(key_id, int):
             return error_response(400, "id must be a key's whole-number id", "invalid_field")
         if not (1 <= key_id <= MAX_ID and self.store.set_active(key_id, active)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -54,7 +55,9 @@ def _print(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) ->
 
 
 def create(store: KeyStore, args: argparse.Namespace) -> int:
-    name, tier, expires_in = keys.validate_new_key(args.name, args.tier, args.expires_in)
+    name, tier, expires_in = keys.validate_new_key(
+        args.name, args.tier, args.expires_in, expires_name="--expires-in"
+    )
     rpm = keys.validate_rpm(args.rpm)
     api_key, record = store.create(name, tier, expires_in, rpm)
     print(json.dumps(record.created_view(api_key)) if args.json else api_key)
@@ -85,7 +88,7 @@ def add_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="who the key is for")
     parser.add_argument("--tier", default=keys.DEFAULT_TIER, help="tier (default: %(default)s)")
     parser.add_argument(
-        "--expires-in", help="lifetime: whole seconds or 90s, 30m, 12h, 30d (default: never)"
+        "--expires-in", help="lifetime: whole seconds or 90s, 30m, 12h, 30d, 2w (default: never)"
     )
     parser.add_argument(
         "--rpm", type=int, help="requests per minute for this key (default: the tier's; 0: none)"
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "usage", help="requests, errors (4xx/5xx) and tokens per key and routed model"
     )
-    report.add_argument("--since", help="only the last 90m, 24h, 30d ... (to the hour)")
+    report.add_argument("--since", help="only the last 90m, 24h, 30d, 2w ... (to the hour)")
     report.add_argument("--json", action="store_true")
     return parser
 
@@ -119,6 +122,26 @@ HANDLERS = {
     "activate": set_active,
     "usage": usage,
 }
+
+
+#: Flags whose value may look like a negative number (`--expires-in -5d`). argparse takes
+#: `-5d` for an option and says "expected one argument"; glued to its flag, the value
+#: reaches the flag's own check, which says what is wrong with it.
+SIGNED_VALUE_FLAGS = ("--expires-in", "--since", "--rpm")
+_SIGNED = re.compile(r"-[0-9]")
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    given = list(sys.argv[1:] if argv is None else argv)
+    glued: list[str] = []
+    for arg in given:
+        if glued and glued[-1] in SIGNED_VALUE_FLAGS and _SIGNED.match(arg):
+            glued[-1] = f"{glued[-1]}={arg}"
+        else:
+            glued.append(arg)
+    return parser.parse_args(glued)
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -137,4 +160,4 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    return run(parser.parse_args(argv), parser)
+    return run(parse_args(parser, argv), parser)

@@ -19,8 +19,11 @@ KEY_LENGTH = len(KEY_PREFIX) + 43
 #: How much of a key is kept for display (`apk_AbCd…`), enough to tell keys apart.
 DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 
-_DURATION = re.compile(r"^\s*([0-9]+)\s*([smhd]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: A whole number with an optional unit, in either case; a sign is read only to say
+#: that a negative lifetime is not positive.
+_DURATION = re.compile(r"^\s*(-?[0-9]+)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DURATION_FORMS = "whole seconds or a string like 90s, 30m, 12h, 30d, 2w"
 #: Longest lifetime accepted (about 100 years); beyond that datetime arithmetic overflows.
 MAX_LIFETIME_SECONDS = 100 * 365 * 86400
 
@@ -50,18 +53,19 @@ def looks_keyish(text: str) -> bool:
 
 
 def parse_duration(value: object, name: str = "expires_in") -> int:
-    """Seconds from whole seconds (`3600`) or a string like `90s`, `30m`, `12h`, `30d`.
+    """Seconds from whole seconds (`3600`) or a string like `90s`, `30m`, `12h`, `30d`,
+    `2w` (units in either case).
 
-    Raises ValueError with a message, naming the field `name`, fit for an API client or
-    a CLI user.
+    Raises ValueError with a message, naming the field or flag `name`, fit for an API
+    client or a CLI user.
     """
     match = _DURATION.match(value) if isinstance(value, str) else None
     if isinstance(value, int) and not isinstance(value, bool):
         seconds = value
     elif match:
-        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
     else:
-        raise ValueError(f"{name} must be whole seconds or a string like 90s, 30m, 12h, 30d")
+        raise ValueError(f"{name} must be {DURATION_FORMS}")
     if seconds <= 0:
         raise ValueError(f"{name} must be positive")
     if seconds > MAX_LIFETIME_SECONDS:
@@ -86,9 +90,12 @@ def validate_rpm(rpm: object) -> int | None:
 
 
 def validate_new_key(
-    name: object, tier: object = None, expires_in: object = None
+    name: object, tier: object = None, expires_in: object = None, expires_name: str = "expires_in"
 ) -> tuple[str, str, int | None]:
-    """Check what a caller asked for a new key; return (name, tier, lifetime seconds)."""
+    """Check what a caller asked for a new key; return (name, tier, lifetime seconds).
+
+    `expires_name` is what errors call the lifetime: the JSON field, or the CLI's flag.
+    """
     if not isinstance(name, str) or not name.strip():
         raise ValueError("name is required and must be a non-empty string")
     if len(name.strip()) > MAX_NAME_LENGTH or not name.isprintable():
@@ -105,7 +112,7 @@ def validate_new_key(
         raise ValueError(
             f"tier must be a non-empty string of at most {MAX_TIER_LENGTH} printable characters"
         )
-    seconds = None if expires_in is None else parse_duration(expires_in)
+    seconds = None if expires_in is None else parse_duration(expires_in, expires_name)
     return name.strip(), tier.strip(), seconds
 
 

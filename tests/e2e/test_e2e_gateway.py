@@ -341,8 +341,23 @@ def test_admin_create_key_returns_a_working_key(proxy: Proxy, upstream: StandIn)
             "invalid_field",
         ),
         ({"x-admin-secret": ADMIN_SECRET}, ["name"], 400, "invalid_json"),
+        ({"x-admin-secret": ADMIN_SECRET}, {"nam": "x"}, 400, "unknown_field"),
+        (
+            {"authorization": "Bearer wrong-secret-wrong"},
+            {"name": "x"},
+            401,
+            "invalid_admin_secret",
+        ),
     ],
-    ids=["no-secret", "wrong-secret", "no-name", "bad-expiry", "not-an-object"],
+    ids=[
+        "no-secret",
+        "wrong-secret",
+        "no-name",
+        "bad-expiry",
+        "not-an-object",
+        "misspelt-field",
+        "wrong-bearer",
+    ],
 )
 def test_admin_refusals(
     proxy: Proxy, upstream: StandIn, headers: dict[str, str], body: object, status: int, code: str
@@ -350,6 +365,9 @@ def test_admin_refusals(
     response = httpx.post(f"{proxy.url}/admin/create-key", headers=headers, json=body)
     assert_openai_error(response, status, code)
     assert upstream.received == []
+    if status == 401:  # says how to send the secret, whichever way it was sent
+        assert "x-admin-secret" in response.json()["error"]["message"]
+        assert "Authorization: Bearer" in response.json()["error"]["message"]
 
 
 def test_admin_is_disabled_without_a_secret(make_proxy, standin: StandIn) -> None:

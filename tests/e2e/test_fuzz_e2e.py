@@ -37,7 +37,14 @@ ALIAS = "cursor-pro-sonnet"
 TARGETS = {"claude-sonnet-4-5", "gemini-3-flash"}
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "proxy-authorization")
 OUR_CODES = {
-    400: {"invalid_json", "invalid_encoding", "malformed_request", "invalid_request_headers"},
+    400: {
+        "invalid_json",
+        "invalid_encoding",
+        "malformed_request",
+        "invalid_request_headers",
+        "invalid_field",
+        "unknown_field",
+    },
     401: {"missing_api_key", "invalid_admin_secret"},
     403: {"invalid_api_key", "inactive_api_key", "expired_api_key"},
     404: {"not_found", "key_not_found"},

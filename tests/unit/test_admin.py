@@ -181,6 +181,20 @@ def test_create_key_with_wrong_secret_is_401(api: AdminApi, store: KeyStore, sec
     assert count_keys(store) == 0
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [[], [(b"x-admin-secret", b"wrong")], [(b"authorization", b"Bearer wrong-secret")]],
+    ids=["none", "x-admin-secret", "bearer"],
+)
+def test_a_refused_secret_names_both_ways_to_send_it(
+    api: AdminApi, headers: list[tuple[bytes, bytes]]
+) -> None:
+    response = api.handle(request("GET", "/admin/keys", None, headers))
+    assert response.status_code == 401
+    message = error_of(response)["message"]
+    assert "x-admin-secret" in message and "Authorization: Bearer" in message
+
+
 def test_wrong_secret_is_not_echoed(api: AdminApi) -> None:
     response = create(api, {"name": "alice"}, secret="guess-123456789")
     assert b"guess-123456789" not in response.content
@@ -260,7 +274,23 @@ def test_create_key_rejects_unknown_fields_and_names_them(api: AdminApi, store: 
     error = error_of(response)
     assert error["type"] == "invalid_request_error"
     assert "active, zeta" in error["message"]
+    assert error["code"] == "unknown_field"
     assert count_keys(store) == 0
+
+
+def test_a_misspelt_field_is_a_field_error_not_invalid_json(api: AdminApi) -> None:
+    """`{"nam": "x"}` is valid JSON: the error says which field is wrong and which exist."""
+    error = error_of(create(api, {"nam": "x"}))
+    assert error["code"] == "unknown_field"
+    assert error["message"].startswith("Unknown fields: nam ")
+    assert "name" in error["message"]
+
+
+def test_revoke_with_an_unknown_field_is_a_field_error(api: AdminApi) -> None:
+    headers = [(b"x-admin-secret", SECRET.encode())]
+    response = api.handle(request("POST", "/admin/revoke-key", b'{"id": 1, "x": 2}', headers))
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "unknown_field"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,8 @@ from apipod_proxy.cli import table
 from apipod_proxy.store import KEY_FIELDS as LIST_COLUMNS
 from apipod_proxy.store import USAGE_FIELDS as USAGE_COLUMNS
 from apipod_proxy.store import KeyStore, UsageCounts
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -122,6 +127,52 @@ def test_create_refuses_bad_input_with_exit_2_and_one_line(
     assert err.startswith("error: ")
     assert err.count("\n") == 1
     assert store.list_keys() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("soon", "error: --expires-in must be whole seconds or a string like"),
+        ("0", "error: --expires-in must be positive\n"),
+        ("-5d", "error: --expires-in must be positive\n"),
+        ("-1", "error: --expires-in must be positive\n"),
+    ],
+)
+def test_expires_in_errors_name_the_flag(
+    capsys: pytest.CaptureFixture[str], store: KeyStore, value: str, message: str
+) -> None:
+    """Not the JSON field `expires_in`, nor argparse's "expected one argument" for -5d."""
+    code, err = main_exit(capsys, "create", "--name", "x", "--expires-in", value)
+    assert code == 2
+    assert err.startswith(message)
+    assert "expires_in" not in err and "expected one argument" not in err
+    assert store.list_keys() == []
+
+
+@pytest.mark.parametrize(("value", "days"), [("1w", 7), ("2W", 14), ("30D", 30), ("30d", 30)])
+def test_expires_in_takes_weeks_and_either_case(
+    capsys: pytest.CaptureFixture[str], value: str, days: int
+) -> None:
+    earliest = keys.expiry_after(days * 86400)
+    created = create(capsys, "--name", "temp", "--expires-in", value)
+    assert earliest <= created["expires_at"] <= keys.expiry_after(days * 86400)
+
+
+def test_since_with_a_negative_value_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    _, err = main_exit(capsys, "usage", "--since", "-2h")
+    assert err == "error: --since must be positive\n"
+
+
+def test_create_key_script_names_the_flag_too(db_path: Path) -> None:
+    script = str(ROOT / "scripts" / "create_key.py")
+    done = subprocess.run(
+        [sys.executable, script, "--name", "x", "--expires-in", "-5d"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_PATH": str(db_path)},
+        timeout=30,
+    )
+    assert (done.returncode, done.stderr) == (2, "error: --expires-in must be positive\n")
 
 
 # --- list ------------------------------------------------------------------------------

@@ -138,6 +138,13 @@ def test_display_prefix_is_apk_plus_six_characters() -> None:
         ("30d", 2_592_000),
         (" 5 m ", 300),
         ("1d", 86400),
+        ("1w", 604_800),
+        ("10w", 6_048_000),
+        ("2W", 1_209_600),
+        ("30D", 2_592_000),
+        ("12H", 43200),
+        ("90S", 90),
+        ("30M", 1800),
     ],
 )
 def test_parse_duration_accepts(value: object, seconds: int) -> None:
@@ -162,10 +169,11 @@ def test_parse_duration_accepts(value: object, seconds: int) -> None:
         "",
         "   ",
         "abc",
-        "10w",
+        "+5d",
         "5 d x",
         "h",
-        "30D",
+        "1y",
+        "--5d",
         None,
         [3600],
         {"seconds": 3600},
@@ -192,6 +200,17 @@ def test_parse_duration_errors_mention_expires_in() -> None:
         parse_duration("forever")
     with pytest.raises(ValueError, match="expires_in"):
         parse_duration(0)
+
+
+def test_parse_duration_errors_name_what_they_are_given() -> None:
+    with pytest.raises(ValueError, match=r"^--expires-in must be whole seconds or .* 2w$"):
+        parse_duration("soon", "--expires-in")
+
+
+@pytest.mark.parametrize("value", ["-5d", "-1", "-2W", -5])
+def test_a_negative_lifetime_is_said_to_be_not_positive(value: object) -> None:
+    with pytest.raises(ValueError, match=r"^expires_in must be positive$"):
+        parse_duration(value)
 
 
 def test_maximum_duration_does_not_overflow_datetime() -> None:
