@@ -21,23 +21,22 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-from run import (
+from load import run_wrk
+from services import (
     DEFAULT_MODEL,
     BenchError,
     Service,
     create_key,
     free_port,
-    run_wrk,
+    healthy,
+    spawn,
     start_apipod,
     start_upstream,
-    wait_until,
 )
 
 HAPROXY_CONFIG = """\
@@ -65,12 +64,9 @@ def start_haproxy(workdir: Path, name: str, backends: list[Service]) -> Service:
     config = workdir / f"{name}.cfg"
     config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
     log = workdir / f"{name}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            ["haproxy", "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
-        )
+    process = spawn(["haproxy", "-db", "-f", str(config)], workdir, log)
     service = Service(name, process, f"http://127.0.0.1:{port}", log)
-    wait_until(service, lambda: httpx.get(f"{service.url}/health", timeout=2).status_code == 200)
+    service.wait_ready(healthy(service.url))
     return service
 
 

@@ -32,32 +32,22 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from standin import completion
 
 JSON_TYPE = "application/json"
 
 
 def completion_body(model: str) -> bytes:
     """The non-streaming answer for `model` (cached by the caller: it never changes)."""
-    return json.dumps(
-        {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion",
-            "created": 1700000000,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": f"hello from {model}"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
-        }
-    ).encode()
+    return json.dumps(completion(model, 1700000000)).encode()
 
 
 def chunk_event(

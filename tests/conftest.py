@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import Proxy, start_proxy
-from standin import StandIn
+from standin import SilentUpstream, StandIn
 
 E2E_DIR = Path(__file__).parent / "e2e"
 
@@ -31,6 +31,13 @@ def standin() -> Iterator[StandIn]:
     server = StandIn().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def silent_upstream() -> Iterator[SilentUpstream]:
+    """An upstream that accepts connections and never answers."""
+    with SilentUpstream() as server:
+        yield server
 
 
 @pytest.fixture

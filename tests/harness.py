@@ -3,6 +3,10 @@
 Each proxy is started the documented way (`python -m apipod_proxy.serve`, which
 execs `mitmdump -q --mode reverse:URL -s addons/apipod.py --listen-port PORT`) in
 a temporary folder, so it reads no `.env` but the one a test writes.
+
+The benchmark (`bench/`) starts its processes with the same functions: `free_port`,
+`proxy_env`, `spawn`, `wait_ready` and `stop_process` are the one place that knows how
+a proxy is started, waited for and stopped.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +28,90 @@ UPSTREAM_KEY = "upstream-secret-key-0000"
 ADMIN_SECRET = "test-admin-secret-0123456789"
 
 
+SERVE = [sys.executable, "-m", "apipod_proxy.serve"]
+
+
+class StartError(RuntimeError):
+    """A process exited, or did not become ready, while it was being started."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def proxy_env(
+    upstream_url: str,
+    port: int,
+    database: Path,
+    admin_secret: str = ADMIN_SECRET,
+    **overrides: str | None,
+) -> dict[str, str]:
+    """The proxy's environment: ours without the caller's apipod settings, plus these.
+
+    An override of None removes a variable, so that a `.env` can supply it.
+    """
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ANTIGRAVITY_", "ADMIN_"))},
+        "ANTIGRAVITY_URL": upstream_url,
+        "ANTIGRAVITY_KEY": UPSTREAM_KEY,
+        "ADMIN_SECRET": admin_secret,
+        "PORT": str(port),
+        "DATABASE_PATH": str(database),
+        **overrides,
+    }
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def spawn(
+    command: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `command` with its stdout and stderr in `log`.
+
+    `python -m apipod_proxy.serve` execs mitmdump, so the PID is the proxy's own.
+    """
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    describe: Callable[[], str],
+    seconds: float = 30,
+) -> None:
+    """Poll `ready` until it is true; StartError (with `describe()`, say the log) if the
+    process exits first or `seconds` pass. Connection errors count as not ready yet."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StartError(f"exited with {process.returncode}:\n{describe()}")
+        try:
+            if ready():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_process(process)
+    raise StartError(f"did not become ready in {seconds:g}s:\n{describe()}")
+
+
+def healthy(url: str) -> Callable[[], bool]:
+    return lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10) -> int:
+    """SIGTERM (the proxy drains), then SIGKILL after `grace` seconds; the exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 @dataclass
@@ -74,14 +159,7 @@ class Proxy:
         return json.loads(result.stdout)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process)
 
 
 def start_proxy(
@@ -96,36 +174,12 @@ def start_proxy(
     if dotenv is not None:
         (workdir / ".env").write_text(dotenv)
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("ANTIGRAVITY_", "ADMIN_"))},
-        "ANTIGRAVITY_URL": upstream_url,
-        "ANTIGRAVITY_KEY": UPSTREAM_KEY,
-        "ADMIN_SECRET": ADMIN_SECRET,
-        "PORT": str(port),
-        "DATABASE_PATH": str(workdir / "data" / "proxy.db"),
-        "UPSTREAM_TIMEOUT": "30",
-        "DEFAULT_RPM": "0",
-        **overrides,
-    }
-    env = {k: v for k, v in env.items() if v is not None}
-    with open(workdir / "proxy.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "apipod_proxy.serve"],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    defaults = {"UPSTREAM_TIMEOUT": "30", "DEFAULT_RPM": "0"}
+    env = proxy_env(upstream_url, port, workdir / "data" / "proxy.db", **{**defaults, **overrides})
+    process = spawn(SERVE, workdir, workdir / "proxy.log", env)
     proxy = Proxy(process, port, workdir, env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"proxy exited with {process.returncode}:\n{proxy.log()}")
-        try:
-            if httpx.get(f"{proxy.url}/health", timeout=1).status_code == 200:
-                return proxy
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proxy.stop()
-    raise RuntimeError(f"proxy did not become healthy:\n{proxy.log()}")
+    try:
+        wait_ready(process, healthy(proxy.url), proxy.log)
+    except StartError as exc:
+        raise RuntimeError(f"proxy {exc}") from None
+    return proxy

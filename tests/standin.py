@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,61 @@ from typing import Any
 from aiohttp import web
 
 MODELS = ["claude-sonnet-4-5", "gemini-3-flash", "gemini-3-pro-high"]
+
+
+def completion(model: str, created: int) -> dict[str, Any]:
+    """A non-streaming chat completion from `model`, with its usage (11 in, 5 out).
+
+    The benchmark's upstream (bench/upstream.py) answers with the same body.
+    """
+    return {
+        "id": "chatcmpl-standin",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": f"hello from {model}"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
+    }
+
+
+class SilentUpstream:
+    """An upstream that accepts every connection and never sends a byte.
+
+    `accepted` holds the connections it took, so a test can count upstream attempts.
+    Use it as a context manager; `url` is its base URL.
+    """
+
+    def __init__(self) -> None:
+        self._listening = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self._listening.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listening.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.accepted.append(self._listening.accept()[0])
+            except TimeoutError:
+                continue
+
+    def __enter__(self) -> SilentUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+        self._listening.close()
 
 
 @dataclass
@@ -128,22 +184,7 @@ class StandIn:
         model = body.get("model", "unknown")
         if body.get("stream"):
             return await self._stream(request, body, model)
-        return web.json_response(
-            {
-                "id": "chatcmpl-standin",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": f"hello from {model}"},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
-            }
-        )
+        return web.json_response(completion(model, int(time.time())))
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """Anthropic Messages: usage in the body, or in message_start/message_delta."""

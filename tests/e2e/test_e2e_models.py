@@ -8,46 +8,19 @@ key lookups and the admin API, which run on the database threads, answer at once
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 from harness import ADMIN_SECRET, Proxy
+from standin import SilentUpstream
 
 #: The issue's bound for the list (about 2 s), with room for a loaded machine; the
 #: blocking fetch it replaces took 5 to 10 s.
 MODELS_WITHIN = 4.0
 #: /health and the admin API must answer well under a second meanwhile.
 OTHERS_WITHIN = 1.0
-
-
-@pytest.fixture
-def silent_upstream() -> Iterator[tuple[str, list[socket.socket]]]:
-    """An upstream that accepts every connection and never sends a byte."""
-    listening = socket.create_server(("127.0.0.1", 0), backlog=128)
-    listening.settimeout(0.05)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(listening.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listening.getsockname()[1]}", accepted
-    stop.set()
-    thread.join(5)
-    for conn in accepted:
-        conn.close()
-    listening.close()
 
 
 def timed(call: Callable[[], httpx.Response]) -> tuple[float, httpx.Response]:
@@ -57,10 +30,10 @@ def timed(call: Callable[[], httpx.Response]) -> tuple[float, httpx.Response]:
 
 
 def test_hanging_upstream_stalls_neither_models_nor_health_nor_admin(
-    make_proxy: Callable[..., Proxy], silent_upstream: tuple[str, list[socket.socket]]
+    make_proxy: Callable[..., Proxy], silent_upstream: SilentUpstream
 ) -> None:
-    url, accepted = silent_upstream
-    proxy = make_proxy(url)
+    accepted = silent_upstream.accepted
+    proxy = make_proxy(silent_upstream.url)
     key = proxy.create_key("cursor")
     auth = {"authorization": f"Bearer {key}"}
     admin = {"x-admin-secret": ADMIN_SECRET}

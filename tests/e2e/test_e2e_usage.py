@@ -20,6 +20,11 @@ from standin import StandIn
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 
 
+def stream_body(**extra: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "hi"}]
+    return {"model": "gemini-3-flash", "stream": True, "messages": messages, **extra}
+
+
 def stream_chunks(proxy: Proxy, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """POST a streaming chat completion; the JSON of every `data:` event but [DONE]."""
     headers = {"authorization": f"Bearer {key}", "x-standin-usage-on-finish": "1"}
@@ -55,12 +60,7 @@ def test_usage_on_the_finish_chunk_is_hidden_from_a_client_that_did_not_ask(
     proxy: Proxy, upstream: StandIn
 ) -> None:
     key, key_id = new_key(proxy, "finish-usage")
-    body = {
-        "model": "gemini-3-flash",
-        "stream": True,
-        "messages": [{"role": "user", "content": "hi"}],
-    }
-    chunks = stream_chunks(proxy, key, body)
+    chunks = stream_chunks(proxy, key, stream_body())
 
     # The proxy asked for usage upstream, and the upstream put it on the finish chunk.
     assert upstream.received[-1].json()["stream_options"] == {"include_usage": True}
@@ -77,13 +77,7 @@ def test_usage_on_the_finish_chunk_reaches_a_client_that_asked(
     proxy: Proxy, upstream: StandIn
 ) -> None:
     key, _ = new_key(proxy, "asked-usage")
-    body = {
-        "model": "gemini-3-flash",
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "messages": [{"role": "user", "content": "hi"}],
-    }
-    chunks = stream_chunks(proxy, key, body)
+    chunks = stream_chunks(proxy, key, stream_body(stream_options={"include_usage": True}))
     with_usage = [c for c in chunks if c.get("usage")]
     assert len(with_usage) == 1
     assert with_usage[0]["usage"]["completion_tokens"] == 3

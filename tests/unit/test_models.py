@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from standin import SilentUpstream
 
 from apipod_proxy import models
 from apipod_proxy.models import CACHE_SECONDS, FAILURE_SECONDS, MODELS_PATH, ModelList
@@ -280,40 +281,13 @@ def test_refused_connection_lists_own_names_and_warns(apipod_log: Records) -> No
     assert url in warnings[0]
 
 
-@pytest.fixture
-def silent_upstream() -> Iterator[tuple[str, list[socket.socket]]]:
-    """A URL whose server accepts connections and never answers; and what it accepted."""
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    listening.listen(64)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listening.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                accepted.append(listening.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listening.getsockname()[1]}", accepted
-    stop.set()
-    thread.join(5)
-    for conn in accepted:
-        conn.close()
-    listening.close()
-
-
 def test_silent_upstream_times_out_to_own_names(
     monkeypatch: pytest.MonkeyPatch,
     apipod_log: Records,
-    silent_upstream: tuple[str, list[socket.socket]],
+    silent_upstream: SilentUpstream,
 ) -> None:
     monkeypatch.setattr(models, "FETCH_TIMEOUT", 0.2)
-    url, _ = silent_upstream
+    url = silent_upstream.url
     started = time.monotonic()
     assert ids(fetch_listing(ModelList(url, UPSTREAM_KEY), ["mine"])) == ["mine"]
     assert time.monotonic() - started < 2
@@ -324,11 +298,11 @@ def test_silent_upstream_times_out_to_own_names(
 def test_concurrent_callers_share_one_bounded_fetch(
     monkeypatch: pytest.MonkeyPatch,
     apipod_log: Records,
-    silent_upstream: tuple[str, list[socket.socket]],
+    silent_upstream: SilentUpstream,
 ) -> None:
     """Eight clients asking at once open one upstream connection and all get the aliases."""
     monkeypatch.setattr(models, "FETCH_TIMEOUT", 0.5)
-    url, accepted = silent_upstream
+    url, accepted = silent_upstream.url, silent_upstream.accepted
     models_list = ModelList(url, UPSTREAM_KEY)
 
     async def eight() -> list[dict[str, Any]]:
