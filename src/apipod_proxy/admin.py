@@ -179,7 +179,7 @@ class AdminApi:
         try:
             start = keys.ago(keys.parse_duration(since, "since")) if since else None
         except ValueError:
-            return error_response(400, "since must look like 90m, 24h or 30d", "invalid_field")
+            return error_response(400, "since must look like 90m, 24h, 30d or 2w", "invalid_field")
         return json_response(200, {"data": self.store.usage(start)})
 
     def metrics_page(self, request: http.Request) -> http.Response:

@@ -44,6 +44,13 @@ class ModelList:
         self._fetched_at = -CACHE_SECONDS
         self._failed_at = -FAILURE_SECONDS
         self._fetch: asyncio.Task[Models] | None = None
+        # Made once, here (at load): building a client loads CA certificates, tens of
+        # milliseconds that must not stall the event loop on every fetch. trust_env=False:
+        # the list comes from where traffic goes, not via a *_proxy variable. No pooled
+        # connections: a fetch a minute does not need one kept open.
+        self._client = httpx.AsyncClient(
+            trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     async def upstream_models(self) -> Models:
         """The upstream's models: fresh from cache, else fetched (one fetch at a time).
@@ -87,12 +94,9 @@ class ModelList:
         return models
 
     async def _get(self) -> Models:
-        # trust_env=False: the list comes from where traffic goes, not via a *_proxy variable.
         body = bytearray()
-        async with (
-            httpx.AsyncClient(trust_env=False) as client,
-            client.stream("GET", self._url, headers={"x-api-key": self._key}) as response,
-        ):
+        headers = {"x-api-key": self._key}
+        async with self._client.stream("GET", self._url, headers=headers) as response:
             response.raise_for_status()
             async for chunk in response.aiter_bytes():
                 body += chunk
