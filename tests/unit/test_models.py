@@ -362,3 +362,17 @@ def test_an_oversized_answer_is_refused(
 def test_failure_with_no_own_names_is_an_empty_list(apipod_log: Records) -> None:
     empty = {"object": "list", "data": []}
     assert fetch_listing(ModelList(refused_url(), UPSTREAM_KEY), []) == empty
+
+
+def test_an_unexpected_error_still_answers_the_aliases(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, apipod_log: Records
+) -> None:
+    """An exception in the addon's request hook would let mitmproxy forward the flow."""
+    models_list = ModelList(upstream.url, UPSTREAM_KEY)
+
+    async def broken() -> list[dict[str, Any]]:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(models_list, "_get", broken)
+    assert ids(fetch_listing(models_list, ["mine"])) == ["mine"]
+    assert "a bug" in apipod_log.warnings()[0]
