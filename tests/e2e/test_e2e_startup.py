@@ -118,7 +118,7 @@ def test_create_key_script_json_matches_the_admin_endpoint(proxy: Proxy) -> None
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--name", "x", "--expires-in", "soon"], "expires_in must be"),
+        (["--name", "x", "--expires-in", "soon"], "--expires-in must be"),
         (["--name", " "], "name is required"),
     ],
 )
