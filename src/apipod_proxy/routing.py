@@ -18,7 +18,7 @@ import logging
 import os
 import random
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,14 @@ SESSION_HEADER = "x-session-id"
 
 class RoutesError(ValueError):
     """The routing table is invalid; the message says where."""
+
+
+class AllTargetsCooling(Exception):
+    """Every target of the requested alias is cooling down (see quota.py)."""
+
+    def __init__(self, targets: tuple[str, ...]) -> None:
+        super().__init__(f"all targets cooling down: {', '.join(targets)}")
+        self.targets = targets
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +68,18 @@ class Alias:
     def pick(self, draw: float) -> str:
         index = bisect.bisect_right(self.cumulative, draw)
         return self.targets[min(index, len(self.targets) - 1)]
+
+    def without(self, excluded: Collection[str]) -> Alias | None:
+        """This alias over its other targets, by their weights; None when none remain."""
+        if not any(target in excluded for target in self.targets):
+            return self
+        weights: dict[str, float] = {}
+        previous = 0.0
+        for target, bound in zip(self.targets, self.cumulative, strict=True):
+            if target not in excluded and bound > previous:
+                weights[target] = bound - previous
+            previous = bound
+        return Alias.from_weights(weights, self.sticky) if weights else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +153,16 @@ class Router:
         alias = self.table.aliases.get(model)
         return alias is not None and alias.sticky
 
-    def route(self, model: str, conversation: str | None = None) -> str:
-        """The target for `model`; `conversation` (a sticky alias's key) fixes the draw."""
+    def route(
+        self, model: str, conversation: str | None = None, avoid: Collection[str] = ()
+    ) -> str:
+        """The target for `model`; `conversation` (a sticky alias's key) fixes the draw.
+
+        An alias never picks a target in `avoid` (models cooling down): a draw that lands
+        on one is re-drawn over the remaining targets by their weights, so conversations
+        pinned elsewhere stay put. AllTargetsCooling when none remain. Renames and plain
+        model names are never avoided: the upstream decides about those.
+        """
         table = self.table
         if (renamed := table.renames.get(model)) is not None:
             return renamed
@@ -142,7 +170,13 @@ class Router:
         if alias is None:
             return model
         draw = stable_draw(conversation) if alias.sticky and conversation else self._random()
-        return alias.pick(draw)
+        target = alias.pick(draw)
+        if avoid and target in avoid:
+            remaining = alias.without(avoid)
+            if remaining is None:
+                raise AllTargetsCooling(alias.targets)
+            target = remaining.pick(draw)
+        return target
 
 
 def stable_draw(conversation: str) -> float:

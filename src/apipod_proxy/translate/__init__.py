@@ -1,0 +1,44 @@
+"""Translation between the OpenAI Chat Completions and Anthropic Messages APIs.
+
+Pure functions and small stateful stream translators, with no mitmproxy imports, so the
+addon's hooks only pick the direction and hand bytes over:
+
+    requests.py   request bodies, both directions; TranslationError for what cannot map
+    responses.py  non-streamed answers, both directions
+    streams.py    SSE streams, both directions, fed arbitrary byte pieces
+    failures.py   error bodies, both directions, and the upstream quota answer
+
+The tables in docs/translation.md say what maps to what, and what is dropped or refused.
+"""
+
+from __future__ import annotations
+
+from .failures import ErrorAnswer, error_for_anthropic_client, error_for_openai_client
+from .requests import (
+    DEFAULT_MAX_TOKENS,
+    REASONING_BUDGETS,
+    AnthropicRequest,
+    OpenAIRequest,
+    TranslationError,
+    anthropic_request_to_openai,
+    openai_request_to_anthropic,
+)
+from .responses import anthropic_response_to_openai, openai_response_to_anthropic
+from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "REASONING_BUDGETS",
+    "AnthropicRequest",
+    "AnthropicToOpenAIStream",
+    "ErrorAnswer",
+    "OpenAIRequest",
+    "OpenAIToAnthropicStream",
+    "TranslationError",
+    "anthropic_request_to_openai",
+    "anthropic_response_to_openai",
+    "error_for_anthropic_client",
+    "error_for_openai_client",
+    "openai_request_to_anthropic",
+    "openai_response_to_anthropic",
+]

@@ -1,0 +1,159 @@
+"""Upstream error answers, in the shape of the API the client speaks.
+
+An upstream error keeps its status and message and changes shape only:
+Anthropic's `{"type": "error", "error": {"type", "message"}}` becomes OpenAI's
+`{"error": {"message", "type", "param", "code"}}` and back. The exception is an
+exhausted upstream quota (see quota.py), which antigravity-claude-proxy reports as 400:
+every client gets 429 with code `upstream_quota_exhausted` and a Retry-After, so clients
+back off instead of treating their request as malformed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..quota import QUOTA_CODE, QuotaExhausted, detect, retry_after
+
+#: What a client reads of an error body that is not JSON.
+MAX_RAW_MESSAGE = 500
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass(slots=True)
+class ErrorAnswer:
+    """The error response to give the client; `quota` is set for a quota answer."""
+
+    status: int
+    payload: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    quota: QuotaExhausted | None = None
+
+    @property
+    def content(self) -> bytes:
+        return json.dumps(self.payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def read_error(status: int, body: bytes) -> tuple[str, str]:
+    """(type, message) of an upstream error body in either API's shape, or of raw text."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        payload = None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        message = error.get("message")
+        kind = error.get("type")
+        return (
+            kind if isinstance(kind, str) and kind else _default_type(status),
+            message if isinstance(message, str) else json.dumps(error)[:MAX_RAW_MESSAGE],
+        )
+    if isinstance(error, str):  # {"error": "text"}, as some servers answer
+        return _default_type(status), error
+    text = body.decode("utf-8", "replace").strip()[:MAX_RAW_MESSAGE]
+    return _default_type(status), text or f"Upstream error (HTTP {status})"
+
+
+def _default_type(status: int) -> str:
+    return _TYPE_BY_STATUS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def quota_message(model: str | None, seconds: float) -> str:
+    subject = f"model {model}" if model else "this model"
+    return (
+        f"The upstream quota for {subject} is used up; it resets in about {retry_after(seconds)} s"
+    )
+
+
+def quota_for_openai_client(
+    quota: QuotaExhausted, model: str | None, default_reset: float
+) -> ErrorAnswer:
+    seconds = default_reset if quota.reset_seconds is None else quota.reset_seconds
+    payload = {
+        "error": {
+            "message": quota_message(model, seconds),
+            "type": "rate_limit_error",
+            "param": None,
+            "code": QUOTA_CODE,
+        }
+    }
+    return ErrorAnswer(429, payload, {"retry-after": retry_after(seconds)}, quota)
+
+
+def quota_for_anthropic_client(
+    quota: QuotaExhausted, model: str | None, default_reset: float
+) -> ErrorAnswer:
+    seconds = default_reset if quota.reset_seconds is None else quota.reset_seconds
+    payload = {
+        "type": "error",
+        "error": {
+            "type": "rate_limit_error",
+            "message": quota_message(model, seconds),
+            "code": QUOTA_CODE,
+        },
+    }
+    return ErrorAnswer(429, payload, {"retry-after": retry_after(seconds)}, quota)
+
+
+def error_for_openai_client(
+    status: int, body: bytes, model: str | None = None, default_reset: float = 60.0
+) -> ErrorAnswer:
+    """An upstream error (either shape) as an OpenAI error; `model` is the one sent."""
+    kind, message = read_error(status, body)
+    if 400 <= status < 500 and (quota := detect(message)) is not None:
+        return quota_for_openai_client(quota, model, default_reset)
+    payload = {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+    return ErrorAnswer(status, payload)
+
+
+def error_for_anthropic_client(
+    status: int, body: bytes, model: str | None = None, default_reset: float = 60.0
+) -> ErrorAnswer:
+    """An upstream error (either shape) as an Anthropic error; `model` is the one sent."""
+    kind, message = read_error(status, body)
+    if 400 <= status < 500 and (quota := detect(message)) is not None:
+        return quota_for_anthropic_client(quota, model, default_reset)
+    return ErrorAnswer(status, {"type": "error", "error": {"type": kind, "message": message}})
+
+
+def cooling_for_openai_client(alias: str, seconds: float) -> ErrorAnswer:
+    """Every target of `alias` is cooling down: answered without calling the upstream."""
+    payload = {
+        "error": {
+            "message": f"Every model behind {alias} is out of upstream quota; "
+            f"retry in about {retry_after(seconds)} s",
+            "type": "rate_limit_error",
+            "param": None,
+            "code": QUOTA_CODE,
+        }
+    }
+    return ErrorAnswer(429, payload, {"retry-after": retry_after(seconds)})
+
+
+def cooling_for_anthropic_client(alias: str, seconds: float) -> ErrorAnswer:
+    answer = cooling_for_openai_client(alias, seconds)
+    error = answer.payload["error"]
+    answer.payload = {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": error["message"], "code": QUOTA_CODE},
+    }
+    return answer
+
+
+def anthropic_stream_error(message: str, kind: str = "api_error") -> bytes:
+    """An Anthropic `event: error` (for a passthrough stream whose quota ran out)."""
+    quota = detect(message)
+    error: dict[str, Any] = {"type": kind, "message": message}
+    if quota is not None:
+        error = {"type": "rate_limit_error", "message": message, "code": QUOTA_CODE}
+    data = json.dumps({"type": "error", "error": error}, ensure_ascii=False)
+    return f"event: error\ndata: {data}\n\n".encode()

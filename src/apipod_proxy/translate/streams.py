@@ -1,0 +1,436 @@
+"""SSE streams: Anthropic Messages events to OpenAI chunks, and back.
+
+Each translator is a `flow.response.stream` callable. It is fed the upstream's bytes in
+whatever pieces TCP delivers them (an event may be split across reads, several may
+arrive in one) and returns the translated bytes to forward now: every complete event is
+translated the moment its last byte arrives, and only the unfinished tail of an event is
+kept. The end of the stream is a call with b"".
+
+The return value is a list holding at most one bytes object: mitmproxy sends each item
+as one chunk, and an empty bytes object would end a chunked body, so "nothing yet" is [].
+
+`usage` (prompt and completion tokens, the shape accounting reads) and `tokens` (with
+the cached part) hold what the stream reported so far. `quota` is set when the upstream
+reported an exhausted quota inside the stream, and `error` holds any in-stream error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from ..quota import QUOTA_CODE, QuotaExhausted, detect
+from ..usage import Usage
+from .responses import (
+    STOP_REASONS,
+    TokenUsage,
+    anthropic_id,
+    finish_reason,
+    openai_id,
+    usage_from_anthropic,
+    usage_from_openai,
+)
+
+log = logging.getLogger("apipod")
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+#: An event larger than this is not waited for: the stream is ended with an error.
+MAX_EVENT_BYTES = 1 << 20
+INCOMPLETE = "The upstream ended the stream before it was complete"
+
+
+def _dumps(payload: Any) -> bytes:
+    try:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # lone surrogates: escaped, as any JSON reader accepts
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _parse_event(raw: bytes) -> tuple[str | None, str | None]:
+    """(event name, data) of one SSE event; multi-line data is joined with newlines."""
+    name = None
+    data: list[str] = []
+    for line in raw.decode("utf-8", "replace").splitlines():
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+    return name, ("\n".join(data) if data else None)
+
+
+class _SseTranslator:
+    """The carry-over buffer and the output contract; subclasses translate one event."""
+
+    def __init__(self) -> None:
+        self.tokens = TokenUsage()
+        self.quota: QuotaExhausted | None = None
+        self.error: dict[str, Any] | None = None
+        self.done = False
+        self._buffer = b""
+        self._out: list[bytes] = []
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.tokens.prompt, self.tokens.completion)
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        if self.done:
+            return []
+        if data:
+            self._buffer += data
+            start = 0
+            for boundary in _EVENT_END.finditer(self._buffer):
+                self._event(self._buffer[start : boundary.start()])
+                start = boundary.end()
+                if self.done:
+                    break
+            self._buffer = self._buffer[start:] if not self.done else b""
+            if len(self._buffer) > MAX_EVENT_BYTES:
+                log.warning("SSE event over %d bytes: stream ended", MAX_EVENT_BYTES)
+                self._buffer = b""
+                self._fail("The upstream sent an event too large to translate", "api_error")
+        else:  # end of stream: an unterminated last event still counts
+            rest, self._buffer = self._buffer, b""
+            if rest.strip():
+                self._event(rest)
+            if not self.done:
+                self._end()
+        out, self._out = self._out, []
+        return [b"".join(out)] if out else []
+
+    def _event(self, raw: bytes) -> None:
+        name, data = _parse_event(raw)
+        if data is None:
+            return
+        if data.strip() == "[DONE]":
+            self._on_done()
+            return
+        try:
+            payload = json.loads(data)
+        except (ValueError, RecursionError):
+            log.warning("untranslatable SSE event from upstream dropped")
+            return
+        if isinstance(payload, dict):
+            self._on_payload(name, payload)
+
+    def _on_payload(self, name: str | None, payload: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _on_done(self) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        raise NotImplementedError
+
+    def _fail(self, message: str, kind: str) -> None:
+        raise NotImplementedError
+
+
+class AnthropicToOpenAIStream(_SseTranslator):
+    """Anthropic Messages events in, OpenAI chat.completion.chunk events out.
+
+    `model` names the model in every chunk (default: the one message_start reports);
+    `include_usage` adds OpenAI's usage chunk (`choices: []`) before `data: [DONE]`,
+    and `"usage": null` to every other chunk, as OpenAI does.
+    """
+
+    def __init__(
+        self, model: str | None = None, include_usage: bool = False, created: int | None = None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.include_usage = include_usage
+        self.created = int(time.time()) if created is None else created
+        self.id = "chatcmpl-unknown"
+        self._started = False
+        self._finished = False
+        self._tool_index: dict[int, int] = {}
+        self._stop_reason: Any = None
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> None:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        self._out.append(b"data: " + _dumps(chunk) + b"\n\n")
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._chunk({"role": "assistant", "content": ""})
+
+    def _on_payload(self, name: str | None, payload: dict[str, Any]) -> None:
+        kind = payload.get("type") or name
+        if kind == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                if message.get("id"):
+                    self.id = openai_id(message["id"])
+                if self.model is None and isinstance(message.get("model"), str):
+                    self.model = message["model"]
+                usage_from_anthropic(message.get("usage"), self.tokens)
+            self._start()
+        elif kind == "content_block_start":
+            self._block_start(payload)
+        elif kind == "content_block_delta":
+            self._block_delta(payload)
+        elif kind == "message_delta":
+            usage_from_anthropic(payload.get("usage"), self.tokens)
+            delta = payload.get("delta")
+            if isinstance(delta, dict) and delta.get("stop_reason"):
+                self._stop_reason = delta["stop_reason"]
+            self._finish()
+        elif kind == "message_stop":
+            self._on_done()
+        elif kind == "error":
+            error = payload.get("error")
+            error = error if isinstance(error, dict) else {}
+            message = error.get("message")
+            self._fail(
+                message if isinstance(message, str) else "Upstream error",
+                error.get("type") if isinstance(error.get("type"), str) else "api_error",
+            )
+        # ping, content_block_stop and unknown events carry nothing a chunk needs
+
+    def _block_start(self, payload: dict[str, Any]) -> None:
+        block = payload.get("content_block")
+        if not isinstance(block, dict):
+            return
+        self._start()
+        if block.get("type") == "tool_use":
+            tool = self._tool_index[payload.get("index", -1)] = len(self._tool_index)
+            call = {
+                "index": tool,
+                "id": block.get("id"),
+                "type": "function",
+                "function": {"name": block.get("name"), "arguments": ""},
+            }
+            self._chunk({"tool_calls": [call]})
+            if isinstance(block.get("input"), dict) and block["input"]:  # not streamed in pieces
+                self._arguments(tool, json.dumps(block["input"], ensure_ascii=False))
+        elif block.get("type") == "text" and block.get("text"):
+            self._chunk({"content": block["text"]})
+        elif block.get("type") == "thinking" and block.get("thinking"):
+            self._chunk({"reasoning_content": block["thinking"]})
+
+    def _arguments(self, tool: int, piece: str) -> None:
+        self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": piece}}]})
+
+    def _block_delta(self, payload: dict[str, Any]) -> None:
+        delta = payload.get("delta")
+        if not isinstance(delta, dict):
+            return
+        self._start()
+        kind = delta.get("type")
+        if kind == "text_delta" and isinstance(delta.get("text"), str) and delta["text"]:
+            self._chunk({"content": delta["text"]})
+        elif kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
+            if delta["thinking"]:
+                self._chunk({"reasoning_content": delta["thinking"]})
+        elif kind == "input_json_delta" and isinstance(delta.get("partial_json"), str):
+            tool = self._tool_index.get(payload.get("index", -1))
+            if tool is not None and delta["partial_json"]:
+                self._arguments(tool, delta["partial_json"])
+        # signature_delta: OpenAI clients have nowhere to keep it
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._start()
+            self._chunk({}, finish_reason(self._stop_reason, bool(self._tool_index)))
+
+    def _on_done(self) -> None:
+        self._finish()
+        if self.include_usage:
+            chunk = {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": self.tokens.openai(),
+            }
+            self._out.append(b"data: " + _dumps(chunk) + b"\n\n")
+        self._out.append(b"data: [DONE]\n\n")
+        self.done = True
+
+    def _end(self) -> None:
+        if self._finished:  # cut after message_delta: the answer itself is whole
+            self._on_done()
+        else:
+            self._fail(INCOMPLETE, "upstream_error", code="upstream_stream_incomplete")
+
+    def _fail(self, message: str, kind: str, code: str | None = None) -> None:
+        """An OpenAI stream error chunk, then the end (the SDK raises APIError on it)."""
+        quota = detect(message)
+        if quota is not None:
+            self.quota = quota
+            kind, code = "rate_limit_error", QUOTA_CODE
+        self.error = {"message": message, "type": kind, "param": None, "code": code or kind}
+        self._out.append(b"data: " + _dumps({"error": self.error}) + b"\n\n")
+        self.done = True
+
+
+def _anthropic_event(name: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + _dumps(payload) + b"\n\n"
+
+
+class OpenAIToAnthropicStream(_SseTranslator):
+    """OpenAI chat.completion.chunk events in, Anthropic Messages events out.
+
+    The upstream request must ask for `stream_options.include_usage` (the request
+    translation does), since the usage chunk is how the token counts are learned.
+    They are reported in `message_delta`, before `message_stop`.
+    """
+
+    def __init__(self, model: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.id = "msg_unknown"
+        self._started = False
+        self._next_index = 0
+        self._open: tuple[str, int] | None = None  # (kind, Anthropic block index)
+        self._tool_blocks: dict[int, int] = {}
+        self._finish_reason: Any = None
+
+    def _emit(self, name: str, payload: dict[str, Any]) -> None:
+        self._out.append(_anthropic_event(name, payload))
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        message = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        self._emit("message_start", {"type": "message_start", "message": message})
+
+    def _close_block(self) -> None:
+        if self._open is not None:
+            self._emit("content_block_stop", {"type": "content_block_stop", "index": self._open[1]})
+            self._open = None
+
+    def _open_block(self, kind: str, block: dict[str, Any]) -> int:
+        self._close_block()
+        index = self._next_index
+        self._next_index += 1
+        self._open = (kind, index)
+        self._emit(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": block},
+        )
+        return index
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> None:
+        payload = {"type": "content_block_delta", "index": index, "delta": delta}
+        self._emit("content_block_delta", payload)
+
+    def _on_payload(self, name: str | None, payload: dict[str, Any]) -> None:
+        if "error" in payload:
+            error = payload["error"] if isinstance(payload["error"], dict) else {}
+            message = error.get("message")
+            kind = error.get("type")
+            self._fail(
+                message if isinstance(message, str) else "Upstream error",
+                kind if isinstance(kind, str) else "api_error",
+            )
+            return
+        if not self._started:
+            if isinstance(payload.get("id"), str):
+                self.id = anthropic_id(payload["id"])
+            if self.model is None and isinstance(payload.get("model"), str):
+                self.model = payload["model"]
+            self._start()
+        if isinstance(payload.get("usage"), dict):
+            usage_from_openai(payload["usage"], self.tokens)
+        choices = payload.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict):
+            return
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            self._translate_delta(delta)
+        if choice.get("finish_reason"):
+            self._finish_reason = choice["finish_reason"]
+            self._close_block()
+
+    def _translate_delta(self, delta: dict[str, Any]) -> None:
+        reasoning = delta.get("reasoning_content")
+        if isinstance(reasoning, str) and reasoning:
+            if self._open is None or self._open[0] != "thinking":
+                self._open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            assert self._open is not None
+            self._delta(self._open[1], {"type": "thinking_delta", "thinking": reasoning})
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            if self._open is None or self._open[0] != "text":
+                self._open_block("text", {"type": "text", "text": ""})
+            assert self._open is not None
+            self._delta(self._open[1], {"type": "text_delta", "text": content})
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else []:
+            if not isinstance(call, dict):
+                continue
+            tool = call.get("index", 0)
+            function = call.get("function") if isinstance(call.get("function"), dict) else {}
+            index = self._tool_blocks.get(tool)
+            if index is None:
+                block = {
+                    "type": "tool_use",
+                    "id": call.get("id") or f"toolu_{self.id}_{tool}",
+                    "name": function.get("name") or "",
+                    "input": {},
+                }
+                index = self._tool_blocks[tool] = self._open_block("tool", block)
+            piece = function.get("arguments")
+            if isinstance(piece, str) and piece:
+                self._delta(index, {"type": "input_json_delta", "partial_json": piece})
+
+    def _on_done(self) -> None:
+        self._start()
+        self._close_block()
+        reason = STOP_REASONS.get(self._finish_reason, "end_turn")
+        if self._tool_blocks:
+            reason = "tool_use"
+        self._emit(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reason, "stop_sequence": None},
+                "usage": self.tokens.anthropic(),
+            },
+        )
+        self._emit("message_stop", {"type": "message_stop"})
+        self.done = True
+
+    def _end(self) -> None:
+        if self._finish_reason is not None:  # cut before [DONE]: the answer itself is whole
+            self._on_done()
+        else:
+            self._fail(INCOMPLETE, "api_error")
+
+    def _fail(self, message: str, kind: str, code: str | None = None) -> None:
+        quota = detect(message)
+        if quota is not None:
+            self.quota = quota
+            kind = "rate_limit_error"
+        self.error = {"type": kind, "message": message}
+        self._emit("error", {"type": "error", "error": self.error})
+        self.done = True
