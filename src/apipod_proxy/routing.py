@@ -69,6 +69,17 @@ class Alias:
         index = bisect.bisect_right(self.cumulative, draw)
         return self.targets[min(index, len(self.targets) - 1)]
 
+    def within(self, draw: float) -> float:
+        """Where `draw` falls inside its target's share, as a new draw in [0, 1).
+
+        Uniform when `draw` is, so re-drawing with it keeps the weights, and fixed by it,
+        so a sticky conversation keeps its place.
+        """
+        index = min(bisect.bisect_right(self.cumulative, draw), len(self.targets) - 1)
+        low = self.cumulative[index - 1] if index else 0.0
+        high = self.cumulative[index]
+        return min(max((draw - low) / (high - low), 0.0), 0.999_999_999) if high > low else 0.0
+
     def without(self, excluded: Collection[str]) -> Alias | None:
         """This alias over its other targets, by their weights; None when none remain."""
         if not any(target in excluded for target in self.targets):
@@ -175,7 +186,7 @@ class Router:
             remaining = alias.without(avoid)
             if remaining is None:
                 raise AllTargetsCooling(alias.targets)
-            target = remaining.pick(draw)
+            target = remaining.pick(alias.within(draw))
         return target
 
 

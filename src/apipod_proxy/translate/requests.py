@@ -147,8 +147,9 @@ def _refuse_openai_extras(body: dict[str, Any]) -> None:
     n = body.get("n")
     if n is not None and n != 1:
         raise TranslationError("Only n=1 is supported by this upstream", "n")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise TranslationError("logprobs are not available from this upstream", "logprobs")
+    for name in ("logprobs", "top_logprobs"):
+        if body.get(name):
+            raise TranslationError("logprobs are not available from this upstream", name)
     response_format = body.get("response_format")
     if response_format is not None and (
         not isinstance(response_format, dict) or response_format.get("type") != "text"

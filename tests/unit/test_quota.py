@@ -1,0 +1,175 @@
+"""Unit tests for apipod_proxy.quota and routing around cooling models."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from apipod_proxy.quota import (
+    Cooldowns,
+    QuotaExhausted,
+    detect,
+    parse_duration,
+    reset_seconds,
+    retry_after,
+)
+from apipod_proxy.routing import Alias, AllTargetsCooling, Router, RouteTable
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1m0s", 60.0),
+        ("45s", 45.0),
+        ("1h2m3s", 3723.0),
+        ("500ms", 0.5),
+        ("1.5s", 1.5),
+        ("2h", 7200.0),
+        ("1m30.5s", 90.5),
+        ("10us", 1e-5),
+        ("3µs", 3e-6),
+        ("7ns", 7e-9),
+        ("1m0s.", 60.0),
+    ],
+)
+def test_go_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "1x", "m5", "5", "1m 0s", "s", "1m0sx"])
+def test_not_durations(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+def test_quota_message_of_the_upstream() -> None:
+    message = "You have exhausted your capacity on claude-sonnet-4-5. Quota will reset after 1m0s."
+    assert detect(message) == QuotaExhausted(60.0)
+    assert reset_seconds(message) == 60.0
+
+
+def test_quota_message_with_prefix_and_cut_model() -> None:
+    message = (
+        "RESOURCE_EXHAUSTED: You have exhausted your capacity on gemini-2. "
+        "Quota will reset after 1h2m3s."
+    )
+    assert reset_seconds(message) == 3723.0
+
+
+def test_quota_without_a_reset_time() -> None:
+    assert detect("RESOURCE_EXHAUSTED: try later") == QuotaExhausted(None)
+    assert reset_seconds("RESOURCE_EXHAUSTED: try later") is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["Max retries exceeded", "No accounts available", "messages: Field required", "", "quota"],
+)
+def test_other_errors_are_not_quota(message: str) -> None:
+    assert detect(message) is None
+
+
+@given(st.text())
+def test_detect_never_raises(message: str) -> None:
+    detect(message)
+
+
+@pytest.mark.parametrize(("seconds", "header"), [(60, "60"), (0.2, "1"), (0, "1"), (59.01, "60")])
+def test_retry_after_is_whole_seconds_rounded_up(seconds: float, header: str) -> None:
+    assert retry_after(seconds) == header
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cooldowns_expire_on_the_injected_clock() -> None:
+    clock = Clock()
+    cooldowns = Cooldowns(clock)
+    cooldowns.mark("claude", 1060.0)
+    assert cooldowns.active() == {"claude": 1060.0}
+    assert cooldowns.is_cooling("claude")
+    clock.now = 1060.0
+    assert cooldowns.active() == {}
+    assert not cooldowns.is_cooling("claude")
+
+
+def test_cooldowns_keep_the_later_reset() -> None:
+    cooldowns = Cooldowns(Clock())
+    cooldowns.mark("claude", 1100.0)
+    cooldowns.mark("claude", 1050.0)
+    assert cooldowns.active() == {"claude": 1100.0}
+
+
+def test_mark_for_uses_the_default_without_a_reset_time() -> None:
+    cooldowns = Cooldowns(Clock())
+    assert cooldowns.mark_for("a", None, default=60.0) == 1060.0
+    assert cooldowns.mark_for("b", 5.0, default=60.0) == 1005.0
+    assert cooldowns.earliest_reset() == 1005.0
+    assert cooldowns.earliest_reset({"a"}) == 1060.0
+    assert cooldowns.earliest_reset({"c"}) is None
+
+
+def test_alias_without_keeps_relative_weights() -> None:
+    alias = Alias.from_weights({"a": 20, "b": 30, "c": 50})
+    remaining = alias.without({"c"})
+    assert remaining is not None
+    assert remaining.targets == ("a", "b")
+    assert remaining.cumulative == pytest.approx((0.4, 1.0))
+    assert alias.without(set()) is alias
+    assert alias.without({"a", "b", "c"}) is None
+
+
+TABLE = RouteTable(
+    aliases={
+        "cursor-pro-sonnet": Alias.from_weights({"claude": 20, "gemini": 80}),
+        "three": Alias.from_weights({"a": 1, "b": 1, "c": 2}),
+        "sticky": Alias.from_weights({"claude": 50, "gemini": 50}, sticky=True),
+    },
+    renames={"old": "claude"},
+)
+
+
+def test_a_cooling_target_gets_no_traffic() -> None:
+    router = Router(TABLE, random.Random(1))
+    picks = Counter(router.route("cursor-pro-sonnet", avoid={"claude"}) for _ in range(200))
+    assert picks == {"gemini": 200}
+
+
+def test_remaining_targets_share_by_weight() -> None:
+    router = Router(TABLE, random.Random(7))
+    picks = Counter(router.route("three", avoid={"c"}) for _ in range(4000))
+    assert set(picks) == {"a", "b"}
+    assert 0.45 < picks["a"] / 4000 < 0.55
+
+
+def test_all_targets_cooling_raises_with_the_targets() -> None:
+    router = Router(TABLE)
+    with pytest.raises(AllTargetsCooling) as caught:
+        router.route("cursor-pro-sonnet", avoid={"claude", "gemini"})
+    assert caught.value.targets == ("claude", "gemini")
+
+
+def test_direct_models_and_renames_are_never_avoided() -> None:
+    router = Router(TABLE)
+    assert router.route("claude", avoid={"claude"}) == "claude"
+    assert router.route("old", avoid={"claude"}) == "claude"
+
+
+def test_sticky_conversations_move_only_off_the_cooled_model() -> None:
+    router = Router(TABLE)
+    conversations = [f"1:session:{i}" for i in range(200)]
+    before = {c: router.route("sticky", c) for c in conversations}
+    after = {c: router.route("sticky", c, avoid={"claude"}) for c in conversations}
+    assert set(after.values()) == {"gemini"}
+    assert {c for c in conversations if before[c] == "gemini"} <= set(after)
+    assert any(before[c] == "claude" for c in conversations)
+    # and without cooldowns, nothing changed
+    assert {c: router.route("sticky", c) for c in conversations} == before
