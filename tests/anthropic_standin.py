@@ -278,46 +278,8 @@ class AnthropicStandIn(ThreadedServer):
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         writer = SplitWriter(response, self.split_writes)
-        message = answer.message(stream=True)
-        start = {**message, "content": [], "stop_reason": None}
-        start["usage"] = {**answer.input_usage(), "output_tokens": 0}
-        await writer.send(sse("message_start", {"type": "message_start", "message": start}))
-        for index, block in enumerate(message["content"]):
-            kind = block["type"]
-            empty = {"text": {"text": ""}, "thinking": {"thinking": "", "signature": ""}}.get(
-                kind, {"id": block.get("id"), "name": block.get("name"), "input": {}}
-            )
-            await writer.send(
-                sse(
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": index,
-                        "content_block": {"type": kind, **empty},
-                    },
-                )
-            )
-            for delta in deltas(block, self.json_piece):
-                await writer.send(
-                    sse(
-                        "content_block_delta",
-                        {"type": "content_block_delta", "index": index, "delta": delta},
-                    )
-                )
-            await writer.send(
-                sse("content_block_stop", {"type": "content_block_stop", "index": index})
-            )
-        await writer.send(
-            sse(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                    "usage": {"output_tokens": answer.output_tokens},
-                },
-            )
-        )
-        await writer.send(sse("message_stop", {"type": "message_stop"}))
+        for event in stream_events(answer, self.json_piece):
+            await writer.send(event)
         await writer.close()
         return response
 
@@ -377,6 +339,46 @@ class Answer:
             "stop_sequence": None,
             "usage": {**self.input_usage(), "output_tokens": self.output_tokens},
         }
+
+
+def stream_events(answer: Answer, json_piece: int = 7) -> list[bytes]:
+    """The SSE events of a streamed answer, in the upstream's order."""
+    message = answer.message(stream=True)
+    start = {**message, "content": [], "stop_reason": None}
+    start["usage"] = {**answer.input_usage(), "output_tokens": 0}
+    events = [sse("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(message["content"]):
+        kind = block["type"]
+        empty = {"text": {"text": ""}, "thinking": {"thinking": "", "signature": ""}}.get(
+            kind, {"id": block.get("id"), "name": block.get("name"), "input": {}}
+        )
+        events.append(
+            sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": kind, **empty},
+                },
+            )
+        )
+        events.extend(
+            sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
+            for d in deltas(block, json_piece)
+        )
+        events.append(sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(
+        sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": answer.output_tokens},
+            },
+        )
+    )
+    events.append(sse("message_stop", {"type": "message_stop"}))
+    return events
 
 
 def sse(name: str, payload: dict[str, Any]) -> bytes:
