@@ -23,7 +23,11 @@ from openai.types.chat import ChatCompletionChunk
 from pydantic import TypeAdapter
 
 from apipod_proxy.quota import QUOTA_CODE
-from apipod_proxy.translate import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from apipod_proxy.translate import (
+    AnthropicPassthroughStream,
+    AnthropicToOpenAIStream,
+    OpenAIToAnthropicStream,
+)
 from apipod_proxy.translate.streams import MAX_EVENT_BYTES
 
 TOOL = {"id": "toolu_1", "name": "get_weather", "input": {"city": "Paris", "days": [1, 2]}}
@@ -414,7 +418,10 @@ def test_reverse_error_chunk_and_quota() -> None:
     )
     translator = OpenAIToAnthropicStream("m")
     events = anthropic_events(feed(translator, [chunk({"content": "a"}), error]))
-    assert events[-1] == {"type": "error", "error": {"type": "rate_limit_error", "message": QUOTA}}
+    assert events[-1] == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": QUOTA, "code": QUOTA_CODE},
+    }
     assert translator.quota is not None and translator.quota.reset_seconds == 60.0
 
 
@@ -441,3 +448,47 @@ def test_reverse_finish_reasons(finish: str) -> None:
     events = anthropic_events(feed(OpenAIToAnthropicStream("m"), [data]))
     expected = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}[finish]
     assert events[-2]["delta"]["stop_reason"] == expected
+
+
+# --- Anthropic passthrough -----------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_passthrough_forwards_events_unchanged_and_counts_usage(data: st.DataObject) -> None:
+    stream = upstream(thinking="Hmm.", signature="s", tool=TOOL, cache_read=7)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=30)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    translator = AnthropicPassthroughStream()
+    assert feed(translator, pieces) == stream
+    assert (translator.usage.prompt_tokens, translator.tokens.cached) == (32, 7)
+    assert translator.usage.completion_tokens == answer(thinking="Hmm.", tool=TOOL).output_tokens
+    assert translator.finished and translator.quota is None
+
+
+def test_passthrough_gives_a_quota_error_the_quota_code() -> None:
+    events = stream_events(answer())
+    error = sse(
+        "error", {"type": "error", "error": {"type": "invalid_request_error", "message": QUOTA}}
+    )
+    translator = AnthropicPassthroughStream()
+    out = feed(translator, [events[0], error])
+    assert out.startswith(events[0])
+    name, data = out[len(events[0]) :].decode().strip().split("\n")
+    assert name == "event: error"
+    assert json.loads(data.removeprefix("data: "))["error"] == {
+        "type": "rate_limit_error",
+        "message": QUOTA,
+        "code": QUOTA_CODE,
+    }
+    assert translator.quota is not None and translator.quota.reset_seconds == 60
+
+
+def test_passthrough_leaves_other_errors_alone() -> None:
+    error = sse(
+        "error", {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    )
+    translator = AnthropicPassthroughStream()
+    assert feed(translator, [error]) == error
+    assert translator.error == {"type": "overloaded_error", "message": "busy"}
+    assert translator.quota is None

@@ -7,12 +7,21 @@ addon's hooks only pick the direction and hand bytes over:
     responses.py  non-streamed answers, both directions
     streams.py    SSE streams, both directions, fed arbitrary byte pieces
     failures.py   error bodies, both directions, and the upstream quota answer
+    directions.py which direction a request needs, and one call per hook for each
 
 The tables in docs/translation.md say what maps to what, and what is dropped or refused.
 """
 
 from __future__ import annotations
 
+from .directions import (
+    Direction,
+    TranslatedAnswer,
+    TranslatedRequest,
+    api_from_probe,
+    direction_for,
+    is_endpoint_missing,
+)
 from .failures import ErrorAnswer, error_for_anthropic_client, error_for_openai_client
 from .requests import (
     DEFAULT_MAX_TOKENS,
@@ -24,21 +33,28 @@ from .requests import (
     openai_request_to_anthropic,
 )
 from .responses import anthropic_response_to_openai, openai_response_to_anthropic
-from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from .streams import AnthropicPassthroughStream, AnthropicToOpenAIStream, OpenAIToAnthropicStream
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "REASONING_BUDGETS",
+    "AnthropicPassthroughStream",
     "AnthropicRequest",
     "AnthropicToOpenAIStream",
+    "Direction",
     "ErrorAnswer",
     "OpenAIRequest",
     "OpenAIToAnthropicStream",
+    "TranslatedAnswer",
+    "TranslatedRequest",
     "TranslationError",
     "anthropic_request_to_openai",
     "anthropic_response_to_openai",
+    "api_from_probe",
+    "direction_for",
     "error_for_anthropic_client",
     "error_for_openai_client",
+    "is_endpoint_missing",
     "openai_request_to_anthropic",
     "openai_response_to_anthropic",
 ]

@@ -427,10 +427,63 @@ class OpenAIToAnthropicStream(_SseTranslator):
             self._fail(INCOMPLETE, "api_error")
 
     def _fail(self, message: str, kind: str, code: str | None = None) -> None:
+        self.error = {"type": kind, "message": message}
         quota = detect(message)
         if quota is not None:
             self.quota = quota
-            kind = "rate_limit_error"
-        self.error = {"type": kind, "message": message}
+            self.error = {"type": "rate_limit_error", "message": message, "code": QUOTA_CODE}
         self._emit("error", {"type": "error", "error": self.error})
+        self.done = True
+
+
+class AnthropicPassthroughStream(_SseTranslator):
+    """Anthropic events to an Anthropic client, untranslated, for `/v1/messages` passthrough.
+
+    Events are forwarded as they complete, unchanged, except an in-stream quota error,
+    which gets type `rate_limit_error` and code `upstream_quota_exhausted` like the 429
+    answer, and sets `quota` so the model can be cooled down. Usage is counted as in the
+    translating streams. Only events that may hold usage or an error are parsed.
+    """
+
+    def _event(self, raw: bytes) -> None:
+        if b"usage" not in raw and b"error" not in raw and b"message_stop" not in raw:
+            self._out.append(raw + b"\n\n")
+            return
+        name, data = _parse_event(raw)
+        try:
+            payload = json.loads(data) if data is not None else None
+        except (ValueError, RecursionError):
+            payload = None
+        if not isinstance(payload, dict):
+            self._out.append(raw + b"\n\n")
+            return
+        kind = payload.get("type") or name
+        if kind == "message_start" and isinstance(payload.get("message"), dict):
+            usage_from_anthropic(payload["message"].get("usage"), self.tokens)
+        elif kind == "message_delta":
+            usage_from_anthropic(payload.get("usage"), self.tokens)
+        elif kind == "message_stop":
+            self.finished = True
+        elif kind == "error" and isinstance(payload.get("error"), dict):
+            message = payload["error"].get("message")
+            quota = detect(message) if isinstance(message, str) else None
+            self.error = payload["error"]
+            if quota is not None:
+                self.quota = quota
+                self.error = {**payload["error"], "type": "rate_limit_error", "code": QUOTA_CODE}
+                raw = _anthropic_event("error", {"type": "error", "error": self.error})[:-2]
+        self._out.append(raw + b"\n\n")
+
+    def _end(self) -> None:
+        pass  # an unfinished stream ends as the upstream ended it
+
+    def _on_done(self) -> None:
+        pass
+
+    def _on_payload(self, name: str | None, payload: dict[str, Any]) -> None:
+        pass
+
+    def _fail(self, message: str, kind: str, code: str | None = None) -> None:
+        self.error = {"type": kind, "message": message}
+        self._out.append(_anthropic_event("error", {"type": "error", "error": self.error}))
         self.done = True
