@@ -492,3 +492,13 @@ def test_passthrough_leaves_other_errors_alone() -> None:
     assert feed(translator, [error]) == error
     assert translator.error == {"type": "overloaded_error", "message": "busy"}
     assert translator.quota is None
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_terminators_split_between_reads_are_found(newline: bytes) -> None:
+    data = upstream(tool=TOOL).replace(b"\n", newline)
+    whole = translate(data, include_usage=True)
+    for size in (1, 2, 3, 5):
+        translator = AnthropicToOpenAIStream("cursor-pro-sonnet", True, created=1)
+        pieces = [data[i : i + size] for i in range(0, len(data), size)]
+        assert feed(translator, pieces) == whole

@@ -82,9 +82,11 @@ class _SseTranslator:
         if self.done:
             return []
         if data:
+            # Only the new bytes (and a terminator begun just before them) need scanning.
+            scan_from = max(0, len(self._buffer) - 3)
             self._buffer += data
             start = 0
-            for boundary in _EVENT_END.finditer(self._buffer):
+            for boundary in _EVENT_END.finditer(self._buffer, scan_from):
                 self._event(self._buffer[start : boundary.start()])
                 start = boundary.end()
                 if self.done:
