@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import Proxy, start_proxy
+from anthropic_standin import AnthropicStandIn
+from harness import UPSTREAM_KEY, Proxy, start_proxy
+from openai_standin import OpenAIStandIn
 from standin import SilentUpstream, StandIn
 
 E2E_DIR = Path(__file__).parent / "e2e"
@@ -45,6 +47,39 @@ def upstream(standin: StandIn) -> StandIn:
     """The shared stand-in, with an empty record of received requests."""
     standin.reset()
     return standin
+
+
+@pytest.fixture(scope="session")
+def anthropic_only() -> Iterator[AnthropicStandIn]:
+    """An antigravity-claude-proxy stand-in that wants the proxy's upstream key."""
+    server = AnthropicStandIn(key=UPSTREAM_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def claude_upstream(anthropic_only: AnthropicStandIn) -> Iterator[AnthropicStandIn]:
+    """The Anthropic-only stand-in, with no record, no exhausted models, no cache reads."""
+    anthropic_only.reset()
+    yield anthropic_only
+    anthropic_only.exhausted.clear()
+    anthropic_only.empty_models.clear()
+    anthropic_only.cache_read_tokens = 0
+
+
+@pytest.fixture(scope="session")
+def openai_only() -> Iterator[OpenAIStandIn]:
+    """An OpenAI-only gateway stand-in that wants the proxy's upstream key."""
+    server = OpenAIStandIn(key=UPSTREAM_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gpt_upstream(openai_only: OpenAIStandIn) -> OpenAIStandIn:
+    openai_only.reset()
+    openai_only.cached_tokens = 0
+    return openai_only
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -17,6 +16,7 @@ import httpx
 import openai
 import pytest
 from anthropic_standin import EMPTY_ANSWER, AnthropicStandIn
+from harness import UPSTREAM_KEY
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai_standin import OpenAIStandIn
@@ -31,7 +31,7 @@ from apipod_proxy.translate import (
     openai_response_to_anthropic,
 )
 
-KEY = "upstream-key-123"
+KEY = UPSTREAM_KEY
 WEATHER_TOOL = {
     "name": "get_weather",
     "description": "Weather for a city",
@@ -46,33 +46,14 @@ OPENAI_WEATHER = {
 }
 
 
-@pytest.fixture(scope="module")
-def claude_server() -> Iterator[AnthropicStandIn]:
-    server = AnthropicStandIn(key=KEY).start()
-    yield server
-    server.stop()
+@pytest.fixture
+def claude(claude_upstream: AnthropicStandIn) -> AnthropicStandIn:
+    return claude_upstream
 
 
 @pytest.fixture
-def claude(claude_server: AnthropicStandIn) -> Iterator[AnthropicStandIn]:
-    claude_server.reset()
-    yield claude_server
-    claude_server.exhausted.clear()
-    claude_server.empty_models.clear()
-    claude_server.cache_read_tokens = 0
-
-
-@pytest.fixture(scope="module")
-def gpt_server() -> Iterator[OpenAIStandIn]:
-    server = OpenAIStandIn(key=KEY).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def gpt(gpt_server: OpenAIStandIn) -> OpenAIStandIn:
-    gpt_server.reset()
-    return gpt_server
+def gpt(gpt_upstream: OpenAIStandIn) -> OpenAIStandIn:
+    return gpt_upstream
 
 
 def sdk(server: AnthropicStandIn) -> anthropic.Anthropic:
