@@ -60,6 +60,7 @@ def test_request_gives_the_upstream_path() -> None:
     forward = TO_ANTHROPIC.request(body)
     assert (forward.path, forward.stream, forward.include_usage) == ("/v1/messages", True, True)
     assert forward.body["max_tokens"] > 0
+    assert forward.headers == {"anthropic-version": "2023-06-01"}
     back = TO_OPENAI.request({"model": "m", "max_tokens": 5, "messages": body["messages"]})
     assert (back.path, back.stream) == ("/v1/chat/completions", False)
     with pytest.raises(TranslationError):

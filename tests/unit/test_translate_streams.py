@@ -502,3 +502,65 @@ def test_terminators_split_between_reads_are_found(newline: bytes) -> None:
         translator = AnthropicToOpenAIStream("cursor-pro-sonnet", True, created=1)
         pieces = [data[i : i + size] for i in range(0, len(data), size)]
         assert feed(translator, pieces) == whole
+
+
+# --- hostile or odd upstream bytes never break the stream callable -------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+event_types = st.sampled_from(
+    [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+    ]
+)
+
+
+REAL_EVENTS = [
+    json.loads(event.split(b"data: ", 1)[1])
+    for event in stream_events(answer(thinking="t", signature="s", tool=TOOL), json_piece=5)
+]
+REAL_CHUNKS = [
+    json.loads(event[6:]) for event in openai_stream(tool=True, reasoning=True).split(b"\n\n")[:-2]
+]
+
+
+def mutate(draw: st.DrawFn, value: Any, depth: int = 0) -> Any:
+    """`value` with one field somewhere inside replaced by an arbitrary JSON value."""
+    if depth > 3 or not isinstance(value, dict | list) or not value or draw(st.booleans()):
+        return draw(json_values)
+    if isinstance(value, list):
+        i = draw(st.integers(0, len(value) - 1))
+        return [*value[:i], mutate(draw, value[i], depth + 1), *value[i + 1 :]]
+    key = draw(st.sampled_from(sorted(value)))
+    return {**value, key: mutate(draw, value[key], depth + 1)}
+
+
+@st.composite
+def odd_events(draw: st.DrawFn) -> bytes:
+    payload = draw(st.sampled_from(REAL_EVENTS + REAL_CHUNKS))
+    if draw(st.booleans()):
+        payload = mutate(draw, payload)
+    name = payload.get("type", "x") if isinstance(payload, dict) else "x"
+    return sse(str(name), payload)  # type: ignore[arg-type]
+
+
+@pytest.mark.fuzz
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(odd_events() | st.binary(max_size=30), max_size=20),
+    st.sampled_from([AnthropicToOpenAIStream, OpenAIToAnthropicStream, AnthropicPassthroughStream]),
+)
+def test_odd_input_never_raises(pieces: list[bytes], kind: type) -> None:
+    feed(kind(), pieces)

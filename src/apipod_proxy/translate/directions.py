@@ -4,7 +4,8 @@ The addon asks `direction_for(method, path, upstream_api)` in its request hook. 
 the answer is not None, it calls, in order:
 
     request hook          translated = direction.request(body)       (TranslationError: 400)
-                          flow.request.path = translated.path; content = translated.body
+                          flow.request.path = translated.path; content = translated.body;
+                          add translated.headers the client did not send
     responseheaders hook  SSE: flow.response.stream = direction.stream(model, include_usage)
     response hook         not SSE: direction.answer(status, content, model, default_reset)
 
@@ -29,6 +30,8 @@ from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 CHAT_PATH = "/v1/chat/completions"
 MESSAGES_PATH = "/v1/messages"
 UPSTREAM_APIS = ("auto", "anthropic", "openai", "both")
+#: Sent with translated Messages requests when the client (an OpenAI one) sent none.
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,8 @@ class TranslatedRequest:
     body: dict[str, Any]
     stream: bool
     include_usage: bool
+    #: Headers to add upstream when the client did not send them.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -67,7 +72,11 @@ class Direction(Enum):
         if self is Direction.OPENAI_TO_ANTHROPIC:
             forward = openai_request_to_anthropic(body)
             return TranslatedRequest(
-                MESSAGES_PATH, forward.body, forward.stream, forward.include_usage
+                MESSAGES_PATH,
+                forward.body,
+                forward.stream,
+                forward.include_usage,
+                {"anthropic-version": ANTHROPIC_VERSION},
             )
         back = anthropic_request_to_openai(body)
         return TranslatedRequest(CHAT_PATH, back.body, back.stream, False)

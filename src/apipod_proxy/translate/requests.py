@@ -485,7 +485,7 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> OpenAIRequest:
             kind = choice.get("type")
             if kind == "tool" and isinstance(choice.get("name"), str):
                 out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
-            elif kind in _TOOL_CHOICES:
+            elif isinstance(kind, str) and kind in _TOOL_CHOICES:
                 out["tool_choice"] = _TOOL_CHOICES[kind]
             if choice.get("disable_parallel_tool_use") is True:
                 out["parallel_tool_calls"] = False

@@ -150,6 +150,13 @@ def anthropic_response_to_openai(
     }
 
 
+def stop_reason_for(finish: Any, has_tool_calls: bool) -> str:
+    """The Anthropic stop_reason for an OpenAI finish_reason."""
+    if has_tool_calls:
+        return "tool_use"
+    return STOP_REASONS.get(finish, "end_turn") if isinstance(finish, str) else "end_turn"
+
+
 def anthropic_id(openai_id: Any) -> str:
     text = openai_id if isinstance(openai_id, str) and openai_id else "unknown"
     return text if text.startswith("msg_") else f"msg_{text}"
@@ -187,7 +194,7 @@ def openai_response_to_anthropic(body: dict[str, Any], model: str | None = None)
         )
     has_calls = any(block["type"] == "tool_use" for block in content)
     reason = choice.get("finish_reason") if isinstance(choice, dict) else None
-    stop_reason = "tool_use" if has_calls else STOP_REASONS.get(reason, "end_turn")
+    stop_reason = stop_reason_for(reason, has_calls)
     return {
         "id": anthropic_id(body.get("id")),
         "type": "message",

@@ -25,11 +25,11 @@ from typing import Any
 from ..quota import QUOTA_CODE, QuotaExhausted, detect
 from ..usage import Usage
 from .responses import (
-    STOP_REASONS,
     TokenUsage,
     anthropic_id,
     finish_reason,
     openai_id,
+    stop_reason_for,
     usage_from_anthropic,
     usage_from_openai,
 )
@@ -47,6 +47,11 @@ def _dumps(payload: Any) -> bytes:
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     except UnicodeEncodeError:  # lone surrogates: escaped, as any JSON reader accepts
         return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _index(value: Any) -> int:
+    """A block or tool index as an int (-1: none usable)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 def _parse_event(raw: bytes) -> tuple[str | None, str | None]:
@@ -117,8 +122,13 @@ class _SseTranslator:
         except (ValueError, RecursionError):
             log.warning("untranslatable SSE event from upstream dropped")
             return
-        if isinstance(payload, dict):
+        if not isinstance(payload, dict):
+            return
+        try:
             self._on_payload(name, payload)
+        except (TypeError, ValueError, AttributeError, KeyError):
+            # An event of an unexpected shape: dropped, never allowed to break the stream.
+            log.warning("malformed SSE event from upstream dropped", exc_info=True)
 
     def _on_payload(self, name: str | None, payload: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -210,7 +220,7 @@ class AnthropicToOpenAIStream(_SseTranslator):
             return
         self._start()
         if block.get("type") == "tool_use":
-            tool = self._tool_index[payload.get("index", -1)] = len(self._tool_index)
+            tool = self._tool_index[_index(payload.get("index"))] = len(self._tool_index)
             call = {
                 "index": tool,
                 "id": block.get("id"),
@@ -240,7 +250,7 @@ class AnthropicToOpenAIStream(_SseTranslator):
             if delta["thinking"]:
                 self._chunk({"reasoning_content": delta["thinking"]})
         elif kind == "input_json_delta" and isinstance(delta.get("partial_json"), str):
-            tool = self._tool_index.get(payload.get("index", -1))
+            tool = self._tool_index.get(_index(payload.get("index")))
             if tool is not None and delta["partial_json"]:
                 self._arguments(tool, delta["partial_json"])
         # signature_delta: OpenAI clients have nowhere to keep it
@@ -390,7 +400,7 @@ class OpenAIToAnthropicStream(_SseTranslator):
         for call in calls if isinstance(calls, list) else []:
             if not isinstance(call, dict):
                 continue
-            tool = call.get("index", 0)
+            tool = _index(call.get("index", 0))
             function = call.get("function") if isinstance(call.get("function"), dict) else {}
             index = self._tool_blocks.get(tool)
             if index is None:
@@ -408,9 +418,7 @@ class OpenAIToAnthropicStream(_SseTranslator):
     def _on_done(self) -> None:
         self._start()
         self._close_block()
-        reason = STOP_REASONS.get(self._finish_reason, "end_turn")
-        if self._tool_blocks:
-            reason = "tool_use"
+        reason = stop_reason_for(self._finish_reason, bool(self._tool_blocks))
         self._emit(
             "message_delta",
             {

@@ -1,0 +1,165 @@
+"""Property tests: whatever JSON a client or the upstream sends, translation never crashes.
+
+Requests either translate or raise TranslationError (a 400 for the client); answers
+always translate. Inputs are real bodies with one field anywhere replaced by an
+arbitrary JSON value, which reaches far deeper than random JSON would.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from anthropic_standin import Answer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apipod_proxy.translate import (
+    Direction,
+    TranslationError,
+    anthropic_request_to_openai,
+    openai_request_to_anthropic,
+)
+
+pytestmark = pytest.mark.fuzz
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+OPENAI_REQUEST = {
+    "model": "m",
+    "messages": [
+        {"role": "system", "content": "s"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "hi"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+            ],
+        },
+        {"role": "assistant", "content": "x", "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r"},
+    ],
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "tool_choice": {"type": "function", "function": {"name": "f"}},
+    "max_tokens": 100,
+    "temperature": 0.5,
+    "stop": ["x"],
+    "reasoning_effort": "low",
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "user": "u",
+}
+ANTHROPIC_REQUEST = {
+    "model": "m",
+    "max_tokens": 100,
+    "system": [{"type": "text", "text": "s"}],
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "hi"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": "A"},
+                },
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "r"}]},
+    ],
+    "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+    "tool_choice": {"type": "tool", "name": "f"},
+    "stop_sequences": ["x"],
+    "metadata": {"user_id": "u"},
+    "stream": True,
+}
+ANTHROPIC_ANSWER = Answer(
+    "m", 5, 3, text="hi", thinking="t", signature="s", tool={"id": "t", "name": "f", "input": {}}
+).message(stream=False)
+OPENAI_ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "hi",
+                "reasoning_content": "r",
+                "tool_calls": [CALL],
+            },
+            "finish_reason": "tool_calls",
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 5,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 1},
+    },
+}
+
+
+def mutate(draw: st.DrawFn, value: Any, depth: int = 0) -> Any:
+    if depth > 5 or not isinstance(value, dict | list) or not value or draw(st.booleans()):
+        return draw(json_values)
+    if isinstance(value, list):
+        i = draw(st.integers(0, len(value) - 1))
+        return [*value[:i], mutate(draw, value[i], depth + 1), *value[i + 1 :]]
+    key = draw(st.sampled_from(sorted(value)))
+    return {**value, key: mutate(draw, value[key], depth + 1)}
+
+
+@st.composite
+def mutated(draw: st.DrawFn, original: dict[str, Any]) -> Any:
+    value = original
+    for _ in range(draw(st.integers(1, 3))):
+        value = mutate(draw, value)
+    return value
+
+
+@settings(max_examples=400, deadline=None)
+@given(mutated(OPENAI_REQUEST))
+def test_openai_requests_translate_or_are_refused(body: Any) -> None:
+    try:
+        out = openai_request_to_anthropic(body)
+    except TranslationError as exc:
+        json.dumps(exc.openai_payload())
+        return
+    json.dumps(out.body)
+
+
+@settings(max_examples=400, deadline=None)
+@given(mutated(ANTHROPIC_REQUEST))
+def test_anthropic_requests_translate_or_are_refused(body: Any) -> None:
+    try:
+        out = anthropic_request_to_openai(body)
+    except TranslationError as exc:
+        json.dumps(exc.anthropic_payload())
+        return
+    json.dumps(out.body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated(ANTHROPIC_ANSWER), st.sampled_from([200, 400, 404, 500]))
+def test_anthropic_answers_always_translate(body: Any, status: int) -> None:
+    answer = Direction.OPENAI_TO_ANTHROPIC.answer(status, json.dumps(body).encode(), "m")
+    assert json.loads(answer.content)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated(OPENAI_ANSWER), st.sampled_from([200, 400, 429, 503]))
+def test_openai_answers_always_translate(body: Any, status: int) -> None:
+    answer = Direction.ANTHROPIC_TO_OPENAI.answer(status, json.dumps(body).encode(), "m")
+    assert json.loads(answer.content)
