@@ -121,6 +121,8 @@ class AnthropicStandIn(ThreadedServer):
         self.empty_models: set[str] = set()
         #: Piece size of a tool call's input_json_delta.
         self.json_piece = 7
+        #: False: GET /v1/models answers 503, as upstream does when no account is usable.
+        self.accounts_available = True
 
     # --- steering ----------------------------------------------------------------
 
@@ -142,6 +144,24 @@ class AnthropicStandIn(ThreadedServer):
     def answer_empty(self, model: str, on: bool = True) -> None:
         (self.empty_models.add if on else self.empty_models.discard)(model)
 
+    def control(self, action: str, body: dict[str, Any]) -> web.Response:
+        """Steering over HTTP, for demos and other processes (`/_standin/<action>`)."""
+        if action == "exhaust":
+            self.exhaust(
+                body["model"],
+                body.get("reset", "1m0s"),
+                body.get("in_stream", False),
+                body.get("prefixed", False),
+                body.get("seconds"),
+            )
+        elif action == "restore":
+            self.restore(body["model"])
+        elif action == "empty":
+            self.answer_empty(body["model"], body.get("on", True))
+        else:
+            return reply(error_body("not_found_error", f"no control {action}"), status=404)
+        return reply({"ok": True})
+
     def _exhaustion(self, model: str) -> Exhaustion | None:
         found = self.exhausted.get(model)
         if found is not None and found.until is not None and time.monotonic() >= found.until:
@@ -162,7 +182,11 @@ class AnthropicStandIn(ThreadedServer):
                 error_body("authentication_error", "Invalid or missing API key"), status=401
             )
         if request.method == "GET" and path == "/v1/models":
+            if not self.accounts_available:
+                return reply(error_body("api_error", "No accounts available"), status=503)
             return reply(self._models())
+        if request.method == "POST" and path.startswith("/_standin/"):
+            return self.control(path.removeprefix("/_standin/"), entry.json())
         if request.method == "POST" and path == "/v1/messages/count_tokens":
             return reply(error_body("api_error", "Token counting is not implemented"), status=501)
         if request.method == "POST" and path == "/v1/messages":
@@ -506,3 +530,25 @@ def _check_image(source: Any, where: str) -> None:
             raise Invalid(f"{where}.source.url: must be an http(s) URL")
     else:
         raise Invalid(f"{where}.source.type: must be base64 or url")
+
+
+def main() -> None:
+    """Run it by hand: `python tests/anthropic_standin.py --port 8080 --key KEY`."""
+    import argparse
+    import threading
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--key", default=None)
+    args = parser.parse_args()
+    server = AnthropicStandIn(key=args.key, host=args.host, port=args.port).start()
+    print(f"Anthropic-only stand-in on {server.url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

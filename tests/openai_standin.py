@@ -14,6 +14,8 @@
   and `completion_tokens` one per word written; the usage chunk (`choices: []`) is sent
   only with `stream_options.include_usage`. Each answer's counts go to `reported`.
 - Streamed events are split across TCP writes (`split_writes`).
+- `x-standin-status: CODE` answers an error; `x-standin-stream-error: MESSAGE` sends a
+  little text and then the error chunk `data: {"error": {...}}` inside a 200 stream.
 """
 
 from __future__ import annotations
@@ -166,6 +168,12 @@ class OpenAIStandIn(ThreadedServer):
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
         await writer.send(chunk({"role": "assistant", "content": ""}))
+        if failure := request.headers.get("x-standin-stream-error"):
+            await writer.send(chunk({"content": "Partial "}))
+            failed = {"error": {"message": failure, "type": "server_error", "code": None}}
+            await writer.send(b"data: " + json.dumps(failed).encode() + b"\n\n")
+            await writer.close()
+            return response
         if message.get("reasoning_content"):
             await writer.send(chunk({"reasoning_content": message["reasoning_content"]}))
         if message.get("content"):

@@ -257,6 +257,21 @@ def test_quota_for_a_while(claude: AnthropicStandIn) -> None:
     assert httpx.post(claude.url + "/v1/messages", json=body, headers=headers).status_code == 200
 
 
+def test_steering_over_http_and_no_accounts(claude: AnthropicStandIn) -> None:
+    body = {"model": "gemini-3-flash", "max_tokens": 5, "messages": HI}
+    headers = {"x-api-key": KEY}
+    control = httpx.post(claude.url + "/_standin/exhaust", json={"model": "gemini-3-flash"})
+    assert control.json() == {"ok": True}
+    assert httpx.post(claude.url + "/v1/messages", json=body, headers=headers).status_code == 400
+    httpx.post(claude.url + "/_standin/restore", json={"model": "gemini-3-flash"})
+    assert httpx.post(claude.url + "/v1/messages", json=body, headers=headers).status_code == 200
+    claude.accounts_available = False
+    try:
+        assert httpx.get(claude.url + "/v1/models", headers=headers).status_code == 503
+    finally:
+        claude.accounts_available = True
+
+
 def test_the_empty_answer(claude: AnthropicStandIn) -> None:
     claude.answer_empty("gemini-3-flash")
     with sdk(claude).messages.stream(model="gemini-3-flash", max_tokens=5, messages=HI) as stream:
@@ -318,6 +333,18 @@ def test_openai_tool_calls_streamed_and_answered(gpt: OpenAIStandIn) -> None:
     ]
     answer = client.chat.completions.create(model="m", messages=messages, tools=[OPENAI_WEATHER])  # type: ignore[arg-type,list-item]
     assert answer.choices[0].message.content == "The tool said: sunny"
+
+
+def test_openai_error_inside_a_stream(gpt: OpenAIStandIn) -> None:
+    with pytest.raises(openai.APIError, match="gateway exploded"):
+        list(
+            gpt_client(gpt).chat.completions.create(
+                model="m",
+                messages=HI,  # type: ignore[arg-type]
+                stream=True,
+                extra_headers={"x-standin-stream-error": "gateway exploded"},
+            )
+        )
 
 
 def test_openai_only_refuses_anthropic(gpt: OpenAIStandIn) -> None:
@@ -464,3 +491,25 @@ def test_anthropic_client_over_the_openai_only_upstream(gpt: OpenAIStandIn, stre
     assert out.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
     assert translator.usage.prompt_tokens == 30
     assert translator.usage.completion_tokens == gpt.reported[-1].output_tokens
+
+
+def test_openai_stream_error_reaches_an_anthropic_client_as_an_error_event(
+    gpt: OpenAIStandIn,
+) -> None:
+    request = anthropic_request_to_openai(
+        {"model": "m", "max_tokens": 5, "messages": HI, "stream": True}
+    )
+    translator = OpenAIToAnthropicStream("m")
+    out = b""
+    headers = {"authorization": f"Bearer {KEY}", "x-standin-stream-error": "gateway exploded"}
+    with httpx.stream(
+        "POST", gpt.url + "/v1/chat/completions", json=request.body, headers=headers
+    ) as response:
+        for piece in [*response.iter_raw(), b""]:
+            out += b"".join(translator(piece))
+    assert out.startswith(b"event: message_start\n")
+    assert out.endswith(
+        b'event: error\ndata: {"type":"error","error":{"type":"server_error",'
+        b'"message":"gateway exploded"}}\n\n'
+    )
+    assert translator.error == {"type": "server_error", "message": "gateway exploded"}

@@ -129,7 +129,7 @@ def mutated(draw: st.DrawFn, original: dict[str, Any]) -> Any:
     return value
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(mutated(OPENAI_REQUEST))
 def test_openai_requests_translate_or_are_refused(body: Any) -> None:
     try:
@@ -140,7 +140,7 @@ def test_openai_requests_translate_or_are_refused(body: Any) -> None:
     json.dumps(out.body)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(mutated(ANTHROPIC_REQUEST))
 def test_anthropic_requests_translate_or_are_refused(body: Any) -> None:
     try:
@@ -151,14 +151,14 @@ def test_anthropic_requests_translate_or_are_refused(body: Any) -> None:
     json.dumps(out.body)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(mutated(ANTHROPIC_ANSWER), st.sampled_from([200, 400, 404, 500]))
 def test_anthropic_answers_always_translate(body: Any, status: int) -> None:
     answer = Direction.OPENAI_TO_ANTHROPIC.answer(status, json.dumps(body).encode(), "m")
     assert json.loads(answer.content)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(mutated(OPENAI_ANSWER), st.sampled_from([200, 400, 429, 503]))
 def test_openai_answers_always_translate(body: Any, status: int) -> None:
     answer = Direction.ANTHROPIC_TO_OPENAI.answer(status, json.dumps(body).encode(), "m")

@@ -557,7 +557,7 @@ def odd_events(draw: st.DrawFn) -> bytes:
 
 
 @pytest.mark.fuzz
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(odd_events() | st.binary(max_size=30), max_size=20),
     st.sampled_from([AnthropicToOpenAIStream, OpenAIToAnthropicStream, AnthropicPassthroughStream]),
