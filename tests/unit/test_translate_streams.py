@@ -564,3 +564,16 @@ def odd_events(draw: st.DrawFn) -> bytes:
 )
 def test_odd_input_never_raises(pieces: list[bytes], kind: type) -> None:
     feed(kind(), pieces)
+
+
+def test_unicode_line_separators_inside_text_survive() -> None:
+    text = "a\u2028b\u2029c\x85d\x1ce"
+    raw = stream_events(answer(text=text))
+    # the upstream (Node) writes these characters unescaped
+    data = (
+        b"".join(raw).replace(b"\\u2028", "\u2028".encode()).replace(b"\\u2029", "\u2029".encode())
+    )
+    assert "\u2028".encode() in data
+    payloads = data_lines(translate(data))
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in payloads[:-1]) == text
+    assert feed(AnthropicPassthroughStream(), [data]) == data

@@ -58,13 +58,15 @@ def _parse_event(raw: bytes) -> tuple[str | None, str | None]:
     """(event name, data) of one SSE event; multi-line data is joined with newlines."""
     name = None
     data: list[str] = []
-    for line in raw.decode("utf-8", "replace").splitlines():
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            name = value
-        elif field == "data":
-            data.append(value)
+    # bytes.splitlines splits at CR and LF only, as SSE does; str.splitlines would also
+    # split at U+2028 and friends, which JSON strings may hold unescaped.
+    for line in raw.splitlines():
+        field, _, value = line.partition(b":")
+        value = value.removeprefix(b" ")
+        if field == b"event":
+            name = value.decode("utf-8", "replace")
+        elif field == b"data":
+            data.append(value.decode("utf-8", "replace"))
     return name, ("\n".join(data) if data else None)
 
 
