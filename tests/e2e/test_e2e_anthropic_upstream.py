@@ -1,0 +1,207 @@
+"""End to end: real mitmdump in front of the Anthropic-only stand-in (antigravity-claude-proxy).
+
+Anthropic clients pass through today: the SDK (which sends `Authorization: Bearer`),
+thinking with signatures, a tool call whose input arrives in pieces, events split
+across TCP writes, and usage counted exactly, cache reads included.
+
+OpenAI clients need issue 10's translation wired into the addon (`UPSTREAM_API=anthropic`).
+Those tests are strict xfails until then: each one starts passing when the wiring lands,
+and the wiring must then drop its mark.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+from anthropic_standin import AnthropicStandIn
+from harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy, start_proxy
+
+ADMIN = {"x-admin-secret": ADMIN_SECRET}
+HI = [{"role": "user", "content": "hi"}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+NOT_WIRED = pytest.mark.xfail(
+    strict=True, reason="issue 10: the translation is not wired into the addon yet"
+)
+
+
+@pytest.fixture(scope="module")
+def claude_proxy(
+    anthropic_only: AnthropicStandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
+    running = start_proxy(
+        tmp_path_factory.mktemp("over-claude"), anthropic_only.url, UPSTREAM_API="anthropic"
+    )
+    yield running
+    running.stop()
+
+
+def new_key(proxy: Proxy, name: str) -> tuple[str, int]:
+    response = httpx.post(f"{proxy.url}/admin/create-key", headers=ADMIN, json={"name": name})
+    assert response.status_code == 201, response.text
+    return response.json()["api_key"], response.json()["id"]
+
+
+def usage_of(proxy: Proxy, key_id: int, requests: int) -> tuple[int, int]:
+    """(prompt, completion) tokens counted for the key, once `requests` are flushed."""
+    deadline = time.monotonic() + 10
+    while True:
+        data = httpx.get(f"{proxy.url}/admin/usage", headers=ADMIN).json()["data"]
+        rows = [row for row in data if row["key_id"] == key_id]
+        if sum(row["requests"] for row in rows) >= requests or time.monotonic() > deadline:
+            return (
+                sum(row["prompt_tokens"] for row in rows),
+                sum(row["completion_tokens"] for row in rows),
+            )
+        time.sleep(0.2)
+
+
+# --- Anthropic clients: passthrough ----------------------------------------------------
+
+
+def test_anthropic_sdk_stream_with_thinking_tools_and_cache_reads(
+    claude_proxy: Proxy, claude_upstream: AnthropicStandIn
+) -> None:
+    claude_upstream.cache_read_tokens = 100
+    key, key_id = new_key(claude_proxy, "anthropic-passthrough")
+    client = anthropic.Anthropic(base_url=claude_proxy.url, api_key=key, max_retries=0)
+    tool = {"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}
+    with client.messages.stream(
+        model="claude-sonnet-4-5-thinking", max_tokens=100, messages=HI, tools=[tool]
+    ) as stream:
+        message = stream.get_final_message()
+    assert [b.type for b in message.content] == ["thinking", "text", "tool_use"]
+    assert message.content[0].signature.startswith("sig_")
+    assert message.content[2].input == {"city": "value of city"}
+    assert message.stop_reason == "tool_use"
+    received = claude_upstream.received[-1].headers
+    assert received["x-api-key"] == UPSTREAM_KEY
+    assert "authorization" not in received  # the client's Bearer would win upstream
+    reported = claude_upstream.reported[-1]
+    assert usage_of(claude_proxy, key_id, 1) == (125, reported.output_tokens)
+
+
+# --- OpenAI clients: translated (issue 10) ---------------------------------------------
+
+
+def openai_client(proxy: Proxy, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
+
+
+@NOT_WIRED
+def test_openai_plain_chat(claude_proxy: Proxy, claude_upstream: AnthropicStandIn) -> None:
+    key, _ = new_key(claude_proxy, "openai-plain")
+    answer = openai_client(claude_proxy, key).chat.completions.create(
+        model="claude-sonnet-4-5",
+        messages=[{"role": "system", "content": "Be brief."}, *HI],  # type: ignore[list-item]
+    )
+    assert answer.choices[0].message.content == "Hello from claude-sonnet-4-5."
+    assert claude_upstream.received[-1].path == "/v1/messages"
+    assert claude_upstream.received[-1].json()["system"] == "Be brief."
+
+
+@NOT_WIRED
+def test_openai_stream_helper_with_usage_and_cache_reads(
+    claude_proxy: Proxy, claude_upstream: AnthropicStandIn
+) -> None:
+    claude_upstream.cache_read_tokens = 40
+    key, key_id = new_key(claude_proxy, "openai-stream")
+    with openai_client(claude_proxy, key).chat.completions.stream(
+        model="gemini-3-flash",
+        messages=HI,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    ) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == "Hello from gemini-3-flash."
+    assert final.usage is not None
+    reported = claude_upstream.reported[-1]
+    assert final.usage.prompt_tokens == 65
+    assert final.usage.prompt_tokens_details.cached_tokens == 40  # type: ignore[union-attr]
+    assert final.usage.completion_tokens == reported.output_tokens
+    assert usage_of(claude_proxy, key_id, 1) == (65, reported.output_tokens)
+
+
+@NOT_WIRED
+def test_openai_image_message(claude_proxy: Proxy, claude_upstream: AnthropicStandIn) -> None:
+    key, _ = new_key(claude_proxy, "openai-image")
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
+    answer = openai_client(claude_proxy, key).chat.completions.create(
+        model="claude-sonnet-4-5",
+        messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
+    )
+    assert answer.choices[0].message.content == "Hello from claude-sonnet-4-5. I see 1 image(s)."
+
+
+@NOT_WIRED
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_two_turn_tool_conversation(
+    claude_proxy: Proxy, claude_upstream: AnthropicStandIn, stream: bool
+) -> None:
+    key, _ = new_key(claude_proxy, f"openai-tools-{stream}")
+    client = openai_client(claude_proxy, key)
+    messages: list[Any] = [{"role": "system", "content": "You are Cursor."}, *HI]
+
+    def ask() -> Any:
+        if not stream:
+            return client.chat.completions.create(
+                model="cursor-pro-sonnet",
+                messages=messages,
+                tools=[WEATHER],  # type: ignore[list-item]
+            )
+        with client.chat.completions.stream(
+            model="cursor-pro-sonnet",
+            messages=messages,
+            tools=[WEATHER],  # type: ignore[list-item]
+        ) as events:
+            return events.get_final_completion()
+
+    first = ask()
+    assert first.choices[0].finish_reason == "tool_calls"
+    call = first.choices[0].message.tool_calls[0]
+    assert json.loads(call.function.arguments) == {"city": "value of city"}
+    messages.append(
+        {
+            "role": "assistant",
+            "content": first.choices[0].message.content,
+            "tool_calls": [call.model_dump()],
+        }
+    )
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"})
+    final = ask()
+    assert final.choices[0].finish_reason == "stop"
+    assert final.choices[0].message.content == "The tool said: sunny, 21 C"
+
+
+@NOT_WIRED
+@pytest.mark.parametrize("in_stream", [False, True])
+def test_openai_quota_answer(
+    claude_proxy: Proxy, claude_upstream: AnthropicStandIn, in_stream: bool
+) -> None:
+    key, _ = new_key(claude_proxy, f"openai-quota-{in_stream}")
+    claude_upstream.exhaust("claude-sonnet-4-5", reset="1m0s", in_stream=in_stream)
+    client = openai_client(claude_proxy, key)
+    if not in_stream:
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="claude-sonnet-4-5", messages=HI)  # type: ignore[arg-type]
+        assert caught.value.response.headers["retry-after"] == "60"
+        assert caught.value.code == "upstream_quota_exhausted"
+        return
+    with pytest.raises(openai.APIError) as raised:
+        list(client.chat.completions.create(model="claude-sonnet-4-5", messages=HI, stream=True))  # type: ignore[arg-type]
+    assert raised.value.code == "upstream_quota_exhausted"
