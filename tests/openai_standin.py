@@ -177,8 +177,9 @@ class OpenAIStandIn(ThreadedServer):
         if message.get("reasoning_content"):
             await writer.send(chunk({"reasoning_content": message["reasoning_content"]}))
         if message.get("content"):
-            for word in message["content"].split(" "):
-                await writer.send(chunk({"content": word + " "}))
+            words = message["content"].split(" ")
+            for piece in [w + " " for w in words[:-1]] + words[-1:]:
+                await writer.send(chunk({"content": piece}))
         for index, call in enumerate(message.get("tool_calls") or []):
             head = {
                 "index": index,

@@ -513,3 +513,11 @@ def test_openai_stream_error_reaches_an_anthropic_client_as_an_error_event(
         b'"message":"gateway exploded"}}\n\n'
     )
     assert translator.error == {"type": "server_error", "message": "gateway exploded"}
+
+
+def test_openai_streamed_text_equals_the_plain_answer(gpt: OpenAIStandIn) -> None:
+    client = gpt_client(gpt)
+    plain = client.chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+    chunks = client.chat.completions.create(model="m", messages=HI, stream=True)  # type: ignore[arg-type]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == plain.choices[0].message.content
