@@ -89,7 +89,8 @@ def test_anthropic_sdk_stream_with_thinking_tools_and_cache_reads(
     assert message.stop_reason == "tool_use"
     received = claude_upstream.received[-1].headers
     assert received["x-api-key"] == UPSTREAM_KEY
-    assert "authorization" not in received  # the client's Bearer would win upstream
+    # The upstream reads Bearer first: the client's key left there would win over ours.
+    assert received.get("authorization", f"Bearer {UPSTREAM_KEY}") == f"Bearer {UPSTREAM_KEY}"
     reported = claude_upstream.reported[-1]
     assert usage_of(claude_proxy, key_id, 1) == (125, reported.output_tokens)
 
