@@ -102,6 +102,15 @@ class RouteTable:
         """Model names the proxy itself accepts, for `GET /v1/models`."""
         return [*self.aliases, *self.renames]
 
+    def targets(self) -> list[str]:
+        """Every upstream model the table routes to, each once, in table order."""
+        found = [t for alias in self.aliases.values() for t in alias.targets]
+        return list(dict.fromkeys([*found, *self.renames.values()]))
+
+    def unlisted_targets(self, served: Collection[str]) -> list[str]:
+        """Targets the upstream's `/v1/models` does not list (renamed or retired models)."""
+        return [target for target in self.targets() if target not in served]
+
 
 #: The seed rule, used without ROUTES_FILE: Cursor's alias, 20 % Claude, 80 % Gemini.
 DEFAULT_TABLE = RouteTable(

@@ -173,3 +173,10 @@ def test_sticky_conversations_move_only_off_the_cooled_model() -> None:
     assert any(before[c] == "claude" for c in conversations)
     # and without cooldowns, nothing changed
     assert {c: router.route("sticky", c) for c in conversations} == before
+
+
+def test_targets_the_upstream_does_not_list() -> None:
+    assert TABLE.targets() == ["claude", "gemini", "a", "b", "c"]
+    served = {"claude-sonnet-4-6", "gemini", "a", "b", "c"}
+    assert TABLE.unlisted_targets(served) == ["claude"]
+    assert TABLE.unlisted_targets(set(TABLE.targets())) == []
