@@ -24,7 +24,6 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -36,8 +35,9 @@ from mitmproxy.utils import asyncio_utils
 
 from . import auth, errors, keys, logs
 from .admin import AdminApi, is_internal
-from .bodies import BodyError, BodyTooLarge, decoded, parse_json
+from .bodies import BodyError, BodyTooLarge, decoded, json_bytes, parse_json
 from .config import ConfigError, Settings, load_settings
+from .flowstate import STATE, FlowState, state_of
 from .keycache import MISS, KeyCache
 from .logs import printable
 from .metrics import Metrics
@@ -50,7 +50,6 @@ from .usage import SseWatcher, Usage, UsageRecorder, usage_from_body
 log = logging.getLogger("apipod")
 T = TypeVar("T")
 
-STATE = "apipod"
 #: mitmproxy options a gateway needs, whatever the command line says.
 GATEWAY_OPTIONS: dict[str, Any] = {
     # Customers (and Cursor's backend) connect from public addresses.
@@ -77,29 +76,6 @@ USAGE_FLUSH_SECONDS = 1.0
 #: Larger non-streaming responses are not parsed for usage (they are forwarded all the same).
 MAX_USAGE_BODY = 4 << 20
 _REQUEST_ID = re.compile(r"[\w.:/+=-]{1,128}")
-
-
-@dataclass(slots=True)
-class FlowState:
-    """What the proxy knows about one request, kept on `flow.metadata`."""
-
-    request_id: str
-    started: float = field(default_factory=time.perf_counter)
-    internal: bool = False
-    user: KeyRecord | None = None
-    requested_model: str | None = None
-    routed_model: str | None = None
-    forwarded_at: float | None = None
-    timer: asyncio.TimerHandle | None = None
-    timed_out: bool = False
-    strip_usage_chunk: bool = False
-    answered_by_proxy: bool = False
-    watcher: SseWatcher | None = None
-    finished: bool = False
-
-
-def state_of(flow: http.HTTPFlow) -> FlowState | None:
-    return flow.metadata.get(STATE)
 
 
 class Apipod:
@@ -404,7 +380,7 @@ class Apipod:
             state.strip_usage_chunk = changed = True
         if changed:
             try:
-                flow.request.content = errors.json_bytes(body, strict=True)
+                flow.request.content = json_bytes(body, strict=True)
             except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
                 return errors.error_response(
                     400, "A number in the body is out of range", "invalid_json"

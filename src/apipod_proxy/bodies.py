@@ -105,5 +105,18 @@ def parse_json(raw: bytes) -> Any:
         raise BodyError("Request body is not valid JSON") from exc
 
 
+def json_bytes(payload: Any, strict: bool = False) -> bytes:
+    """Compact UTF-8 JSON. `strict` refuses NaN and infinities (ValueError), as JSON does.
+
+    Text with lone surrogates (a truncated emoji written as "\\ud83d") cannot be UTF-8,
+    so it is written with \\u escapes instead, which any JSON reader accepts.
+    """
+    try:
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=not strict)
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=not strict).encode()
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")

@@ -16,6 +16,8 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.net.http import http1
 
+from .bodies import json_bytes
+
 log = logging.getLogger("apipod")
 
 _TYPES: dict[int, str] = {
@@ -37,19 +39,6 @@ def error_type(status: int) -> str:
 
 def error_payload(status: int, message: str, code: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type(status), "param": None, "code": code}}
-
-
-def json_bytes(payload: Any, strict: bool = False) -> bytes:
-    """Compact UTF-8 JSON. `strict` refuses NaN and infinities (ValueError), as JSON does.
-
-    Text with lone surrogates (a truncated emoji written as "\\ud83d") cannot be UTF-8,
-    so it is written with \\u escapes instead, which any JSON reader accepts.
-    """
-    try:
-        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=not strict)
-        return text.encode()
-    except UnicodeEncodeError:
-        return json.dumps(payload, separators=(",", ":"), allow_nan=not strict).encode()
 
 
 def json_response(

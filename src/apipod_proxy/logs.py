@@ -15,13 +15,12 @@ import logging
 import re
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mitmproxy import flow as mflow
 from mitmproxy import http
 
-if TYPE_CHECKING:
-    from .addon import FlowState
+from .flowstate import FlowState
 
 log = logging.getLogger("apipod")
 

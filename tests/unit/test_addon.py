@@ -25,15 +25,9 @@ from mitmproxy.proxy.layers.http import HttpRequestHook, _http1
 from mitmproxy.test import taddons, tflow, tutils
 
 from apipod_proxy import errors, keys
-from apipod_proxy.addon import (
-    GATEWAY_OPTIONS,
-    STATE,
-    Apipod,
-    FlowState,
-    runs_in_front_of,
-    state_of,
-)
+from apipod_proxy.addon import GATEWAY_OPTIONS, Apipod, runs_in_front_of
 from apipod_proxy.config import Settings
+from apipod_proxy.flowstate import STATE, FlowState, state_of
 from apipod_proxy.routing import Router
 from apipod_proxy.store import KeyRecord
 

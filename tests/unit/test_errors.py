@@ -9,13 +9,13 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
 from apipod_proxy import errors
+from apipod_proxy.bodies import json_bytes
 from apipod_proxy.errors import (
     describe_proxy_failure,
     error_payload,
     error_response,
     error_type,
     install_json_error_pages,
-    json_bytes,
     json_response,
     render_proxy_failure,
 )

@@ -43,8 +43,9 @@ from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.test import taddons, tflow, tutils
 
 from apipod_proxy import keys
-from apipod_proxy.addon import Apipod, state_of
+from apipod_proxy.addon import Apipod
 from apipod_proxy.config import Settings
+from apipod_proxy.flowstate import state_of
 from apipod_proxy.routing import Alias, Router, RouteTable
 from apipod_proxy.store import KeyRecord
 

@@ -1,0 +1,44 @@
+"""What the proxy knows about one request, kept on `flow.metadata`.
+
+A leaf module: it imports nothing from the package at run time, so every other module
+(the hooks, the access log) can use it without importing one another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mitmproxy import http
+
+if TYPE_CHECKING:
+    from .store import KeyRecord
+    from .usage import SseWatcher
+
+#: The key of the proxy's state in `flow.metadata`.
+STATE = "apipod"
+
+
+@dataclass(slots=True)
+class FlowState:
+    """What the proxy knows about one request, kept on `flow.metadata`."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    internal: bool = False
+    user: KeyRecord | None = None
+    requested_model: str | None = None
+    routed_model: str | None = None
+    forwarded_at: float | None = None
+    timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
+    strip_usage_chunk: bool = False
+    answered_by_proxy: bool = False
+    watcher: SseWatcher | None = None
+    finished: bool = False
+
+
+def state_of(flow: http.HTTPFlow) -> FlowState | None:
+    return flow.metadata.get(STATE)
