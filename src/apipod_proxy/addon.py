@@ -15,239 +15,62 @@ usage is written in batches about once a second.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 import secrets
-import signal
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, cast
 
 from mitmproxy import ctx, http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import events
-from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.utils import asyncio_utils
 
 from . import auth, errors, keys, logs
-from .admin import AdminApi, is_internal
+from .admin import is_internal
 from .bodies import BodyError, BodyTooLarge, decoded, json_bytes, parse_json
-from .config import ConfigError, Settings, load_settings
+from .config import Settings
 from .flowstate import STATE, FlowState, state_of
-from .keycache import MISS, KeyCache
+from .keycache import MISS
+from .lifecycle import Lifecycle, Runtime
 from .logs import printable
 from .metrics import Metrics
-from .models import MODELS_PATH, ModelList
+from .models import MODELS_PATH
 from .ratelimit import RateLimiter
-from .routing import SESSION_HEADER, Router, RoutesError, RoutesFile, conversation_key
-from .store import KeyRecord, KeyStore
+from .routing import SESSION_HEADER, Router, conversation_key
+from .store import KeyRecord
 from .usage import SseWatcher, Usage, UsageRecorder, usage_from_body
 
 log = logging.getLogger("apipod")
-T = TypeVar("T")
 
-#: mitmproxy options a gateway needs, whatever the command line says.
-GATEWAY_OPTIONS: dict[str, Any] = {
-    # Customers (and Cursor's backend) connect from public addresses.
-    "block_global": False,
-    # Connect upstream only when a request is forwarded: refused requests open no
-    # upstream connection, and a down upstream yields an answer instead of a dropped client.
-    "connection_strategy": "lazy",
-}
-#: mitmproxy's default addons that a reverse-proxy gateway never uses. mitmproxy offers
-#: every event to every addon, so each costs time on every request (TRIM_ADDONS).
-#: Kept: termlog, core, disableh2c, proxyserver, scriptloader, nextlayer, tlsconfig,
-#: errorcheck.
-UNUSED_ADDONS = (
-    "browser", "block", "stripdnshttpsrecords", "blocklist", "anticache", "anticomp",
-    "clientplayback", "commandhistory", "comment", "cut", "export", "onboarding",
-    "proxyauth", "dnsresolver", "serverplayback", "mapremote", "maplocal", "modifybody",
-    "modifyheaders", "stickyauth", "stickycookie", "save", "savehar", "upstreamauth",
-    "updatealtsvc", "dumper", "keepserving", "readfilestdin",
-)  # fmt: skip
-#: How often ROUTES_FILE is checked for edits.
-ROUTES_POLL_SECONDS = 2.0
-#: How often counted usage is written to SQLite.
-USAGE_FLUSH_SECONDS = 1.0
 #: Larger non-streaming responses are not parsed for usage (they are forwarded all the same).
 MAX_USAGE_BODY = 4 << 20
 _REQUEST_ID = re.compile(r"[\w.:/+=-]{1,128}")
 
 
 class Apipod:
-    # Set by `load`; the hooks only run once loading succeeded.
-    settings: Settings
-    store: KeyStore
-    key_cache: KeyCache
-    admin: AdminApi
-    models: ModelList
+    """The request path. Start-up, timed jobs and shutdown live in the `Lifecycle`
+    sub-addon, which gives this addon its `runtime` when loading succeeded."""
 
     def __init__(self, settings: Settings | None = None, router: Router | None = None) -> None:
-        self._given_settings = settings
+        self.given_settings = settings
         self.router = router or Router()
         self.metrics = Metrics()
         self.limiter = RateLimiter()
         self.usage = UsageRecorder()
         self.in_flight: set[str] = set()
         self.draining = False
-        self.routes: RoutesFile | None = None
-        self._db_pool: ThreadPoolExecutor | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.runtime: Runtime | None = None
+        self.lifecycle = Lifecycle(self)
+        #: Sub-addons: mitmproxy loads and calls them with this one.
+        self.addons = [self.lifecycle]
 
-    # --- lifecycle ---------------------------------------------------------------
-
-    def load(self, loader: Any) -> None:
-        try:
-            settings = self._given_settings or load_settings()
-            logs.setup(settings.log_format)
-            # Created now, not on first use; later a vanished file is an error, not a fresh start.
-            store = KeyStore(settings.database_path, create_missing=False)
-            store.connection(create=True)
-            if settings.routes_file:
-                self.routes = RoutesFile(settings.routes_file, self.router)
-                self.routes.load()
-        except (ConfigError, RoutesError) as exc:
-            # Logged at ERROR during startup: mitmdump prints the line and exits.
-            logs.startup_error(str(exc))
-            return
-        except (OSError, sqlite3.Error) as exc:
-            logs.startup_error(f"DATABASE_PATH {settings.database_path}: {exc}")
-            return
-        self.settings, self.store = settings, store
-        self.key_cache = KeyCache(settings.database_path)
-        self.admin = AdminApi(settings, store, self.metrics)
-        self.models = ModelList(settings.antigravity_url, settings.antigravity_key)
-        self._db_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db")
-        errors.install_json_error_pages()
-        ctx.options.update(**GATEWAY_OPTIONS, body_size_limit=str(settings.max_body_size))
-        if not settings.admin_enabled:
-            log.warning("ADMIN_SECRET is not set: the admin API is disabled")
-        if not runs_in_front_of(ctx.options.mode, settings.antigravity_url):
-            log.warning(
-                "mitmdump --mode %s does not forward to ANTIGRAVITY_URL=%s; "
-                "run it with --mode reverse:%s",
-                ",".join(ctx.options.mode),
-                settings.antigravity_url,
-                settings.antigravity_url,
-            )
-        log.info(
-            "apipod ready: upstream %s, database %s, upstream timeout %gs",
-            settings.antigravity_url,
-            settings.database_path,
-            settings.upstream_timeout,
-        )
-
-    def configure(self, updated: set[str]) -> None:
-        if "termlog_verbosity" in updated:
-            # mitmproxy logs every connection at INFO. Under `-q` nothing shows those
-            # lines, yet each record is built (~5% of the loop with many short streams):
-            # let mitmproxy's loggers drop what its terminal log would drop anyway.
-            level = logging.getLevelName(ctx.options.termlog_verbosity.upper())
-            if isinstance(level, int):
-                logging.getLogger("mitmproxy").setLevel(level)
-
-    def running(self) -> None:
-        if self.settings.trim_addons:
-            self._trim_addons()
-        loop = asyncio.get_running_loop()
-        # Replace mitmdump's handlers, which stop at once and cut streams mid-flight.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_stop_signal)
-        self._every(USAGE_FLUSH_SECONDS, self._flush, "usage flush")
-        if (routes := self.routes) is not None:
-            self._every(
-                ROUTES_POLL_SECONDS, lambda: self._db(routes.reload_if_changed), "routes reload"
-            )
-
-    def _every(self, seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
-        """Run `job` every `seconds` until shutdown; one failure never stops the loop."""
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(seconds)
-                try:
-                    await job()
-                except Exception:
-                    log.exception("%s failed", name)
-
-        self._tasks.append(asyncio_utils.create_task(loop(), name=f"apipod {name}", keep_ref=True))
-
-    def _trim_addons(self) -> None:
-        manager = ctx.master.addons
-        unused = [
-            addon
-            for name in UNUSED_ADDONS
-            if (addon := manager.get(name)) is not None
-            # remove() calls `done` synchronously; one with an async `done` must stay.
-            and not inspect.iscoroutinefunction(getattr(addon, "done", None))
-        ]
-        for addon in unused:
-            manager.remove(addon)
-        log.info(
-            "unloaded %d mitmproxy addons a gateway does not use (TRIM_ADDONS=false keeps them)",
-            len(unused),
-        )
-
-    def done(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        self._flush_now()  # whatever the last periodic flush did not see
-        if self._db_pool is not None:
-            self._db_pool.shutdown(wait=True)
-
-    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self._db_pool is not None
-        return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
-
-    # --- graceful shutdown -------------------------------------------------------
-
-    def _on_stop_signal(self) -> None:
-        if self.draining:  # a second signal: stop now
-            log.warning("second stop signal: exiting without waiting")
-            ctx.master.shutdown()
-            return
-        self.draining = True
-        asyncio_utils.create_task(self._drain(), name="apipod drain", keep_ref=True)
-
-    async def _drain(self) -> None:
-        """Stop listening, let in-flight requests finish, flush usage, then exit."""
-        timeout = self.settings.drain_timeout
-        log.info(
-            "stop signal: draining %d in-flight requests (up to %gs)", len(self.in_flight), timeout
-        )
-        ctx.options.update(server=False)  # closes the listening socket only
-        deadline = time.monotonic() + timeout
-        while self.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.in_flight:
-            log.warning("drain timeout: %d requests still in flight are cut", len(self.in_flight))
-        await self._flush()
-        log.info("drained; exiting")
-        ctx.master.shutdown()
-
-    # --- usage batches -----------------------------------------------------------
-
-    async def _flush(self) -> None:
-        if not self.usage:
-            return
-        batch = self.usage.take()
-        try:
-            await self._db(self.store.record_usage, *batch)
-        except sqlite3.Error as exc:
-            log.error("usage flush failed, will retry: %s", exc)
-            self.usage.give_back(*batch)
-
-    def _flush_now(self) -> None:
-        if self.usage and hasattr(self, "store"):
-            batch = self.usage.take()
-            try:
-                self.store.record_usage(*batch)
-            except Exception:
-                log.exception("final usage flush failed; %d buckets lost", len(batch[0]))
+    @property
+    def rt(self) -> Runtime:
+        """The runtime. mitmproxy only runs the hooks once loading succeeded; before,
+        this is None (a property that raised would break mitmproxy's command scan)."""
+        return cast(Runtime, self.runtime)
 
     # --- request path ------------------------------------------------------------
 
@@ -289,7 +112,7 @@ class Apipod:
             return response
         assert record is not None
         state.user = record
-        wait = self.limiter.acquire(record.id, self.settings.rpm_for(record.tier, record.rpm))
+        wait = self.limiter.acquire(record.id, self.rt.settings.rpm_for(record.tier, record.rpm))
         if wait:
             self.metrics.rate_limited.inc()
             return errors.error_response(
@@ -303,12 +126,12 @@ class Apipod:
     async def _lookup(self, key: str) -> KeyRecord | None:
         """The key's record (None: unknown), from memory while the database is unchanged."""
         key_hash = keys.hash_key(key)
-        version = self.key_cache.version()
-        cached = self.key_cache.get(key_hash, version)
+        version = self.rt.key_cache.version()
+        cached = self.rt.key_cache.get(key_hash, version)
         if cached is not MISS:
             return cached  # type: ignore[return-value]
-        record = await self._db(self.store.find, key_hash)
-        self.key_cache.put(key_hash, record, version)
+        record = await self.rt.db(self.rt.store.find, key_hash)
+        self.rt.key_cache.put(key_hash, record, version)
         return record
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -316,15 +139,15 @@ class Apipod:
         if state is None or flow.response is not None:
             return
         if state.internal:
-            flow.response = await self._db(self.admin.handle, flow.request)
+            flow.response = await self.rt.db(self.rt.admin.handle, flow.request)
             return
         if flow.request.method == "GET" and flow.request.path.partition("?")[0] == MODELS_PATH:
             # Fetched on the loop, bounded; never on the database threads (models.py).
-            listing = await self.models.listing(self.router.table.names())
+            listing = await self.rt.models.listing(self.router.table.names())
             flow.response = errors.json_response(200, listing)
             return
         # Swap first: whatever happens next, the client's key never goes upstream.
-        auth.swap_credentials(flow.request.headers, self.settings.antigravity_key)
+        auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
         try:
             is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
             if is_api_post and (refusal := self._rewrite_body(flow, state)) is not None:
@@ -339,7 +162,7 @@ class Apipod:
         flow.request.headers["x-request-id"] = state.request_id
         state.forwarded_at = time.perf_counter()
         state.timer = asyncio.get_running_loop().call_later(
-            self.settings.upstream_timeout, self._upstream_timed_out, flow
+            self.rt.settings.upstream_timeout, self._upstream_timed_out, flow
         )
 
     def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
@@ -348,7 +171,7 @@ class Apipod:
         if content_type.startswith("multipart/"):
             return None
         try:
-            raw = decoded(flow.request, self.settings.max_body_size)
+            raw = decoded(flow.request, self.rt.settings.max_body_size)
         except BodyTooLarge:
             message = "Decoded request body is larger than the proxy accepts (MAX_BODY_SIZE)"
             return errors.error_response(413, message, "request_too_large")
@@ -400,7 +223,7 @@ class Apipod:
         if server.connected and not server.tls:
             # Answer on the upstream's behalf, so the 504 takes the normal response path
             # (hooks, logs) and `connection: close` makes mitmproxy drop the upstream socket.
-            timeout = self.settings.upstream_timeout
+            timeout = self.rt.settings.upstream_timeout
             reply = errors.error_response(
                 504,
                 f"The upstream did not answer within {timeout:g} seconds (UPSTREAM_TIMEOUT)",
@@ -506,17 +329,3 @@ def _wants_usage_injected(path: str, body: dict[str, Any]) -> bool:
     if options is not None and not isinstance(options, dict):
         return False
     return not (options or {}).get("include_usage")
-
-
-def runs_in_front_of(modes: list[str], url: str) -> bool:
-    """True when one of mitmdump's modes is `reverse:` to the configured upstream."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    for spec in modes:
-        mode = ProxyMode.parse(spec)
-        if isinstance(mode, ReverseMode) and (mode.scheme, mode.address) == (
-            parts.scheme,
-            (parts.hostname, port),
-        ):
-            return True
-    return False

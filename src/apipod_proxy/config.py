@@ -1,4 +1,18 @@
-"""Settings, read once from the environment (or `.env`) and validated up front.
+"""Settings: one table (`SETTINGS`), read once from options, environment and `.env`.
+
+Each setting is declared once, as a `Setting` row: its variable, default, parser, help
+and whether it is a secret. Everything else is derived from the table: the defaults of
+the `Settings` dataclass, the mitmproxy options (`--set apipod_upstream_timeout=60`), the
+README's settings table and `.env.example` (`python -m apipod_proxy.config --write`
+regenerates both; a unit test checks they agree).
+
+Where a value comes from, first match wins: an explicit mitmproxy option (`--set
+apipod_…`, or `~/.mitmproxy/config.yaml`), the process environment, `.env`, the
+default. Secrets (ANTIGRAVITY_KEY, ADMIN_SECRET) are never options: a `--set` shows in
+`ps`. `.env` is the one in the current folder, else the one at the repository root; a
+relative path (DATABASE_PATH, ROUTES_FILE) is relative to the folder of that `.env`, or
+to the repository root when there is none, so the proxy and the key scripts open the
+same database from any folder.
 
 Every problem is reported as a `ConfigError` whose message names the variable, so
 the proxy and the scripts can stop with one clear line instead of a traceback.
@@ -7,37 +21,24 @@ the proxy and the scripts can stop with one clear line instead of a traceback.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import sys
+import textwrap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 #: The ADMIN_SECRET value shipped in `.env.example`; it must never be used for real.
 PLACEHOLDER_ADMIN_SECRET = "change-me-to-a-long-random-secret"
+PLACEHOLDER_UPSTREAM_KEY = "replace-with-your-antigravity-key"
 MIN_ADMIN_SECRET_LENGTH = 16
-
-DEFAULTS: dict[str, str] = {
-    "ANTIGRAVITY_URL": "http://127.0.0.1:8080",
-    "PORT": "8081",
-    "DATABASE_PATH": "./data/proxy.db",
-    # LLM upstreams can take minutes before the first byte (long contexts, thinking
-    # models, antigravity-claude-proxy holding headers until the first event).
-    "UPSTREAM_TIMEOUT": "300",
-    "MAX_BODY_SIZE": "32m",
-    # Requests per minute per key when neither the key nor its tier says otherwise.
-    # 0 turns the limit off. 600 stops a runaway client without troubling an agent.
-    "DEFAULT_RPM": "600",
-    "TIER_RPM": "",
-    # How long SIGTERM waits for in-flight requests and streams before exiting.
-    "DRAIN_TIMEOUT": "30",
-    "LOG_FORMAT": "text",
-    # A TOML routing table; empty means the built-in one (cursor-pro-sonnet 20/80).
-    "ROUTES_FILE": "",
-    # Unload mitmproxy's addons a gateway never uses: each one costs time on every event.
-    "TRIM_ADDONS": "true",
-}
+#: The repository (an editable install, as `make run` and the Dockerfile make).
+ROOT = Path(__file__).resolve().parents[2]
+#: mitmproxy option names are the setting's field with this prefix.
+OPTION_PREFIX = "apipod_"
 
 _SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -47,70 +48,28 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    antigravity_url: str
-    antigravity_key: str
-    admin_secret: str | None
-    port: int
-    database_path: Path
-    upstream_timeout: float
-    max_body_size: int
-    default_rpm: int = 600
-    tier_rpm: dict[str, int] = field(default_factory=dict)
-    drain_timeout: float = 30.0
-    log_format: str = "text"
-    routes_file: str | None = None
-    trim_addons: bool = True
+class Setting:
+    """One row of the settings table."""
+
+    env: str
+    default: str
+    parse: Callable[[str, str], Any]
+    help: str
+    secret: bool = False
+    #: How the README shows the default, when the raw default says too little.
+    shown_default: str | None = None
+    #: The value `.env.example` ships, when it is not the default.
+    example: str | None = None
+    #: A relative value is resolved against the `.env` folder (see module docstring).
+    is_path: bool = False
 
     @property
-    def admin_enabled(self) -> bool:
-        return self.admin_secret is not None
+    def field(self) -> str:
+        return self.env.lower()
 
-    def rpm_for(self, tier: str, override: int | None) -> int:
-        """The requests-per-minute limit of a key; 0 means unlimited."""
-        if override is not None:
-            return override
-        return self.tier_rpm.get(tier, self.default_rpm)
-
-
-def read_environment(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, str]:
-    """The process environment layered over `.env`: the real environment wins."""
-    merged: dict[str, str] = {}
-    if env_file is not None and Path(env_file).is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    merged.update(os.environ)
-    return merged
-
-
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build validated settings from `environ` (default: environment plus `.env`)."""
-    env = read_environment() if environ is None else environ
-
-    def get(name: str) -> str:
-        value = env.get(name, "").strip()
-        return value or DEFAULTS.get(name, "")
-
-    return Settings(
-        antigravity_url=_parse_url("ANTIGRAVITY_URL", get("ANTIGRAVITY_URL")),
-        antigravity_key=_required("ANTIGRAVITY_KEY", get("ANTIGRAVITY_KEY")),
-        admin_secret=_parse_admin_secret(get("ADMIN_SECRET")),
-        port=_parse_port("PORT", get("PORT")),
-        database_path=database_path(env),
-        upstream_timeout=_parse_positive_float("UPSTREAM_TIMEOUT", get("UPSTREAM_TIMEOUT")),
-        max_body_size=_parse_size("MAX_BODY_SIZE", get("MAX_BODY_SIZE")),
-        default_rpm=_parse_rpm("DEFAULT_RPM", get("DEFAULT_RPM")),
-        tier_rpm=_parse_tier_rpm(get("TIER_RPM")),
-        drain_timeout=_parse_positive_float("DRAIN_TIMEOUT", get("DRAIN_TIMEOUT")),
-        log_format=_parse_choice("LOG_FORMAT", get("LOG_FORMAT"), ("text", "json")),
-        routes_file=get("ROUTES_FILE") or None,
-        trim_addons=_parse_bool("TRIM_ADDONS", get("TRIM_ADDONS")),
-    )
-
-
-def database_path(environ: Mapping[str, str] | None = None) -> Path:
-    """Just DATABASE_PATH, for tools that need the database and nothing else."""
-    env = read_environment() if environ is None else environ
-    return Path(env.get("DATABASE_PATH", "").strip() or DEFAULTS["DATABASE_PATH"])
+    @property
+    def option(self) -> str:
+        return OPTION_PREFIX + self.field
 
 
 def _required(name: str, value: str) -> str:
@@ -130,15 +89,13 @@ def _parse_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
-def _parse_admin_secret(value: str) -> str | None:
+def _parse_admin_secret(name: str, value: str) -> str | None:
     if not value:
         return None
     if value == PLACEHOLDER_ADMIN_SECRET:
-        raise ConfigError("ADMIN_SECRET is still the .env.example placeholder; set a random value")
+        raise ConfigError(f"{name} is still the .env.example placeholder; set a random value")
     if len(value) < MIN_ADMIN_SECRET_LENGTH:
-        raise ConfigError(
-            f"ADMIN_SECRET must be at least {MIN_ADMIN_SECRET_LENGTH} characters long"
-        )
+        raise ConfigError(f"{name} must be at least {MIN_ADMIN_SECRET_LENGTH} characters long")
     return value
 
 
@@ -172,14 +129,14 @@ def _parse_rpm(name: str, value: str) -> int:
     return int(value)
 
 
-def _parse_tier_rpm(value: str) -> dict[str, int]:
+def _parse_tier_rpm(name: str, value: str) -> dict[str, int]:
     """`elite=1200,basic=60` -> {"elite": 1200, "basic": 60}."""
     limits: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in value.split(","))):
         tier, sep, rpm = item.partition("=")
         if not sep or not tier.strip():
-            raise ConfigError(f"TIER_RPM must look like elite=1200,basic=60, got {value!r}")
-        limits[tier.strip()] = _parse_rpm(f"TIER_RPM ({tier.strip()})", rpm.strip())
+            raise ConfigError(f"{name} must look like elite=1200,basic=60, got {value!r}")
+        limits[tier.strip()] = _parse_rpm(f"{name} ({tier.strip()})", rpm.strip())
     return limits
 
 
@@ -190,10 +147,21 @@ def _parse_bool(name: str, value: str) -> bool:
     return lowered in ("true", "1", "yes")
 
 
-def _parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value.lower() not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value.lower()
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, value: str) -> str:
+        if value.lower() not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value.lower()
+
+    return parse
+
+
+def _optional_text(name: str, value: str) -> str | None:
+    return value or None
+
+
+def _parse_path(name: str, value: str) -> Path:
+    return Path(value).expanduser()
 
 
 def _parse_size(name: str, value: str) -> int:
@@ -203,3 +171,294 @@ def _parse_size(name: str, value: str) -> int:
     if not _is_whole_number(digits) or int(digits) == 0:
         raise ConfigError(f"{name} must be a size like 1048576, 512k or 32m, got {value!r}")
     return int(digits) * multiplier
+
+
+# --- the table -------------------------------------------------------------------------
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "ANTIGRAVITY_URL",
+        "http://127.0.0.1:8080",
+        _parse_url,
+        "The upstream the proxy forwards to (`http://` or `https://`).",
+    ),
+    Setting(
+        "ANTIGRAVITY_KEY",
+        "",
+        _required,
+        "Sent upstream as `x-api-key`. Clients never see it.",
+        secret=True,
+        shown_default="(required)",
+        example=PLACEHOLDER_UPSTREAM_KEY,
+    ),
+    Setting(
+        "ADMIN_SECRET",
+        "",
+        _parse_admin_secret,
+        "Guards `/admin/*` (header `x-admin-secret`). At least 16 characters, not the "
+        "`.env.example` placeholder. Unset, `/admin/*` answers 503 `admin_disabled`.",
+        secret=True,
+        shown_default="(none: admin API off)",
+        example=PLACEHOLDER_ADMIN_SECRET,
+    ),
+    Setting(
+        "PORT",
+        "8081",
+        _parse_port,
+        "Where the proxy listens (all interfaces). Plain `mitmdump` without `--listen-port` "
+        "uses it too; an explicit `--listen-port` wins.",
+    ),
+    Setting(
+        "DATABASE_PATH",
+        "./data/proxy.db",
+        _parse_path,
+        "The SQLite file holding keys; its folder is created. A relative path is relative to "
+        "the folder of the `.env` in use, else to the repository root.",
+        is_path=True,
+    ),
+    # LLM upstreams can take minutes before the first byte (long contexts, thinking
+    # models, antigravity-claude-proxy holding headers until the first event).
+    Setting(
+        "UPSTREAM_TIMEOUT",
+        "300",
+        _parse_positive_float,
+        "Seconds to wait for the upstream's response headers before answering 504. LLM "
+        "upstreams can take minutes to the first token, and antigravity-claude-proxy holds "
+        "its headers until then. A stream that has started is never cut.",
+    ),
+    Setting(
+        "MAX_BODY_SIZE",
+        "32m",
+        _parse_size,
+        "Largest request body (bytes, or with `k`/`m`/`g`); larger gets 413.",
+    ),
+    # 0 turns the limit off. 600 stops a runaway client without troubling an agent.
+    Setting(
+        "DEFAULT_RPM",
+        "600",
+        _parse_rpm,
+        "Requests per minute per key unless the key or its tier says otherwise; `0` is unlimited.",
+    ),
+    Setting(
+        "TIER_RPM",
+        "",
+        _parse_tier_rpm,
+        "Per-tier limits, e.g. `elite=1200,trial=30`.",
+        shown_default="(none)",
+    ),
+    Setting(
+        "DRAIN_TIMEOUT",
+        "30",
+        _parse_positive_float,
+        "Seconds a stop signal waits for requests in flight.",
+    ),
+    Setting(
+        "LOG_FORMAT",
+        "text",
+        _choice("text", "json"),
+        "`text`, or `json` for one JSON object per line.",
+    ),
+    Setting(
+        "ROUTES_FILE",
+        "",
+        _optional_text,
+        'A TOML routing table, re-read when it changes; see "Routing table". A relative '
+        "path resolves like DATABASE_PATH.",
+        shown_default="(none: built-in table)",
+        is_path=True,
+    ),
+    # Each of mitmproxy's default addons costs time on every event.
+    Setting(
+        "TRIM_ADDONS",
+        "true",
+        _parse_bool,
+        'Unload the mitmproxy addons a gateway never uses (faster; see "Performance"). '
+        "`false` keeps them, for options such as `--set save_stream_file=…`.",
+    ),
+)
+BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
+#: The raw defaults, by variable.
+DEFAULTS: dict[str, str] = {s.env: s.default for s in SETTINGS}
+
+
+def _default(env: str) -> Any:
+    setting = BY_ENV[env]
+    return setting.parse(env, setting.default)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated settings; one field per row of SETTINGS, in the same order."""
+
+    antigravity_url: str
+    antigravity_key: str
+    admin_secret: str | None
+    port: int
+    database_path: Path
+    upstream_timeout: float
+    max_body_size: int
+    default_rpm: int = _default("DEFAULT_RPM")
+    tier_rpm: dict[str, int] = field(default_factory=dict)
+    drain_timeout: float = _default("DRAIN_TIMEOUT")
+    log_format: str = _default("LOG_FORMAT")
+    routes_file: str | None = _default("ROUTES_FILE")
+    trim_addons: bool = _default("TRIM_ADDONS")
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self.admin_secret is not None
+
+    def rpm_for(self, tier: str, override: int | None) -> int:
+        """The requests-per-minute limit of a key; 0 means unlimited."""
+        if override is not None:
+            return override
+        return self.tier_rpm.get(tier, self.default_rpm)
+
+
+# --- where values come from -------------------------------------------------------------
+
+
+def find_env_file(cwd: Path | None = None) -> Path | None:
+    """`.env` in the current folder, else at the repository root, else None."""
+    for folder in (cwd or Path.cwd(), ROOT):
+        if (folder / ".env").is_file():
+            return (folder / ".env").absolute()
+    return None
+
+
+def base_folder(env_file: Path | None) -> Path:
+    """What a relative path is relative to: the `.env` folder, else the repository root."""
+    if env_file is not None:
+        return env_file.parent
+    return ROOT if (ROOT / "pyproject.toml").is_file() else Path.cwd()
+
+
+def read_environment(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, str]:
+    """The process environment layered over `env_file`: the real environment wins."""
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    options: Mapping[str, str] | None = None,
+    base: Path | None = None,
+) -> Settings:
+    """Validated settings from `options` (explicit mitmproxy options, by variable), then
+    `environ` (default: the environment over the `.env` found), then the defaults.
+
+    Relative paths are resolved against `base` (default: see `base_folder`)."""
+    if environ is None:
+        env_file = find_env_file()
+        environ, base = read_environment(env_file), base or base_folder(env_file)
+    base = base or base_folder(None)
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        name, raw = setting.env, (options or {}).get(setting.env, "").strip()
+        if raw:
+            name = f"{setting.env} (option {setting.option})"
+        else:
+            raw = environ.get(setting.env, "").strip() or setting.default
+        value = setting.parse(name, raw)
+        if setting.is_path and value is not None:
+            value = str(base / value) if isinstance(value, str) else base / value
+        values[setting.field] = value
+    return Settings(**values)
+
+
+def database_path(environ: Mapping[str, str] | None = None, base: Path | None = None) -> Path:
+    """Just DATABASE_PATH, for tools that need the database and nothing else."""
+    if environ is None:
+        env_file = find_env_file()
+        environ, base = read_environment(env_file), base or base_folder(env_file)
+    raw = environ.get("DATABASE_PATH", "").strip() or DEFAULTS["DATABASE_PATH"]
+    return (base or base_folder(None)) / _parse_path("DATABASE_PATH", raw)
+
+
+# --- mitmproxy options --------------------------------------------------------------------
+
+
+def add_options(loader: Any) -> None:
+    """Register every non-secret setting as a mitmproxy option (`apipod_port`, ...).
+
+    Options are strings and empty by default, so that an option the user did not set
+    falls back to the environment, `.env` and the default."""
+    for setting in SETTINGS:
+        if not setting.secret:
+            default = setting.shown_default or setting.default
+            loader.add_option(
+                setting.option,
+                str,
+                "",
+                f"{setting.env}: {setting.help.replace('`', '')} Default: {default}. "
+                "Empty: from the environment or .env.",
+            )
+
+
+def option_values(options: Any) -> dict[str, str]:
+    """The apipod options the user set, by variable name."""
+    return {
+        s.env: value
+        for s in SETTINGS
+        if not s.secret and s.option in options and (value := getattr(options, s.option))
+    }
+
+
+# --- generated documentation -------------------------------------------------------------
+
+README_START = "<!-- settings table: generated by `python -m apipod_proxy.config --write` -->"
+README_END = "<!-- end of settings table -->"
+ENV_EXAMPLE_HEADER = """\
+# Apipod Smart Proxy configuration. `make run` copies this file to .env on first run
+# (with a freshly generated ADMIN_SECRET). Precedence: an explicit mitmproxy option
+# (--set apipod_...) > the real environment > this file > the default. Generated from
+# the settings table in src/apipod_proxy/config.py (python -m apipod_proxy.config --write).
+"""
+
+
+def readme_table() -> str:
+    rows = ["| Variable | Option | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        option = "(secret: no option)" if s.secret else f"`{s.option}`"
+        default = s.shown_default or f"`{s.default}`"
+        rows.append(f"| `{s.env}` | {option} | {default} | {s.help} |")
+    return "\n".join(rows)
+
+
+def env_example() -> str:
+    blocks = [ENV_EXAMPLE_HEADER]
+    for s in SETTINGS:
+        value = s.example if s.example is not None else s.default
+        comment = textwrap.fill(
+            s.help.replace("`", ""), 88, initial_indent="# ", subsequent_indent="# "
+        )
+        blocks.append(f"{comment}\n{s.env}={value}\n")
+    return "\n".join(blocks)
+
+
+def with_readme_table(readme: str) -> str:
+    """`readme` with the text between the settings markers replaced by `readme_table()`."""
+    before, start, rest = readme.partition(README_START)
+    _, end, after = rest.partition(README_END)
+    if not start or not end:
+        raise ValueError("README.md lacks the settings table markers")
+    return f"{before}{start}\n{readme_table()}\n{end}{after}"
+
+
+def main(argv: list[str]) -> int:
+    """`--write`: regenerate the README table and `.env.example` from SETTINGS."""
+    if argv != ["--write"]:
+        print(readme_table())
+        return 0
+    readme = ROOT / "README.md"
+    readme.write_text(with_readme_table(readme.read_text()))
+    (ROOT / ".env.example").write_text(env_example())
+    print(f"wrote {readme} and {ROOT / '.env.example'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

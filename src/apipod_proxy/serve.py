@@ -5,6 +5,8 @@ replaces itself with exactly the documented command:
 
     mitmdump -q --mode reverse:$ANTIGRAVITY_URL -s addons/apipod.py --listen-port $PORT
 
+A PORT already in use stops it with one line that names PORT.
+
 `make run` and the Docker image both start the proxy this way.
 `python -m apipod_proxy.serve init-env` creates `.env` from `.env.example` with a
 freshly generated ADMIN_SECRET, for a first run on a fresh clone.
@@ -18,12 +20,18 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import PLACEHOLDER_ADMIN_SECRET, ConfigError, Settings, load_settings
+from .config import (
+    PLACEHOLDER_ADMIN_SECRET,
+    PLACEHOLDER_UPSTREAM_KEY,
+    ConfigError,
+    Settings,
+    load_settings,
+)
+from .lifecycle import listen_problem
 from .routing import Router, RoutesError, RoutesFile
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "addons" / "apipod.py"
-PLACEHOLDER_UPSTREAM_KEY = "replace-with-your-antigravity-key"
 
 
 def mitmdump_command(settings: Settings, extra: list[str]) -> list[str]:
@@ -72,6 +80,11 @@ def main(argv: list[str]) -> None:
             "upstream calls will be refused until you set it",
             file=sys.stderr,
         )
+    if "--listen-port" not in argv and (
+        problem := listen_problem("", settings.port, "PORT", [settings.antigravity_url])
+    ):
+        print(f"apipod: {problem}", file=sys.stderr)
+        sys.exit(2)
     command = mitmdump_command(settings, argv)
     print(f"apipod: {shlex.join(command)}", file=sys.stderr, flush=True)
     os.execv(command[0], command)

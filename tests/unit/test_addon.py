@@ -10,71 +10,35 @@ import asyncio
 import gzip
 import json
 import logging
-import random
 import sqlite3
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway import (
+    ADMIN_SECRET,
+    UPSTREAM_KEY,
+    UPSTREAM_URL,
+    Gateway,
+    make_flow,
+    make_settings,
+    run,
+)
 from mitmproxy import flow as mflow
-from mitmproxy import http, options
+from mitmproxy import http
 from mitmproxy.addons import block, proxyserver
 from mitmproxy.proxy.layers.http import HttpRequestHook, _http1
 from mitmproxy.test import taddons, tflow, tutils
 
 from apipod_proxy import errors, keys
-from apipod_proxy.addon import GATEWAY_OPTIONS, Apipod, runs_in_front_of
-from apipod_proxy.config import Settings
+from apipod_proxy.addon import Apipod
 from apipod_proxy.flowstate import STATE, FlowState, state_of
-from apipod_proxy.routing import Router
+from apipod_proxy.lifecycle import GATEWAY_OPTIONS, runs_in_front_of
 from apipod_proxy.store import KeyRecord
 
-UPSTREAM_URL = "http://127.0.0.1:9"
-UPSTREAM_KEY = "upstream-key-for-tests-0000"
-ADMIN_SECRET = "admin-secret-for-tests-0123456789"
 CLAUDE = "claude-sonnet-4-5"
 GEMINI = "gemini-3-flash"
-
-
-class ConstantDraw(random.Random):
-    """A random source that always draws `value` (20/80 alias: < 0.2 is Claude)."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__(0)
-        self.value = value
-
-    def random(self) -> float:
-        return self.value
-
-
-class ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def run[T](coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-def make_flow(
-    method: str = "POST",
-    path: str = "/v1/chat/completions",
-    body: bytes = b"",
-    headers: list[tuple[str, str]] | None = None,
-) -> http.HTTPFlow:
-    request = tutils.treq(
-        method=method.encode(),
-        path=path.encode(),
-        headers=http.Headers([(k.encode(), v.encode()) for k, v in headers or []]),
-        content=body,
-    )
-    return tflow.tflow(req=request)
 
 
 def chat_body(model: str = "gpt-4o", **extra: Any) -> bytes:
@@ -91,118 +55,11 @@ def error_of(response: http.Response | None) -> dict[str, Any]:
     return payload["error"]
 
 
-@dataclass
-class Gateway:
-    """A loaded addon, its mitmproxy context and what it logged."""
-
-    addon: Apipod
-    tctx: taddons.context
-    draw: ConstantDraw
-    log: ListHandler
-    settings: Settings
-    made: list[str] = field(default_factory=list)
-
-    def new_key(self, name: str = "alice", expires_in: int | None = None) -> tuple[str, KeyRecord]:
-        plaintext, record = self.addon.store.create(name, "elite", expires_in)
-        self.made.append(plaintext)
-        return plaintext, record
-
-    def sql(self, statement: str, *params: object) -> None:
-        with sqlite3.connect(self.settings.database_path) as conn:
-            conn.execute(statement, params)
-        conn.close()
-
-    def send(self, flow: http.HTTPFlow) -> http.HTTPFlow:
-        """requestheaders then, unless refused, request: what mitmproxy does."""
-
-        async def go() -> None:
-            await self.addon.requestheaders(flow)
-            if flow.response is None:
-                await self.addon.request(flow)
-
-        run(go())
-        return flow
-
-    def authed(
-        self,
-        key: str,
-        method: str = "POST",
-        path: str = "/v1/chat/completions",
-        body: bytes = b"",
-        headers: list[tuple[str, str]] | None = None,
-    ) -> http.HTTPFlow:
-        all_headers = [("authorization", f"Bearer {key}"), *(headers or [])]
-        return self.send(make_flow(method, path, body, all_headers))
-
-    def lines(self) -> list[str]:
-        return [r.getMessage() for r in self.log.records]
-
-
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    base = Settings(
-        antigravity_url=UPSTREAM_URL,
-        antigravity_key=UPSTREAM_KEY,
-        admin_secret=ADMIN_SECRET,
-        port=8081,
-        database_path=tmp_path / "data" / "proxy.db",
-        upstream_timeout=60.0,
-        max_body_size=1024 * 1024,
-    )
-    return replace(base, **overrides)
-
-
-@pytest.fixture
-def isolated_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Undo what Apipod.load changes outside the addon: the mitmproxy error renderer and
-    the 'apipod' logger (its stdout handler, level and propagate flag)."""
-    monkeypatch.setattr(_http1, "make_error_response", _http1.make_error_response)
-    logger = logging.getLogger("apipod")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
-
-
-@pytest.fixture
-def make_gateway(tmp_path: Path, isolated_globals: None) -> Iterator[Callable[..., Gateway]]:
-    made: list[Gateway] = []
-    contexts: list[taddons.context] = []
-
-    def factory(mode: str = f"reverse:{UPSTREAM_URL}", **overrides: Any) -> Gateway:
-        settings = make_settings(tmp_path, **overrides)
-        draw = ConstantDraw(0.9)
-        addon = Apipod(settings=settings, router=Router(rng=draw))
-        handler = ListHandler()
-        logging.getLogger("apipod").addHandler(handler)
-        # Block and Proxyserver declare options the addon sets; `add` runs `load`.
-        tctx = taddons.context(
-            block.Block(), proxyserver.Proxyserver(), options=options.Options(mode=[mode])
-        )
-        contexts.append(tctx)
-        tctx.master.addons.add(addon)
-        gateway = Gateway(addon, tctx, draw, handler, settings)
-        made.append(gateway)
-        return gateway
-
-    yield factory
-    for gateway in made:
-        gateway.addon.done()
-        logging.getLogger("apipod").removeHandler(gateway.log)
-    for tctx in contexts:
-        tctx.__exit__(None, None, None)
-
-
-@pytest.fixture
-def gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
-    return make_gateway()
-
-
 # --- load --------------------------------------------------------------------------------
 
 
 def test_load_opens_the_store_and_creates_the_database(gateway: Gateway) -> None:
-    assert gateway.addon.settings is gateway.settings
+    assert gateway.addon.rt.settings is gateway.settings
     assert gateway.settings.database_path.is_file()
 
 
@@ -217,10 +74,17 @@ def test_load_installs_json_error_pages(gateway: Gateway) -> None:
     assert _http1.make_error_response is errors.render_proxy_failure
 
 
-def test_load_logs_ready_line(gateway: Gateway) -> None:
-    assert any(
-        line.startswith("apipod ready: upstream " + UPSTREAM_URL) for line in gateway.lines()
-    )
+def test_running_logs_the_ready_line(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = make_gateway(trim_addons=False)
+    assert not any("ready" in line for line in gateway.lines())
+
+    async def start() -> None:
+        await gateway.addon.lifecycle.running()
+
+    run(start())
+    [line] = [line for line in gateway.lines() if line.startswith("apipod ready:")]
+    assert f"forwarding to {UPSTREAM_URL}" in line
+    assert "routes built in" in line
 
 
 def test_load_warns_when_admin_is_disabled(make_gateway: Callable[..., Gateway]) -> None:
@@ -240,7 +104,7 @@ def test_load_does_not_warn_for_the_right_mode(gateway: Gateway) -> None:
 
 
 def test_load_reports_an_unusable_database_path(
-    tmp_path: Path, isolated_globals: None, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, restore_globals: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -250,7 +114,7 @@ def test_load_reports_an_unusable_database_path(
         taddons.context(block.Block(), proxyserver.Proxyserver()) as tctx,
     ):
         tctx.master.addons.add(addon)
-    assert not hasattr(addon, "settings")
+    assert addon.runtime is None
     assert any(
         "apipod: DATABASE_PATH" in r.getMessage() and r.levelno == logging.ERROR
         for r in caplog.records
@@ -394,7 +258,7 @@ def test_database_failure_during_lookup_is_503(
     def broken(key_hash: str) -> KeyRecord | None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(gateway.addon.store, "find", broken)
+    monkeypatch.setattr(gateway.addon.rt.store, "find", broken)
     flow = gateway.authed(keys.generate_key())
     assert flow.response is not None
     assert flow.response.status_code == 503

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
+from apipod_proxy import config
 from apipod_proxy.config import (
     DEFAULTS,
     MIN_ADMIN_SECRET_LENGTH,
     PLACEHOLDER_ADMIN_SECRET,
+    SETTINGS,
     ConfigError,
     Settings,
     database_path,
@@ -26,6 +31,7 @@ ALL_VARIABLES = (
     "UPSTREAM_TIMEOUT",
     "MAX_BODY_SIZE",
 )
+REPO = Path(__file__).resolve().parents[2]
 GOOD_SECRET = "s3cr3t-" + "x" * 20
 
 
@@ -37,11 +43,18 @@ def settings_from(**overrides: str) -> Settings:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No apipod variable in the process environment, and a cwd without `.env`."""
-    for name in ALL_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    """No apipod variable in the process environment, a cwd without `.env`, and a
+    stand-in repository root (`tmp_path/repo`) without one either."""
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.env, raising=False)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "pyproject.toml").write_text("")
+    monkeypatch.setattr(config, "ROOT", repo)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
 
 
 # --- defaults ----------------------------------------------------------------------
@@ -53,7 +66,7 @@ def test_defaults_apply_when_only_the_upstream_key_is_set() -> None:
     assert settings.antigravity_key == "upstream-key"
     assert settings.admin_secret is None
     assert settings.port == 8081
-    assert settings.database_path == Path("data/proxy.db")
+    assert settings.database_path == config.ROOT / "data" / "proxy.db"
     assert settings.upstream_timeout == 300.0
     assert settings.max_body_size == 32 * 1024 * 1024
 
@@ -322,8 +335,8 @@ def test_environment_can_blank_a_dotenv_admin_secret(
 # --- database_path -------------------------------------------------------------------
 
 
-def test_database_path_default() -> None:
-    assert database_path({}) == Path("./data/proxy.db")
+def test_database_path_default_is_under_the_repository_root() -> None:
+    assert database_path({}) == config.ROOT / "data" / "proxy.db"
 
 
 def test_database_path_from_mapping_is_stripped() -> None:
@@ -333,7 +346,7 @@ def test_database_path_from_mapping_is_stripped() -> None:
 
 
 def test_blank_database_path_uses_default() -> None:
-    assert database_path({"DATABASE_PATH": "   "}) == Path(DEFAULTS["DATABASE_PATH"])
+    assert database_path({"DATABASE_PATH": "   "}) == config.ROOT / DEFAULTS["DATABASE_PATH"]
 
 
 def test_database_path_does_not_need_other_settings(clean_env: Path) -> None:
@@ -345,3 +358,135 @@ def test_database_path_does_not_need_other_settings(clean_env: Path) -> None:
 def test_load_settings_uses_database_path(tmp_path: Path) -> None:
     target = tmp_path / "keys.db"
     assert settings_from(DATABASE_PATH=str(target)).database_path == target
+
+
+# --- where a relative DATABASE_PATH points ---------------------------------------------
+
+
+def test_relative_database_path_is_relative_to_the_dotenv_folder(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("ANTIGRAVITY_KEY=k\nDATABASE_PATH=./keys/proxy.db\n")
+    expected = clean_env / "keys" / "proxy.db"
+    assert load_settings().database_path == expected
+    assert database_path() == expected
+
+
+def test_without_a_local_dotenv_the_repository_root_one_is_used(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (config.ROOT / ".env").write_text("ANTIGRAVITY_KEY=from-root\nDATABASE_PATH=db/x.db\n")
+    elsewhere = clean_env / "deep" / "folder"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings()
+    assert settings.antigravity_key == "from-root"
+    assert settings.database_path == config.ROOT / "db" / "x.db"
+    assert database_path() == config.ROOT / "db" / "x.db"
+
+
+def test_without_any_dotenv_relative_paths_are_under_the_repository_root(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTIGRAVITY_KEY", "k")
+    monkeypatch.setenv("ROUTES_FILE", "routes.toml")
+    settings = load_settings()
+    assert settings.database_path == config.ROOT / "data" / "proxy.db"
+    assert settings.routes_file == str(config.ROOT / "routes.toml")
+
+
+def test_absolute_database_path_is_kept(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("ANTIGRAVITY_KEY=k\nDATABASE_PATH=/var/lib/apipod/k.db\n")
+    assert load_settings().database_path == Path("/var/lib/apipod/k.db")
+
+
+# --- one table: options, precedence, generated documentation ------------------------------
+
+
+def test_the_dataclass_has_one_field_per_setting_in_table_order() -> None:
+    assert [f.name for f in dataclasses.fields(Settings)] == [s.field for s in SETTINGS]
+
+
+def test_dataclass_defaults_are_the_table_defaults(tmp_path: Path) -> None:
+    parsed = load_settings({"ANTIGRAVITY_KEY": "k"})
+    bare = Settings("u", "k", None, 1, tmp_path, 1.0, 1)
+    for f in dataclasses.fields(Settings):
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            assert getattr(bare, f.name) == getattr(parsed, f.name), f.name
+
+
+def test_precedence_option_over_environment_over_dotenv_over_default(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean_env / ".env").write_text(
+        "ANTIGRAVITY_KEY=k\nUPSTREAM_TIMEOUT=10\nDRAIN_TIMEOUT=11\nDEFAULT_RPM=12\n"
+    )
+    monkeypatch.setenv("UPSTREAM_TIMEOUT", "20")
+    monkeypatch.setenv("DRAIN_TIMEOUT", "21")
+    settings = load_settings(options={"UPSTREAM_TIMEOUT": "30"})
+    assert settings.upstream_timeout == 30  # option
+    assert settings.drain_timeout == 21  # environment
+    assert settings.default_rpm == 12  # .env
+    assert settings.max_body_size == 32 * 1024 * 1024  # default
+
+
+def test_a_bad_option_names_the_option() -> None:
+    with pytest.raises(ConfigError, match=r"UPSTREAM_TIMEOUT \(option apipod_upstream_timeout\)"):
+        load_settings({"ANTIGRAVITY_KEY": "k"}, options={"UPSTREAM_TIMEOUT": "soon"})
+
+
+class FakeLoader:
+    def __init__(self) -> None:
+        self.options: dict[str, tuple[type, object, str]] = {}
+
+    def add_option(self, name: str, typespec: type, default: object, help: str) -> None:
+        self.options[name] = (typespec, default, help)
+
+
+def test_every_setting_but_the_secrets_is_an_option() -> None:
+    loader = FakeLoader()
+    config.add_options(loader)
+    assert set(loader.options) == {s.option for s in SETTINGS if not s.secret}
+    assert "apipod_upstream_timeout" in loader.options
+    assert not any("key" in name or "secret" in name for name in loader.options)
+    assert all(default == "" for _, default, _ in loader.options.values())
+
+
+def test_option_values_are_the_ones_set() -> None:
+    options = types.SimpleNamespace(apipod_port="9000", apipod_log_format="")
+    # A SimpleNamespace has no `in`; option_values checks membership with `in`.
+    values = config.option_values(OptionsLike(vars(options)))
+    assert values == {"PORT": "9000"}
+
+
+class OptionsLike(dict):
+    def __getattr__(self, name: str) -> object:
+        return self[name]
+
+
+def readme_settings_rows() -> dict[str, list[str]]:
+    """The README's settings table, parsed: variable -> [option, default, meaning]."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("| `") and len(cells) == 4:
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_the_readme_table_agrees_with_the_settings_table() -> None:
+    rows = readme_settings_rows()
+    assert list(rows) == [s.env for s in SETTINGS], "python -m apipod_proxy.config --write"
+    for s in SETTINGS:
+        option, default, meaning = rows[s.env]
+        assert option == ("(secret: no option)" if s.secret else f"`{s.option}`")
+        assert default == (s.shown_default or f"`{s.default}`")
+        assert meaning == s.help
+
+
+def test_env_example_agrees_with_the_settings_table() -> None:
+    example = dotenv_values(REPO / ".env.example")
+    assert list(example) == [s.env for s in SETTINGS], "python -m apipod_proxy.config --write"
+    for s in SETTINGS:
+        assert example[s.env] == (s.example if s.example is not None else s.default)
+    assert (REPO / ".env.example").read_text() == config.env_example()

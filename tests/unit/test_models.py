@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import socket
 import threading
 import time
@@ -20,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from gateway import LogRecords
 from standin import SilentUpstream
 
 from apipod_proxy import models
@@ -78,30 +78,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     fake = SimpleNamespace(now=1000.0)
     monkeypatch.setattr(models, "time", SimpleNamespace(monotonic=lambda: fake.now))
     return fake
-
-
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def warnings(self) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == logging.WARNING]
-
-
-@pytest.fixture
-def apipod_log() -> Iterator[Records]:
-    logger = logging.getLogger("apipod")
-    handler = Records()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def model(model_id: str, owner: str = "antigravity") -> dict[str, Any]:
@@ -216,7 +192,7 @@ def test_a_failure_is_remembered_for_failure_seconds(
 
 
 def test_a_failure_answers_the_last_good_list(
-    upstream: FakeUpstream, clock: SimpleNamespace, apipod_log: Records
+    upstream: FakeUpstream, clock: SimpleNamespace, apipod_log: LogRecords
 ) -> None:
     upstream.answer({"data": [model("known")]})
     models_list = ModelList(upstream.url, UPSTREAM_KEY)
@@ -260,7 +236,7 @@ def test_a_failure_answers_the_last_good_list(
     ],
 )
 def test_upstream_failure_lists_own_names_and_warns(
-    upstream: FakeUpstream, apipod_log: Records, status: int, body: bytes
+    upstream: FakeUpstream, apipod_log: LogRecords, status: int, body: bytes
 ) -> None:
     upstream.answer(body, status)
     listing = fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), ["cursor-pro-sonnet", "gpt-4o"])
@@ -272,7 +248,7 @@ def test_upstream_failure_lists_own_names_and_warns(
     assert UPSTREAM_KEY not in warnings[0]
 
 
-def test_refused_connection_lists_own_names_and_warns(apipod_log: Records) -> None:
+def test_refused_connection_lists_own_names_and_warns(apipod_log: LogRecords) -> None:
     url = refused_url()
     listing = fetch_listing(ModelList(url, UPSTREAM_KEY), ["cursor-pro-sonnet"])
     assert ids(listing) == ["cursor-pro-sonnet"]
@@ -283,7 +259,7 @@ def test_refused_connection_lists_own_names_and_warns(apipod_log: Records) -> No
 
 def test_silent_upstream_times_out_to_own_names(
     monkeypatch: pytest.MonkeyPatch,
-    apipod_log: Records,
+    apipod_log: LogRecords,
     silent_upstream: SilentUpstream,
 ) -> None:
     monkeypatch.setattr(models, "FETCH_TIMEOUT", 0.2)
@@ -297,7 +273,7 @@ def test_silent_upstream_times_out_to_own_names(
 
 def test_concurrent_callers_share_one_bounded_fetch(
     monkeypatch: pytest.MonkeyPatch,
-    apipod_log: Records,
+    apipod_log: LogRecords,
     silent_upstream: SilentUpstream,
 ) -> None:
     """Eight clients asking at once open one upstream connection and all get the aliases."""
@@ -351,7 +327,7 @@ def test_proxy_variables_are_not_used(
 
 
 def test_an_oversized_answer_is_refused(
-    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, apipod_log: Records
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, apipod_log: LogRecords
 ) -> None:
     monkeypatch.setattr(models, "MAX_LIST_BYTES", 100)
     upstream.answer({"data": [model(f"m{i}") for i in range(10)]})
@@ -359,13 +335,13 @@ def test_an_oversized_answer_is_refused(
     assert "100 bytes" in apipod_log.warnings()[0]
 
 
-def test_failure_with_no_own_names_is_an_empty_list(apipod_log: Records) -> None:
+def test_failure_with_no_own_names_is_an_empty_list(apipod_log: LogRecords) -> None:
     empty = {"object": "list", "data": []}
     assert fetch_listing(ModelList(refused_url(), UPSTREAM_KEY), []) == empty
 
 
 def test_an_unexpected_error_still_answers_the_aliases(
-    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, apipod_log: Records
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, apipod_log: LogRecords
 ) -> None:
     """An exception in the addon's request hook would let mitmproxy forward the flow."""
     models_list = ModelList(upstream.url, UPSTREAM_KEY)

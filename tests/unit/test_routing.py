@@ -10,10 +10,10 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gateway import LogRecords
 from mitmproxy import http
 
 from apipod_proxy.bodies import parse_json
@@ -546,31 +546,6 @@ OTHER_FILE = '[aliases.slow]\ntargets = { "huge-model" = 1 }\n[renames]\n"a" = "
 BROKEN_FILE = '[aliases.fast]\ntargets = { "tiny-model" = 0 }\n'
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def at(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
-
-
-@pytest.fixture
-def apipod_log() -> Iterator[Records]:
-    """What the 'apipod' logger emits, whatever its handlers and propagate flag."""
-    logger = logging.getLogger("apipod")
-    handler = Records()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 _mtime_step = itertools.count(1)
 
 
@@ -630,7 +605,7 @@ def test_routes_file_load_of_non_utf8_is_a_routes_error(routes_path: Path) -> No
 
 
 def test_reload_if_changed_is_false_while_the_file_is_unchanged(
-    routes_path: Path, apipod_log: Records
+    routes_path: Path, apipod_log: LogRecords
 ) -> None:
     router = Router()
     routes = RoutesFile(str(routes_path), router)
@@ -642,7 +617,7 @@ def test_reload_if_changed_is_false_while_the_file_is_unchanged(
     assert apipod_log.records == []
 
 
-def test_reload_if_changed_picks_up_an_edit(routes_path: Path, apipod_log: Records) -> None:
+def test_reload_if_changed_picks_up_an_edit(routes_path: Path, apipod_log: LogRecords) -> None:
     router = Router()
     routes = RoutesFile(str(routes_path), router)
     routes.load()
@@ -673,7 +648,7 @@ def test_reload_if_changed_before_any_load_loads(routes_path: Path) -> None:
 
 
 def test_broken_edit_logs_one_error_keeps_the_table_and_a_fix_is_picked_up(
-    routes_path: Path, apipod_log: Records
+    routes_path: Path, apipod_log: LogRecords
 ) -> None:
     router = Router()
     routes = RoutesFile(str(routes_path), router)
@@ -700,7 +675,7 @@ def test_broken_edit_logs_one_error_keeps_the_table_and_a_fix_is_picked_up(
 
 
 def test_a_second_different_broken_edit_is_reported_again(
-    routes_path: Path, apipod_log: Records
+    routes_path: Path, apipod_log: LogRecords
 ) -> None:
     router = Router()
     routes = RoutesFile(str(routes_path), router)
@@ -713,7 +688,7 @@ def test_a_second_different_broken_edit_is_reported_again(
     assert set(router.table.aliases) == {"fast"}
 
 
-def test_a_vanished_file_keeps_the_table(routes_path: Path, apipod_log: Records) -> None:
+def test_a_vanished_file_keeps_the_table(routes_path: Path, apipod_log: LogRecords) -> None:
     router = Router()
     routes = RoutesFile(str(routes_path), router)
     routes.load()
@@ -727,7 +702,7 @@ def test_a_vanished_file_keeps_the_table(routes_path: Path, apipod_log: Records)
     assert set(router.table.aliases) == {"slow"}
 
 
-def test_a_vanished_file_is_reported_once(routes_path: Path, apipod_log: Records) -> None:
+def test_a_vanished_file_is_reported_once(routes_path: Path, apipod_log: LogRecords) -> None:
     router = Router()
     routes = RoutesFile(str(routes_path), router)
     routes.load()

@@ -1,0 +1,387 @@
+"""The proxy's life outside requests: start-up, timed jobs, draining, shutdown.
+
+`Lifecycle` is a sub-addon of `Apipod` (listed in its `addons`), so mitmproxy loads it
+with the gateway. It implements only `load`, `configure`, `running` and `done`: mitmproxy
+offers every request event to every addon, and one without request hooks costs nothing
+per request.
+
+load     register the apipod options, read the settings, check where the proxy will
+         listen and forward, open the database, and hand `Apipod` its `Runtime`
+running  (the listener is up) say "ready", unload unused mitmproxy addons, take over
+         SIGTERM/SIGINT, start the usage flush and routes reload
+done     stop the jobs, write the last usage, stop the database threads
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+import logging
+import signal
+import socket
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from mitmproxy import ctx, optmanager
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
+from mitmproxy.utils import asyncio_utils
+
+from . import config, errors, logs
+from .admin import AdminApi
+from .config import ConfigError, Settings
+from .keycache import KeyCache
+from .models import ModelList
+from .routing import RoutesError, RoutesFile
+from .store import KeyStore
+
+if TYPE_CHECKING:
+    from .addon import Apipod
+
+log = logging.getLogger("apipod")
+T = TypeVar("T")
+
+#: mitmproxy options a gateway needs, applied unless the user set them (`--set`).
+GATEWAY_OPTIONS: dict[str, Any] = {
+    # Customers (and Cursor's backend) connect from public addresses.
+    "block_global": False,
+    # Connect upstream only when a request is forwarded: refused requests open no
+    # upstream connection, and a down upstream yields an answer instead of a dropped client.
+    "connection_strategy": "lazy",
+}
+#: mitmproxy's default addons that a reverse-proxy gateway never uses. mitmproxy offers
+#: every event to every addon, so each costs time on every request (TRIM_ADDONS).
+#: Kept: termlog, core, disableh2c, proxyserver, scriptloader, nextlayer, tlsconfig,
+#: errorcheck.
+UNUSED_ADDONS = (
+    "browser", "block", "stripdnshttpsrecords", "blocklist", "anticache", "anticomp",
+    "clientplayback", "commandhistory", "comment", "cut", "export", "onboarding",
+    "proxyauth", "dnsresolver", "serverplayback", "mapremote", "maplocal", "modifybody",
+    "modifyheaders", "stickyauth", "stickycookie", "save", "savehar", "upstreamauth",
+    "updatealtsvc", "dumper", "keepserving", "readfilestdin",
+)  # fmt: skip
+#: How often ROUTES_FILE is checked for edits.
+ROUTES_POLL_SECONDS = 2.0
+#: How often counted usage is written to SQLite.
+USAGE_FLUSH_SECONDS = 1.0
+_LOOPBACK = {"", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"}
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What the request path needs once loading succeeded, assigned in one step."""
+
+    settings: Settings
+    store: KeyStore
+    key_cache: KeyCache
+    admin: AdminApi
+    models: ModelList
+    pool: ThreadPoolExecutor
+    routes: RoutesFile | None = None
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking database work off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+
+class Lifecycle:
+    def __init__(self, gateway: Apipod) -> None:
+        self.gateway = gateway
+        self._tasks: list[asyncio.Task[None]] = []
+        #: PORT, when mitmdump had no --listen-port and bound its default port meanwhile.
+        self._move_to_port: int | None = None
+
+    # --- load ----------------------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        config.add_options(loader)
+        # `--set apipod_…` waits until the option exists; apply it now, before reading it.
+        ctx.options.process_deferred()
+        gateway = self.gateway
+        settings = gateway.given_settings
+        try:
+            if settings is None:
+                settings = config.load_settings(options=config.option_values(ctx.options))
+            logs.setup(settings.log_format)
+            port_name = self._apply_options(settings)
+            self._check_addresses(settings, port_name)
+            # Created now, not on first use; later a vanished file is an error, not a fresh start.
+            store = KeyStore(settings.database_path, create_missing=False)
+            store.connection(create=True)
+            routes = None
+            if settings.routes_file:
+                routes = RoutesFile(settings.routes_file, gateway.router)
+                routes.load()
+        except (ConfigError, RoutesError) as exc:
+            # Logged at ERROR during startup: mitmdump prints the line and exits.
+            logs.startup_error(str(exc))
+            return
+        except (OSError, sqlite3.Error) as exc:
+            logs.startup_error(f"DATABASE_PATH {settings.database_path}: {exc}")
+            return
+        gateway.runtime = Runtime(
+            settings=settings,
+            store=store,
+            key_cache=KeyCache(settings.database_path),
+            admin=AdminApi(settings, store, gateway.metrics),
+            models=ModelList(settings.antigravity_url, settings.antigravity_key),
+            pool=ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db"),
+            routes=routes,
+        )
+        errors.install_json_error_pages()
+        if not settings.admin_enabled:
+            log.warning("ADMIN_SECRET is not set: the admin API is disabled")
+
+    def _apply_options(self, settings: Settings) -> str:
+        """The gateway's mitmproxy options, where the user did not choose otherwise."""
+        options = ctx.options
+        wanted = {**GATEWAY_OPTIONS, "body_size_limit": str(settings.max_body_size)}
+        options.update(**{k: v for k, v in wanted.items() if not user_set(options, k)})
+        if options.listen_port is not None:
+            return "--listen-port"
+        # No --listen-port: PORT decides. mitmdump loads scripts while it binds its
+        # default port, so `running` moves the listener to PORT (see _listen_on_port).
+        options.update(listen_port=settings.port)
+        self._move_to_port = settings.port
+        return "PORT"
+
+    def _check_addresses(self, settings: Settings, port_name: str) -> None:
+        """Refuse to forward to ourselves; report a port in use before mitmproxy binds."""
+        upstreams = reverse_targets(ctx.options.mode)
+        if not runs_in_front_of(ctx.options.mode, settings.antigravity_url):
+            log.warning(
+                "mitmdump --mode %s does not forward to ANTIGRAVITY_URL=%s; "
+                "run it with --mode reverse:%s",
+                ",".join(ctx.options.mode),
+                settings.antigravity_url,
+                settings.antigravity_url,
+            )
+        probe = self._move_to_port is not None and ctx.options.server
+        for host, port in listen_addresses(ctx.options):
+            if problem := listen_problem(host, port, port_name, upstreams, probe):
+                raise ConfigError(problem)
+
+    def configure(self, updated: set[str]) -> None:
+        if "termlog_verbosity" in updated:
+            # mitmproxy logs every connection at INFO. Under `-q` nothing shows those
+            # lines, yet each record is built (~5% of the loop with many short streams):
+            # let mitmproxy's loggers drop what its terminal log would drop anyway.
+            level = logging.getLevelName(ctx.options.termlog_verbosity.upper())
+            if isinstance(level, int):
+                logging.getLogger("mitmproxy").setLevel(level)
+
+    # --- running -------------------------------------------------------------------------
+
+    async def running(self) -> None:
+        runtime = self.gateway.runtime
+        if runtime is None:
+            return
+        if self._move_to_port is not None and ctx.options.server:
+            await self._listen_on_port(self._move_to_port)
+        settings = runtime.settings
+        if settings.trim_addons:
+            self._trim_addons()
+        loop = asyncio.get_running_loop()
+        # Replace mitmdump's handlers, which stop at once and cut streams mid-flight.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal)
+        self._every(USAGE_FLUSH_SECONDS, self.flush, "usage flush")
+        if (routes := runtime.routes) is not None:
+            self._every(
+                ROUTES_POLL_SECONDS, lambda: runtime.db(routes.reload_if_changed), "routes reload"
+            )
+        # mitmproxy calls `running` once its listeners are up: "ready" means ready.
+        server = ctx.master.addons.get("proxyserver")
+        listening = server.listen_addrs() if server is not None else []
+        log.info(
+            "apipod ready: listening on %s, forwarding to %s, routes %s, database %s, "
+            "upstream timeout %gs",
+            ", ".join(f"http://{_host(a[0])}:{a[1]}" for a in listening) or "(nothing)",
+            ", ".join(reverse_targets(ctx.options.mode)) or settings.antigravity_url,
+            settings.routes_file or "built in",
+            settings.database_path,
+            settings.upstream_timeout,
+        )
+
+    async def _listen_on_port(self, port: int) -> None:
+        """Serve each mode on PORT (`reverse:URL@PORT`), in place of mitmdump's default."""
+        modes = [spec if "@" in spec else f"{spec}@{port}" for spec in ctx.options.mode]
+        if modes != ctx.options.mode:
+            ctx.options.update(mode=modes)
+            # mitmproxy restarts its servers on a mode change; wait until it is done.
+            await ctx.master.addons.get("proxyserver").setup_servers()
+
+    def _every(self, seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
+        """Run `job` every `seconds` until shutdown; one failure never stops the loop."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    await job()
+                except Exception:
+                    log.exception("%s failed", name)
+
+        self._tasks.append(asyncio_utils.create_task(loop(), name=f"apipod {name}", keep_ref=True))
+
+    def _trim_addons(self) -> None:
+        manager = ctx.master.addons
+        unused = [
+            addon
+            for name in UNUSED_ADDONS
+            if (addon := manager.get(name)) is not None
+            # remove() calls `done` synchronously; one with an async `done` must stay.
+            and not inspect.iscoroutinefunction(getattr(addon, "done", None))
+        ]
+        for addon in unused:
+            manager.remove(addon)
+        log.info(
+            "unloaded %d mitmproxy addons a gateway does not use (TRIM_ADDONS=false keeps them)",
+            len(unused),
+        )
+
+    # --- graceful shutdown ---------------------------------------------------------------
+
+    def _on_stop_signal(self) -> None:
+        if self.gateway.draining:  # a second signal: stop now
+            log.warning("second stop signal: exiting without waiting")
+            ctx.master.shutdown()
+            return
+        self.gateway.draining = True
+        asyncio_utils.create_task(self._drain(), name="apipod drain", keep_ref=True)
+
+    async def _drain(self) -> None:
+        """Stop listening, let in-flight requests finish, flush usage, then exit."""
+        in_flight = self.gateway.in_flight
+        assert self.gateway.runtime is not None
+        timeout = self.gateway.runtime.settings.drain_timeout
+        log.info("stop signal: draining %d in-flight requests (up to %gs)", len(in_flight), timeout)
+        ctx.options.update(server=False)  # closes the listening socket only
+        deadline = time.monotonic() + timeout
+        while in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if in_flight:
+            log.warning("drain timeout: %d requests still in flight are cut", len(in_flight))
+        await self.flush()
+        log.info("drained; exiting")
+        ctx.master.shutdown()
+
+    # --- usage batches -------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write the counted usage in one transaction; on failure keep it for the next."""
+        usage, runtime = self.gateway.usage, self.gateway.runtime
+        if not usage or runtime is None:
+            return
+        batch = usage.take()
+        try:
+            await runtime.db(runtime.store.record_usage, *batch)
+        except sqlite3.Error as exc:
+            log.error("usage flush failed, will retry: %s", exc)
+            usage.give_back(*batch)
+
+    def done(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        runtime, usage = self.gateway.runtime, self.gateway.usage
+        if runtime is None:
+            return
+        if usage:  # whatever the last periodic flush did not see
+            batch = usage.take()
+            try:
+                runtime.store.record_usage(*batch)
+            except Exception:
+                log.exception("final usage flush failed; %d buckets lost", len(batch[0]))
+        runtime.pool.shutdown(wait=True)
+
+
+# --- mitmproxy's modes and addresses ------------------------------------------------------
+
+
+def user_set(options: Any, name: str) -> bool:
+    """True when `name` was given a value (`--set`, config.yaml), even its default.
+
+    mitmproxy internals (an option's `value` is `optmanager.unset` until set); with no
+    such attribute, fall back to the public "differs from the default"."""
+    try:
+        return options._options[name].value is not optmanager.unset
+    except (AttributeError, KeyError):
+        return options.has_changed(name)
+
+
+def reverse_targets(modes: list[str]) -> list[str]:
+    """The upstream URLs of mitmdump's `reverse:` modes."""
+    targets = []
+    for spec in modes:
+        mode = ProxyMode.parse(spec)
+        if isinstance(mode, ReverseMode):
+            host, port = mode.address
+            targets.append(f"{mode.scheme}://{_host(host)}:{port}")
+    return targets
+
+
+def listen_addresses(options: Any) -> list[tuple[str, int]]:
+    """Where mitmproxy will listen for each mode: (host, port); host "" is every interface."""
+    addresses = []
+    for spec in options.mode:
+        mode = ProxyMode.parse(spec)
+        port = mode.listen_port(options.listen_port)
+        if port is not None:
+            addresses.append((mode.listen_host(options.listen_host), port))
+    return addresses
+
+
+def listen_problem(
+    host: str, port: int, name: str, upstreams: list[str], probe: bool = True
+) -> str | None:
+    """Why the proxy cannot listen on (host, port), in one line naming `name`, or None."""
+    for url in upstreams:
+        upstream = urlsplit(url)
+        if upstream.port == port and upstream.hostname in {*_LOOPBACK, host}:
+            return (
+                f"{name} {port} is also the upstream's port ({url}): the proxy would forward "
+                f"to itself; set {name} to another port"
+            )
+    if probe and port_in_use(host, port):
+        return (
+            f"{name} {port} is already in use on {host or 'all interfaces'} (another proxy "
+            f"running?); stop it or set {name} to a free port"
+        )
+    return None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding (host, port) fails with EADDRINUSE, as mitmproxy's bind would."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def runs_in_front_of(modes: list[str], url: str) -> bool:
+    """True when one of mitmdump's modes is `reverse:` to the configured upstream."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for spec in modes:
+        mode = ProxyMode.parse(spec)
+        if isinstance(mode, ReverseMode) and (mode.scheme, mode.address) == (
+            parts.scheme,
+            (parts.hostname, port),
+        ):
+            return True
+    return False
+
+
+def _host(host: str) -> str:
+    if not host:
+        return "0.0.0.0"
+    return f"[{host}]" if ":" in host else host
