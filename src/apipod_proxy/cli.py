@@ -1,6 +1,7 @@
-"""The operator's command line: `python scripts/keys.py {create,list,revoke,activate,usage}`.
+"""The operator's command line: `apipod-keys {create,list,revoke,activate,usage}`
+(also `python scripts/keys.py ...`).
 
-It opens the proxy's database (DATABASE_PATH from the environment or `.env`) directly,
+It opens the proxy's database (DATABASE_PATH, resolved as config.py says) directly,
 so it works whether or not the proxy runs. Revocation takes effect on the next request
 of every proxy process, since each request looks its key up. Human output is an aligned
 table; `--json` output is stable, for scripts.
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import keys
-from .config import database_path
+from .config import database_path, find_env_file
 from .store import KEY_FIELDS, USAGE_FIELDS, KeyStore
 
 
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run a parsed command; user errors exit 2 with one line on stderr."""
     path = database_path()
     try:
-        return HANDLERS[args.command](KeyStore(path), args)
+        return HANDLERS[args.command](NotingStore(path), args)
     except ValueError as exc:
         parser.exit(2, f"error: {exc}\n")
     except BrokenPipeError:  # `keys.py list | head`: the reader left, which is fine
@@ -156,6 +157,26 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     except (OSError, sqlite3.Error) as exc:
         parser.exit(2, f"error: database {path}: {exc}\n")
+
+
+class NotingStore(KeyStore):
+    """A store that says so on stderr when it is about to create a new database file,
+    so a wrong folder or `.env` shows at once instead of as an empty key list."""
+
+    def connection(self, create: bool = False) -> sqlite3.Connection:
+        if not self.path.exists():
+            print(
+                f"note: no database at {self.path} ({where_from()}); creating a new one",
+                file=sys.stderr,
+            )
+        return super().connection(create)
+
+
+def where_from() -> str:
+    env_file = find_env_file()
+    if env_file is None:
+        return "no .env in this folder or at the repository root"
+    return f"settings from {env_file}"
 
 
 def main(argv: list[str] | None = None) -> int:

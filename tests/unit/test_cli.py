@@ -29,6 +29,7 @@ def db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("DATABASE_PATH", str(path))
+    KeyStore(path).connection(create=True)  # the proxy made it (a new one is noted on stderr)
     return path
 
 
