@@ -95,9 +95,14 @@ def make_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
     """Start extra proxies with their own settings; all are stopped after the test."""
     started: list[Proxy] = []
 
-    def make(upstream_url: str, dotenv: str | None = None, **overrides: str | None) -> Proxy:
+    def make(
+        upstream_url: str,
+        dotenv: str | None = None,
+        command: list[str] | None = None,
+        **overrides: str | None,
+    ) -> Proxy:
         workdir = tmp_path / f"proxy{len(started)}"
-        running = start_proxy(workdir, upstream_url, dotenv, **overrides)
+        running = start_proxy(workdir, upstream_url, dotenv, command, **overrides)
         started.append(running)
         return running
 

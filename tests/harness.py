@@ -163,12 +163,17 @@ class Proxy:
 
 
 def start_proxy(
-    workdir: Path, upstream_url: str, dotenv: str | None = None, **overrides: str | None
+    workdir: Path,
+    upstream_url: str,
+    dotenv: str | None = None,
+    command: list[str] | None = None,
+    **overrides: str | None,
 ) -> Proxy:
     """Start a proxy and wait until /health answers.
 
     `dotenv` is written to the proxy's `.env`; an override of None removes a variable
-    from the environment, so that `.env` supplies it.
+    from the environment, so that `.env` supplies it. `command` replaces the launcher
+    (SERVE), e.g. with a plain mitmdump command line.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     if dotenv is not None:
@@ -176,7 +181,7 @@ def start_proxy(
     port = free_port()
     defaults = {"UPSTREAM_TIMEOUT": "30", "DEFAULT_RPM": "0"}
     env = proxy_env(upstream_url, port, workdir / "data" / "proxy.db", **{**defaults, **overrides})
-    process = spawn(SERVE, workdir, workdir / "proxy.log", env)
+    process = spawn(command or SERVE, workdir, workdir / "proxy.log", env)
     proxy = Proxy(process, port, workdir, env)
     try:
         wait_ready(process, healthy(proxy.url), proxy.log)

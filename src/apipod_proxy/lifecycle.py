@@ -95,6 +95,7 @@ class Lifecycle:
         self._tasks: list[asyncio.Task[None]] = []
         #: PORT, when mitmdump had no --listen-port and bound its default port meanwhile.
         self._move_to_port: int | None = None
+        self._held: HeldErrors | None = None
 
     # --- load ----------------------------------------------------------------------------
 
@@ -119,10 +120,10 @@ class Lifecycle:
                 routes.load()
         except (ConfigError, RoutesError) as exc:
             # Logged at ERROR during startup: mitmdump prints the line and exits.
-            logs.startup_error(str(exc))
+            self._fail(str(exc))
             return
         except (OSError, sqlite3.Error) as exc:
-            logs.startup_error(f"DATABASE_PATH {settings.database_path}: {exc}")
+            self._fail(f"DATABASE_PATH {settings.database_path}: {exc}")
             return
         gateway.runtime = Runtime(
             settings=settings,
@@ -137,6 +138,13 @@ class Lifecycle:
         if not settings.admin_enabled:
             log.warning("ADMIN_SECRET is not set: the admin API is disabled")
 
+    def _fail(self, message: str) -> None:
+        """Stop start-up with one line (mitmdump exits on an ERROR logged at start-up)."""
+        if self._held is not None:  # not moving to PORT after all: only our line matters
+            self._held.release(replay=False)
+            self._held = None
+        logs.startup_error(message)
+
     def _apply_options(self, settings: Settings) -> str:
         """The gateway's mitmproxy options, where the user did not choose otherwise."""
         options = ctx.options
@@ -148,6 +156,7 @@ class Lifecycle:
         # default port, so `running` moves the listener to PORT (see _listen_on_port).
         options.update(listen_port=settings.port)
         self._move_to_port = settings.port
+        self._held = HeldErrors.install()
         return "PORT"
 
     def _check_addresses(self, settings: Settings, port_name: str) -> None:
@@ -211,10 +220,15 @@ class Lifecycle:
     async def _listen_on_port(self, port: int) -> None:
         """Serve each mode on PORT (`reverse:URL@PORT`), in place of mitmdump's default."""
         modes = [spec if "@" in spec else f"{spec}@{port}" for spec in ctx.options.mode]
+        ok = True
         if modes != ctx.options.mode:
             ctx.options.update(mode=modes)
             # mitmproxy restarts its servers on a mode change; wait until it is done.
-            await ctx.master.addons.get("proxyserver").setup_servers()
+            ok = await ctx.master.addons.get("proxyserver").setup_servers()
+        if self._held is not None:
+            # The default port's failures no longer matter once PORT is served.
+            self._held.release(replay=not ok)
+            self._held = None
 
     def _every(self, seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
         """Run `job` every `seconds` until shutdown; one failure never stops the loop."""
@@ -301,6 +315,40 @@ class Lifecycle:
 
 
 # --- mitmproxy's modes and addresses ------------------------------------------------------
+
+
+class HeldErrors(logging.Filter):
+    """Hold back mitmproxy's server errors while the listener moves to PORT.
+
+    Without --listen-port, mitmdump binds its default port (8080, often the upstream's
+    own) while it loads the addon; the addon then moves the listener to PORT. A failure
+    on the default port (or in stopping that never-started server) is logged as an
+    ERROR, which would stop start-up, so such records are held until the move is done:
+    dropped if PORT is served, replayed if not."""
+
+    LOGGER = "mitmproxy.addons.proxyserver"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    @classmethod
+    def install(cls) -> HeldErrors:
+        held = cls()
+        logging.getLogger(cls.LOGGER).addFilter(held)
+        return held
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.records.append(record)
+        return False
+
+    def release(self, replay: bool) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeFilter(self)
+        for record in self.records if replay else ():
+            logger.handle(record)
 
 
 def user_set(options: Any, name: str) -> bool:
