@@ -163,3 +163,12 @@ def test_a_key_script_about_to_create_a_new_database_says_so(tmp_path: Path) -> 
     assert f"note: no database at {expected} (settings from {tmp_path / '.env'})" in (result.stderr)
     again = run([*keys_py, "list"], tmp_path)
     assert again.stderr == ""
+
+
+def test_a_set_option_wins_over_the_environment(
+    make_proxy: Callable[..., Proxy], standin: StandIn
+) -> None:
+    command = [*plain_mitmdump(standin.url), "--set", "apipod_upstream_timeout=7"]
+    proxy = make_proxy(standin.url, command=command, UPSTREAM_TIMEOUT="30")
+    [ready] = wait_for_lines(proxy, "apipod ready:")
+    assert "upstream timeout 7s" in ready
