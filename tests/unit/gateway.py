@@ -204,11 +204,13 @@ def open_gateway(
     folder: Path,
     router: Router | None = None,
     mode: str = f"reverse:{UPSTREAM_URL}",
+    mitm_options: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Iterator[Gateway]:
     """Load an Apipod with `make_settings(folder, **overrides)`; unload it afterwards.
 
-    `server=False`: nothing listens, and the addon does not probe its port."""
+    `mitm_options` are set before loading, as `--set` would. `server=False`: nothing
+    listens, and the addon does not probe its port."""
     settings = make_settings(folder, **overrides)
     draw = ConstantDraw(0.9)
     addon = Apipod(settings=settings, router=router or Router(rng=draw))
@@ -220,6 +222,7 @@ def open_gateway(
             options=options.Options(mode=[mode], server=False),
         )
         try:
+            tctx.options.update(**(mitm_options or {}))
             tctx.master.addons.add(addon)
             logger = logging.getLogger("apipod")
             # Keep test output quiet: the records are in `log`, not on stdout.

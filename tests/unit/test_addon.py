@@ -70,6 +70,24 @@ def test_load_sets_gateway_options(gateway: Gateway) -> None:
     assert opts.body_size_limit == str(1024 * 1024)
 
 
+def test_gateway_options_leave_what_the_user_set(make_gateway: Callable[..., Gateway]) -> None:
+    # --set block_global=true gives mitmproxy's own default: still the user's choice.
+    gateway = make_gateway(mitm_options={"block_global": True, "body_size_limit": "5m"})
+    opts = gateway.tctx.options
+    assert opts.block_global is True
+    assert opts.body_size_limit == "5m"
+    assert opts.connection_strategy == "lazy"
+
+
+def test_without_listen_port_port_applies(gateway: Gateway) -> None:
+    assert gateway.tctx.options.listen_port == gateway.settings.port
+
+
+def test_an_explicit_listen_port_wins(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = make_gateway(mitm_options={"listen_port": 9999})
+    assert gateway.tctx.options.listen_port == 9999
+
+
 def test_load_installs_json_error_pages(gateway: Gateway) -> None:
     assert _http1.make_error_response is errors.render_proxy_failure
 
