@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from gateway import LogRecords
 
 from apipod_proxy import keys, usage
 from apipod_proxy.store import UsageCounts
@@ -409,46 +409,30 @@ def test_anthropic_message_start_without_a_message_object_is_ignored() -> None:
 # --- SseWatcher: oversized events --------------------------------------------------------------
 
 
-@pytest.fixture
-def warnings() -> Iterator[list[str]]:
-    logger = logging.getLogger("apipod")
-    found: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.levelno == logging.WARNING:
-                found.append(record.getMessage())
-
-    handler = Collect()
-    logger.addHandler(handler)
-    yield found
-    logger.removeHandler(handler)
-
-
-def test_an_oversized_event_stops_watching_and_passes_data_through(warnings: list[str]) -> None:
+def test_an_oversized_event_stops_watching_and_passes_data_through(apipod_log: LogRecords) -> None:
     huge = b"data: " + b"x" * MAX_EVENT_BYTES
     watcher = SseWatcher(strip_usage_chunk=True)
     assert sent([watcher(huge)]) == huge
-    assert len(warnings) == 1
+    assert len(apipod_log.warnings()) == 1
     later = b"\n\n" + sse(usage_chunk(1, 2))
     assert watcher(later) == later
     assert watcher.usage == Usage(0, 0)
 
 
 def test_an_oversized_event_in_observe_mode_still_forwards_each_chunk(
-    warnings: list[str],
+    apipod_log: LogRecords,
 ) -> None:
     watcher = SseWatcher()
     half = b"y" * (MAX_EVENT_BYTES // 2 + 1)
     assert watcher(b"data: " + half) == b"data: " + half
-    assert warnings == []
+    assert apipod_log.warnings() == []
     assert watcher(half) == half
-    assert len(warnings) == 1
+    assert len(apipod_log.warnings()) == 1
     assert watcher(sse(usage_chunk(1, 2))) == sse(usage_chunk(1, 2))
     assert watcher.usage == Usage(0, 0)
 
 
-def test_an_oversized_event_keeps_complete_events_before_it(warnings: list[str]) -> None:
+def test_an_oversized_event_keeps_complete_events_before_it(apipod_log: LogRecords) -> None:
     first = sse(content_chunk("a"))
     huge = b"data: " + b"z" * MAX_EVENT_BYTES
     watcher = SseWatcher(strip_usage_chunk=True)
@@ -464,7 +448,7 @@ def test_an_event_just_under_the_limit_is_still_watched() -> None:
     assert watcher.usage == Usage(7, 8)
 
 
-def test_end_of_stream_after_giving_up_returns_no_empty_bytes(warnings: list[str]) -> None:
+def test_end_of_stream_after_giving_up_returns_no_empty_bytes(apipod_log: LogRecords) -> None:
     watcher = SseWatcher(strip_usage_chunk=True)
     watcher(b"data: " + b"x" * MAX_EVENT_BYTES)
     assert_no_empty_bytes([watcher(b"")])
