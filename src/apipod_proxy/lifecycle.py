@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from mitmproxy import ctx, optmanager
+from mitmproxy import ctx, exceptions, optmanager
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.utils import asyncio_utils
 
@@ -101,8 +101,18 @@ class Lifecycle:
 
     def load(self, loader: Any) -> None:
         config.add_options(loader)
-        # `--set apipod_…` waits until the option exists; apply it now, before reading it.
-        ctx.options.process_deferred()
+        deferred = ctx.options.deferred  # `--set apipod_…` and config.yaml, held until now
+        for name, value in list(deferred.items()):
+            # config.yaml gives `apipod_port: 9000` as a number; the options are text.
+            if name.startswith(config.OPTION_PREFIX) and isinstance(value, int | float):
+                deferred[name] = str(value).lower()
+        try:
+            ctx.options.process_deferred()  # apply them now, before reading them
+        except (exceptions.OptionsError, TypeError, ValueError) as exc:
+            for name in [n for n in deferred if n.startswith(config.OPTION_PREFIX)]:
+                del deferred[name]  # reported once here, not again by mitmproxy
+            self._fail(str(exc))
+            return
         gateway = self.gateway
         settings = gateway.given_settings
         try:
@@ -300,6 +310,9 @@ class Lifecycle:
             usage.give_back(*batch)
 
     def done(self) -> None:
+        if self._held is not None:
+            self._held.release(replay=False)
+            self._held = None
         for task in self._tasks:
             task.cancel()
         runtime, usage = self.gateway.runtime, self.gateway.usage

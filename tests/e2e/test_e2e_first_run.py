@@ -172,3 +172,15 @@ def test_a_set_option_wins_over_the_environment(
     proxy = make_proxy(standin.url, command=command, UPSTREAM_TIMEOUT="30")
     [ready] = wait_for_lines(proxy, "apipod ready:")
     assert "upstream timeout 7s" in ready
+
+
+def test_an_option_in_mitmproxys_config_yaml_applies(
+    tmp_path: Path, make_proxy: Callable[..., Proxy], standin: StandIn
+) -> None:
+    confdir = tmp_path / "mitmproxy-conf"
+    confdir.mkdir()
+    (confdir / "config.yaml").write_text("apipod_upstream_timeout: 8\n")  # a number, unquoted
+    command = [*plain_mitmdump(standin.url), "--set", f"confdir={confdir}"]
+    proxy = make_proxy(standin.url, command=command)
+    [ready] = wait_for_lines(proxy, "apipod ready:")
+    assert "upstream timeout 8s" in ready
