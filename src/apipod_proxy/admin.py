@@ -11,18 +11,19 @@ import hmac
 import logging
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import http
 
-from . import keys
+from . import dashboard, keys, pages
 from .auth import bearer_token
 from .bodies import BodyError, decoded, parse_json
 from .config import Settings
 from .errors import error_response, json_response
 from .logs import printable
 from .metrics import CONTENT_TYPE, Metrics
+from .routing import Router, RoutesFile
 from .store import KeyStore
 
 log = logging.getLogger("apipod")
@@ -30,13 +31,16 @@ log = logging.getLogger("apipod")
 Handler = Callable[["AdminApi", http.Request], http.Response]
 
 ADMIN_PREFIX = "/admin/"
+PORTAL_PREFIX = "/portal/"
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 
 
 def is_internal(path: str) -> bool:
     """True for paths the proxy owns; such a request never goes upstream."""
-    return path in (HEALTH_PATH, METRICS_PATH, "/admin") or path.startswith(ADMIN_PREFIX)
+    return path in (HEALTH_PATH, METRICS_PATH, "/admin", "/portal") or path.startswith(
+        (ADMIN_PREFIX, PORTAL_PREFIX)
+    )
 
 
 #: Admin bodies are a few fields; nothing bigger is decoded.
@@ -76,11 +80,21 @@ class AdminApi:
     settings: Settings
     store: KeyStore
     metrics: Metrics | None = None
+    router: Router | None = None
+    routes: RoutesFile | None = None
+    live: dashboard.LiveStats = field(default_factory=dashboard.LiveStats)
 
     def handle(self, request: http.Request) -> http.Response:
+        response = self._answer(request)
+        self.live.count_internal(response.status_code)  # kept out of the live API figures
+        return response
+
+    def _answer(self, request: http.Request) -> http.Response:
         path = request.path.partition("?")[0]
         route = ROUTES.get(path)
         if route is None:
+            if pages.is_page(path):  # the dashboard and portal pages sign in themselves
+                return pages.serve(request)
             return error_response(404, f"Unknown endpoint {path}", "not_found")
         method, handler, needs_secret = route
         if request.method != method:
@@ -196,4 +210,5 @@ ROUTES: dict[str, tuple[str, Handler, bool]] = {
     "/admin/activate-key": ("POST", AdminApi.activate_key, True),
     "/admin/usage": ("GET", AdminApi.usage, True),
     METRICS_PATH: ("GET", AdminApi.metrics_page, True),
+    **dashboard.ROUTES,
 }

@@ -139,7 +139,7 @@ class Lifecycle:
             settings=settings,
             store=store,
             key_cache=KeyCache(settings.database_path),
-            admin=AdminApi(settings, store, gateway.metrics),
+            admin=AdminApi(settings, store, gateway.metrics, router=gateway.router, routes=routes),
             models=ModelList(settings.antigravity_url, settings.antigravity_key),
             pool=ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db"),
             routes=routes,

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import time
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -239,6 +240,7 @@ class RoutesFile:
         self.path = path
         self.router = router
         self._seen: object = None  # the file version last loaded or reported
+        self.loaded_at: str | None = None  # when the table in force was read (UTC)
 
     def _version(self) -> tuple[int, int, int] | str:
         try:
@@ -257,6 +259,7 @@ class RoutesFile:
         except (OSError, UnicodeDecodeError, RoutesError) as exc:
             raise RoutesError(f"ROUTES_FILE {self.path}: {exc}") from None
         self.router.table = table
+        self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def reload_if_changed(self) -> bool:
         """Pick up an edit; True when a new table took effect. Blocking (file I/O)."""

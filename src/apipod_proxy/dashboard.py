@@ -1,0 +1,312 @@
+"""The JSON endpoints behind the operator dashboard, all behind the admin secret.
+
+GET /admin/stats          live figures from the in-process metrics: requests per second,
+                          error rates, active streams (this process only)
+GET /admin/routes         the routing table in force and where it came from
+GET /admin/usage/series   usage by time bucket and routed model, and the top keys by
+                          spend, for the dashboard's charts
+
+They only read: the metrics' current values (never the text exposition), the router's
+current table and the usage table. None of them runs on the request path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import http
+
+from . import keys
+from .errors import error_response, json_response
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .admin import AdminApi
+
+#: Rates are averaged over the samples of about this many seconds.
+RATE_WINDOW = 15.0
+#: Bucket label lengths in the usage table's `hour` column (`YYYY-MM-DDTHH`).
+BUCKETS = {"hour": 13, "day": 10}
+DEFAULT_SINCE = {"hour": "24h", "day": "30d"}
+#: At most this many buckets per answer: a year by day, a month by hour.
+MAX_BUCKETS = {"hour": 24 * 31, "day": 366}
+TOP_KEYS = 10
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Totals:
+    """Counter totals since the process started (API requests only, in snapshots)."""
+
+    requests: float
+    client_errors: float
+    server_errors: float
+    tokens: float
+
+
+def _totals(metrics: Metrics) -> Totals:
+    requests = client = server = tokens = 0.0
+    for family in metrics.requests.collect():
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            requests += sample.value
+            status = sample.labels.get("status", "")
+            if status.startswith("4"):
+                client += sample.value
+            elif status.startswith("5"):
+                server += sample.value
+    for family in metrics.tokens.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                tokens += sample.value
+    return Totals(requests, client, server, tokens)
+
+
+def _gauge(gauge: Any) -> float:
+    return sum(s.value for family in gauge.collect() for s in family.samples)
+
+
+class LiveStats:
+    """Turns counter totals into rates from the samples the dashboard's polls take.
+
+    Sampling happens only when someone asks, so an unwatched proxy does no work.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._samples: deque[tuple[float, Totals]] = deque()
+        self._lock = threading.Lock()
+        self._started = clock()
+        # Answers to /health, /metrics, /admin/* and the pages, which the metrics count
+        # like any request: the live figures subtract them, so that a dashboard polling
+        # the proxy does not show up as traffic.
+        self._internal = [0, 0, 0]  # requests, 4xx, 5xx
+
+    def count_internal(self, status: int) -> None:
+        with self._lock:  # handlers run on several DB threads
+            internal = self._internal
+            internal[0] += 1
+            if 400 <= status < 500:
+                internal[1] += 1
+            elif status >= 500:
+                internal[2] += 1
+
+    def _api_totals(self, metrics: Metrics) -> Totals:
+        total = _totals(metrics)
+        with self._lock:
+            requests, client, server = self._internal
+        return Totals(
+            max(total.requests - requests, 0),
+            max(total.client_errors - client, 0),
+            max(total.server_errors - server, 0),
+            total.tokens,
+        )
+
+    def snapshot(self, metrics: Metrics) -> dict[str, Any]:
+        now, totals = self._clock(), self._api_totals(metrics)
+        with self._lock:
+            samples = self._samples
+            samples.append((now, totals))
+            while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
+                samples.popleft()
+            then, before = samples[0]
+        elapsed = now - then
+        requests = totals.requests - before.requests
+        rates: dict[str, float | None] = {
+            "requests_per_second": None,
+            "tokens_per_second": None,
+            "error_rate": None,
+            "client_error_rate": None,
+        }
+        if elapsed >= 0.5:
+            rates["requests_per_second"] = round(requests / elapsed, 3)
+            rates["tokens_per_second"] = round((totals.tokens - before.tokens) / elapsed, 1)
+            if requests > 0:
+                server = totals.server_errors - before.server_errors
+                client = totals.client_errors - before.client_errors
+                rates["error_rate"] = round(server / requests, 4)
+                rates["client_error_rate"] = round(client / requests, 4)
+            else:
+                rates["error_rate"] = rates["client_error_rate"] = 0.0
+        return {
+            "window_seconds": round(elapsed, 1),
+            **rates,
+            "active_streams": int(_gauge(metrics.active_streams)),
+            "uptime_seconds": round(now - self._started),
+            "totals": {
+                "requests": int(totals.requests),
+                "client_errors": int(totals.client_errors),
+                "server_errors": int(totals.server_errors),
+                "tokens": int(totals.tokens),
+            },
+            "time": keys.now_text(),
+        }
+
+
+def stats(api: AdminApi, request: http.Request) -> http.Response:
+    if api.metrics is None:
+        return error_response(503, "Metrics are not available", "metrics_unavailable")
+    return json_response(200, api.live.snapshot(api.metrics))
+
+
+# --- routes ------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def route_table(api: AdminApi) -> dict[str, Any]:
+    """The table in force: aliases with their weights in percent, renames, and whatever
+    else the table holds (prices and tiers, once the table has them)."""
+    table = api.router.table if api.router is not None else None
+    answer: dict[str, Any] = {"aliases": {}, "renames": {}}
+    if table is not None:
+        for name, alias in table.aliases.items():
+            shares, previous = {}, 0.0
+            for target, cumulative in zip(alias.targets, alias.cumulative, strict=True):
+                shares[target] = round((cumulative - previous) * 100, 2)
+                previous = cumulative
+            answer["aliases"][name] = {"targets": shares, "sticky": alias.sticky}
+        answer["renames"] = dict(table.renames)
+        for field in dataclasses.fields(table):
+            if field.name not in answer:
+                answer[field.name] = _jsonable(getattr(table, field.name))
+    routes = api.routes
+    if routes is None:
+        answer["source"] = {"kind": "built-in"}
+    else:
+        answer["source"] = {
+            "kind": "file",
+            "path": routes.path,
+            "loaded_at": getattr(routes, "loaded_at", None),
+        }
+    answer["rate_limits"] = {
+        "default_rpm": api.settings.default_rpm,
+        "tier_rpm": dict(api.settings.tier_rpm),
+    }
+    return answer
+
+
+def routes(api: AdminApi, request: http.Request) -> http.Response:
+    return json_response(200, route_table(api))
+
+
+# --- usage series ------------------------------------------------------------------
+
+
+def bucket_labels(bucket: str, start: datetime, now: datetime) -> list[str]:
+    """Every bucket label from the one holding `start` to the one holding `now`."""
+    step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
+    moment = start.replace(minute=0, second=0, microsecond=0)
+    if bucket == "day":
+        moment = moment.replace(hour=0)
+    labels = []
+    while moment <= now and len(labels) < MAX_BUCKETS[bucket]:
+        labels.append(keys.format_time(moment)[: BUCKETS[bucket]])
+        moment += step
+    return labels
+
+
+def _cost_expression(conn: sqlite3.Connection) -> str:
+    """SQL for a usage row's cost in USD; 0 while the schema has no cost column."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    if "cost" in columns:
+        return "g.cost"
+    for column in sorted(columns):
+        if column.startswith("cost_micro"):
+            return f"g.{column} / 1e6"
+    return "0"
+
+
+SERIES_FIELDS = [
+    "bucket",
+    "model",
+    "requests",
+    "errors",
+    "server_errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+]
+TOP_FIELDS = ["key_id", "name", "prefix", "requests", "tokens", "cost"]
+
+
+def usage_series(conn: sqlite3.Connection, bucket: str, start: str) -> dict[str, Any]:
+    """Usage summed per bucket and routed model from the bucket holding `start`, and
+    the keys that spent most (then used most) over the same span."""
+    width, first = BUCKETS[bucket], start[: BUCKETS[bucket]]
+    cost = _cost_expression(conn)
+    rows = conn.execute(
+        f"""
+        SELECT substr(g.hour, 1, {width}) AS bucket, g.model, sum(g.requests),
+               sum(g.client_errors + g.server_errors), sum(g.server_errors),
+               sum(g.prompt_tokens), sum(g.completion_tokens), coalesce(sum({cost}), 0)
+        FROM usage g WHERE g.hour >= ?
+        GROUP BY bucket, g.model ORDER BY bucket, g.model
+        """,
+        (first,),
+    ).fetchall()
+    top = conn.execute(
+        f"""
+        SELECT g.key_id, u.name, u.key_prefix, sum(g.requests),
+               sum(g.prompt_tokens + g.completion_tokens), coalesce(sum({cost}), 0) AS spend
+        FROM usage g JOIN users u ON u.id = g.key_id WHERE g.hour >= ?
+        GROUP BY g.key_id ORDER BY spend DESC, sum(g.requests) DESC, g.key_id LIMIT ?
+        """,
+        (first, TOP_KEYS),
+    ).fetchall()
+    return {
+        "data": [_rounded(dict(zip(SERIES_FIELDS, row, strict=True))) for row in rows],
+        "top_keys": [_rounded(dict(zip(TOP_FIELDS, row, strict=True))) for row in top],
+    }
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    row["cost"] = round(float(row["cost"]), 6)
+    return row
+
+
+def series(api: AdminApi, request: http.Request) -> http.Response:
+    bucket = request.query.get("bucket", "hour")
+    if bucket not in BUCKETS:
+        return error_response(400, "bucket must be hour or day", "invalid_field")
+    since = request.query.get("since") or DEFAULT_SINCE[bucket]
+    try:
+        seconds = keys.parse_duration(since, "since")
+    except ValueError:
+        return error_response(400, "since must look like 90m, 24h or 30d", "invalid_field")
+    now = keys.utcnow()
+    # "24h" by hour is the current hour and the 23 before it; "30d" by day, 30 days.
+    step = 3600 if bucket == "hour" else 86400
+    start = now - timedelta(seconds=max(seconds - step, 0))
+    labels = bucket_labels(bucket, start, now)
+    answer = usage_series(api.store.connection(), bucket, labels[0])
+    return json_response(
+        200,
+        {"bucket": bucket, "since": since, "buckets": labels, "now": keys.format_time(now)}
+        | answer,
+    )
+
+
+#: path -> (method, handler, needs the admin secret); merged into admin.ROUTES.
+ROUTES: dict[str, tuple[str, Callable[[AdminApi, http.Request], http.Response], bool]] = {
+    "/admin/stats": ("GET", stats, True),
+    "/admin/routes": ("GET", routes, True),
+    "/admin/usage/series": ("GET", series, True),
+}

@@ -1,0 +1,514 @@
+// The operator dashboard. Every action is a call to the admin JSON API with the
+// x-admin-secret header; the secret lives in memory and in this tab's sessionStorage.
+import {
+  $, ago, api, count, formats, h, percent, rankChart, rate, replace, row, seriesByModel,
+  seriesTable, barChart, usd, when,
+} from "./common/common.js";
+
+const STORE = "apipod.admin-secret";
+const LIVE_SECONDS = 3;
+
+let secret = sessionStorage.getItem(STORE);
+let keys = [];
+let period = "hour";
+let liveTimer = null;
+
+// --- signing in -------------------------------------------------------------------
+
+function call(path, options = {}) {
+  return api(path, { ...options, headers: { "x-admin-secret": secret } }).then((answer) => {
+    if (answer.status === 401) signOut(answer.message);
+    return answer;
+  });
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const input = $("#secret");
+  secret = input.value;
+  const answer = await api("/admin/keys", { headers: { "x-admin-secret": secret } });
+  if (!answer.ok) {
+    secret = null;
+    $("#signin-error").textContent = answer.message;
+    input.select();
+    return;
+  }
+  input.value = "";
+  sessionStorage.setItem(STORE, secret);
+  start(answer.data.data);
+}
+
+function signOut(message = "") {
+  secret = null;
+  sessionStorage.removeItem(STORE);
+  clearInterval(liveTimer);
+  liveTimer = null;
+  for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
+  $("#app").hidden = $("#nav").hidden = $("#signout").hidden = true;
+  $("#signin").hidden = false;
+  $("#signin-error").textContent = message;
+  $("#secret").focus();
+}
+
+function start(initialKeys) {
+  $("#signin").hidden = true;
+  $("#signin-error").textContent = "";
+  $("#app").hidden = $("#nav").hidden = $("#signout").hidden = false;
+  showKeys(initialKeys);
+  refreshLive();
+  liveTimer = setInterval(() => {
+    if (document.visibilityState === "visible") refreshLive();
+  }, LIVE_SECONDS * 1000);
+  loadUsage();
+  loadRoutes();
+}
+
+// --- live -------------------------------------------------------------------------
+
+async function refreshLive() {
+  const [stats, health] = await Promise.all([call("/admin/stats"), api("/health")]);
+  if (!secret) return;
+  if (stats.ok) {
+    const live = stats.data;
+    $("#live-rps").textContent = rate(live.requests_per_second, "req/s");
+    $("#live-streams").textContent = count(live.active_streams, "streams");
+    $("#live-errors").textContent = percent(live.error_rate);
+    $("#live-refused").textContent = percent(live.client_error_rate);
+    $("#live-tps").textContent = rate(live.tokens_per_second, "tokens/s");
+    $("#live-updated").textContent = `updated ${when(live.time)}`;
+  } else {
+    $("#live-updated").textContent = `not updated: ${stats.message}`;
+  }
+  $("#live-db").textContent = health.data?.database ?? "unreachable";
+  showCooldowns(stats.data?.cooldowns ?? health.data?.cooldowns);
+}
+
+/** Cooldowns as a list [{model, until|resets_at|reset_at}] or a map {model: time}. */
+function showCooldowns(cooldowns) {
+  let entries = [];
+  if (Array.isArray(cooldowns)) {
+    entries = cooldowns.map((c) => [String(c.model ?? c.name ?? "?"), c.until ?? c.resets_at ?? c.reset_at ?? c.reset]);
+  } else if (cooldowns && typeof cooldowns === "object") {
+    entries = Object.entries(cooldowns).map(([model, v]) => [model, v && typeof v === "object" ? v.until ?? v.resets_at ?? v.reset_at : v]);
+  }
+  const target = $("#live-cooldowns");
+  if (!entries.length) {
+    target.className = "muted";
+    replace(target, "None");
+    return;
+  }
+  target.className = "";
+  replace(
+    target,
+    h("ul", { class: "chips" }, entries.map(([model, until]) => {
+      const reset = typeof until === "number" ? new Date(until * 1000).toISOString() : until;
+      return h("li", {}, h("code", {}, model), ` until ${when(reset)} (${ago(reset)})`);
+    })),
+  );
+}
+
+// --- keys -------------------------------------------------------------------------
+
+function status(key) {
+  if (!key.active) return "revoked";
+  if (key.expires_at && Date.parse(key.expires_at) <= Date.now()) return "expired";
+  return "active";
+}
+
+async function loadKeys() {
+  const answer = await call("/admin/keys");
+  if (answer.ok) showKeys(answer.data.data);
+  else say("#keys-message", answer.message, true);
+}
+
+function showKeys(list) {
+  keys = list;
+  const select = $("#key-tier");
+  const chosen = select.value;
+  const tiers = [...new Set(keys.map((k) => k.tier))].sort();
+  replace(select, h("option", { value: "" }, "All tiers"), tiers.map((t) => h("option", { value: t }, t)));
+  select.value = tiers.includes(chosen) ? chosen : "";
+  renderKeys();
+}
+
+function spendCell(key) {
+  if (key.spend === undefined && key.budget === undefined) return h("span", { class: "muted" }, "—");
+  const spend = Number(key.spend) || 0;
+  if (key.budget === null || key.budget === undefined) {
+    return h("div", { class: "spend" }, h("span", {}, `${usd(spend)} · no budget`));
+  }
+  const budget = Number(key.budget);
+  const period = key.budget_period ? ` per ${key.budget_period}` : "";
+  return h(
+    "div",
+    { class: "spend" },
+    h("meter", { min: 0, max: budget || 1, low: budget * 0.7, high: budget * 0.9, optimum: 0, value: Math.min(spend, budget || 1) }),
+    h("span", {}, `${usd(spend)} of ${usd(budget)}${period}`),
+  );
+}
+
+function renderKeys() {
+  const query = $("#key-search").value.trim().toLowerCase();
+  const tier = $("#key-tier").value;
+  const wanted = $("#key-status").value;
+  const shown = keys.filter((key) => {
+    if (tier && key.tier !== tier) return false;
+    if (wanted && status(key) !== wanted) return false;
+    if (!query) return true;
+    return [key.name, key.prefix, key.tier, String(key.id)].some((v) => String(v).toLowerCase().includes(query));
+  });
+  const body = $("#keys-table tbody");
+  replace(
+    body,
+    shown.length
+      ? shown.map(keyRow)
+      : h("tr", {}, h("td", { colspan: 10, class: "empty" }, keys.length ? "No key matches" : "No keys yet")),
+  );
+  $("#keys-count").textContent = `${shown.length} of ${keys.length} keys`;
+}
+
+function keyRow(key) {
+  const state = status(key);
+  const actions = [
+    h("button", { type: "button", class: "small", on: { click: () => openEdit(key) } }, "Edit"),
+    h("button", { type: "button", class: "small", on: { click: () => openRotate(key) } }, "Rotate"),
+    key.active
+      ? h("button", { type: "button", class: "small danger", on: { click: () => setActive(key, false) } }, "Revoke")
+      : h("button", { type: "button", class: "small", on: { click: () => setActive(key, true) } }, "Activate"),
+  ];
+  return h(
+    "tr",
+    { "data-key-id": key.id },
+    h("td", { class: "name", title: key.name }, key.name),
+    h("td", {}, h("code", {}, `${key.prefix}…`)),
+    h("td", {}, key.tier),
+    h("td", {}, h("span", { class: `badge ${state}` }, state)),
+    h("td", { class: "num" }, key.rpm === null || key.rpm === undefined ? "tier" : key.rpm === 0 ? "unlimited" : count(key.rpm, "req/min")),
+    h("td", {}, spendCell(key)),
+    h("td", { class: "num" }, count(key.requests, "req")),
+    h("td", { title: key.last_used_at || "" }, ago(key.last_used_at)),
+    h("td", { title: key.expires_at || "" }, key.expires_at ? when(key.expires_at) : "never"),
+    h("td", { class: "actions" }, actions),
+  );
+}
+
+function say(selector, message, isError = false) {
+  const target = $(selector);
+  target.className = isError ? "error" : "notice";
+  target.textContent = message;
+}
+
+async function setActive(key, active) {
+  const answer = await call(active ? "/admin/activate-key" : "/admin/revoke-key", { method: "POST", body: { id: key.id } });
+  if (answer.ok) say("#keys-message", `${active ? "Activated" : "Revoked"} key ${key.id} (${key.name})`);
+  else say("#keys-message", answer.message, true);
+  await loadKeys();
+}
+
+/** The form's fields as the API takes them; `blank` says what an empty field means. */
+function fields(form, previous = null) {
+  const data = Object.fromEntries(new FormData(form));
+  const out = {};
+  const changed = (name, value) => {
+    if (!previous || JSON.stringify(previous[name] ?? null) !== JSON.stringify(value)) out[name] = value;
+  };
+  const name = data.name.trim();
+  changed("name", name);
+  if (data.tier.trim()) changed("tier", data.tier.trim());
+  const number = (text) => (text.trim() === "" ? null : Number(text.trim()));
+  changed("rpm", number(data.rpm));
+  changed("budget", number(data.budget));
+  changed("budget_period", data.budget_period || null);
+  const models = data.models.split(",").map((m) => m.trim()).filter(Boolean);
+  changed("models", models.length ? models : null);
+  const expires = data.expires_in.trim();
+  if (expires) out.expires_in = expires.toLowerCase() === "never" ? null : expires;
+  return out;
+}
+
+function bindDialog(dialog) {
+  for (const button of dialog.querySelectorAll("button.cancel")) button.addEventListener("click", () => dialog.close());
+}
+
+function openCreate() {
+  const form = $("#create-form");
+  form.reset();
+  $("#create-error").textContent = "";
+  $("#create-dialog").showModal();
+}
+
+async function submitCreate(event) {
+  event.preventDefault();
+  const wanted = fields(event.target);
+  const basic = { name: wanted.name };
+  for (const name of ["tier", "expires_in", "rpm"]) if (wanted[name] !== undefined && wanted[name] !== null) basic[name] = wanted[name];
+  const extra = {};
+  for (const name of ["budget", "budget_period", "models"]) if (wanted[name] !== undefined && wanted[name] !== null) extra[name] = wanted[name];
+  const created = await call("/admin/create-key", { method: "POST", body: basic });
+  if (!created.ok) {
+    $("#create-error").textContent = created.message;
+    return;
+  }
+  $("#create-dialog").close();
+  if (Object.keys(extra).length) {
+    const updated = await call("/admin/update-key", { method: "POST", body: { id: created.data.id, ...extra } });
+    if (!updated.ok) say("#keys-message", `Key ${created.data.id} was created, but its budget and models were not set: ${updated.message}`, true);
+  }
+  showSecret(created.data, "Created");
+  await loadKeys();
+}
+
+function showSecret(created, verb) {
+  $("#secret-which").textContent = `${verb} key ${created.id}: ${created.name}`;
+  $("#secret-value").value = created.api_key;
+  $("#secret-copied").textContent = "";
+  $("#secret-dialog").showModal();
+  $("#secret-value").select();
+}
+
+async function copySecret() {
+  const input = $("#secret-value");
+  try {
+    await navigator.clipboard.writeText(input.value);
+  } catch {
+    input.select(); // no Clipboard API (plain HTTP from another host): the old way
+    document.execCommand("copy");
+  }
+  $("#secret-copied").textContent = "Copied to the clipboard.";
+}
+
+function closeSecret() {
+  $("#secret-value").value = "";
+  $("#secret-dialog").close();
+}
+
+let editing = null;
+
+function openEdit(key) {
+  editing = key;
+  const form = $("#edit-form");
+  form.reset();
+  $("#edit-which").textContent = `Key ${key.id} (${key.prefix}…)`;
+  form.elements.name.value = key.name;
+  form.elements.tier.value = key.tier;
+  form.elements.rpm.value = key.rpm ?? "";
+  form.elements.budget.value = key.budget ?? "";
+  form.elements.budget_period.value = key.budget_period ?? "";
+  form.elements.models.value = (key.models || []).join(", ");
+  $("#edit-error").textContent = "";
+  $("#edit-dialog").showModal();
+}
+
+async function submitEdit(event) {
+  event.preventDefault();
+  const changes = fields(event.target, editing);
+  if (!Object.keys(changes).length) {
+    $("#edit-dialog").close();
+    return;
+  }
+  const answer = await call("/admin/update-key", { method: "POST", body: { id: editing.id, ...changes } });
+  if (!answer.ok) {
+    $("#edit-error").textContent = answer.message;
+    return;
+  }
+  $("#edit-dialog").close();
+  say("#keys-message", `Saved key ${editing.id}`);
+  await loadKeys();
+}
+
+let rotating = null;
+
+function openRotate(key) {
+  rotating = key;
+  $("#rotate-which").textContent = `Key ${key.id}: ${key.name} (${key.prefix}…)`;
+  $("#rotate-error").textContent = "";
+  $("#rotate-dialog").showModal();
+}
+
+async function submitRotate(event) {
+  event.preventDefault();
+  const answer = await call("/admin/rotate-key", { method: "POST", body: { id: rotating.id } });
+  if (!answer.ok) {
+    $("#rotate-error").textContent = answer.message;
+    return;
+  }
+  $("#rotate-dialog").close();
+  showSecret(answer.data, "Rotated");
+  await loadKeys();
+}
+
+// --- usage ------------------------------------------------------------------------
+
+async function loadUsage() {
+  const answer = await call(`/admin/usage/series?bucket=${period}`);
+  if (!answer.ok) {
+    say("#usage-message", answer.message, true);
+    return;
+  }
+  $("#usage-message").textContent = "";
+  const { buckets, data, top_keys: top } = answer.data;
+  const models = [...new Set(data.map((r) => r.model))].sort();
+  const span = period === "hour" ? "last 24 hours, by hour (UTC)" : "last 30 days, by day (UTC)";
+  const panel = (id, title, pick, format) => {
+    const series = seriesByModel(buckets, data, pick, models);
+    return h(
+      "div",
+      { class: "panel", id },
+      h("h3", {}, title),
+      barChart({ labels: buckets, series, format, title }),
+      seriesTable({ labels: buckets, series, format: format.value, caption: `${title}, ${span}` }),
+    );
+  };
+  const priced = top.some((k) => k.cost > 0);
+  const rank = top.map((k) => ({ label: `${k.name} (${k.prefix}…)`, value: priced ? k.cost : k.requests }));
+  const rankFormat = priced ? usd : (v) => count(v, "req");
+  replace(
+    $("#usage-panels"),
+    panel("usage-requests", "Requests by routed model", (r) => r.requests, formats.requests),
+    panel("usage-errors", "Errors by routed model", (r) => r.errors, formats.requests),
+    panel("usage-tokens", "Tokens by routed model", (r) => r.prompt_tokens + r.completion_tokens, formats.tokens),
+    panel("usage-cost", "Cost by routed model (USD)", (r) => r.cost, formats.cost),
+    h(
+      "div",
+      { class: "panel", id: "usage-top" },
+      h("h3", {}, priced ? "Top 10 keys by spend" : "Top 10 keys by spend (nothing priced yet: ranked by requests)"),
+      rankChart({ rows: rank, format: rankFormat, title: "Top 10 keys by spend" }),
+      h(
+        "div",
+        { class: "scroll" },
+        h(
+          "table",
+          { class: "data" },
+          h("caption", {}, `Top 10 keys, ${span.split(",")[0]}`),
+          h("thead", {}, row(["Key", "Requests", "Tokens", "Cost"], { numeric: [1, 2, 3] })),
+          h(
+            "tbody",
+            {},
+            top.length
+              ? top.map((k) => row([`${k.name} (${k.prefix}…)`, count(k.requests, "req"), count(k.tokens, "tokens"), usd(k.cost)], { numeric: [1, 2, 3] }))
+              : h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No usage in this period")),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+function choosePeriod(chosen) {
+  period = chosen;
+  $("#period-hour").setAttribute("aria-pressed", String(chosen === "hour"));
+  $("#period-day").setAttribute("aria-pressed", String(chosen === "day"));
+  loadUsage();
+}
+
+// --- routing ----------------------------------------------------------------------
+
+function objectTable(title, entries, firstColumn) {
+  const columns = [...new Set(entries.flatMap(([, v]) => (v && typeof v === "object" && !Array.isArray(v) ? Object.keys(v) : ["value"])))];
+  const cell = (value) => {
+    if (value === null || value === undefined) return "—";
+    if (Array.isArray(value)) return value.join(", ");
+    if (typeof value === "object") return JSON.stringify(value);
+    return String(value);
+  };
+  return h(
+    "div",
+    { class: "scroll" },
+    h(
+      "table",
+      { class: "data" },
+      h("caption", {}, title),
+      h("thead", {}, h("tr", {}, h("th", {}, firstColumn), columns.map((c) => h("th", {}, c)))),
+      h(
+        "tbody",
+        {},
+        entries.length
+          ? entries.map(([name, v]) =>
+              h("tr", {}, h("td", {}, h("code", {}, name)), columns.map((c) => h("td", {}, cell(v && typeof v === "object" && !Array.isArray(v) ? v[c] : v)))),
+            )
+          : h("tr", {}, h("td", { colspan: columns.length + 1, class: "empty" }, "None")),
+      ),
+    ),
+  );
+}
+
+async function loadRoutes() {
+  const answer = await call("/admin/routes");
+  if (!answer.ok) {
+    say("#routing-source", answer.message, true);
+    return;
+  }
+  const table = answer.data;
+  const source = table.source || {};
+  $("#routing-source").className = "";
+  replace(
+    $("#routing-source"),
+    source.kind === "file"
+      ? ["From ", h("code", {}, source.path), `, loaded ${when(source.loaded_at)}.`]
+      : ["The built-in table (ROUTES_FILE is not set)."],
+  );
+  const aliasRows = Object.entries(table.aliases || {}).flatMap(([name, alias]) =>
+    Object.entries(alias.targets).map(([target, share]) => [name, target, `${share} %`, alias.sticky ? "sticky" : "per request"]),
+  );
+  const tables = [
+    h(
+      "div",
+      { class: "scroll" },
+      h(
+        "table",
+        { class: "data", id: "routing-aliases" },
+        h("caption", {}, "Aliases: requests spread over targets by weight"),
+        h("thead", {}, row(["Alias", "Target", "Share", "Choice"], { numeric: [2] })),
+        h("tbody", {}, aliasRows.length ? aliasRows.map((r) => row(r, { numeric: [2] })) : row(["None", "", "", ""])),
+      ),
+    ),
+    objectTable("Renames: one name sent as another", Object.entries(table.renames || {}).map(([k, v]) => [k, { "sent as": v }]), "Requested"),
+  ];
+  for (const [name, value] of Object.entries(table)) {
+    if (["aliases", "renames", "source", "rate_limits"].includes(name) || !value || typeof value !== "object") continue;
+    const title = name === "prices" ? "Prices (USD per million tokens)" : name[0].toUpperCase() + name.slice(1);
+    tables.push(objectTable(title, Object.entries(value), name === "prices" ? "Model" : "Name"));
+  }
+  const limits = table.rate_limits || {};
+  tables.push(
+    objectTable(
+      "Rate limits (requests per minute; a key's own rpm comes first, 0 is unlimited)",
+      [["default (DEFAULT_RPM)", limits.default_rpm], ...Object.entries(limits.tier_rpm || {}).map(([t, rpm]) => [`tier ${t} (TIER_RPM)`, rpm])].map(
+        ([name, rpm]) => [name, { "requests per minute": rpm === 0 ? "unlimited" : count(rpm, "req/min") }],
+      ),
+      "Applies to",
+    ),
+  );
+  replace($("#routing-tables"), tables);
+}
+
+// --- wiring -----------------------------------------------------------------------
+
+$("#signin").addEventListener("submit", signIn);
+$("#signout").addEventListener("click", () => signOut());
+$("#key-search").addEventListener("input", renderKeys);
+$("#key-tier").addEventListener("change", renderKeys);
+$("#key-status").addEventListener("change", renderKeys);
+$("#key-new").addEventListener("click", openCreate);
+$("#create-form").addEventListener("submit", submitCreate);
+$("#edit-form").addEventListener("submit", submitEdit);
+$("#rotate-form").addEventListener("submit", submitRotate);
+$("#secret-copy").addEventListener("click", copySecret);
+$("#secret-done").addEventListener("click", closeSecret);
+$("#secret-dialog").addEventListener("close", () => ($("#secret-value").value = ""));
+$("#period-hour").addEventListener("click", () => choosePeriod("hour"));
+$("#period-day").addEventListener("click", () => choosePeriod("day"));
+$("#usage-refresh").addEventListener("click", () => {
+  loadUsage();
+  loadKeys();
+  loadRoutes();
+});
+for (const dialog of document.querySelectorAll("dialog")) bindDialog(dialog);
+
+if (secret) {
+  call("/admin/keys").then((answer) => {
+    if (answer.ok) start(answer.data.data);
+  });
+} else {
+  $("#secret").focus();
+}
