@@ -93,7 +93,8 @@ class AdminApi:
         path = request.path.partition("?")[0]
         route = ROUTES.get(path)
         if route is None:
-            if pages.is_page(path):  # the dashboard and portal pages sign in themselves
+            if request.method in ("GET", "HEAD") and pages.is_page(path):
+                # The dashboard and portal pages need no secret: they sign in themselves.
                 return pages.serve(request)
             return error_response(404, f"Unknown endpoint {path}", "not_found")
         method, handler, needs_secret = route

@@ -114,7 +114,8 @@ class LiveStats:
         with self._lock:
             samples = self._samples
             samples.append((now, totals))
-            while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
+            # The base is the oldest sample inside the window, or else the one before now.
+            while len(samples) > 2 and now - samples[0][0] > RATE_WINDOW:
                 samples.popleft()
             then, before = samples[0]
         elapsed = now - then

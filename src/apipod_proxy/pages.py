@@ -85,17 +85,13 @@ def is_page(path: str) -> bool:
 
 
 def serve(request: http.Request) -> http.Response:
-    """Answer a GET or HEAD for one of the page files (the caller checked `is_page`)."""
+    """Answer a GET or HEAD for one of the page files (the caller checked `is_page`).
+
+    Other methods are not for pages: the admin API answers them (404 or 405)."""
     path = request.path.partition("?")[0]
     if path in REDIRECTS:
         return http.Response.make(
             308, b"", {"location": REDIRECTS[path], **SECURITY_HEADERS, "content-length": "0"}
-        )
-    if request.method not in ("GET", "HEAD"):
-        return http.Response.make(
-            405,
-            b'{"error": {"message": "Pages only accept GET", "type": "method_not_allowed"}}',
-            {"allow": "GET, HEAD", "content-type": "application/json"},
         )
     asset = ASSETS[path]
     body = asset.file.read_bytes()

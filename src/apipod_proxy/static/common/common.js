@@ -2,7 +2,7 @@
 // their units, calling the JSON API, and small SVG charts.
 //
 // Every string that came from a user (key names, model names, tiers) reaches the page
-// as a text node or an attribute value, never as HTML: nothing here uses innerHTML.
+// as a text node or an attribute value, never as HTML: nothing here parses markup.
 
 const SVG = "http://www.w3.org/2000/svg";
 
