@@ -48,10 +48,12 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# curl runs the README's examples; wrk the bench smoke test (skipped without it).
+# curl runs the README's examples; wrk the bench smoke test, chromium the browser tests
+# of the dashboard (each skipped without it, except chromium under CI=true).
 test: lint
 	@$(call need,curl)
 	-@$(call need,wrk)
+	-@$(call need,chromium)
 	$(BIN)/pytest
 
 # Needs wrk (and HAProxy for bench-replicas); as root they are installed when missing.

@@ -71,7 +71,7 @@ async function refreshLive() {
   if (stats.ok) {
     const live = stats.data;
     $("#live-rps").textContent = rate(live.requests_per_second, "req/s");
-    $("#live-streams").textContent = count(live.active_streams, "streams");
+    $("#live-streams").textContent = count(live.active_streams, live.active_streams === 1 ? "stream" : "streams");
     $("#live-errors").textContent = percent(live.error_rate);
     $("#live-refused").textContent = percent(live.client_error_rate);
     $("#live-tps").textContent = rate(live.tokens_per_second, "tokens/s");
@@ -188,7 +188,7 @@ function keyRow(key) {
     h("td", { class: "num" }, count(key.requests, "req")),
     h("td", { title: key.last_used_at || "" }, ago(key.last_used_at)),
     h("td", { title: key.expires_at || "" }, key.expires_at ? when(key.expires_at) : "never"),
-    h("td", { class: "actions" }, actions),
+    h("td", {}, h("div", { class: "actions" }, actions)),
   );
 }
 
