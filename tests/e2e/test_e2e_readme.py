@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -83,3 +84,26 @@ def test_client_examples_run_against_a_real_proxy(proxy, standin: StandIn) -> No
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("hello from ")
+
+
+def test_dashboard_endpoint_examples_work(proxy, tmp_path: Path) -> None:
+    """The curl lines of "Dashboard", with the admin secret in the environment."""
+    (block,) = bash_blocks(readme_section("Dashboard"))
+    script = "set -euo pipefail\n" + block.replace("localhost:8081", f"127.0.0.1:{proxy.port}")
+    result = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ADMIN_SECRET": ADMIN_SECRET},
+    )
+    assert result.returncode == 0, result.stderr
+    answers, text, decoder = [], result.stdout, json.JSONDecoder()
+    while text.strip():  # curl prints each answer without a newline after it
+        answer, end = decoder.raw_decode(text.strip())
+        answers.append(answer)
+        text = text.strip()[end:]
+    stats, routes, series = answers
+    assert {"requests_per_second", "active_streams", "error_rate"} <= set(stats)
+    assert routes["source"] == {"kind": "built-in"} and "cursor-pro-sonnet" in routes["aliases"]
+    assert series["bucket"] == "hour" and len(series["buckets"]) == 24
