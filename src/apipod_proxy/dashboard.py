@@ -188,6 +188,10 @@ def route_table(api: AdminApi) -> dict[str, Any]:
         for field in dataclasses.fields(table):
             if field.name not in answer:
                 answer[field.name] = _jsonable(getattr(table, field.name))
+    # Prices and tiers (issue 11) are read from the same file into the plans.
+    plans = getattr(getattr(api, "plans", None), "table", None)
+    if plans is not None and dataclasses.is_dataclass(plans):
+        answer.update(_jsonable(plans))
     routes = api.routes
     if routes is None:
         answer["source"] = {"kind": "built-in"}

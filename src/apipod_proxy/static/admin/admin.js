@@ -240,20 +240,13 @@ function openCreate() {
 async function submitCreate(event) {
   event.preventDefault();
   const wanted = fields(event.target);
-  const basic = { name: wanted.name };
-  for (const name of ["tier", "expires_in", "rpm"]) if (wanted[name] !== undefined && wanted[name] !== null) basic[name] = wanted[name];
-  const extra = {};
-  for (const name of ["budget", "budget_period", "models"]) if (wanted[name] !== undefined && wanted[name] !== null) extra[name] = wanted[name];
-  const created = await call("/admin/create-key", { method: "POST", body: basic });
+  const body = Object.fromEntries(Object.entries(wanted).filter(([, value]) => value !== null));
+  const created = await call("/admin/create-key", { method: "POST", body });
   if (!created.ok) {
     $("#create-error").textContent = created.message;
     return;
   }
   $("#create-dialog").close();
-  if (Object.keys(extra).length) {
-    const updated = await call("/admin/update-key", { method: "POST", body: { id: created.data.id, ...extra } });
-    if (!updated.ok) say("#keys-message", `Key ${created.data.id} was created, but its budget and models were not set: ${updated.message}`, true);
-  }
   showSecret(created.data, "Created");
   await loadKeys();
 }

@@ -51,7 +51,9 @@ function show(account) {
   const spend = Number(account.spend) || 0;
   const target = $("#account-spend");
   if (account.budget === null || account.budget === undefined) {
-    replace(target, h("p", { id: "spend-text" }, `${usd(spend)} spent${account.budget_period ? ` this ${account.budget_period}` : ""}; no budget limit.`));
+    const period = account.budget_period || (account.resets_at ? "month" : null);
+    const span = period === "total" ? " in total" : period ? ` this ${period}` : "";
+    replace(target, h("p", { id: "spend-text" }, `${usd(spend)} spent${span}; no budget limit.`));
   } else {
     const budget = Number(account.budget);
     const period = account.budget_period === "total" ? "in total" : `this ${account.budget_period}`;
