@@ -44,7 +44,7 @@ def store(tmp_path: Path) -> KeyStore:
 
 @pytest.fixture
 def api(tmp_path: Path, store: KeyStore) -> AdminApi:
-    return AdminApi(settings(tmp_path), store, Metrics(), Router())
+    return AdminApi(settings(tmp_path), store, Metrics(), router=Router())
 
 
 def get(api: AdminApi, path: str, secret: str | None = SECRET) -> tuple[int, Any]:
@@ -159,7 +159,7 @@ def test_routes_shows_the_file_and_when_it_was_loaded(tmp_path: Path, store: Key
     router = Router(RouteTable(aliases={"x": Alias.from_weights({"y": 1})}))
     routes = RoutesFile(str(path), router)
     routes.load()
-    api = AdminApi(settings(tmp_path), store, Metrics(), router, routes)
+    api = AdminApi(settings(tmp_path), store, Metrics(), router=router, routes=routes)
     status, body = get(api, "/admin/routes")
     assert status == 200
     assert body["aliases"] == {"fast": {"targets": {"a": 25.0, "b": 75.0}, "sticky": True}}
@@ -223,7 +223,8 @@ def test_series_sums_a_cost_column_when_the_schema_has_one(store: KeyStore) -> N
     add_usage(store, alice.id, "m", hour, requests=100)
     add_usage(store, bob.id, "m", hour, requests=1)
     conn = store.connection()
-    conn.execute("ALTER TABLE usage ADD COLUMN cost REAL NOT NULL DEFAULT 0")
+    if "cost" not in {row[1] for row in conn.execute("PRAGMA table_info(usage)")}:
+        conn.execute("ALTER TABLE usage ADD COLUMN cost REAL NOT NULL DEFAULT 0")
     conn.execute("UPDATE usage SET cost = 0.25 WHERE key_id = ?", (bob.id,))
     answer = usage_series(conn, "hour", hour)
     assert answer["data"][0]["cost"] == 0.25
