@@ -282,10 +282,18 @@ def test_a_hostile_key_name_is_shown_as_text(dash: Proxy, open_page) -> None:
     assert watched.dialogs == []
 
 
-def test_usage_charts_have_points_and_their_tables_the_right_totals(dash: Proxy, open_page) -> None:
-    alice = dash.create_key("alice")
-    bob = dash.create_key("bob")
-    tokens = 0
+def test_usage_charts_have_points_and_their_tables_the_right_totals(
+    make_proxy: Callable[..., Proxy], standin: StandIn, open_page, tmp_path: Path
+) -> None:
+    # Priced once issue 11's prices are in the routing file: cost and spend get checked too.
+    priced = issue_11_pricing()
+    routes = tmp_path / "routes.toml"
+    routes.write_text(PRICED_ROUTES)
+    dash = make_proxy(standin.url, ROUTES_FILE=str(routes) if priced else None)
+    tier = "starter" if priced else "elite"
+    alice = dash.create_key("alice", tier=tier)
+    bob = dash.create_key("bob", tier=tier)
+    tokens, cost = 0, 0.0
     for key, model in [
         (alice, "gemini-3-flash"),
         (alice, "claude-sonnet-4-5"),
@@ -293,7 +301,10 @@ def test_usage_charts_have_points_and_their_tables_the_right_totals(dash: Proxy,
         (bob, "gemini-3-flash"),
         (bob, "claude-sonnet-4-5"),
     ]:
-        tokens += chat(dash, key, model).usage.total_tokens  # type: ignore[attr-defined]
+        usage = chat(dash, key, model).usage  # type: ignore[attr-defined]
+        tokens += usage.total_tokens
+        price = PRICES[model]
+        cost += (usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1e6
     with pytest.raises(openai.InternalServerError):
         chat(dash, bob, extra_headers={"x-standin-status": "500"})
     time.sleep(FLUSH_WAIT)
@@ -319,6 +330,13 @@ def test_usage_charts_have_points_and_their_tables_the_right_totals(dash: Proxy,
         expect(top).to_have_count(2)
         expect(top.first).to_contain_text("bob")
         expect(top.first).to_contain_text("4 req")  # bob's failed request counts too
+        if priced:  # the failed request cost nothing
+            expect(page.locator("#usage-cost tfoot [data-total]")).to_have_text(f"${cost:.4f} USD")
+            expect(page.locator("#usage-cost svg rect.bar")).to_have_count(2)
+    if priced:
+        bob_row = page.locator("#keys-table tbody tr", has_text="bob")
+        expect(bob_row).to_contain_text("of $5.00 USD per month")
+        expect(bob_row.locator("meter")).to_have_count(1)
 
     # The live panel shows rates with their units, and a stream while it runs.
     stream_client = openai.OpenAI(base_url=f"{dash.url}/v1", api_key=alice, max_retries=0)
@@ -428,16 +446,22 @@ def test_portal_refuses_a_bad_key_clearly(dash: Proxy, open_page) -> None:
     page.screenshot(path=str(DOCS / "portal-refused.png"))
 
 
+#: USD per million tokens (input, output): steep, so that a few requests cost cents.
+PRICES = {"gemini-3-flash": (100.0, 1000.0), "claude-sonnet-4-5": (300.0, 1500.0)}
 PRICED_ROUTES = """
 [prices."gemini-3-flash"]
 input = 100.0
 output = 1000.0
 
+[prices."claude-sonnet-4-5"]
+input = 300.0
+output = 1500.0
+
 [tiers.starter]
 rpm = 60
 budget = 5.0
 budget_period = "month"
-models = ["gemini-3-flash", "cursor-pro-sonnet"]
+models = ["gemini-3-flash", "claude-sonnet-4-5", "cursor-pro-sonnet"]
 """
 
 
