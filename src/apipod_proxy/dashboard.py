@@ -1,7 +1,8 @@
 """The JSON endpoints behind the operator dashboard, all behind the admin secret.
 
 GET /admin/stats          live figures from the in-process metrics: requests per second,
-                          error rates, active streams (this process only)
+                          error rates, active streams (this process only), and models
+                          in upstream quota cooldown
 GET /admin/routes         the routing table in force and where it came from
 GET /admin/usage/series   usage by time bucket and routed model, and the top keys by
                           spend, for the dashboard's charts
@@ -151,9 +152,26 @@ class LiveStats:
         }
 
 
+def cooldowns(api: AdminApi) -> list[dict[str, str]]:
+    """Models out of upstream quota and when they are back, soonest first.
+
+    Read from `api.cooldowns` when the addon sets one (issue 10's `quota.Cooldowns`:
+    `active()` answers {model: until, in Unix seconds}); none otherwise.
+    """
+    source = getattr(api, "cooldowns", None)
+    if source is None:
+        return []
+    active = source.active()
+    return [
+        {"model": model, "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))}
+        for model, until in sorted(active.items(), key=lambda item: item[1])
+    ]
+
+
 def stats(api: AdminApi, request: http.Request) -> http.Response:
     # Without metrics (an AdminApi built bare, in tests) every figure is zero.
-    return json_response(200, api.live.snapshot(api.metrics or Metrics()))
+    snapshot = api.live.snapshot(api.metrics or Metrics())
+    return json_response(200, {**snapshot, "cooldowns": cooldowns(api)})
 
 
 # --- routes ------------------------------------------------------------------------

@@ -253,3 +253,19 @@ def test_bucket_labels_are_capped() -> None:
     now = keys.utcnow()
     assert len(bucket_labels("hour", now - timedelta(days=3650), now)) == 24 * 31
     assert bucket_labels("day", now, now) == [keys.format_time(now)[:10]]
+
+
+class FakeCooldowns:
+    def active(self) -> dict[str, float]:
+        return {"gemini-3-pro-high": 1_800_000_120.0, "claude-sonnet-4-5": 1_800_000_060.0}
+
+
+def test_stats_lists_models_in_quota_cooldown(api: AdminApi) -> None:
+    assert get(api, "/admin/stats")[1]["cooldowns"] == []
+    api.cooldowns = FakeCooldowns()  # type: ignore[attr-defined]
+    status, body = get(api, "/admin/stats")
+    assert status == 200
+    assert body["cooldowns"] == [
+        {"model": "claude-sonnet-4-5", "until": "2027-01-15T08:01:00Z"},
+        {"model": "gemini-3-pro-high", "until": "2027-01-15T08:02:00Z"},
+    ]
