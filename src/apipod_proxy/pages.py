@@ -37,7 +37,7 @@ CONTENT_TYPES = {
 #: nothing sent to other sites: a name like `<img src=x onerror=...>` can do nothing
 #: even if a bug ever rendered it as HTML.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )

@@ -517,3 +517,6 @@ def test_portal_shows_a_customers_own_spend_after_a_priced_request(
     assert page.evaluate("localStorage.length") == 0
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "portal.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDER)
