@@ -339,8 +339,9 @@ def test_usage_charts_have_points_and_their_tables_the_right_totals(
         if priced:  # the failed request cost nothing
             expect(page.locator("#usage-cost tfoot [data-total]")).to_have_text(f"${cost:.4f} USD")
             expect(page.locator("#usage-cost svg rect.bar")).to_have_count(2)
+    bob_row = page.locator("#keys-table tbody tr", has_text="bob")
+    expect(bob_row).to_contain_text("4 req1 error")
     if priced:
-        bob_row = page.locator("#keys-table tbody tr", has_text="bob")
         expect(bob_row).to_contain_text("of $5.00 USD per month")
         expect(bob_row.locator("meter")).to_have_count(1)
 

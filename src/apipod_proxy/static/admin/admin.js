@@ -185,7 +185,7 @@ function keyRow(key) {
     h("td", {}, h("span", { class: `badge ${state}` }, state)),
     h("td", { class: "num" }, key.rpm === null || key.rpm === undefined ? "tier" : key.rpm === 0 ? "unlimited" : count(key.rpm, "req/min")),
     h("td", {}, spendCell(key)),
-    h("td", { class: "num" }, count(key.requests, "req")),
+    h("td", { class: "num" }, count(key.requests, "req"), key.errors ? h("div", { class: "hint" }, count(key.errors, key.errors === 1 ? "error" : "errors")) : null),
     h("td", { title: key.last_used_at || "" }, ago(key.last_used_at)),
     h("td", { title: key.expires_at || "" }, key.expires_at ? when(key.expires_at) : "never"),
     h("td", {}, h("div", { class: "actions" }, actions)),
