@@ -40,6 +40,8 @@ DOCS = ROOT / "docs"
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 FLUSH_WAIT = 1.6  # usage is written about once a second
 HOSTILE = "<img src=x onerror=alert(1)>"
+HOSTILE_TIER = "<script>alert(2)</script>"
+HOSTILE_MODEL = '"><svg onload=alert(3)>'
 
 try:
     from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
@@ -274,17 +276,26 @@ def test_create_copy_use_and_revoke_a_key_in_the_ui(
     expect(page.locator("#keys-table tbody tr")).to_have_text("No key matches")
 
 
-def test_a_hostile_key_name_is_shown_as_text(dash: Proxy, open_page) -> None:
-    dash.create_key(HOSTILE)
+def test_hostile_names_are_shown_as_text(dash: Proxy, open_page) -> None:
+    """A key name and a tier from the operator, a model name from any client: all text."""
+    key = dash.create_key(HOSTILE, tier=HOSTILE_TIER)
+    chat(dash, key, HOSTILE_MODEL)  # unknown models pass through, and are counted by name
+    time.sleep(FLUSH_WAIT)
     watched = signed_in(open_page, dash)
     page = watched.page
     cell = page.locator("#keys-table tbody td.name")
     expect(cell).to_have_text(HOSTILE)
-    assert page.locator("#keys-table img").count() == 0
-    assert page.locator("img").count() == 0
+    expect(page.locator("#keys-table tbody tr")).to_contain_text(HOSTILE_TIER)
+    expect(page.locator("#key-tier option").last).to_have_text(HOSTILE_TIER)
+    requests = page.locator("#usage-requests")
+    expect(requests.locator("thead th").nth(1)).to_have_text(HOSTILE_MODEL)
+    expect(requests.locator(".legend li")).to_have_text(HOSTILE_MODEL)
+    expect(requests.locator("svg rect.bar title")).to_contain_text(HOSTILE_MODEL)
+    expect(page.locator("#usage-top tbody")).to_contain_text(HOSTILE)
     page.fill("#key-search", "onerror")
     expect(cell).to_have_text(HOSTILE)
     page.wait_for_timeout(500)  # time for an injected handler to have fired
+    assert page.locator("img, script:not([src]), svg script").count() == 0
     assert watched.dialogs == []
 
 
@@ -353,18 +364,18 @@ def test_usage_charts_have_points_and_their_tables_the_right_totals(
             model="gemini-3-flash",
             messages=[{"role": "user", "content": "hi"}],
             stream=True,
-            extra_headers={"x-standin-chunks": "12", "x-standin-interval": "0.5"},
+            extra_headers={"x-standin-chunks": "20", "x-standin-interval": "0.5"},
         ):
             pass
 
     stream = threading.Thread(target=run_stream)
     stream.start()
     try:
-        expect(page.locator("#live-streams")).to_have_text("1 stream", timeout=10_000)
+        expect(page.locator("#live-streams")).to_have_text("1 stream", timeout=15_000)
         expect(page.locator("#live-rps")).to_have_text(re.compile(r"^\d+\.\d+ req/s$"))
         expect(page.locator("#live-db")).to_have_text("ok")
     finally:
-        stream.join(20)
+        stream.join(30)
     page.click("#period-hour")
     expect(page.locator("#usage-requests tfoot [data-total]")).to_have_attribute("data-total", "6")
     DOCS.mkdir(exist_ok=True)
