@@ -374,6 +374,7 @@ def test_usage_charts_have_points_and_their_tables_the_right_totals(
         expect(page.locator("#live-streams")).to_have_text("1 stream", timeout=15_000)
         expect(page.locator("#live-rps")).to_have_text(re.compile(r"^\d+\.\d+ req/s$"))
         expect(page.locator("#live-db")).to_have_text("ok")
+        expect(page.locator("#live-history svg polyline")).to_have_count(1)
     finally:
         stream.join(30)
     page.click("#period-hour")

@@ -2,16 +2,18 @@
 // x-admin-secret header; the secret lives in memory and in this tab's sessionStorage.
 import {
   $, ago, api, count, formats, h, percent, rankChart, rate, replace, row, seriesByModel,
-  seriesTable, barChart, usd, when,
+  seriesTable, barChart, sparkline, usd, when,
 } from "./common/common.js";
 
 const STORE = "apipod.admin-secret";
 const LIVE_SECONDS = 3;
+const HISTORY = 100; // samples: 5 minutes at one every 3 s
 
 let secret = sessionStorage.getItem(STORE);
 let keys = [];
 let period = "hour";
 let liveTimer = null;
+let history = [];
 
 // --- signing in -------------------------------------------------------------------
 
@@ -43,6 +45,7 @@ function signOut(message = "") {
   sessionStorage.removeItem(STORE);
   clearInterval(liveTimer);
   liveTimer = null;
+  history = [];
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("#app").hidden = $("#nav").hidden = $("#signout").hidden = true;
   $("#signin").hidden = false;
@@ -76,6 +79,8 @@ async function refreshLive() {
     $("#live-refused").textContent = percent(live.client_error_rate);
     $("#live-tps").textContent = rate(live.tokens_per_second, "tokens/s");
     $("#live-updated").textContent = `updated ${when(live.time)}`;
+    if (live.requests_per_second !== null) history = [...history, live.requests_per_second].slice(-HISTORY);
+    replace($("#live-history"), sparkline(history, { title: "Requests per second", format: (v) => rate(v, "req/s") }));
   } else {
     $("#live-updated").textContent = `not updated: ${stats.message}`;
   }

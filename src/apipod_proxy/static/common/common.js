@@ -237,6 +237,22 @@ export function rankChart({ rows, format, title, colour = "s0" }) {
   return h("figure", { class: "figure" }, svg);
 }
 
+/** A small line of recent values (oldest first), for the live panel. */
+export function sparkline(values, { title, format }) {
+  const width = 640;
+  const height = 60;
+  const max = niceMax(Math.max(0, ...values));
+  const step = width / Math.max(values.length - 1, 1);
+  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(height - 4 - ((height - 8) * v) / max).toFixed(1)}`);
+  return s(
+    "svg",
+    { viewBox: `0 0 ${width} ${height}`, class: "chart spark", role: "img", "aria-label": title, preserveAspectRatio: "none" },
+    s("title", {}, `${title}: now ${format(values.at(-1) ?? 0)}, peak ${format(Math.max(0, ...values))}`),
+    s("line", { x1: 0, x2: width, y1: height - 4, y2: height - 4, class: "grid" }),
+    values.length > 1 ? s("polyline", { points: points.join(" "), class: "line" }) : null,
+  );
+}
+
 /** Cells for a table row; numbers are right-aligned. */
 export function row(cells, { header = false, numeric = [] } = {}) {
   return h(
