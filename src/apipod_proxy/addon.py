@@ -22,15 +22,13 @@ import sqlite3
 import time
 from typing import Any, cast
 
-from mitmproxy import ctx, http
-from mitmproxy.net.http import http1
-from mitmproxy.proxy import events
-from mitmproxy.utils import asyncio_utils
+from mitmproxy import http
 
-from . import auth, errors, keys, logs
+from . import auth, errors, keys, logs, mitm_compat
 from .admin import is_internal
 from .bodies import BodyError, BodyTooLarge, decoded, json_bytes, parse_json
 from .config import Settings
+from .connections import ConnectionPolicy
 from .flowstate import STATE, FlowState, state_of
 from .keycache import MISS
 from .lifecycle import Lifecycle, Runtime
@@ -63,8 +61,9 @@ class Apipod:
         self.draining = False
         self.runtime: Runtime | None = None
         self.lifecycle = Lifecycle(self)
-        #: Sub-addons: mitmproxy loads and calls them with this one.
-        self.addons = [self.lifecycle]
+        self.connections = ConnectionPolicy(self)
+        #: Sub-addons: mitmproxy loads and calls them with this one, in this order.
+        self.addons = [self.lifecycle, self.connections]
 
     @property
     def rt(self) -> Runtime:
@@ -162,7 +161,9 @@ class Apipod:
         flow.request.headers["x-request-id"] = state.request_id
         state.forwarded_at = time.perf_counter()
         state.timer = asyncio.get_running_loop().call_later(
-            self.rt.settings.upstream_timeout, self._upstream_timed_out, flow
+            self.rt.settings.upstream_timeout,
+            mitm_compat.logged(self._upstream_timed_out, "upstream timeout"),
+            flow,
         )
 
     def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
@@ -216,28 +217,14 @@ class Apipod:
         if state is None or flow.response is not None or not flow.live:
             return
         state.timed_out = True
-        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)
-        if handler is None:
-            return
-        server = flow.server_conn
-        if server.connected and not server.tls:
-            # Answer on the upstream's behalf, so the 504 takes the normal response path
-            # (hooks, logs) and `connection: close` makes mitmproxy drop the upstream socket.
-            timeout = self.rt.settings.upstream_timeout
-            reply = errors.error_response(
-                504,
-                f"The upstream did not answer within {timeout:g} seconds (UPSTREAM_TIMEOUT)",
-                "upstream_timeout",
-                {"connection": "close"},
-            )
-            event = events.DataReceived(server, http1.assemble_response(reply))
-            asyncio_utils.create_task(
-                handler.server_event(event), name="apipod upstream timeout", keep_ref=True
-            )
-        elif server in handler.transports:
-            # Still connecting, or TLS (bytes cannot be injected under TLS): close it,
-            # and mitmproxy answers with its (JSON) 502.
-            handler.close_connection(server)
+        timeout = self.rt.settings.upstream_timeout
+        reply = errors.error_response(
+            504,
+            f"The upstream did not answer within {timeout:g} seconds (UPSTREAM_TIMEOUT)",
+            "upstream_timeout",
+            {"connection": "close"},
+        )
+        mitm_compat.answer_for_upstream(flow, reply)
 
     # --- response path -----------------------------------------------------------
 

@@ -160,6 +160,14 @@ def _optional_text(name: str, value: str) -> str | None:
     return value or None
 
 
+def _parse_max_connections(name: str, value: str) -> int | None:
+    if not value:
+        return None
+    if not _is_whole_number(value) or int(value) == 0:
+        raise ConfigError(f"{name} must be a whole number above 0, got {value!r}")
+    return int(value)
+
+
 def _parse_path(name: str, value: str) -> Path:
     return Path(value).expanduser()
 
@@ -275,6 +283,29 @@ SETTINGS: tuple[Setting, ...] = (
         'Unload the mitmproxy addons a gateway never uses (faster; see "Performance"). '
         "`false` keeps them, for options such as `--set save_stream_file=…`.",
     ),
+    # --- client connections (connections.py) ---
+    Setting(
+        "CLIENT_HEADER_TIMEOUT",
+        "30",
+        _parse_positive_float,
+        "Seconds a client has to send complete request headers, from opening the connection "
+        "(or from the first byte of a later request on keep-alive); then 408 "
+        '`request_timeout` (or a plain close if nothing was sent). See "Reliability".',
+    ),
+    Setting(
+        "IDLE_TIMEOUT",
+        "120",
+        _parse_positive_float,
+        "Seconds a keep-alive connection may sit idle between requests before it is closed.",
+    ),
+    Setting(
+        "MAX_CONNECTIONS",
+        "",
+        _parse_max_connections,
+        "Open client connections at most; past it a new connection gets 503 `overloaded`. "
+        "By default (file limit - 256) / 2, after raising the soft file limit to the hard one.",
+        shown_default="(from the file limit)",
+    ),
 )
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 #: The raw defaults, by variable.
@@ -303,6 +334,10 @@ class Settings:
     log_format: str = _default("LOG_FORMAT")
     routes_file: str | None = _default("ROUTES_FILE")
     trim_addons: bool = _default("TRIM_ADDONS")
+    # --- client connections (connections.py) ---
+    client_header_timeout: float = _default("CLIENT_HEADER_TIMEOUT")
+    idle_timeout: float = _default("IDLE_TIMEOUT")
+    max_connections: int | None = _default("MAX_CONNECTIONS")  # None: from the file limit
 
     @property
     def admin_enabled(self) -> bool:

@@ -2,19 +2,17 @@
 
 `{"error": {"message", "type", "param", "code"}}` is what the OpenAI SDKs parse (they
 surface `error.message`). mitmproxy renders its own failures (upstream down, request
-too large, smuggling attempts) as HTML pages; `install_json_error_pages` replaces that
-renderer so those reach clients in the same JSON shape.
+too large, smuggling attempts) as HTML pages; mitm_compat.py replaces that renderer so
+those reach clients in the same JSON shape, with the messages of `PROXY_MESSAGES`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from http import HTTPStatus
 from typing import Any
 
 from mitmproxy import http
-from mitmproxy.net.http import http1
 
 from .bodies import json_bytes
 
@@ -76,9 +74,9 @@ def anthropic_shape(body: bytes) -> bytes:
 
 # --- mitmproxy's own failures ------------------------------------------------------
 
-#: (status, substring of mitmproxy's message) -> (client-facing message, code).
-#: mitmproxy's messages can quote upstream bytes, so they are logged, never echoed.
-_PROXY_MESSAGES = {
+#: Our code -> the client-facing message for one of mitmproxy's own failures; which
+#: failure is which is read from mitmproxy's wording in mitm_compat.py.
+PROXY_MESSAGES = {
     "request_too_large": "Request body is larger than the proxy accepts (MAX_BODY_SIZE)",
     "invalid_request_headers": "Invalid or ambiguous request headers",
     "malformed_request": "Malformed HTTP request",
@@ -87,47 +85,3 @@ _PROXY_MESSAGES = {
     "upstream_response_too_large": "The upstream response is larger than the proxy accepts",
     "upstream_unreachable": "The upstream is unreachable",
 }
-#: (status, words in mitmproxy's message, our code); the first match wins.
-_PROXY_FAILURES: list[tuple[int, str, str]] = [
-    (413, "", "request_too_large"),
-    (400, "request smuggling", "invalid_request_headers"),
-    (400, "", "malformed_request"),
-    (502, "server closed connection", "upstream_closed"),
-    (502, "protocol error", "upstream_invalid_response"),
-    (502, "cannot parse http response", "upstream_invalid_response"),
-    (502, "unexpected server response", "upstream_invalid_response"),
-    (502, "from server, refusing", "upstream_invalid_response"),
-    (502, "exceeds", "upstream_response_too_large"),
-    (502, "", "upstream_unreachable"),
-]
-
-
-def describe_proxy_failure(status: int, message: str) -> tuple[str, str]:
-    """Client-facing (message, code) for one of mitmproxy's own error responses."""
-    lowered = message.lower()
-    for known_status, needle, code in _PROXY_FAILURES:
-        if known_status == status and needle in lowered:
-            return _PROXY_MESSAGES[code], code
-    try:
-        return HTTPStatus(status).phrase, "proxy_error"
-    except ValueError:
-        return "Error", "proxy_error"
-
-
-def render_proxy_failure(status: int, message: str = "") -> bytes:
-    """A complete HTTP/1 response, in place of mitmproxy's HTML error page."""
-    text, code = describe_proxy_failure(status, message)
-    response = error_response(status, text, code, {"connection": "close"})
-    return http1.assemble_response(response)
-
-
-def install_json_error_pages() -> None:
-    """Make mitmproxy answer its own failures in JSON.
-
-    mitmproxy has no hook for these responses (mitmproxy#4854); its HTTP/1 server
-    layer builds them with a module-level function, which is replaced here. Clients
-    reach the proxy over HTTP/1.1 (TLS ends at the front proxy), so this covers them.
-    """
-    from mitmproxy.proxy.layers.http import _http1
-
-    _http1.make_error_response = render_proxy_failure

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import inspect
 import logging
 import signal
 import socket
@@ -32,7 +31,7 @@ from mitmproxy import ctx, exceptions, optmanager
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.utils import asyncio_utils
 
-from . import config, errors, logs
+from . import config, logs, mitm_compat
 from .admin import AdminApi
 from .config import ConfigError, Settings
 from .keycache import KeyCache
@@ -54,17 +53,6 @@ GATEWAY_OPTIONS: dict[str, Any] = {
     # upstream connection, and a down upstream yields an answer instead of a dropped client.
     "connection_strategy": "lazy",
 }
-#: mitmproxy's default addons that a reverse-proxy gateway never uses. mitmproxy offers
-#: every event to every addon, so each costs time on every request (TRIM_ADDONS).
-#: Kept: termlog, core, disableh2c, proxyserver, scriptloader, nextlayer, tlsconfig,
-#: errorcheck.
-UNUSED_ADDONS = (
-    "browser", "block", "stripdnshttpsrecords", "blocklist", "anticache", "anticomp",
-    "clientplayback", "commandhistory", "comment", "cut", "export", "onboarding",
-    "proxyauth", "dnsresolver", "serverplayback", "mapremote", "maplocal", "modifybody",
-    "modifyheaders", "stickyauth", "stickycookie", "save", "savehar", "upstreamauth",
-    "updatealtsvc", "dumper", "keepserving", "readfilestdin",
-)  # fmt: skip
 #: How often ROUTES_FILE is checked for edits.
 ROUTES_POLL_SECONDS = 2.0
 #: How often counted usage is written to SQLite.
@@ -100,6 +88,9 @@ class Lifecycle:
     # --- load ----------------------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
+        if problem := mitm_compat.incompatibility():
+            self._fail(problem)
+            return
         config.add_options(loader)
         deferred = ctx.options.deferred  # `--set apipod_…` and config.yaml, held until now
         for name, value in list(deferred.items()):
@@ -144,7 +135,7 @@ class Lifecycle:
             pool=ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db"),
             routes=routes,
         )
-        errors.install_json_error_pages()
+        mitm_compat.install_json_error_pages()
         if not settings.admin_enabled:
             log.warning("ADMIN_SECRET is not set: the admin API is disabled")
 
@@ -254,19 +245,10 @@ class Lifecycle:
         self._tasks.append(asyncio_utils.create_task(loop(), name=f"apipod {name}", keep_ref=True))
 
     def _trim_addons(self) -> None:
-        manager = ctx.master.addons
-        unused = [
-            addon
-            for name in UNUSED_ADDONS
-            if (addon := manager.get(name)) is not None
-            # remove() calls `done` synchronously; one with an async `done` must stay.
-            and not inspect.iscoroutinefunction(getattr(addon, "done", None))
-        ]
-        for addon in unused:
-            manager.remove(addon)
+        unloaded = mitm_compat.trim_addons()
         log.info(
             "unloaded %d mitmproxy addons a gateway does not use (TRIM_ADDONS=false keeps them)",
-            len(unused),
+            unloaded,
         )
 
     # --- graceful shutdown ---------------------------------------------------------------
@@ -315,6 +297,7 @@ class Lifecycle:
             self._held = None
         for task in self._tasks:
             task.cancel()
+        mitm_compat.restore_error_pages()
         runtime, usage = self.gateway.runtime, self.gateway.usage
         if runtime is None:
             return

@@ -21,6 +21,7 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 
 from .flowstate import FlowState
+from .mitm_compat import says
 
 log = logging.getLogger("apipod")
 
@@ -97,10 +98,10 @@ def failure_status(error: mflow.Error | None, forwarded: bool) -> int:
     Before the request was forwarded an error is the client's (bad HTTP, too large);
     after, the upstream's.
     """
-    lowered = error.msg.lower() if error else ""
-    if "client disconnected" in lowered or "killed" in lowered:
+    message = error.msg if error else ""
+    if says(message, "client_disconnected") or says(message, "killed"):
         return 499  # the client went away; nothing was sent (nginx's convention)
-    if "body_size_limit" in lowered and "request" in lowered:
+    if says(message, "request_too_large"):
         return 413
     return 502 if forwarded else 400
 

@@ -1,0 +1,378 @@
+"""Client connection policy: header and idle timeouts, a connection limit, lingering close.
+
+A sub-addon of `Apipod` (listed in its `addons`), so the request path stays small.
+mitmproxy's only client timeout is `tcp_timeout` (600 s of inactivity), so without this
+a client that sends half a request line and nothing more holds a socket for ten minutes,
+and enough of them exhaust the process's file descriptors.
+
+A connection is in one of three phases:
+- headers: opened, or bytes of a new request arrived after an idle spell; the request
+  headers must be complete within CLIENT_HEADER_TIMEOUT, else the connection is closed
+  (with a 408 when part of a request was read);
+- busy: from request headers to the end of the response. No timeout of ours applies:
+  waiting for the upstream is UPSTREAM_TIMEOUT's business, and a stream may run for long;
+- idle: between requests on keep-alive; closed silently after IDLE_TIMEOUT.
+
+Past MAX_CONNECTIONS, a new connection is answered 503 `overloaded` and closed. Errors
+that come in floods (refused connections, accept failures) are logged once per 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import connection, http
+from mitmproxy.net.http import http1
+
+from . import errors, mitm_compat
+from .config import Settings
+from .ratelog import RateLimitedLog
+
+if TYPE_CHECKING:
+    from .addon import Apipod
+
+log = logging.getLogger("apipod")
+
+#: File descriptors kept for what is not a client connection: SQLite (a connection per
+#: database thread, each with its -wal and -shm files), listening sockets, log files,
+#: and connections accepted in one burst before the limit is checked.
+RESERVED_FDS = 256
+#: The soft file limit is raised to the hard limit, but not past this.
+MAX_FILE_LIMIT = 1 << 20
+#: A body over MAX_BODY_SIZE: after the 413, read and discard up to 2 x MAX_BODY_SIZE
+#: or this many seconds, so a client that writes its whole body first (httpx, the SDKs)
+#: gets to read the 413 (nginx's lingering close).
+LINGER_SECONDS = 30.0
+#: A refused connection lingers briefly, so the request it already sent does not turn
+#: the close into a reset that loses the 503; at most this many at a time.
+REFUSED_LINGER = (64 * 1024, 1.0)
+MAX_REFUSED_LINGERING = 64
+_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+HEADERS, BUSY, IDLE = "headers", "busy", "idle"
+
+
+def raise_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go programs do); the new soft limit.
+
+    Soft limits are often 1024 (systemd, Docker 25+) while the hard limit is far higher;
+    a proxy holds two descriptors per client connection that is forwarding.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_FILE_LIMIT if hard == resource.RLIM_INFINITY else min(hard, MAX_FILE_LIMIT)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return min(soft, MAX_FILE_LIMIT) if soft != resource.RLIM_INFINITY else MAX_FILE_LIMIT
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the file limit from %d to %d: %s", soft, target, exc)
+        return soft
+    return target
+
+
+def default_max_connections(file_limit: int) -> int:
+    """A client connection may hold an upstream socket too: two descriptors each."""
+    return max(1, (file_limit - RESERVED_FDS) // 2)
+
+
+class ConnectionPolicy:
+    """The addon. `load` takes the settings the lifecycle sub-addon loaded (a test may
+    call `setup` instead)."""
+
+    def __init__(self, gateway: Apipod | None = None) -> None:
+        self.gateway = gateway
+        self.settings: Settings | None = None
+        self.max_connections = 0
+        self.conns: dict[str, Conn] = {}
+        self.lingering = 0
+        self.refused_lingering = 0
+        self.rate_log = RateLimitedLog(log)
+        self._exception_handler: Any = None
+        self._linger_tasks: set[asyncio.Task[None]] = set()
+
+    def setup(self, settings: Settings) -> None:
+        self.settings = settings
+        file_limit = raise_file_limit()
+        self.max_connections = settings.max_connections or default_max_connections(file_limit)
+        log.info(
+            "client connections: at most %d (MAX_CONNECTIONS, file limit %d), "
+            "header timeout %gs, idle timeout %gs",
+            self.max_connections,
+            file_limit,
+            settings.client_header_timeout,
+            settings.idle_timeout,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        # Listed after the lifecycle sub-addon, which loaded the settings (or failed).
+        if self.gateway is not None and self.gateway.runtime is not None:
+            self.setup(self.gateway.runtime.settings)
+
+    def running(self) -> None:
+        # mitmproxy's master installed its handler (a traceback per error) before `running`.
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            if isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRORS:
+                self.rate_log(logging.ERROR, "accept", "cannot accept a connection: %s", exc)
+            elif previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        self._exception_handler = handler
+        loop.set_exception_handler(handler)
+
+    def done(self) -> None:
+        for conn in self.conns.values():
+            conn.cancel_timer()
+        for task in self._linger_tasks:
+            task.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._exception_handler is not None and (
+            loop.get_exception_handler() is self._exception_handler
+        ):
+            loop.set_exception_handler(None)
+
+    # --- connections -------------------------------------------------------------
+
+    def client_connected(self, client: connection.Client) -> None:
+        if self.settings is None:
+            return
+        streams = mitm_compat.client_streams(client)
+        if streams is None:
+            return
+        reader, writer = streams
+        if len(self.conns) + self.lingering >= self.max_connections:
+            self._refuse(client, reader, writer)
+            return
+        conn = self.conns[client.id] = Conn(self, client)
+        mitm_compat.replace_client_streams(client, reader=WatchedReader(reader, conn))
+        conn.arm(self.settings.client_header_timeout)
+
+    def _refuse(self, client: connection.Client, reader: Any, writer: Any) -> None:
+        reply = errors.error_response(
+            503,
+            "The proxy has too many open connections (MAX_CONNECTIONS); retry shortly",
+            "overloaded",
+            {"connection": "close", "retry-after": "1"},
+        )
+        writer.write(http1.assemble_response(reply))
+        if self.refused_lingering < MAX_REFUSED_LINGERING:
+            max_bytes, seconds = REFUSED_LINGER
+            lingering = LingeringWriter(writer, reader, self, max_bytes, seconds, refused=True)
+            mitm_compat.replace_client_streams(client, writer=lingering)
+        client.error = "over MAX_CONNECTIONS"  # mitmproxy closes the connection at once
+        self.rate_log(
+            logging.WARNING,
+            "overloaded",
+            "refused a connection with 503: %d connections reach MAX_CONNECTIONS=%d",
+            len(self.conns) + self.lingering,
+            self.max_connections,
+        )
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        conn = self.conns.pop(client.id, None)
+        if conn is not None:
+            conn.cancel_timer()
+
+    # --- requests ----------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if (conn := self.conns.get(flow.client_conn.id)) is not None:
+            conn.busy += 1
+            conn.phase = BUSY
+            conn.partial = False
+            conn.cancel_timer()
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if (conn := self.conns.get(flow.client_conn.id)) is not None:
+            conn.request_done()
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        conn = self.conns.get(flow.client_conn.id)
+        if conn is None:
+            return
+        conn.request_done()
+        if flow.error is not None and mitm_compat.says(flow.error.msg, "request_too_large"):
+            self._linger_after_413(flow.client_conn)
+
+    def _linger_after_413(self, client: connection.Client) -> None:
+        """mitmproxy answers 413 and closes next: make that close a lingering one."""
+        assert self.settings is not None
+        streams = mitm_compat.client_streams(client)
+        if streams is None:
+            return
+        reader, writer = streams
+        inner = reader.inner if isinstance(reader, WatchedReader) else reader
+        max_bytes = 2 * self.settings.max_body_size
+        lingering = LingeringWriter(writer, inner, self, max_bytes, LINGER_SECONDS)
+        mitm_compat.replace_client_streams(client, writer=lingering)
+
+    # --- timeouts ----------------------------------------------------------------
+
+    def expired(self, conn: Conn) -> None:
+        assert self.settings is not None
+        conn.timer = None
+        if conn.phase == BUSY or self.conns.get(conn.client.id) is not conn:
+            return
+        streams = mitm_compat.client_streams(conn.client)
+        if streams is None:
+            return
+        if conn.phase == IDLE:
+            transport = getattr(streams[1], "transport", None)
+            if transport is not None and transport.get_write_buffer_size():
+                conn.arm(self.settings.idle_timeout)  # the client is still reading a response
+                return
+            mitm_compat.close_client(conn.client)
+            return
+        timeout = self.settings.client_header_timeout
+        last_words = b""
+        if conn.partial:
+            reply = errors.error_response(
+                408,
+                f"The request headers did not arrive within {timeout:g} seconds "
+                "(CLIENT_HEADER_TIMEOUT)",
+                "request_timeout",
+                {"connection": "close"},
+            )
+            last_words = http1.assemble_response(reply)
+        mitm_compat.close_client(conn.client, last_words)
+        self.rate_log(
+            logging.INFO,
+            "header timeout",
+            "closed a connection without complete request headers after %gs "
+            "(CLIENT_HEADER_TIMEOUT)",
+            timeout,
+        )
+
+    def track_linger(self, task: asyncio.Task[None], refused: bool) -> None:
+        self.lingering += 1
+        self.refused_lingering += refused
+        self._linger_tasks.add(task)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self.lingering -= 1
+            self.refused_lingering -= refused
+            self._linger_tasks.discard(task)
+
+        task.add_done_callback(finished)
+
+
+class Conn:
+    """What the policy knows about one client connection."""
+
+    __slots__ = ("busy", "client", "partial", "phase", "policy", "timer")
+
+    def __init__(self, policy: ConnectionPolicy, client: connection.Client) -> None:
+        self.policy, self.client = policy, client
+        self.phase = HEADERS
+        self.partial = False  # bytes of a request arrived in this phase
+        self.busy = 0  # requests between their headers and the end of their response
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self, seconds: float) -> None:
+        self.cancel_timer()
+        callback = mitm_compat.logged(self.policy.expired, "client timeout")
+        self.timer = asyncio.get_running_loop().call_later(seconds, callback, self)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def received(self) -> None:
+        if self.phase == HEADERS:
+            self.partial = True
+        elif self.phase == IDLE:
+            # A new request begins: its headers are due within CLIENT_HEADER_TIMEOUT.
+            assert self.policy.settings is not None
+            self.phase, self.partial = HEADERS, True
+            self.arm(self.policy.settings.client_header_timeout)
+
+    def request_done(self) -> None:
+        self.busy = max(0, self.busy - 1)
+        if self.busy == 0 and self.phase == BUSY:
+            assert self.policy.settings is not None
+            self.phase, self.partial = IDLE, False
+            self.arm(self.policy.settings.idle_timeout)
+
+
+class WatchedReader:
+    """The client's stream reader, telling its connection when bytes arrive."""
+
+    __slots__ = ("conn", "inner")
+
+    def __init__(self, inner: Any, conn: Conn) -> None:
+        self.inner, self.conn = inner, conn
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await self.inner.read(n)
+        if data and self.conn.phase != BUSY:
+            self.conn.received()
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class LingeringWriter:
+    """The client's stream writer, whose close sends what is queued and a FIN, then reads
+    and discards what the client still sends (up to `max_bytes` or `seconds`) before
+    closing the socket. Closing with unread data would reset the connection, and the
+    client, still writing its body, would never read the answer."""
+
+    def __init__(
+        self,
+        inner: Any,
+        reader: Any,
+        policy: ConnectionPolicy,
+        max_bytes: int,
+        seconds: float,
+        refused: bool = False,
+    ) -> None:
+        self.inner, self.reader, self.policy = inner, reader, policy
+        self.max_bytes, self.seconds, self.refused = max_bytes, seconds, refused
+        self._closing = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def is_closing(self) -> bool:
+        return self._closing or self.inner.is_closing()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        task = asyncio.get_running_loop().create_task(self._linger(), name="apipod linger")
+        self.policy.track_linger(task, self.refused)
+
+    async def _linger(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        discarded = 0
+        try:
+            if self.inner.can_write_eof():
+                self.inner.write_eof()  # sent once what is queued is out
+            while discarded < self.max_bytes and (left := deadline - loop.time()) > 0:
+                async with asyncio.timeout(left):
+                    data = await self.reader.read(65536)
+                if not data:
+                    break
+                discarded += len(data)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            self.inner.close()
