@@ -136,7 +136,7 @@ def test_half_open_connections_are_closed_after_the_header_timeout(
         # A partial request was read, so each got a 408 in JSON before the close.
         statuses = {json_error(data)[0] for data in received.values()}
         assert statuses == {408}
-        status, error = json_error(received[socks[0]])
+        _, error = json_error(received[socks[0]])
         assert error["code"] == "request_timeout"
         assert httpx.get(f"{proxy.url}/health").status_code == 200
     finally:
@@ -156,9 +156,7 @@ def test_idle_keep_alive_connection_is_closed(make_proxy, upstream: StandIn) -> 
     assert received[sock] == b""  # closed without a word: nothing was asked
 
 
-def test_slow_stream_and_slow_upstream_outlive_both_timeouts(
-    make_proxy, upstream: StandIn
-) -> None:
+def test_slow_stream_and_slow_upstream_outlive_both_timeouts(make_proxy, upstream: StandIn) -> None:
     proxy = make_proxy(upstream.url, CLIENT_HEADER_TIMEOUT="1", IDLE_TIMEOUT="1")
     key = proxy.create_key()
     results: dict[str, object] = {}
@@ -195,9 +193,7 @@ def test_slow_stream_and_slow_upstream_outlive_both_timeouts(
     assert results["waiting"] == 200
 
 
-def test_connections_past_max_connections_get_503_overloaded(
-    make_proxy, upstream: StandIn
-) -> None:
+def test_connections_past_max_connections_get_503_overloaded(make_proxy, upstream: StandIn) -> None:
     proxy = make_proxy(upstream.url, MAX_CONNECTIONS="20")
     held = [connect(proxy) for _ in range(20)]
     try:

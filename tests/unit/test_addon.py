@@ -31,7 +31,7 @@ from mitmproxy.addons import block, proxyserver
 from mitmproxy.proxy.layers.http import HttpRequestHook, _http1
 from mitmproxy.test import taddons, tflow, tutils
 
-from apipod_proxy import errors, keys
+from apipod_proxy import keys, mitm_compat
 from apipod_proxy.addon import Apipod
 from apipod_proxy.flowstate import STATE, FlowState, state_of
 from apipod_proxy.lifecycle import GATEWAY_OPTIONS, runs_in_front_of
@@ -89,7 +89,7 @@ def test_an_explicit_listen_port_wins(make_gateway: Callable[..., Gateway]) -> N
 
 
 def test_load_installs_json_error_pages(gateway: Gateway) -> None:
-    assert _http1.make_error_response is errors.render_proxy_failure
+    assert _http1.make_error_response is mitm_compat.render_proxy_failure
 
 
 def test_running_logs_the_ready_line(make_gateway: Callable[..., Gateway]) -> None:
