@@ -92,6 +92,7 @@ class ConnectionPolicy:
         self.refused_lingering = 0
         self.rate_log = RateLimitedLog(log)
         self._exception_handler: Any = None
+        self._previous_handler: Any = None
         self._linger_tasks: set[asyncio.Task[None]] = set()
 
     def setup(self, settings: Settings) -> None:
@@ -128,7 +129,7 @@ class ConnectionPolicy:
             else:
                 loop.default_exception_handler(context)
 
-        self._exception_handler = handler
+        self._exception_handler, self._previous_handler = handler, previous
         loop.set_exception_handler(handler)
 
     def done(self) -> None:
@@ -143,7 +144,7 @@ class ConnectionPolicy:
         if self._exception_handler is not None and (
             loop.get_exception_handler() is self._exception_handler
         ):
-            loop.set_exception_handler(None)
+            loop.set_exception_handler(self._previous_handler)
 
     # --- connections -------------------------------------------------------------
 

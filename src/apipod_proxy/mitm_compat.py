@@ -206,7 +206,8 @@ def restore_error_pages() -> None:
 
 def _handler(client: connection.Client) -> Any:
     """mitmproxy's handler of a live client connection, or None once it is gone."""
-    return ctx.master.addons.get("proxyserver").connections.get(client.id)
+    proxyserver = ctx.master.addons.get("proxyserver")
+    return None if proxyserver is None else proxyserver.connections.get(client.id)
 
 
 def _spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
