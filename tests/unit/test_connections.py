@@ -195,6 +195,7 @@ def test_accept_errors_are_rate_limited_and_others_passed_on(tmp_path: Path) -> 
 
     async def go() -> list[str]:
         loop = asyncio.get_running_loop()
+
         def previous(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             passed_on.append(context)
 
