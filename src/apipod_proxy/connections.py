@@ -187,6 +187,8 @@ class ConnectionPolicy:
         conn = self.conns.pop(client.id, None)
         if conn is not None:
             conn.cancel_timer()
+        if mitm_compat.close_forgotten_client(client):
+            self.rate_log(logging.DEBUG, "forgotten", "closed a client socket mitmproxy left open")
 
     # --- requests ----------------------------------------------------------------
 

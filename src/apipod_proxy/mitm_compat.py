@@ -301,6 +301,25 @@ def close_client(client: connection.Client, last_words: bytes = b"") -> None:
         io.writer.close()
 
 
+def close_forgotten_client(client: connection.Client) -> bool:
+    """Close a client socket that mitmproxy left open; True if there was one.
+
+    When mitmproxy closes a client connection while that connection's reader task waits
+    to hand it data (as on a 413 for a body over body_size_limit), the task is cancelled
+    before it closes the socket, and the socket stays open, unread, until garbage
+    collection: the client, still writing its body, hangs until its write timeout.
+    Called from `client_disconnected`, when mitmproxy is done with the connection.
+    """
+    handler = _handler(client)
+    if handler is None or client not in handler.transports:
+        return False
+    writer = handler.transports[client].writer
+    if writer is None or writer.is_closing():
+        return False
+    writer.close()
+    return True
+
+
 # --- default addons ------------------------------------------------------------------------
 
 #: mitmproxy's default addons that a reverse-proxy gateway never uses. mitmproxy offers

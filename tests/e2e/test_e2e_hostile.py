@@ -139,6 +139,7 @@ def test_half_open_connections_are_closed_after_the_header_timeout(
         _, error = json_error(received[socks[0]])
         assert error["code"] == "request_timeout"
         assert httpx.get(f"{proxy.url}/health").status_code == 200
+        assert "Traceback" not in proxy.log()
     finally:
         for sock in socks:
             sock.close()
@@ -223,41 +224,51 @@ def test_connections_past_max_connections_get_503_overloaded(make_proxy, upstrea
 #: 60 MB is over the limit below, and under twice the limit, which is read and discarded.
 BIG = 60_000_000
 LIMIT = "30m"
+#: Without the lingering close a client sometimes got the 413 (when the reset came after
+#: it) and sometimes hung until its write timeout: each test tries a few times.
+TRIES = 4
 
 
 def test_httpx_gets_413_for_a_60mb_body_at_once(make_proxy, upstream: StandIn) -> None:
     proxy = make_proxy(upstream.url, MAX_BODY_SIZE=LIMIT)
     key = proxy.create_key()
     body = json.dumps(chat(content="x" * BIG)).encode()
-    started = time.monotonic()
-    response = httpx.post(
-        f"{proxy.url}/v1/chat/completions",
-        headers={**bearer(key), "content-type": "application/json"},
-        content=body,
-        timeout=30,
-    )
-    elapsed = time.monotonic() - started
-    print(f"httpx: 413 after {elapsed:.2f}s")
-    assert response.status_code == 413
-    assert response.json()["error"]["code"] == "request_too_large"
-    assert elapsed < 5
+    for _ in range(TRIES):
+        started = time.monotonic()
+        response = httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            headers={**bearer(key), "content-type": "application/json"},
+            content=body,
+            timeout=httpx.Timeout(10, write=15),
+        )
+        elapsed = time.monotonic() - started
+        print(f"httpx: 413 after {elapsed:.2f}s")
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "request_too_large"
+        assert elapsed < 5
     assert upstream.received == []
     assert httpx.get(f"{proxy.url}/health").status_code == 200
+    assert "Traceback" not in proxy.log()
 
 
 def test_openai_sdk_gets_413_for_a_60mb_body_at_once(make_proxy, upstream: StandIn) -> None:
     proxy = make_proxy(upstream.url, MAX_BODY_SIZE=LIMIT)
     client = openai.OpenAI(
-        base_url=f"{proxy.url}/v1", api_key=proxy.create_key(), max_retries=0, timeout=30
+        base_url=f"{proxy.url}/v1",
+        api_key=proxy.create_key(),
+        max_retries=0,
+        timeout=httpx.Timeout(10, write=15),
     )
-    started = time.monotonic()
-    with pytest.raises(openai.APIStatusError) as caught:
-        client.chat.completions.create(
-            model="gemini-3-flash", messages=[{"role": "user", "content": "x" * BIG}]
-        )
-    elapsed = time.monotonic() - started
-    print(f"openai: 413 after {elapsed:.2f}s")
-    assert caught.value.status_code == 413
-    assert isinstance(caught.value.body, dict)
-    assert caught.value.body["code"] == "request_too_large"
-    assert elapsed < 5
+    for _ in range(TRIES):
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(
+                model="gemini-3-flash", messages=[{"role": "user", "content": "x" * BIG}]
+            )
+        elapsed = time.monotonic() - started
+        print(f"openai: 413 after {elapsed:.2f}s")
+        assert caught.value.status_code == 413
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["code"] == "request_too_large"
+        assert elapsed < 5
+    assert upstream.received == []
