@@ -99,10 +99,13 @@ def make_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
         upstream_url: str,
         dotenv: str | None = None,
         command: list[str] | None = None,
+        file_limit: int | None = None,
         **overrides: str | None,
     ) -> Proxy:
         workdir = tmp_path / f"proxy{len(started)}"
-        running = start_proxy(workdir, upstream_url, dotenv, command, **overrides)
+        running = start_proxy(
+            workdir, upstream_url, dotenv, command, file_limit=file_limit, **overrides
+        )
         started.append(running)
         return running
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -65,15 +66,27 @@ def proxy_env(
     return {k: v for k, v in env.items() if v is not None}
 
 
+def _limit_files(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 def spawn(
-    command: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
+    command: list[str],
+    cwd: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    file_limit: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `command` with its stdout and stderr in `log`.
+    """Start `command` with its stdout and stderr in `log`, and RLIMIT_NOFILE `file_limit`
+    (soft and hard) if given.
 
     `python -m apipod_proxy.serve` execs mitmdump, so the PID is the proxy's own.
     """
+    limit = None if file_limit is None else lambda: _limit_files(file_limit)
     with open(log, "wb") as out:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit
+        )
 
 
 def wait_ready(
@@ -167,13 +180,16 @@ def start_proxy(
     upstream_url: str,
     dotenv: str | None = None,
     command: list[str] | None = None,
+    *,
+    file_limit: int | None = None,
     **overrides: str | None,
 ) -> Proxy:
     """Start a proxy and wait until /health answers.
 
     `dotenv` is written to the proxy's `.env`; an override of None removes a variable
     from the environment, so that `.env` supplies it. `command` replaces the launcher
-    (SERVE), e.g. with a plain mitmdump command line.
+    (SERVE), e.g. with a plain mitmdump command line. `file_limit` sets the process's
+    RLIMIT_NOFILE (soft and hard).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     if dotenv is not None:
@@ -181,7 +197,7 @@ def start_proxy(
     port = free_port()
     defaults = {"UPSTREAM_TIMEOUT": "30", "DEFAULT_RPM": "0"}
     env = proxy_env(upstream_url, port, workdir / "data" / "proxy.db", **{**defaults, **overrides})
-    process = spawn(command or SERVE, workdir, workdir / "proxy.log", env)
+    process = spawn(command or SERVE, workdir, workdir / "proxy.log", env, file_limit=file_limit)
     proxy = Proxy(process, port, workdir, env)
     try:
         wait_ready(process, healthy(proxy.url), proxy.log)

@@ -219,6 +219,64 @@ def test_connections_past_max_connections_get_503_overloaded(make_proxy, upstrea
     assert "Traceback" not in proxy.log()
 
 
+def open_many(proxy: Proxy, count: int) -> list[socket.socket]:
+    """Up to `count` connections that send nothing; stops at the first that cannot open."""
+    socks = []
+    for _ in range(count):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=3))
+        except OSError:
+            break
+    return socks
+
+
+def test_the_default_max_connections_keeps_the_process_off_its_file_limit(
+    make_proxy, upstream: StandIn
+) -> None:
+    # 1,024 descriptors: the default is (1024 - 256) / 2 = 384 connections.
+    proxy = make_proxy(upstream.url, file_limit=1024, CLIENT_HEADER_TIMEOUT="60")
+    socks = open_many(proxy, 1500)
+    try:
+        closed, received = wait_until_closed(socks, timeout=5)
+        held = len(socks) - len(closed)
+        print(f"{len(socks)} opened, {held} held, {len(closed)} refused")
+        assert len(socks) == 1500, "connections stopped being accepted"
+        assert 300 <= held <= 384
+        answers = {sock: json_error(received[sock]) for sock in closed}
+        assert {(status, error["code"]) for status, error in answers.values()} == {
+            (503, "overloaded")
+        }
+        log = proxy.log()
+        assert "Too many open files" not in log
+        assert "Traceback" not in log
+        # Refusals come in floods: one line, not one per connection.
+        assert log.count("refused a connection with 503") <= 2
+    finally:
+        for sock in socks:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{proxy.url}/health").status_code != 200:
+        assert time.monotonic() < deadline
+
+
+def test_accept_errors_are_logged_once_per_10s(make_proxy, upstream: StandIn) -> None:
+    # A MAX_CONNECTIONS set above what the file limit allows: accept() fails with EMFILE.
+    proxy = make_proxy(
+        upstream.url, file_limit=256, MAX_CONNECTIONS="5000", CLIENT_HEADER_TIMEOUT="60"
+    )
+    socks = open_many(proxy, 400)
+    try:
+        time.sleep(4)  # asyncio retries accept() every second
+        log = proxy.log()
+        print(f"{len(socks)} opened; log: {len(log.splitlines())} lines, {len(log)} bytes")
+        lines = [line for line in log.splitlines() if "Too many open files" in line]
+        assert 1 <= len(lines) <= 2, lines
+        assert "Traceback" not in log
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 # --- bodies over MAX_BODY_SIZE -----------------------------------------------------------
 
 #: 60 MB is over the limit below, and under twice the limit, which is read and discarded.
