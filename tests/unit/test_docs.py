@@ -2,7 +2,7 @@
 
 Codes are read from the source: the third argument of every `error_response(...)`
 call (a literal, a conditional of literals, or a local name assigned literals), and
-the codes given to mitmproxy's own failures (`_PROXY_MESSAGES`).
+the codes given to mitmproxy's own failures (`errors.PROXY_MESSAGES`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def source_codes() -> set[str]:
         codes |= codes_in(ast.parse(path.read_text()))
     for module in pkgutil.iter_modules([str(PACKAGE)]):
         loaded = importlib.import_module(f"apipod_proxy.{module.name}")
-        codes |= set(getattr(loaded, "_PROXY_MESSAGES", {}))
+        codes |= set(getattr(loaded, "PROXY_MESSAGES", {}))
     return {code for code in codes if re.fullmatch(r"[a-z]+(_[a-z]+)+", code)}
 
 
