@@ -126,8 +126,10 @@ def test_half_open_connections_are_closed_after_the_header_timeout(
         response = httpx.post(
             f"{proxy.url}/v1/chat/completions", headers=bearer(key), json=chat(), timeout=10
         )
+        answered = time.monotonic() - started
+        print(f"a normal request among {HALF_OPEN} half-open connections: {answered:.2f}s")
         assert response.status_code == 200
-        assert time.monotonic() - started < 1
+        assert answered < 1
         # Each was opened at most `opened - first` ago; all go within the timeout (+ slack
         # for a loaded machine closing 3,000 sockets at once).
         closed, received = wait_until_closed(socks, timeout=3 + 7)

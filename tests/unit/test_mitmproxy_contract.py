@@ -7,16 +7,21 @@ that mitm_compat.py uses, and fails when mitmproxy moved or reworded it.
 from __future__ import annotations
 
 import inspect
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import mitmproxy
 import pytest
 from mitmproxy import connection
-from mitmproxy.addons import default_addons, dumper, keepserving, proxyserver, readfile
+from mitmproxy.addons import block, default_addons, dumper, keepserving, proxyserver, readfile
 from mitmproxy.proxy import events, server
 from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.test import taddons
 
 from apipod_proxy import mitm_compat
+from apipod_proxy.addon import Apipod
+from apipod_proxy.config import Settings
 
 MITMPROXY_SOURCE = "\n".join(
     path.read_text() for path in Path(mitmproxy.__file__).parent.rglob("*.py")
@@ -115,3 +120,61 @@ def test_unused_addons_are_default_addons() -> None:
     assert readfile.ReadFileStdin.__name__.lower() == "readfilestdin"
     missing = [name for name in mitm_compat.UNUSED_ADDONS if name not in names]
     assert missing == []
+
+
+# --- what the addon does with the contract ---------------------------------------------------
+
+
+def addon_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        antigravity_url="http://127.0.0.1:9",
+        antigravity_key="upstream-key",
+        admin_secret=None,
+        port=8081,
+        database_path=tmp_path / "proxy.db",
+        upstream_timeout=60.0,
+        max_body_size=1024,
+    )
+
+
+@pytest.fixture
+def quiet_apipod_logger() -> Iterator[None]:
+    """Undo `logs.setup` (a stdout handler, propagate off), so caplog sees the records."""
+    logger = logging.getLogger("apipod")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+def test_an_incompatible_mitmproxy_stops_the_addon_with_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    quiet_apipod_logger: None,
+) -> None:
+    monkeypatch.delattr(server.ConnectionHandler, "close_connection")
+    addon = Apipod(settings=addon_settings(tmp_path))
+    with (
+        caplog.at_level(logging.ERROR),
+        taddons.context(block.Block(), proxyserver.Proxyserver()) as tctx,
+    ):
+        tctx.master.addons.add(addon)
+    assert not hasattr(addon, "settings")  # nothing was set up
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.startswith("apipod: mitmproxy ")
+    assert "ConnectionHandler.close_connection is gone" in line
+
+
+def test_done_restores_mitmproxys_error_renderer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet_apipod_logger: None
+) -> None:
+    original = _http1.make_error_response
+    monkeypatch.setattr(_http1, "make_error_response", original)
+    addon = Apipod(settings=addon_settings(tmp_path))
+    with taddons.context(block.Block(), proxyserver.Proxyserver()) as tctx:
+        tctx.master.addons.add(addon)
+        assert _http1.make_error_response is mitm_compat.render_proxy_failure
+        addon.done()
+    assert _http1.make_error_response is original
