@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -330,5 +331,28 @@ def test_openai_sdk_gets_413_for_a_60mb_body_at_once(make_proxy, upstream: Stand
         assert caught.value.status_code == 413
         assert isinstance(caught.value.body, dict)
         assert caught.value.body["code"] == "request_too_large"
+        assert elapsed < 5
+    assert upstream.received == []
+
+
+def test_anthropic_sdk_gets_413_for_a_60mb_body_at_once(make_proxy, upstream: StandIn) -> None:
+    proxy = make_proxy(upstream.url, MAX_BODY_SIZE=LIMIT)
+    client = anthropic.Anthropic(
+        base_url=proxy.url,
+        api_key=proxy.create_key(),
+        max_retries=0,
+        timeout=15,
+    )
+    for _ in range(TRIES):
+        started = time.monotonic()
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            client.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=16,
+                messages=[{"role": "user", "content": "x" * BIG}],
+            )
+        elapsed = time.monotonic() - started
+        print(f"anthropic: 413 after {elapsed:.2f}s")
+        assert caught.value.status_code == 413
         assert elapsed < 5
     assert upstream.received == []
