@@ -53,6 +53,9 @@ REFUSED_LINGER = (64 * 1024, 1.0)
 MAX_REFUSED_LINGERING = 64
 _ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
+#: A request head (request line and headers) larger than this gets 431 and a close.
+MAX_HEADER_BYTES = 128 * 1024
+
 HEADERS, BUSY, IDLE = "headers", "busy", "idle"
 
 
@@ -170,10 +173,7 @@ class ConnectionPolicy:
             {"connection": "close", "retry-after": "1"},
         )
         writer.write(http1.assemble_response(reply))
-        if self.refused_lingering < MAX_REFUSED_LINGERING:
-            max_bytes, seconds = REFUSED_LINGER
-            lingering = LingeringWriter(writer, reader, self, max_bytes, seconds, refused=True)
-            mitm_compat.replace_client_streams(client, writer=lingering)
+        self._linger_briefly(client, reader, writer)
         client.error = "over MAX_CONNECTIONS"  # mitmproxy closes the connection at once
         self.rate_log(
             logging.WARNING,
@@ -181,6 +181,34 @@ class ConnectionPolicy:
             "refused a connection with 503: %d connections reach MAX_CONNECTIONS=%d",
             len(self.conns) + self.lingering,
             self.max_connections,
+        )
+
+    def _linger_briefly(self, client: connection.Client, reader: Any, writer: Any) -> None:
+        """Make the coming close of a refused connection a short lingering one."""
+        if self.refused_lingering < MAX_REFUSED_LINGERING:
+            max_bytes, seconds = REFUSED_LINGER
+            inner = reader.inner if isinstance(reader, WatchedReader) else reader
+            lingering = LingeringWriter(writer, inner, self, max_bytes, seconds, refused=True)
+            mitm_compat.replace_client_streams(client, writer=lingering)
+
+    def headers_too_large(self, conn: Conn) -> None:
+        conn.cancel_timer()
+        streams = mitm_compat.client_streams(conn.client)
+        if streams is None:
+            return
+        reply = errors.error_response(
+            431,
+            f"The request headers are larger than the proxy accepts ({MAX_HEADER_BYTES} bytes)",
+            "request_headers_too_large",
+            {"connection": "close"},
+        )
+        self._linger_briefly(conn.client, *streams)
+        mitm_compat.close_client(conn.client, http1.assemble_response(reply))
+        self.rate_log(
+            logging.WARNING,
+            "headers too large",
+            "closed a connection whose request head passed %d bytes",
+            MAX_HEADER_BYTES,
         )
 
     def client_disconnected(self, client: connection.Client) -> None:
@@ -276,14 +304,22 @@ class ConnectionPolicy:
 class Conn:
     """What the policy knows about one client connection."""
 
-    __slots__ = ("busy", "client", "partial", "phase", "policy", "timer")
+    __slots__ = (
+        "busy", "client", "head_bytes", "head_done", "partial", "phase", "policy", "tail", "timer"
+    )  # fmt: skip
 
     def __init__(self, policy: ConnectionPolicy, client: connection.Client) -> None:
         self.policy, self.client = policy, client
-        self.phase = HEADERS
-        self.partial = False  # bytes of a request arrived in this phase
         self.busy = 0  # requests between their headers and the end of their response
         self.timer: asyncio.TimerHandle | None = None
+        self.expect_headers(partial=False)
+
+    def expect_headers(self, partial: bool) -> None:
+        self.phase = HEADERS
+        self.partial = partial  # bytes of a request arrived in this phase
+        self.head_bytes = 0  # bytes read before the end of the request head
+        self.head_done = False
+        self.tail = b""  # the last bytes read, to find an end of head split across reads
 
     def arm(self, seconds: float) -> None:
         self.cancel_timer()
@@ -295,14 +331,27 @@ class Conn:
             self.timer.cancel()
             self.timer = None
 
-    def received(self) -> None:
-        if self.phase == HEADERS:
-            self.partial = True
-        elif self.phase == IDLE:
+    def received(self, data: bytes) -> None:
+        if self.phase == BUSY:  # the body, or a pipelined request: not ours to time
+            return
+        if self.phase == IDLE:
             # A new request begins: its headers are due within CLIENT_HEADER_TIMEOUT.
             assert self.policy.settings is not None
-            self.phase, self.partial = HEADERS, True
+            self.expect_headers(partial=True)
             self.arm(self.policy.settings.client_header_timeout)
+        self.partial = True
+        if self.head_done:
+            return
+        # mitmproxy buffers a request head without bound (and rescans it on every read).
+        edge = self.tail + data[:3]
+        if b"\n\n" in data or b"\n\r\n" in data or b"\n\n" in edge or b"\n\r\n" in edge:
+            self.head_done = True
+            return
+        self.head_bytes += len(data)
+        self.tail = data[-3:]
+        if self.head_bytes > MAX_HEADER_BYTES:
+            self.head_done = True
+            self.policy.headers_too_large(self)
 
     def request_done(self) -> None:
         self.busy = max(0, self.busy - 1)
@@ -322,8 +371,8 @@ class WatchedReader:
 
     async def read(self, n: int = -1) -> bytes:
         data = await self.inner.read(n)
-        if data and self.conn.phase != BUSY:
-            self.conn.received()
+        if data:
+            self.conn.received(data)
         return data
 
     def __getattr__(self, name: str) -> Any:

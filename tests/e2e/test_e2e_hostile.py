@@ -197,6 +197,29 @@ def test_slow_stream_and_slow_upstream_outlive_both_timeouts(make_proxy, upstrea
     assert results["waiting"] == 200
 
 
+def test_an_endless_request_head_gets_431_and_a_close(make_proxy, upstream: StandIn) -> None:
+    # mitmproxy buffers a request head without bound; 128 KiB is the proxy's limit.
+    proxy = make_proxy(upstream.url)
+    with connect(proxy) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nx-padding: ")
+        sent = 0
+        try:
+            while sent < 8 << 20:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except OSError:
+            pass  # closed on us: what should happen
+        closed, received = wait_until_closed([sock], timeout=5)
+    print(f"{sent} bytes of head sent (socket buffers hold megabytes)")
+    assert sock in closed
+    status, error = json_error(received[sock])
+    assert (status, error["code"]) == (431, "request_headers_too_large")
+    # A large head within the limit is fine (answered by the proxy itself: the stand-in
+    # upstream refuses header lines over 8 KiB).
+    response = httpx.get(f"{proxy.url}/health", headers={"x-padding": "a" * 100_000})
+    assert response.status_code == 200
+
+
 def test_connections_past_max_connections_get_503_overloaded(make_proxy, upstream: StandIn) -> None:
     proxy = make_proxy(upstream.url, MAX_CONNECTIONS="20")
     held = [connect(proxy) for _ in range(20)]

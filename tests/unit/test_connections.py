@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy.test import tflow
+from mitmproxy.test import taddons, tflow
 
 from apipod_proxy.config import ConfigError, Settings, load_settings
 from apipod_proxy.connections import (
     BUSY,
     HEADERS,
     IDLE,
+    MAX_HEADER_BYTES,
     RESERVED_FDS,
     Conn,
     ConnectionPolicy,
@@ -147,20 +148,21 @@ def test_a_connection_moves_between_headers_busy_and_idle(tmp_path: Path) -> Non
             assert conn.timer is None or isinstance(conn.timer, asyncio.TimerHandle)
             seen.append((conn.phase, conn.partial, conn.timer is not None))
 
-        conn.received()
+        conn.received(b"GET / HTTP/1.1\r\n")
         note()  # headers, partial, header timer
         policy.requestheaders(flow)
         note()  # busy: no timer at all, however long the upstream or the stream takes
-        conn.received()  # body bytes change nothing
+        conn.received(b"GET / HTTP/1.1\r\n")  # body bytes change nothing
         note()
         policy.response(flow)
         note()  # idle, idle timer
-        conn.received()
+        conn.received(b"GET / HTTP/1.1\r\n")
         note()  # the next request began: headers again, partial
         policy.requestheaders(flow)
         policy.error(flow)
         note()
-        policy.client_disconnected(flow.client_conn)
+        with taddons.context():  # no proxyserver: no socket to close
+            policy.client_disconnected(flow.client_conn)
         assert flow.client_conn.id not in policy.conns
         return seen
 
@@ -172,6 +174,28 @@ def test_a_connection_moves_between_headers_busy_and_idle(tmp_path: Path) -> Non
         (HEADERS, True, True),
         (IDLE, False, True),
     ]
+
+
+def test_a_request_head_past_the_limit_is_refused_once(tmp_path: Path) -> None:
+    async def go() -> tuple[list[int], list[int]]:
+        policy = ConnectionPolicy()
+        policy.setup(settings(tmp_path))
+        refused: list[int] = []
+        policy.headers_too_large = lambda conn: refused.append(conn.head_bytes)  # type: ignore[method-assign]
+        flow = tflow.tflow()
+        conn = Conn(policy, flow.client_conn)
+        conn.received(b"GET / HTTP/1.1\r\nx: " + b"a" * (MAX_HEADER_BYTES - 200))
+        conn.received(b"a" * 99 + b"\r")
+        conn.received(b"\n\r\n" + b"body" * 100_000)  # the end of the head, split across reads
+        fine = list(refused)
+        conn = Conn(policy, flow.client_conn)
+        for _ in range(3):
+            conn.received(b"x: " + b"a" * 65536)
+        return fine, refused
+
+    fine, refused = asyncio.run(go())
+    assert fine == []
+    assert len(refused) == 1 and refused[0] > MAX_HEADER_BYTES
 
 
 def test_expiry_while_busy_does_nothing(tmp_path: Path) -> None:
