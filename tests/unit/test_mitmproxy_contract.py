@@ -161,7 +161,7 @@ def test_an_incompatible_mitmproxy_stops_the_addon_with_one_line(
         taddons.context(block.Block(), proxyserver.Proxyserver()) as tctx,
     ):
         tctx.master.addons.add(addon)
-    assert not hasattr(addon, "settings")  # nothing was set up
+    assert addon.runtime is None  # nothing was set up
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert line.startswith("apipod: mitmproxy ")
     assert "ConnectionHandler.close_connection is gone" in line
@@ -176,5 +176,5 @@ def test_done_restores_mitmproxys_error_renderer(
     with taddons.context(block.Block(), proxyserver.Proxyserver()) as tctx:
         tctx.master.addons.add(addon)
         assert _http1.make_error_response is mitm_compat.render_proxy_failure
-        addon.done()
+        addon.lifecycle.done()
     assert _http1.make_error_response is original
