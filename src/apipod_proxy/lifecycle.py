@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from mitmproxy import ctx, exceptions, optmanager
+from mitmproxy import ctx, exceptions
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.utils import asyncio_utils
 
@@ -83,7 +83,7 @@ class Lifecycle:
         self._tasks: list[asyncio.Task[None]] = []
         #: PORT, when mitmdump had no --listen-port and bound its default port meanwhile.
         self._move_to_port: int | None = None
-        self._held: HeldErrors | None = None
+        self._held: mitm_compat.HeldErrors | None = None
 
     # --- load ----------------------------------------------------------------------------
 
@@ -150,14 +150,14 @@ class Lifecycle:
         """The gateway's mitmproxy options, where the user did not choose otherwise."""
         options = ctx.options
         wanted = {**GATEWAY_OPTIONS, "body_size_limit": str(settings.max_body_size)}
-        options.update(**{k: v for k, v in wanted.items() if not user_set(options, k)})
+        options.update(**{k: v for k, v in wanted.items() if not mitm_compat.user_set(options, k)})
         if options.listen_port is not None:
             return "--listen-port"
         # No --listen-port: PORT decides. mitmdump loads scripts while it binds its
         # default port, so `running` moves the listener to PORT (see _listen_on_port).
         options.update(listen_port=settings.port)
         self._move_to_port = settings.port
-        self._held = HeldErrors.install()
+        self._held = mitm_compat.HeldErrors.install()
         return "PORT"
 
     def _check_addresses(self, settings: Settings, port_name: str) -> None:
@@ -225,7 +225,7 @@ class Lifecycle:
         if modes != ctx.options.mode:
             ctx.options.update(mode=modes)
             # mitmproxy restarts its servers on a mode change; wait until it is done.
-            ok = await ctx.master.addons.get("proxyserver").setup_servers()
+            ok = await mitm_compat.restart_servers()
         if self._held is not None:
             # The default port's failures no longer matter once PORT is served.
             self._held.release(replay=not ok)
@@ -311,51 +311,6 @@ class Lifecycle:
 
 
 # --- mitmproxy's modes and addresses ------------------------------------------------------
-
-
-class HeldErrors(logging.Filter):
-    """Hold back mitmproxy's server errors while the listener moves to PORT.
-
-    Without --listen-port, mitmdump binds its default port (8080, often the upstream's
-    own) while it loads the addon; the addon then moves the listener to PORT. A failure
-    on the default port (or in stopping that never-started server) is logged as an
-    ERROR, which would stop start-up, so such records are held until the move is done:
-    dropped if PORT is served, replayed if not."""
-
-    LOGGER = "mitmproxy.addons.proxyserver"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    @classmethod
-    def install(cls) -> HeldErrors:
-        held = cls()
-        logging.getLogger(cls.LOGGER).addFilter(held)
-        return held
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
-        self.records.append(record)
-        return False
-
-    def release(self, replay: bool) -> None:
-        logger = logging.getLogger(self.LOGGER)
-        logger.removeFilter(self)
-        for record in self.records if replay else ():
-            logger.handle(record)
-
-
-def user_set(options: Any, name: str) -> bool:
-    """True when `name` was given a value (`--set`, config.yaml), even its default.
-
-    mitmproxy internals (an option's `value` is `optmanager.unset` until set); with no
-    such attribute, fall back to the public "differs from the default"."""
-    try:
-        return options._options[name].value is not optmanager.unset
-    except (AttributeError, KeyError):
-        return options.has_changed(name)
 
 
 def reverse_targets(modes: list[str]) -> list[str]:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from http import HTTPStatus
 from typing import Any
 
-from mitmproxy import connection, ctx, http
+from mitmproxy import connection, ctx, http, optmanager
 from mitmproxy.net.http import http1
 
 from . import errors
@@ -117,6 +117,9 @@ CONTRACT: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("mitmproxy.proxy.events", "DataReceived", ("connection", "data")),
     ("mitmproxy.addonmanager", "AddonManager.get", ("self", "name")),
     ("mitmproxy.addonmanager", "AddonManager.remove", ("self", "addon")),
+    ("mitmproxy.addons.proxyserver", "Proxyserver.setup_servers", ("self",)),
+    ("mitmproxy.addons.proxyserver", "Proxyserver.listen_addrs", ("self",)),
+    ("mitmproxy.optmanager", "unset", None),
 ]
 #: Instance attributes, declared as class annotations: (module, class, attribute).
 ANNOTATED: list[tuple[str, str, str]] = [
@@ -348,3 +351,57 @@ def trim_addons(names: Iterable[str] = UNUSED_ADDONS) -> int:
     for addon in unused:
         manager.remove(addon)
     return len(unused)
+
+
+# --- options and listeners -------------------------------------------------------------
+
+
+class HeldErrors(logging.Filter):
+    """Hold back mitmproxy's server errors while the listener moves to PORT.
+
+    Without --listen-port, mitmdump binds its default port (8080, often the upstream's
+    own) while it loads the addon; the addon then moves the listener to PORT. A failure
+    on the default port (or in stopping that never-started server) is logged as an
+    ERROR, which would stop start-up, so such records are held until the move is done:
+    dropped if PORT is served, replayed if not."""
+
+    #: The logger of mitmproxy.addons.proxyserver (it logs under its module name).
+    LOGGER = "mitmproxy.addons.proxyserver"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    @classmethod
+    def install(cls) -> HeldErrors:
+        held = cls()
+        logging.getLogger(cls.LOGGER).addFilter(held)
+        return held
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.records.append(record)
+        return False
+
+    def release(self, replay: bool) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeFilter(self)
+        for record in self.records if replay else ():
+            logger.handle(record)
+
+
+def user_set(options: Any, name: str) -> bool:
+    """True when `name` was given a value (`--set`, config.yaml), even its default.
+
+    mitmproxy internals (an option's `value` is `optmanager.unset` until set); with no
+    such attribute, fall back to the public "differs from the default"."""
+    try:
+        return options._options[name].value is not optmanager.unset
+    except (AttributeError, KeyError):
+        return options.has_changed(name)
+
+
+async def restart_servers() -> bool:
+    """Re-bind mitmproxy's listeners after a mode change; False when one failed."""
+    return await ctx.master.addons.get("proxyserver").setup_servers()

@@ -178,3 +178,22 @@ def test_done_restores_mitmproxys_error_renderer(
         assert _http1.make_error_response is mitm_compat.render_proxy_failure
         addon.lifecycle.done()
     assert _http1.make_error_response is original
+
+
+def test_user_set_tells_an_explicit_default_from_no_value() -> None:
+    with taddons.context() as tctx:
+        options = tctx.options
+        assert not mitm_compat.user_set(options, "tcp_timeout")
+        options.update(tcp_timeout=options.tcp_timeout)  # the default, said explicitly
+        assert mitm_compat.user_set(options, "tcp_timeout")
+
+
+def test_held_errors_filter_the_proxyserver_logger() -> None:
+    assert proxyserver.logger.name == mitm_compat.HeldErrors.LOGGER
+    held = mitm_compat.HeldErrors.install()
+    try:
+        proxyserver.logger.error("port in use")
+        assert [r.getMessage() for r in held.records] == ["port in use"]
+    finally:
+        held.release(replay=False)
+    assert held not in proxyserver.logger.filters
