@@ -7,11 +7,13 @@ is marked `e2e`, so `pytest -m "not e2e and not slow"` is a quick local loop.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anthropic_standin import AnthropicStandIn
@@ -20,6 +22,12 @@ from openai_standin import OpenAIStandIn
 from standin import SilentUpstream, StandIn
 
 E2E_DIR = Path(__file__).parent / "e2e"
+
+# Locally, property tests draw new examples each run and keep the failures they find;
+# under CI they draw the same examples every run, so a result never depends on luck.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

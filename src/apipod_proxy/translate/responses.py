@@ -108,7 +108,8 @@ def anthropic_response_to_openai(
     texts: list[str] = []
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
-    for block in body.get("content") or []:
+    blocks = body.get("content")
+    for block in blocks if isinstance(blocks, list) else ():
         if not isinstance(block, dict):
             continue
         kind = block.get("type")
