@@ -24,7 +24,8 @@ from typing import Any, cast
 
 from mitmproxy import http
 
-from . import auth, errors, keys, logs, mitm_compat
+from . import auth, budgets, errors, keys, logs, mitm_compat
+from .account import is_account_path
 from .admin import is_internal
 from .bodies import BodyError, BodyTooLarge, decoded, json_bytes, parse_json
 from .config import Settings
@@ -35,6 +36,7 @@ from .lifecycle import Lifecycle, Runtime
 from .logs import printable
 from .metrics import Metrics
 from .models import MODELS_PATH
+from .pricing import Plans
 from .ratelimit import RateLimiter
 from .routing import SESSION_HEADER, Router, conversation_key
 from .store import KeyRecord
@@ -54,6 +56,8 @@ class Apipod:
     def __init__(self, settings: Settings | None = None, router: Router | None = None) -> None:
         self.given_settings = settings
         self.router = router or Router()
+        self.plans = Plans()  # prices and tiers, from ROUTES_FILE too
+        self.ledger = budgets.SpendLedger()
         self.metrics = Metrics()
         self.limiter = RateLimiter()
         self.usage = UsageRecorder()
@@ -111,7 +115,7 @@ class Apipod:
             return response
         assert record is not None
         state.user = record
-        wait = self.limiter.acquire(record.id, self.rt.settings.rpm_for(record.tier, record.rpm))
+        wait = self.limiter.acquire(record.id, budgets.rpm_of(record, self.plans, self.rt.settings))
         if wait:
             self.metrics.rate_limited.inc()
             return errors.error_response(
@@ -140,16 +144,26 @@ class Apipod:
         if state.internal:
             flow.response = await self.rt.db(self.rt.admin.handle, flow.request)
             return
-        if flow.request.method == "GET" and flow.request.path.partition("?")[0] == MODELS_PATH:
+        path = flow.request.path.partition("?")[0]
+        if flow.request.method == "GET" and path == MODELS_PATH:
             # Fetched on the loop, bounded; never on the database threads (models.py).
             listing = await self.rt.models.listing(self.router.table.names())
-            flow.response = errors.json_response(200, listing)
+            allowed = budgets.models_of(state.user, self.plans) if state.user else None
+            flow.response = errors.json_response(200, budgets.allowed_listing(listing, allowed))
+            return
+        if is_account_path(path) and state.user is not None:
+            flow.response = await self.rt.db(self.rt.account.answer, flow.request, state.user)
             return
         # Swap first: whatever happens next, the client's key never goes upstream.
         auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
         try:
             is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
-            if is_api_post and (refusal := self._rewrite_body(flow, state)) is not None:
+            refusal = self._rewrite_body(flow, state) if is_api_post else None
+            if refusal is None and state.user is not None:
+                refusal = budgets.budget_refusal(
+                    state.user, self.plans, self.ledger, keys.now_text()
+                )
+            if refusal is not None:
                 flow.response = refusal
                 state.answered_by_proxy = True
                 return
@@ -190,6 +204,10 @@ class Apipod:
         changed = False
         if isinstance(model := body.get("model"), str):
             state.requested_model = model
+            if state.user is not None and (
+                refusal := budgets.model_refusal(state.user, model, self.plans)
+            ):
+                return refusal
             conversation = None
             if self.router.is_sticky(model) and state.user is not None:
                 session = flow.request.headers.get(SESSION_HEADER)
@@ -285,7 +303,24 @@ class Apipod:
         self.metrics.duration.observe(time.perf_counter() - state.started)
         if state.user is not None and state.forwarded_at is not None:
             usage = self._usage_of(flow, state)
-            self.usage.add(state.user.id, model, status, usage)
+            # What the upstream failed (5xx, unreachable, timeout) costs nothing.
+            cost = 0.0
+            if status < 500:
+                cost = self.plans.cost(
+                    model, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
+                )
+            self.ledger.add(state.user.id, cost, keys.now_text())
+            self.usage.add(state.user.id, model, status, usage, cost)
+            self.rt.request_log.add(
+                state.request_id,
+                state.user.id,
+                state.requested_model and printable(state.requested_model),
+                model or None,
+                status,
+                time.perf_counter() - state.started,
+                usage,
+                cost,
+            )
             if usage.prompt_tokens or usage.completion_tokens:
                 self.metrics.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
                 self.metrics.tokens.labels(label, "completion").inc(usage.completion_tokens)

@@ -16,13 +16,15 @@ from typing import Any
 
 from mitmproxy import http
 
-from . import dashboard, keys, pages
+from . import budgets, dashboard, keys, pages
 from .auth import bearer_token
 from .bodies import BodyError, decoded, parse_json
 from .config import Settings
 from .errors import error_response, json_response
 from .logs import printable
 from .metrics import CONTENT_TYPE, Metrics
+from .pricing import Plans
+from .requestlog import DEFAULT_LIMIT, parse_limit
 from .routing import Router, RoutesFile
 from .store import KeyStore
 
@@ -75,6 +77,53 @@ def _body_error(exc: ValueError) -> http.Response:
     return error_response(400, str(exc), code)
 
 
+PLAN_FIELDS = ("budget", "budget_period", "models")
+UPDATE_FIELDS = ("name", "tier", "rpm", "expires_in", *PLAN_FIELDS)
+
+
+def _check_id(key_id: object) -> http.Response | None:
+    if isinstance(key_id, bool) or not isinstance(key_id, int):
+        return error_response(400, "id must be a key's whole-number id", "invalid_field")
+    if not 1 <= key_id <= MAX_ID:
+        return error_response(404, f"No key has id {key_id}", "key_not_found")
+    return None
+
+
+def validate_plan(fields: dict[str, Any]) -> dict[str, object]:
+    """The key's own budget, budget_period and models among `fields`, validated."""
+    plan: dict[str, object] = {}
+    if "budget" in fields:
+        plan["budget"] = budgets.validate_budget(fields["budget"])
+    if "budget_period" in fields:
+        plan["budget_period"] = budgets.validate_period(fields["budget_period"])
+    if "models" in fields:
+        plan["models"] = budgets.validate_models(fields["models"])
+    return plan
+
+
+def validate_changes(fields: dict[str, Any]) -> dict[str, object]:
+    """store.update_key changes from update-key fields; a null clears a setting (rpm,
+    budget, budget_period, models: the tier's apply again; expires_in: never expires)."""
+    changes = validate_plan(fields)
+    if "name" in fields or "tier" in fields:
+        name, tier, _ = keys.validate_new_key(
+            fields.get("name", "unchanged"), fields.get("tier", "unchanged")
+        )
+        if "name" in fields:
+            changes["name"] = name
+        if "tier" in fields:
+            if fields["tier"] is None:
+                raise ValueError("tier must be a non-empty string")
+            changes["tier"] = tier
+    if "rpm" in fields:
+        changes["rpm"] = keys.validate_rpm(fields["rpm"])
+    if "expires_in" in fields:
+        expires_in = fields["expires_in"]
+        seconds = None if expires_in is None else keys.parse_duration(expires_in)
+        changes["expires_at"] = keys.expiry_after(seconds)
+    return changes
+
+
 @dataclass
 class AdminApi:
     settings: Settings
@@ -83,6 +132,7 @@ class AdminApi:
     router: Router | None = None
     routes: RoutesFile | None = None
     live: dashboard.LiveStats = field(default_factory=dashboard.LiveStats)
+    plans: Plans | None = None
 
     def handle(self, request: http.Request) -> http.Response:
         response = self._answer(request)
@@ -154,7 +204,7 @@ class AdminApi:
 
     def create_key(self, request: http.Request) -> http.Response:
         try:
-            body = _json_object(request, {"name", "tier", "expires_in", "rpm"})
+            body = _json_object(request, {"name", "tier", "expires_in", "rpm", *PLAN_FIELDS})
         except ValueError as exc:
             return _body_error(exc)
         try:
@@ -162,14 +212,64 @@ class AdminApi:
                 body.get("name"), body.get("tier"), body.get("expires_in")
             )
             rpm = keys.validate_rpm(body.get("rpm"))
+            plan = validate_plan(body)
         except ValueError as exc:
             return error_response(400, str(exc), "invalid_field")
-        api_key, record = self.store.create(name, tier, expires_in, rpm)
+        api_key, record = self.store.create(name, tier, expires_in, rpm, plan)
         log.info("admin: created key id=%s name=%s tier=%s", record.id, record.name, record.tier)
         return json_response(201, record.created_view(api_key))
 
     def list_keys(self, request: http.Request) -> http.Response:
-        return json_response(200, {"data": self.store.list_keys()})
+        return json_response(200, {"data": self._key_objects()})
+
+    def _key_objects(self, key_id: int | None = None) -> list[dict[str, Any]]:
+        return budgets.key_objects(self.store.list_keys(key_id), self.plans or Plans())
+
+    def update_key(self, request: http.Request) -> http.Response:
+        try:
+            body = _json_object(request, {"id", *UPDATE_FIELDS})
+        except ValueError as exc:
+            return _body_error(exc)
+        key_id = body.pop("id", None)
+        if (refused := _check_id(key_id)) is not None:
+            return refused
+        try:
+            changes = validate_changes(body)
+        except ValueError as exc:
+            return error_response(400, str(exc), "invalid_field")
+        if self.store.update(key_id, changes) is None:
+            return error_response(404, f"No key has id {key_id}", "key_not_found")
+        log.info("admin: updated key id=%s (%s)", key_id, ", ".join(sorted(changes)) or "nothing")
+        return json_response(200, self._key_objects(key_id)[0])
+
+    def rotate_key(self, request: http.Request) -> http.Response:
+        try:
+            key_id = _json_object(request, {"id"}).get("id")
+        except ValueError as exc:
+            return _body_error(exc)
+        if (refused := _check_id(key_id)) is not None:
+            return refused
+        rotated = self.store.rotate(key_id)
+        if rotated is None:
+            return error_response(404, f"No key has id {key_id}", "key_not_found")
+        api_key, record = rotated
+        log.info("admin: rotated key id=%s; the old secret no longer works", key_id)
+        return json_response(200, record.created_view(api_key))
+
+    def requests(self, request: http.Request) -> http.Response:
+        query = request.query
+        try:
+            key_id = query.get("key_id")
+            if key_id is not None:
+                key_id = int(key_id) if key_id.isascii() and key_id.isdigit() else -1
+                if not 1 <= key_id <= MAX_ID:
+                    raise ValueError("key_id must be a key's whole-number id")
+            since = query.get("since")
+            start = keys.ago(keys.parse_duration(since, "since")) if since else None
+            limit = parse_limit(query.get("limit", DEFAULT_LIMIT))
+        except ValueError as exc:
+            return error_response(400, str(exc), "invalid_field")
+        return json_response(200, {"data": self.store.requests(key_id, start, limit)})
 
     def revoke_key(self, request: http.Request) -> http.Response:
         return self._set_active(request, False)
@@ -210,6 +310,9 @@ ROUTES: dict[str, tuple[str, Handler, bool]] = {
     "/admin/revoke-key": ("POST", AdminApi.revoke_key, True),
     "/admin/activate-key": ("POST", AdminApi.activate_key, True),
     "/admin/usage": ("GET", AdminApi.usage, True),
+    "/admin/update-key": ("POST", AdminApi.update_key, True),
+    "/admin/rotate-key": ("POST", AdminApi.rotate_key, True),
+    "/admin/requests": ("GET", AdminApi.requests, True),
     METRICS_PATH: ("GET", AdminApi.metrics_page, True),
     **dashboard.ROUTES,
 }

@@ -1,5 +1,5 @@
-"""The operator's command line: `apipod-keys {create,list,revoke,activate,usage}`
-(also `python scripts/keys.py ...`).
+"""The operator's command line: `apipod-keys {create,list,update,rotate,revoke,activate,
+usage,requests}` (also `python scripts/keys.py ...`).
 
 It opens the proxy's database (DATABASE_PATH, resolved as config.py says) directly,
 so it works whether or not the proxy runs. Revocation takes effect on the next request
@@ -18,9 +18,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import keys
+from . import budgets, config, keys
+from .admin import validate_changes, validate_plan
 from .config import database_path, find_env_file
-from .store import KEY_FIELDS, USAGE_FIELDS, KeyStore
+from .pricing import Plans, parse_plans
+from .requestlog import DEFAULT_LIMIT, parse_limit
+from .routing import RoutesError
+from .store import KEY_FIELDS, REQUEST_FIELDS, USAGE_FIELDS, KeyStore
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -48,6 +52,8 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(value) or "(none)"
     return str(value)
 
 
@@ -60,13 +66,84 @@ def create(store: KeyStore, args: argparse.Namespace) -> int:
         args.name, args.tier, args.expires_in, expires_name="--expires-in"
     )
     rpm = keys.validate_rpm(args.rpm)
-    api_key, record = store.create(name, tier, expires_in, rpm)
+    plan = validate_plan(
+        {
+            name: value
+            for name, value in (
+                ("budget", args.budget),
+                ("budget_period", args.period),
+                ("models", args.models),
+            )
+            if value is not None
+        }
+    )
+    api_key, record = store.create(name, tier, expires_in, rpm, plan)
     print(json.dumps(record.created_view(api_key)) if args.json else api_key)
     return 0
 
 
+def plans() -> Plans:
+    """The tiers of ROUTES_FILE (as the proxy reads it), to show what applies to keys."""
+    env_file = find_env_file()
+    raw = config.read_environment(env_file).get("ROUTES_FILE", "").strip()
+    if not raw:
+        return Plans()
+    path = config.base_folder(env_file) / raw  # relative to the .env, as the proxy reads it
+    try:
+        with open(path, encoding="utf-8") as file:
+            return Plans(parse_plans(file.read()))
+    except (OSError, UnicodeDecodeError, RoutesError) as exc:
+        print(f"warning: ROUTES_FILE {path}: {exc}; showing keys' own settings", file=sys.stderr)
+        return Plans()
+
+
+def key_objects(store: KeyStore, key_id: int | None = None) -> list[dict[str, Any]]:
+    return budgets.key_objects(store.list_keys(key_id), plans())
+
+
 def list_keys(store: KeyStore, args: argparse.Namespace) -> int:
-    _print(store.list_keys(), KEY_FIELDS, args.json)
+    _print(key_objects(store), KEY_FIELDS, args.json)
+    return 0
+
+
+def update(store: KeyStore, args: argparse.Namespace) -> int:
+    fields: dict[str, Any] = {}
+    for name in ("name", "tier", "rpm", "budget", "models", "expires_in"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    if args.period is not None:
+        fields["budget_period"] = args.period
+    for flag, name in (
+        ("no_rpm", "rpm"),
+        ("no_budget", "budget"),
+        ("all_models", "models"),
+        ("no_expiry", "expires_in"),
+    ):
+        if getattr(args, flag):
+            fields[name] = None
+    if not fields:
+        raise ValueError("nothing to change: give at least one option (see update --help)")
+    if store.update(args.id, validate_changes(fields)) is None:
+        print(f"error: no key has id {args.id}", file=sys.stderr)
+        return 1
+    _print(key_objects(store, args.id), KEY_FIELDS, args.json)
+    return 0
+
+
+def rotate(store: KeyStore, args: argparse.Namespace) -> int:
+    rotated = store.rotate(args.id)
+    if rotated is None:
+        print(f"error: no key has id {args.id}", file=sys.stderr)
+        return 1
+    api_key, record = rotated
+    print(json.dumps(record.created_view(api_key)) if args.json else api_key)
+    return 0
+
+
+def requests(store: KeyStore, args: argparse.Namespace) -> int:
+    since = keys.ago(keys.parse_duration(args.since, "--since")) if args.since else None
+    limit = parse_limit(args.limit, "--limit")
+    _print(store.requests(args.key, since, limit), REQUEST_FIELDS, args.json)
     return 0
 
 
@@ -94,7 +171,34 @@ def add_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rpm", type=int, help="requests per minute for this key (default: the tier's; 0: none)"
     )
+    add_plan_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_plan_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budget", help="USD per period for this key (default: the tier's)")
+    parser.add_argument(
+        "--period", choices=("day", "month", "total"), help="the budget's period (UTC calendar)"
+    )
+    parser.add_argument(
+        "--models", help="comma-separated model names the key may use (default: the tier's)"
+    )
+
+
+def add_update_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", type=int)
+    parser.add_argument("--name")
+    parser.add_argument("--tier")
+    rpm = parser.add_mutually_exclusive_group()
+    rpm.add_argument("--rpm", type=int, help="requests per minute (0: unlimited)")
+    rpm.add_argument("--no-rpm", action="store_true", help="use the tier's rpm again")
+    add_plan_options(parser)
+    parser.add_argument("--no-budget", action="store_true", help="use the tier's budget again")
+    parser.add_argument("--all-models", action="store_true", help="use the tier's models again")
+    expiry = parser.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", help="new lifetime from now: 3600, 90m, 12h, 30d")
+    expiry.add_argument("--no-expiry", action="store_true", help="never expires")
+    parser.add_argument("--json", action="store_true", help="print the key object as JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--since", help="only the last 90m, 24h, 30d, 2w ... (to the hour)")
     report.add_argument("--json", action="store_true")
+    add_update_options(commands.add_parser("update", help="change a key's settings"))
+    rotation = commands.add_parser("rotate", help="new secret for a key; the old one stops")
+    rotation.add_argument("id", type=int)
+    rotation.add_argument("--json", action="store_true", help="print one JSON object")
+    log = commands.add_parser("requests", help="the per-request log, newest first")
+    log.add_argument("--key", type=int, help="only this key id")
+    log.add_argument("--since", help="only the last 90m, 24h, 30d ...")
+    log.add_argument("--limit", default=DEFAULT_LIMIT, help="at most N rows (%(default)s)")
+    log.add_argument("--json", action="store_true")
     return parser
 
 
@@ -122,6 +235,9 @@ HANDLERS = {
     "revoke": set_active,
     "activate": set_active,
     "usage": usage,
+    "update": update,
+    "rotate": rotate,
+    "requests": requests,
 }
 
 

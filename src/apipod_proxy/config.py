@@ -140,6 +140,12 @@ def _parse_tier_rpm(name: str, value: str) -> dict[str, int]:
     return limits
 
 
+def _parse_days(name: str, value: str) -> int:
+    if not _is_whole_number(value) or int(value) > 36500:
+        raise ConfigError(f"{name} must be a whole number of days (0 turns it off), got {value!r}")
+    return int(value)
+
+
 def _parse_bool(name: str, value: str) -> bool:
     lowered = value.lower()
     if lowered not in ("true", "false", "1", "0", "yes", "no"):
@@ -306,6 +312,14 @@ SETTINGS: tuple[Setting, ...] = (
         "By default (file limit - 256) / 2, after raising the soft file limit to the hard one.",
         shown_default="(from the file limit)",
     ),
+    # --- plans and budgets (budgets.py, requestlog.py) ---
+    Setting(
+        "REQUEST_LOG_DAYS",
+        "30",
+        _parse_days,
+        "Days the per-request log (`keys.py requests`, `GET /admin/requests`) is kept, pruned "
+        'hourly; `0` turns it off. See "Plans and budgets".',
+    ),
 )
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 #: The raw defaults, by variable.
@@ -338,6 +352,7 @@ class Settings:
     client_header_timeout: float = _default("CLIENT_HEADER_TIMEOUT")
     idle_timeout: float = _default("IDLE_TIMEOUT")
     max_connections: int | None = _default("MAX_CONNECTIONS")  # None: from the file limit
+    request_log_days: int = _default("REQUEST_LOG_DAYS")
 
     @property
     def admin_enabled(self) -> bool:

@@ -32,10 +32,12 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.utils import asyncio_utils
 
 from . import config, logs, mitm_compat
+from .account import Account
 from .admin import AdminApi
 from .config import ConfigError, Settings
 from .keycache import KeyCache
 from .models import ModelList
+from .requestlog import PRUNE_SECONDS, RequestLog
 from .routing import RoutesError, RoutesFile
 from .store import KeyStore
 
@@ -70,6 +72,8 @@ class Runtime:
     admin: AdminApi
     models: ModelList
     pool: ThreadPoolExecutor
+    account: Account
+    request_log: RequestLog
     routes: RoutesFile | None = None
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -117,8 +121,9 @@ class Lifecycle:
             store.connection(create=True)
             routes = None
             if settings.routes_file:
-                routes = RoutesFile(settings.routes_file, gateway.router)
+                routes = RoutesFile(settings.routes_file, gateway.router, [gateway.plans])
                 routes.load()
+            gateway.ledger.base = store.current_spend()  # every key's spend, at start
         except (ConfigError, RoutesError) as exc:
             # Logged at ERROR during startup: mitmdump prints the line and exits.
             self._fail(str(exc))
@@ -130,9 +135,18 @@ class Lifecycle:
             settings=settings,
             store=store,
             key_cache=KeyCache(settings.database_path),
-            admin=AdminApi(settings, store, gateway.metrics, router=gateway.router, routes=routes),
+            admin=AdminApi(
+                settings,
+                store,
+                gateway.metrics,
+                router=gateway.router,
+                routes=routes,
+                plans=gateway.plans,
+            ),
             models=ModelList(settings.antigravity_url, settings.antigravity_key),
             pool=ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db"),
+            account=Account(settings, store, gateway.plans, gateway.ledger),
+            request_log=RequestLog(settings.request_log_days),
             routes=routes,
         )
         mitm_compat.install_json_error_pages()
@@ -205,6 +219,8 @@ class Lifecycle:
             self._every(
                 ROUTES_POLL_SECONDS, lambda: runtime.db(routes.reload_if_changed), "routes reload"
             )
+        if runtime.request_log.enabled:
+            self._every(PRUNE_SECONDS, self._prune_request_log, "request log pruning", now=True)
         # mitmproxy calls `running` once its listeners are up: "ready" means ready.
         server = ctx.master.addons.get("proxyserver")
         listening = server.listen_addrs() if server is not None else []
@@ -231,12 +247,17 @@ class Lifecycle:
             self._held.release(replay=not ok)
             self._held = None
 
-    def _every(self, seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
-        """Run `job` every `seconds` until shutdown; one failure never stops the loop."""
+    def _every(
+        self, seconds: float, job: Callable[[], Awaitable[object]], name: str, now: bool = False
+    ) -> None:
+        """Run `job` every `seconds` (first at once with `now`) until shutdown; one failure
+        never stops the loop."""
 
         async def loop() -> None:
+            first = now
             while True:
-                await asyncio.sleep(seconds)
+                await asyncio.sleep(0 if first else seconds)
+                first = False
                 try:
                     await job()
                 except Exception:
@@ -280,16 +301,30 @@ class Lifecycle:
     # --- usage batches -------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Write the counted usage in one transaction; on failure keep it for the next."""
-        usage, runtime = self.gateway.usage, self.gateway.runtime
-        if not usage or runtime is None:
+        """Write usage, spend and the request log in one transaction, and re-read every
+        process's spend; on failure keep it all for the next."""
+        usage, runtime, ledger = self.gateway.usage, self.gateway.runtime, self.gateway.ledger
+        if runtime is None:
             return
         batch = usage.take()
+        requests = runtime.request_log.take()
+        ledger.take()
         try:
-            await runtime.db(runtime.store.record_usage, *batch)
+            spend = await runtime.db(runtime.store.record_usage, *batch, requests)
         except sqlite3.Error as exc:
             log.error("usage flush failed, will retry: %s", exc)
             usage.give_back(*batch)
+            runtime.request_log.give_back(requests)
+            ledger.give_back()
+            return
+        ledger.settle(spend)
+
+    async def _prune_request_log(self) -> None:
+        runtime = self.gateway.runtime
+        assert runtime is not None
+        log_ = runtime.request_log
+        if deleted := await runtime.db(runtime.store.prune_requests, log_.cutoff()):
+            log.info("request log: pruned %d rows older than %d days", deleted, log_.days)
 
     def done(self) -> None:
         if self._held is not None:
@@ -301,10 +336,10 @@ class Lifecycle:
         runtime, usage = self.gateway.runtime, self.gateway.usage
         if runtime is None:
             return
-        if usage:  # whatever the last periodic flush did not see
+        if usage or runtime.request_log:  # whatever the last periodic flush did not see
             batch = usage.take()
             try:
-                runtime.store.record_usage(*batch)
+                runtime.store.record_usage(*batch, runtime.request_log.take())
             except Exception:
                 log.exception("final usage flush failed; %d buckets lost", len(batch[0]))
         runtime.pool.shutdown(wait=True)

@@ -19,9 +19,9 @@ import os
 import random
 import time
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("apipod")
 
@@ -127,7 +127,8 @@ def parse_routes(text: str) -> RouteTable:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RoutesError(f"not valid TOML: {exc}") from None
-    _only(document, {"aliases", "renames"}, "the top level")
+    # [prices] and [tiers] belong to pricing.py, which RoutesFile also hands the text.
+    _only(document, {"aliases", "renames", "prices", "tiers"}, "the top level")
     aliases: dict[str, Alias] = {}
     for name, spec in _table(document, "aliases").items():
         if not isinstance(spec, dict):
@@ -233,12 +234,21 @@ def conversation_key(key_id: int, session: str | None, body: dict[str, Any]) -> 
     return f"{key_id}:opening:{hashlib.sha256(opening.encode()).hexdigest()}"
 
 
+class Section(Protocol):
+    """Another reader of the routing file (pricing.Plans): parse all, then apply all."""
+
+    def prepare(self, text: str) -> Any: ...
+
+    def apply(self, parsed: Any) -> None: ...
+
+
 class RoutesFile:
     """ROUTES_FILE, re-read when it changes; a broken edit keeps the last good table."""
 
-    def __init__(self, path: str, router: Router) -> None:
+    def __init__(self, path: str, router: Router, sections: Sequence[Section] = ()) -> None:
         self.path = path
         self.router = router
+        self.sections = sections
         self._seen: object = None  # the file version last loaded or reported
         self.loaded_at: str | None = None  # when the table in force was read (UTC)
 
@@ -255,10 +265,15 @@ class RoutesFile:
         self._seen = self._version()
         try:
             with open(self.path, encoding="utf-8") as file:
-                table = parse_routes(file.read())
+                text = file.read()
+            table = parse_routes(text)
+            parsed = [section.prepare(text) for section in self.sections]
         except (OSError, UnicodeDecodeError, RoutesError) as exc:
             raise RoutesError(f"ROUTES_FILE {self.path}: {exc}") from None
+        # Only a file valid throughout takes effect, all of it at once.
         self.router.table = table
+        for section, value in zip(self.sections, parsed, strict=True):
+            section.apply(value)
         self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def reload_if_changed(self) -> bool:

@@ -7,6 +7,7 @@ busy timeout makes a briefly locked file wait instead of failing.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -33,6 +34,10 @@ class KeyRecord:
     expires_at: str | None
     prefix: str
     rpm: int | None = None
+    # The key's own plan settings; None: its tier's apply (see budgets.py).
+    budget: float | None = None
+    budget_period: str | None = None
+    models: tuple[str, ...] | None = None
 
     def created_view(self, api_key: str) -> dict[str, object]:
         """What the admin endpoint and the CLI show once, right after creation."""
@@ -97,9 +102,55 @@ def m002_rate_limits_and_usage(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX usage_hour ON usage (hour)")
 
 
+def m003_budgets_and_request_log(conn: sqlite3.Connection) -> None:
+    # The key's own plan settings; NULL: the tier's apply. models is a JSON array.
+    conn.execute("ALTER TABLE users ADD COLUMN budget REAL")
+    conn.execute("ALTER TABLE users ADD COLUMN budget_period TEXT")
+    conn.execute("ALTER TABLE users ADD COLUMN models TEXT")
+    conn.execute("ALTER TABLE usage ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE usage ADD COLUMN cost REAL NOT NULL DEFAULT 0")
+    # Spend per key and calendar period, kept for every period at once (start: the day
+    # `YYYY-MM-DD`, the month `YYYY-MM`, or '' for all time), so a key's budget period
+    # can change at any time. A few rows per key and day: proxies re-read today's,
+    # this month's and the totals with every usage flush.
+    conn.execute(
+        """
+        CREATE TABLE spend (
+            period TEXT NOT NULL,
+            start TEXT NOT NULL,
+            key_id INTEGER NOT NULL REFERENCES users (id),
+            amount REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (period, start, key_id)
+        )
+        """
+    )
+    # One row per forwarded request: the evidence when a customer disputes a bill.
+    conn.execute(
+        """
+        CREATE TABLE request_log (
+            id INTEGER PRIMARY KEY,
+            time TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            key_id INTEGER NOT NULL REFERENCES users (id),
+            model TEXT,
+            routed_model TEXT,
+            status INTEGER NOT NULL,
+            duration_ms INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cost REAL NOT NULL DEFAULT 0
+        )
+        """
+    )
+    conn.execute("CREATE INDEX request_log_time ON request_log (time)")
+    conn.execute("CREATE INDEX request_log_key_time ON request_log (key_id, time)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_create_users,
     m002_rate_limits_and_usage,
+    m003_budgets_and_request_log,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -155,12 +206,30 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-_KEY_COLUMNS = "id, name, tier, active, created_at, expires_at, key_prefix, rpm"
+_KEY_COLUMNS = (
+    "id, name, tier, active, created_at, expires_at, key_prefix, rpm, budget, budget_period, models"
+)
+
+
+def _models(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(json.loads(text))
 
 
 def _record(row: tuple) -> KeyRecord:
-    id_, name, tier, active, created_at, expires_at, prefix, rpm = row
-    return KeyRecord(id_, name, tier, bool(active), created_at, expires_at, prefix, rpm)
+    id_, name, tier, active, created_at, expires_at, prefix, rpm, budget, period, models = row
+    return KeyRecord(
+        id_,
+        name,
+        tier,
+        bool(active),
+        created_at,
+        expires_at,
+        prefix,
+        rpm,
+        budget,
+        period,
+        _models(models),
+    )
 
 
 def create_key(
@@ -169,13 +238,19 @@ def create_key(
     tier: str,
     expires_in: int | None,
     rpm: int | None = None,
+    plan: dict[str, object] | None = None,
 ) -> tuple[str, KeyRecord]:
-    """Store a new key; return its plaintext (shown once, never stored) and record."""
+    """Store a new key; return its plaintext (shown once, never stored) and record.
+
+    `plan` holds the key's own `budget`, `budget_period` and `models` (validated).
+    """
     plaintext = keys.generate_key()
     now = keys.utcnow()
+    plan = plan or {}
     cursor = conn.execute(
-        "INSERT INTO users (name, key_hash, key_prefix, tier, created_at, expires_at, rpm)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING " + _KEY_COLUMNS,
+        "INSERT INTO users (name, key_hash, key_prefix, tier, created_at, expires_at, rpm,"
+        " budget, budget_period, models)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING " + _KEY_COLUMNS,
         (
             name,
             keys.hash_key(plaintext),
@@ -184,9 +259,52 @@ def create_key(
             keys.format_time(now),
             keys.expiry_after(expires_in, now),
             rpm,
+            plan.get("budget"),
+            plan.get("budget_period"),
+            _models_text(plan.get("models")),
         ),
     )
     return plaintext, _record(cursor.fetchone())
+
+
+def _models_text(models: object) -> str | None:
+    return None if models is None else json.dumps(list(models))  # type: ignore[call-overload]
+
+
+#: Columns `update_key` may set; `expires_at` is a `keys.format_time` string or None.
+UPDATABLE = ("name", "tier", "rpm", "budget", "budget_period", "models", "expires_at")
+
+
+def update_key(
+    conn: sqlite3.Connection, key_id: int, changes: dict[str, object]
+) -> KeyRecord | None:
+    """Change a key's settings (validated `UPDATABLE` fields); None when no key has the id."""
+    if unknown := set(changes) - set(UPDATABLE):
+        raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+    values = {**changes}
+    if "models" in values:
+        values["models"] = _models_text(values["models"])
+    assignments = ", ".join(f"{column} = ?" for column in values) or "id = id"
+    row = conn.execute(
+        f"UPDATE users SET {assignments} WHERE id = ? RETURNING {_KEY_COLUMNS}",
+        (*values.values(), key_id),
+    ).fetchone()
+    return _record(row) if row else None
+
+
+def rotate_key(conn: sqlite3.Connection, key_id: int) -> tuple[str, KeyRecord] | None:
+    """Give a key a new secret; the old one stops matching. Usage and settings stay."""
+    plaintext = keys.generate_key()
+    row = conn.execute(
+        f"UPDATE users SET key_hash = ?, key_prefix = ? WHERE id = ? RETURNING {_KEY_COLUMNS}",
+        (keys.hash_key(plaintext), keys.display_prefix(plaintext), key_id),
+    ).fetchone()
+    return (plaintext, _record(row)) if row else None
+
+
+def find_key_by_id(conn: sqlite3.Connection, key_id: int) -> KeyRecord | None:
+    row = conn.execute(f"SELECT {_KEY_COLUMNS} FROM users WHERE id = ?", (key_id,)).fetchone()
+    return _record(row) if row else None
 
 
 def find_key(conn: sqlite3.Connection, key_hash: str) -> KeyRecord | None:
@@ -220,6 +338,12 @@ KEY_FIELDS = [
     "prompt_tokens",
     "completion_tokens",
     "last_used_at",
+    # What applies to the key (its own setting, else its tier's) and its spend in the
+    # current period, in USD: filled in by budgets.key_objects.
+    "budget",
+    "budget_period",
+    "spend",
+    "models",
 ]
 USAGE_FIELDS = [
     "key_id",
@@ -229,30 +353,57 @@ USAGE_FIELDS = [
     "errors",
     "prompt_tokens",
     "completion_tokens",
+    "cost",
 ]
+#: What `list_keys` reads besides the KEY_FIELDS up to `last_used_at`: the key's own plan
+#: settings and its spend in today's, this month's and all time's periods.
+_PLAN_FIELDS = ["own_budget", "own_budget_period", "own_models", "spend_day", "spend_month",
+                "spend_total"]  # fmt: skip
 
 
-def list_keys(conn: sqlite3.Connection) -> list[dict[str, object]]:
-    """Every key with its usage totals, oldest first. Never a key or a hash."""
+def list_keys(
+    conn: sqlite3.Connection, key_id: int | None = None, now: str | None = None
+) -> list[dict[str, object]]:
+    """Every key (or one) with its usage totals, oldest first. Never a key or a hash.
+
+    Rows hold the KEY_FIELDS up to `last_used_at` plus `_PLAN_FIELDS`; budgets.key_objects
+    turns them into key objects.
+    """
+    now = now or keys.now_text()
     rows = conn.execute(
         """
         SELECT u.id, u.name, u.tier, u.active, u.created_at, u.expires_at, u.key_prefix, u.rpm,
                coalesce(sum(g.requests), 0), coalesce(sum(g.client_errors + g.server_errors), 0),
                coalesce(sum(g.prompt_tokens), 0), coalesce(sum(g.completion_tokens), 0),
-               u.last_used_at
+               u.last_used_at, u.budget, u.budget_period, u.models,
+               (SELECT coalesce(sum(s.amount), 0) FROM spend s
+                WHERE s.period = 'day' AND s.start = ? AND s.key_id = u.id),
+               (SELECT coalesce(sum(s.amount), 0) FROM spend s
+                WHERE s.period = 'month' AND s.start = ? AND s.key_id = u.id),
+               (SELECT coalesce(sum(s.amount), 0) FROM spend s
+                WHERE s.period = 'total' AND s.start = '' AND s.key_id = u.id)
         FROM users u LEFT JOIN usage g ON g.key_id = u.id
+        WHERE ? IS NULL OR u.id = ?
         GROUP BY u.id ORDER BY u.id
-        """
+        """,
+        (now[:10], now[:7], key_id, key_id),
     ).fetchall()
-    return [{**dict(zip(KEY_FIELDS, row, strict=True)), "active": bool(row[3])} for row in rows]
+    names = [*KEY_FIELDS[: KEY_FIELDS.index("last_used_at") + 1], *_PLAN_FIELDS]
+    result = []
+    for row in rows:
+        fields = dict(zip(names, row, strict=True))
+        fields["active"] = bool(fields["active"])
+        fields["own_models"] = _models(fields["own_models"])
+        result.append(fields)
+    return result
 
 
 def usage_report(conn: sqlite3.Connection, since: str | None = None) -> list[dict[str, object]]:
-    """Requests and tokens per key and routed model, from the hour holding `since` on."""
+    """Requests, tokens and cost per key and routed model, from the hour holding `since` on."""
     rows = conn.execute(
         """
         SELECT g.key_id, u.name, g.model, sum(g.requests), sum(g.client_errors + g.server_errors),
-               sum(g.prompt_tokens), sum(g.completion_tokens)
+               sum(g.prompt_tokens), sum(g.completion_tokens), sum(g.cost)
         FROM usage g JOIN users u ON u.id = g.key_id
         WHERE g.hour >= ?
         GROUP BY g.key_id, g.model ORDER BY g.key_id, g.model
@@ -272,28 +423,40 @@ class UsageCounts:
     server_errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float = 0.0
+
+
+#: A request log row, in `request_log`'s column order (see requestlog.py).
+LogRow = tuple[str, str, int, str | None, str | None, int, int, int, int, int, float]
+#: Spend per (key_id, period, start), as kept in the `spend` table.
+SpendRows = dict[tuple[int, str, str], float]
 
 
 def record_usage(
     conn: sqlite3.Connection,
     counts: dict[tuple[int, str, str], UsageCounts],
     last_used: dict[int, str],
-) -> None:
-    """Add a batch of counts in one transaction: one commit per flush, not per request."""
+    requests: list[LogRow] | None = None,
+) -> SpendRows:
+    """Add a batch of counts, spend and request log rows in one transaction (one commit
+    per flush, not per request); return the current periods' spend of every key."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.executemany(
             """
             INSERT INTO usage (key_id, model, hour, requests, ok, client_errors, server_errors,
-                               prompt_tokens, completion_tokens)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               prompt_tokens, completion_tokens, cached_tokens, cost)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (key_id, model, hour) DO UPDATE SET
                 requests = requests + excluded.requests,
                 ok = ok + excluded.ok,
                 client_errors = client_errors + excluded.client_errors,
                 server_errors = server_errors + excluded.server_errors,
                 prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-                completion_tokens = completion_tokens + excluded.completion_tokens
+                completion_tokens = completion_tokens + excluded.completion_tokens,
+                cached_tokens = cached_tokens + excluded.cached_tokens,
+                cost = cost + excluded.cost
             """,
             [
                 (
@@ -306,6 +469,8 @@ def record_usage(
                     c.server_errors,
                     c.prompt_tokens,
                     c.completion_tokens,
+                    c.cached_tokens,
+                    c.cost,
                 )
                 for (key_id, model, hour), c in counts.items()
             ],
@@ -314,10 +479,115 @@ def record_usage(
             "UPDATE users SET last_used_at = max(coalesce(last_used_at, ''), ?) WHERE id = ?",
             [(moment, key_id) for key_id, moment in last_used.items()],
         )
+        conn.executemany(
+            """
+            INSERT INTO spend (period, start, key_id, amount) VALUES (?, ?, ?, ?)
+            ON CONFLICT (period, start, key_id) DO UPDATE SET amount = amount + excluded.amount
+            """,
+            [(period, start, key_id, amount) for (key_id, period, start), amount in
+             _spend_of(counts).items()],
+        )  # fmt: skip
+        if requests:
+            conn.executemany(
+                """
+                INSERT INTO request_log (time, request_id, key_id, model, routed_model, status,
+                                         duration_ms, prompt_tokens, cached_tokens,
+                                         completion_tokens, cost)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                requests,
+            )
+        spend = current_spend(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return spend
+
+
+def _spend_of(counts: dict[tuple[int, str, str], UsageCounts]) -> SpendRows:
+    """The batch's cost per key and calendar period (day, month and all time)."""
+    spend: SpendRows = {}
+    for (key_id, _model, hour), c in counts.items():
+        if c.cost:
+            for period, start in (("day", hour[:10]), ("month", hour[:7]), ("total", "")):
+                spend[(key_id, period, start)] = spend.get((key_id, period, start), 0.0) + c.cost
+    return spend
+
+
+def current_spend(conn: sqlite3.Connection, now: str | None = None) -> SpendRows:
+    """Every key's spend today, this month and in total (a few indexed rows per key)."""
+    now = now or keys.now_text()
+    rows = conn.execute(
+        """
+        SELECT key_id, period, start, amount FROM spend
+        WHERE (period = 'day' AND start = ?) OR (period = 'month' AND start = ?)
+           OR (period = 'total' AND start = '')
+        """,
+        (now[:10], now[:7]),
+    ).fetchall()
+    return {(key_id, period, start): amount for key_id, period, start, amount in rows}
+
+
+#: The fields of request log rows (`keys.py requests --json`, GET /admin/requests).
+REQUEST_FIELDS = [
+    "time",
+    "request_id",
+    "key_id",
+    "model",
+    "routed_model",
+    "status",
+    "duration_ms",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "cost",
+]
+
+
+def query_requests(
+    conn: sqlite3.Connection, key_id: int | None, since: str | None, limit: int
+) -> list[dict[str, object]]:
+    """Request log rows, newest first."""
+    rows = conn.execute(
+        f"""
+        SELECT {", ".join(REQUEST_FIELDS)} FROM request_log
+        WHERE (? IS NULL OR key_id = ?) AND time >= ?
+        ORDER BY time DESC, id DESC LIMIT ?
+        """,
+        (key_id, key_id, since or "", limit),
+    ).fetchall()
+    return [dict(zip(REQUEST_FIELDS, row, strict=True)) for row in rows]
+
+
+def prune_requests(conn: sqlite3.Connection, before: str) -> int:
+    """Delete request log rows older than `before`; return how many went."""
+    return conn.execute("DELETE FROM request_log WHERE time < ?", (before,)).rowcount
+
+
+def daily_usage(conn: sqlite3.Connection, key_id: int, since: str) -> list[dict[str, object]]:
+    """One key's usage per UTC day and routed model, from the day holding `since` on."""
+    rows = conn.execute(
+        """
+        SELECT substr(hour, 1, 10) AS day, model, sum(requests), sum(prompt_tokens),
+               sum(completion_tokens), sum(cost)
+        FROM usage WHERE key_id = ? AND hour >= ?
+        GROUP BY substr(hour, 1, 10), model ORDER BY day, model
+        """,
+        (key_id, since[:10]),
+    ).fetchall()
+    names = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "cost"]
+    return [{**dict(zip(names, row, strict=True)), "cost": round(row[5], 6)} for row in rows]
+
+
+def cost_between(conn: sqlite3.Connection, key_id: int, start: str, end: str) -> float:
+    """One key's cost in usage hours from `start` up to, not including, `end` (any
+    `format_time` prefix, such as a date)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(cost), 0) FROM usage WHERE key_id = ? AND hour >= ? AND hour < ?",
+        (key_id, start, end),
+    ).fetchone()
+    return float(row[0])
 
 
 def ping(conn: sqlite3.Connection) -> None:
@@ -370,23 +640,57 @@ class KeyStore:
         return find_key(self.connection(), key_hash)
 
     def create(
-        self, name: str, tier: str, expires_in: int | None, rpm: int | None = None
+        self,
+        name: str,
+        tier: str,
+        expires_in: int | None,
+        rpm: int | None = None,
+        plan: dict[str, object] | None = None,
     ) -> tuple[str, KeyRecord]:
-        return create_key(self.connection(create=True), name, tier, expires_in, rpm)
+        return create_key(self.connection(create=True), name, tier, expires_in, rpm, plan)
+
+    def update(self, key_id: int, changes: dict[str, object]) -> KeyRecord | None:
+        return update_key(self.connection(), key_id, changes)
+
+    def rotate(self, key_id: int) -> tuple[str, KeyRecord] | None:
+        return rotate_key(self.connection(), key_id)
+
+    def find_by_id(self, key_id: int) -> KeyRecord | None:
+        return find_key_by_id(self.connection(), key_id)
+
+    def current_spend(self) -> SpendRows:
+        return current_spend(self.connection())
 
     def set_active(self, key_id: int, active: bool) -> bool:
         return set_active(self.connection(), key_id, active)
 
-    def list_keys(self) -> list[dict[str, object]]:
-        return list_keys(self.connection())
+    def list_keys(self, key_id: int | None = None) -> list[dict[str, object]]:
+        return list_keys(self.connection(), key_id)
 
     def usage(self, since: str | None = None) -> list[dict[str, object]]:
         return usage_report(self.connection(), since)
 
     def record_usage(
-        self, counts: dict[tuple[int, str, str], UsageCounts], last_used: dict[int, str]
-    ) -> None:
-        record_usage(self.connection(), counts, last_used)
+        self,
+        counts: dict[tuple[int, str, str], UsageCounts],
+        last_used: dict[int, str],
+        requests: list[LogRow] | None = None,
+    ) -> SpendRows:
+        return record_usage(self.connection(), counts, last_used, requests)
+
+    def requests(
+        self, key_id: int | None = None, since: str | None = None, limit: int = 100
+    ) -> list[dict[str, object]]:
+        return query_requests(self.connection(), key_id, since, limit)
+
+    def prune_requests(self, before: str) -> int:
+        return prune_requests(self.connection(), before)
+
+    def daily_usage(self, key_id: int, since: str) -> list[dict[str, object]]:
+        return daily_usage(self.connection(), key_id, since)
+
+    def cost_between(self, key_id: int, start: str, end: str) -> float:
+        return cost_between(self.connection(), key_id, start, end)
 
     def ping(self) -> None:
         ping(self.connection())

@@ -36,8 +36,9 @@ MAX_EVENT_BYTES = 1 << 20
 
 @dataclass(slots=True)
 class Usage:
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # cached input included
     completion_tokens: int = 0
+    cached_tokens: int = 0  # the part of prompt_tokens read from the upstream's cache
 
 
 def _int(value: Any) -> int:
@@ -58,6 +59,8 @@ def _read_usage(payload: Any, usage: Usage) -> None:
     if "prompt_tokens" in found or "completion_tokens" in found:  # OpenAI
         usage.prompt_tokens = _int(found.get("prompt_tokens"))
         usage.completion_tokens = _int(found.get("completion_tokens"))
+        details = found.get("prompt_tokens_details")
+        usage.cached_tokens = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
         return
     # Anthropic: cached input is input too; output_tokens is cumulative in message_delta.
     prompt = sum(
@@ -66,6 +69,7 @@ def _read_usage(payload: Any, usage: Usage) -> None:
     )
     if prompt:
         usage.prompt_tokens = prompt
+        usage.cached_tokens = _int(found.get("cache_read_input_tokens"))
     if "output_tokens" in found:
         usage.completion_tokens = _int(found.get("output_tokens"))
 
@@ -166,7 +170,7 @@ class UsageRecorder:
     def __bool__(self) -> bool:
         return bool(self._pending)
 
-    def add(self, key_id: int, model: str, status: int, usage: Usage) -> None:
+    def add(self, key_id: int, model: str, status: int, usage: Usage, cost: float = 0.0) -> None:
         now = keys.now_text()
         counts = self._pending.get((key_id, model, keys.hour_of(now)))
         if counts is None:
@@ -175,6 +179,8 @@ class UsageRecorder:
         setattr(counts, status_class(status), getattr(counts, status_class(status)) + 1)
         counts.prompt_tokens += usage.prompt_tokens
         counts.completion_tokens += usage.completion_tokens
+        counts.cached_tokens += usage.cached_tokens
+        counts.cost += cost
         self._last_used[key_id] = now
 
     def take(self) -> tuple[dict[tuple[int, str, str], UsageCounts], dict[int, str]]:

@@ -205,6 +205,10 @@ def test_list_json_is_an_array_with_the_documented_fields(
             "prompt_tokens",
             "completion_tokens",
             "last_used_at",
+            "budget",
+            "budget_period",
+            "spend",
+            "models",
         }
         assert row["active"] is True
         assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (0, 0, 0)
@@ -401,7 +405,7 @@ def test_usage_table_has_the_usage_columns(
     header, row = out.rstrip("\n").split("\n")
     assert header.split() == USAGE_COLUMNS
     assert header.split()[3:5] == ["requests", "errors"]
-    assert row.split() == [str(alice["id"]), "alice", "m", "3", "2", "2", "3"]
+    assert row.split() == [str(alice["id"]), "alice", "m", "3", "2", "2", "3", "0"]
 
 
 @pytest.mark.parametrize("since", ["yesterday", "24x", "-1h", "0h", "1.5h", "h"])

@@ -118,7 +118,7 @@ def test_usage_from_an_anthropic_body_sums_cache_tokens_into_prompt() -> None:
             }
         )
     )
-    assert found == Usage(prompt_tokens=3210, completion_tokens=42)
+    assert found == Usage(prompt_tokens=3210, completion_tokens=42, cached_tokens=3000)
 
 
 def test_usage_from_an_anthropic_body_with_null_cache_fields() -> None:
@@ -382,7 +382,7 @@ def anthropic_stream() -> bytes:
 def test_anthropic_stream_usage_prompt_from_start_and_last_output_count() -> None:
     watcher = SseWatcher()
     feed(watcher, anthropic_stream())
-    assert watcher.usage == Usage(prompt_tokens=1120, completion_tokens=40)
+    assert watcher.usage == Usage(prompt_tokens=1120, completion_tokens=40, cached_tokens=1000)
 
 
 def test_anthropic_stream_usage_at_every_split_offset() -> None:
@@ -390,14 +390,14 @@ def test_anthropic_stream_usage_at_every_split_offset() -> None:
     for chunks in splits(stream):
         watcher = SseWatcher()
         assert sent(feed(watcher, *chunks)) == stream
-        assert watcher.usage == Usage(1120, 40), chunks
+        assert watcher.usage == Usage(1120, 40, 1000), chunks
 
 
 def test_anthropic_stream_is_never_stripped() -> None:
     stream = anthropic_stream()
     watcher = SseWatcher(strip_usage_chunk=True)
     assert sent(feed(watcher, stream)) == stream
-    assert watcher.usage == Usage(1120, 40)
+    assert watcher.usage == Usage(1120, 40, 1000)
 
 
 def test_anthropic_message_start_without_a_message_object_is_ignored() -> None:

@@ -1,0 +1,261 @@
+"""Budgets and model allow-lists: what a key may spend and use, checked from memory.
+
+What applies to a key: its own `budget`, `budget_period` and `models` when set, else
+its tier's from the routing file's `[tiers]` table (pricing.py). A budget without a
+period anywhere is monthly. Requests per minute: the key's own `rpm`, then the tier
+table's, then `TIER_RPM`, then `DEFAULT_RPM`.
+
+Periods are calendar periods in UTC: a day starts at midnight, a month on the 1st,
+and "total" never resets. Spend is kept per key for all three periods at once, so a
+key's period can change at any time.
+
+The admission check reads a `SpendLedger` in memory: the spend the database held at
+the last usage flush (every proxy process's, re-read with each flush) plus this
+process's requests since. No request waits for the database. A request's cost is
+added when it completes, so one request admitted just under the budget can overshoot
+it by its own cost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from mitmproxy import http
+
+from . import keys
+from .config import Settings
+from .errors import error_payload, error_response, json_response
+from .pricing import DEFAULT_PERIOD, PERIODS, Plans
+from .store import KEY_FIELDS, KeyRecord, SpendRows
+
+#: Largest budget accepted, in USD (enough for any plan, small enough to print).
+MAX_BUDGET = 1e9
+MAX_MODELS = 200
+MAX_MODEL_NAME = 200
+
+
+# --- what applies to a key -----------------------------------------------------------
+
+
+def budget_of(record: KeyRecord, plans: Plans) -> tuple[float | None, str | None]:
+    """The key's budget in USD (None: unlimited) and its period (None without budget)."""
+    tier = plans.tier(record.tier)
+    budget = record.budget if record.budget is not None else tier and tier.budget
+    period = record.budget_period or (tier and tier.budget_period) or None
+    if budget is None:
+        return None, period
+    return budget, period or DEFAULT_PERIOD
+
+
+def models_of(record: KeyRecord, plans: Plans) -> tuple[str, ...] | None:
+    """The model names the key may ask for; None: every model."""
+    if record.models is not None:
+        return record.models
+    tier = plans.tier(record.tier)
+    return tier.models if tier is not None else None
+
+
+def rpm_of(record: KeyRecord, plans: Plans, settings: Settings) -> int:
+    """Key, then the tier table, then TIER_RPM, then DEFAULT_RPM; 0 is unlimited."""
+    tier = plans.tier(record.tier) if record.rpm is None else None
+    if tier is not None and tier.rpm is not None:
+        return tier.rpm
+    return settings.rpm_for(record.tier, record.rpm)
+
+
+# --- calendar periods ----------------------------------------------------------------
+
+
+def period_start(period: str, now: str) -> str:
+    """The `spend` table's start of the period holding `now` (a `keys.format_time`)."""
+    if period == "day":
+        return now[:10]
+    if period == "month":
+        return now[:7]
+    return ""
+
+
+def resets_at(period: str | None, now: datetime) -> datetime | None:
+    """When the period holding `now` ends (UTC midnight, the 1st); None for "total"."""
+    if period == "day":
+        return datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+    if period == "month":
+        year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+        return datetime(year, month, 1, tzinfo=UTC)
+    return None
+
+
+# --- the spend ledger ----------------------------------------------------------------
+
+
+class SpendLedger:
+    """Spend per (key, period, start): the database's as of the last flush, plus ours since.
+
+    `pending` is this process's spend not yet handed to a flush; `flushing` is what a
+    running flush writes. When the flush commits, it returns the database's spend,
+    which then includes `flushing`.
+    """
+
+    def __init__(self) -> None:
+        self.base: SpendRows = {}
+        self.pending: SpendRows = {}
+        self.flushing: SpendRows = {}
+
+    def add(self, key_id: int, cost: float, now: str) -> None:
+        if cost <= 0:
+            return
+        pending = self.pending
+        for period in PERIODS:
+            slot = (key_id, period, period_start(period, now))
+            pending[slot] = pending.get(slot, 0.0) + cost
+
+    def spent(self, key_id: int, period: str, now: str) -> float:
+        slot = (key_id, period, period_start(period, now))
+        return self.base.get(slot, 0.0) + self.pending.get(slot, 0.0) + self.flushing.get(slot, 0.0)
+
+    def take(self) -> None:
+        """A flush starts: what is pending now goes with it."""
+        _merge(self.flushing, self.pending)
+        self.pending = {}
+
+    def settle(self, base: SpendRows) -> None:
+        """The flush committed; `base` is the database's spend, ours included."""
+        self.base, self.flushing = base, {}
+
+    def give_back(self) -> None:
+        """The flush failed: what it carried is pending again."""
+        _merge(self.pending, self.flushing)
+        self.flushing = {}
+
+
+def _merge(into: SpendRows, rows: SpendRows) -> None:
+    for slot, amount in rows.items():
+        into[slot] = into.get(slot, 0.0) + amount
+
+
+# --- the checks before forwarding ----------------------------------------------------
+
+
+def model_refusal(record: KeyRecord, model: str, plans: Plans) -> http.Response | None:
+    """403 `model_not_allowed` unless `model` (as the client sent it) is on the list."""
+    allowed = models_of(record, plans)
+    if allowed is None or model in allowed:
+        return None
+    listed = ", ".join(allowed) if allowed else "none"
+    return error_response(
+        403,
+        f"This API key may not use this model. Allowed models: {listed}",
+        "model_not_allowed",
+        {"x-should-retry": "false"},
+    )
+
+
+def budget_refusal(
+    record: KeyRecord, plans: Plans, ledger: SpendLedger, now: str
+) -> http.Response | None:
+    """429 `insufficient_quota` when the key's spend has reached its budget."""
+    budget, period = budget_of(record, plans)
+    if budget is None or period is None:
+        return None
+    spent = ledger.spent(record.id, period, now)
+    if spent < budget:
+        return None
+    moment = datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    reset = resets_at(period, moment)
+    per = {"day": "per day", "month": "per month", "total": "in total"}[period]
+    message = f"This API key's budget of ${budget:.2f} {per} is used up (${spent:.4f} spent)"
+    # Clients retry a 429 on their own; this one stays until the period ends.
+    headers = {"x-should-retry": "false"}
+    if reset is None:
+        message += "; it does not reset"
+    else:
+        message += f"; it resets at {keys.format_time(reset)}"
+        headers["retry-after"] = str(max(1, math.ceil((reset - moment).total_seconds())))
+    payload = error_payload(429, message, "insufficient_quota")
+    payload["error"]["type"] = "insufficient_quota"  # what OpenAI sends for a used-up quota
+    return json_response(429, payload, headers)
+
+
+def allowed_listing(listing: dict[str, Any], allowed: Iterable[str] | None) -> dict[str, Any]:
+    """`GET /v1/models` cut to the key's allow-list."""
+    if allowed is None:
+        return listing
+    names = set(allowed)
+    return {**listing, "data": [m for m in listing["data"] if m.get("id") in names]}
+
+
+# --- key objects ---------------------------------------------------------------------
+
+
+def key_objects(rows: list[dict[str, Any]], plans: Plans) -> list[dict[str, Any]]:
+    """store.list_keys rows as key objects: the budget, period and models that apply,
+    and the spend in the current period (the month's for a key without a budget)."""
+    objects = []
+    for row in rows:
+        record = KeyRecord(
+            row["id"],
+            row["name"],
+            row["tier"],
+            row["active"],
+            row["created_at"],
+            row["expires_at"],
+            row["prefix"],
+            row["rpm"],
+            row["own_budget"],
+            row["own_budget_period"],
+            row["own_models"],
+        )
+        budget, period = budget_of(record, plans)
+        models = models_of(record, plans)
+        view = {name: row.get(name) for name in KEY_FIELDS}
+        view["budget"] = budget
+        view["budget_period"] = period
+        view["spend"] = round(row[f"spend_{period or DEFAULT_PERIOD}"], 6)
+        view["models"] = None if models is None else list(models)
+        objects.append(view)
+    return objects
+
+
+# --- validation of operator input ----------------------------------------------------
+
+
+def validate_budget(value: object) -> float | None:
+    """USD per period: None (the tier's), or a number from 0."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("budget must be a number of US dollars, like 20 or 4.50") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("budget must be a number of US dollars, like 20 or 4.50")
+    if not (0 <= value <= MAX_BUDGET):  # also refuses NaN
+        raise ValueError(f"budget must be between 0 and {MAX_BUDGET:.0f} US dollars")
+    return float(value)
+
+
+def validate_period(value: object) -> str | None:
+    if value is None:
+        return None
+    if value not in PERIODS:
+        raise ValueError(f"budget_period must be one of {', '.join(PERIODS)}")
+    return str(value)
+
+
+def validate_models(value: object) -> tuple[str, ...] | None:
+    """An allow-list: a list of names (or a comma-separated string); None: all models."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(
+        isinstance(m, str) and m and len(m) <= MAX_MODEL_NAME and m.isprintable() for m in value
+    ):
+        raise ValueError("models must be a list of model names")
+    if len(value) > MAX_MODELS:
+        raise ValueError(f"models may list at most {MAX_MODELS} names")
+    return tuple(dict.fromkeys(value))

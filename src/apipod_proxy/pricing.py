@@ -1,0 +1,174 @@
+"""Prices and plans: what a request costs, and what a tier allows.
+
+Both live in the routing TOML file (ROUTES_FILE), next to the aliases, and are
+re-read with it:
+
+    [prices."claude-sonnet-4-5"]   # USD per million tokens, by routed model
+    input = 3.00
+    output = 15.00
+    cached_input = 0.30            # optional; defaults to input
+
+    [tiers.elite]
+    rpm = 600
+    budget = 50.0                  # USD per period; omit for no budget
+    budget_period = "month"        # "day" | "month" | "total"; calendar periods in UTC
+    models = ["cursor-pro-sonnet", "gemini-3-flash"]   # omit for all models
+
+Without a file there are no prices and no tiers: everything is free and unlimited.
+Pure: no mitmproxy, no database.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .routing import RoutesError
+
+log = logging.getLogger("apipod")
+
+PERIODS = ("day", "month", "total")
+#: The period of a budget that names none, neither on the key nor on its tier.
+DEFAULT_PERIOD = "month"
+PER_TOKENS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cached_input: float
+
+    def cost(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> float:
+        """`prompt_tokens` includes the cached ones, which are charged at their own price."""
+        cached = min(cached_tokens, prompt_tokens)
+        return (
+            (prompt_tokens - cached) * self.input
+            + cached * self.cached_input
+            + completion_tokens * self.output
+        ) / PER_TOKENS
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """A plan's settings; None means "not set here" (the next source applies)."""
+
+    rpm: int | None = None
+    budget: float | None = None
+    budget_period: str | None = None
+    models: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    prices: dict[str, Price] = field(default_factory=dict)
+    tiers: dict[str, Tier] = field(default_factory=dict)
+
+
+def parse_plans(text: str) -> PriceTable:
+    """Read `[prices]` and `[tiers]` from the routing file's TOML text."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RoutesError(f"not valid TOML: {exc}") from None
+    prices = {name: _price(name, spec) for name, spec in _section(document, "prices").items()}
+    tiers = {name: _tier(name, spec) for name, spec in _section(document, "tiers").items()}
+    return PriceTable(prices, tiers)
+
+
+def _section(document: dict[str, Any], name: str) -> dict[str, Any]:
+    value = document.get(name, {})
+    if not isinstance(value, dict):
+        raise RoutesError(f"[{name}] must be a table")
+    return value
+
+
+def _where(section: str, name: str) -> str:
+    return f'[{section}."{name}"]'
+
+
+def _number(value: object, where: str, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RoutesError(f"{where} {field_name} must be a number, got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise RoutesError(f"{where} {field_name} must be zero or more, got {value!r}")
+    return float(value)
+
+
+def _only(spec: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    if unknown := sorted(set(spec) - set(allowed)):
+        raise RoutesError(
+            f"unknown keys in {where}: {', '.join(unknown)} (allowed: {', '.join(allowed)})"
+        )
+
+
+def _price(name: str, spec: object) -> Price:
+    where = _where("prices", name)
+    if not isinstance(spec, dict):
+        raise RoutesError(f"{where} must be a table with input and output")
+    _only(spec, ("input", "output", "cached_input"), where)
+    for required in ("input", "output"):
+        if required not in spec:
+            raise RoutesError(f"{where} needs {required} (USD per million tokens)")
+    input_price = _number(spec["input"], where, "input")
+    output_price = _number(spec["output"], where, "output")
+    cached = spec.get("cached_input")
+    cached_price = input_price if cached is None else _number(cached, where, "cached_input")
+    return Price(input_price, output_price, cached_price)
+
+
+def _tier(name: str, spec: object) -> Tier:
+    where = _where("tiers", name)
+    if not isinstance(spec, dict):
+        raise RoutesError(f"{where} must be a table")
+    _only(spec, ("rpm", "budget", "budget_period", "models"), where)
+    rpm = spec.get("rpm")
+    if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 0):
+        raise RoutesError(f"{where} rpm must be a whole number, 0 for unlimited, got {rpm!r}")
+    budget = spec.get("budget")
+    if budget is not None:
+        budget = _number(budget, where, "budget")
+    period = spec.get("budget_period")
+    if period is not None and period not in PERIODS:
+        raise RoutesError(f"{where} budget_period must be one of {', '.join(PERIODS)}")
+    models = spec.get("models")
+    if models is not None:
+        if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+            raise RoutesError(f"{where} models must be a list of model names")
+        models = tuple(dict.fromkeys(models))
+    return Tier(rpm, budget, period, models)
+
+
+class Plans:
+    """The live price table, replaced whole when the routing file changes."""
+
+    def __init__(self, table: PriceTable | None = None) -> None:
+        self.table = table or PriceTable()
+        self._warned: set[str] = set()
+
+    def prepare(self, text: str) -> PriceTable:
+        """Parse the routing file's text; RoutesError when its plans are invalid."""
+        return parse_plans(text)
+
+    def apply(self, table: PriceTable) -> None:
+        self.table = table
+
+    def tier(self, name: str) -> Tier | None:
+        return self.table.tiers.get(name)
+
+    def cost(
+        self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int
+    ) -> float:
+        """USD for one request's tokens at `model`'s price; an unpriced model costs 0."""
+        price = self.table.prices.get(model)
+        if price is None:
+            if model and model not in self._warned and len(self._warned) < 1000:
+                self._warned.add(model)
+                log.warning("model %r has no price in ROUTES_FILE: its requests cost 0", model)
+            return 0.0
+        return price.cost(prompt_tokens, cached_tokens, completion_tokens)
