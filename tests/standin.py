@@ -14,6 +14,9 @@ through like any other header:
     x-standin-usage-on-finish: 1  a stream asked for usage gets it on the finish chunk,
                                 with no separate `choices: []` chunk (as some
                                 OpenAI-compatible servers send it)
+    x-standin-prompt-tokens: N  report N prompt tokens (default 11)
+    x-standin-cached-tokens: N  report N of them as cached (prompt_tokens_details)
+    x-standin-error-usage: 1    with x-standin-status, put a usage object in the error body
 
 `open_streams` counts streaming responses still being written, so tests can see that
 the proxy closes the upstream side when a client goes away.
@@ -168,23 +171,24 @@ class StandIn:
         if delay:
             await asyncio.sleep(delay)
         if status := request.headers.get("x-standin-status"):
-            return web.json_response(
-                {
-                    "error": {
-                        "message": f"stand-in error {status}",
-                        "type": "upstream_test",
-                        "param": None,
-                        "code": f"standin_{status}",
-                    }
-                },
-                status=int(status),
-                headers={"retry-after": "7"},
-            )
+            error: dict[str, Any] = {
+                "error": {
+                    "message": f"stand-in error {status}",
+                    "type": "upstream_test",
+                    "param": None,
+                    "code": f"standin_{status}",
+                }
+            }
+            if request.headers.get("x-standin-error-usage"):
+                error["usage"] = usage_of(request, 5)
+            return web.json_response(error, status=int(status), headers={"retry-after": "7"})
         body = entry.json()
         model = body.get("model", "unknown")
         if body.get("stream"):
             return await self._stream(request, body, model)
-        return web.json_response(completion(model, int(time.time())))
+        answer = completion(model, int(time.time()))
+        answer["usage"] = usage_of(request, 5)
+        return web.json_response(answer)
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """Anthropic Messages: usage in the body, or in message_start/message_delta."""
@@ -268,7 +272,14 @@ class StandIn:
             # The request id names every chunk, so a client can tell streams apart.
             stream_id = request.headers.get("x-request-id", "chatcmpl-standin")
             return await self._write_chunks(
-                response, stream_id, model, chunks, interval, include_usage, usage_on_finish
+                response,
+                stream_id,
+                model,
+                chunks,
+                interval,
+                include_usage,
+                usage_on_finish,
+                usage_of(request, chunks),
             )
         finally:
             self.open_streams -= 1
@@ -282,8 +293,10 @@ class StandIn:
         interval: float,
         include_usage: bool,
         usage_on_finish: bool = False,
+        usage: dict[str, Any] | None = None,
     ) -> web.StreamResponse:
-        usage = {"prompt_tokens": 11, "completion_tokens": chunks, "total_tokens": 11 + chunks}
+        if usage is None:
+            usage = {"prompt_tokens": 11, "completion_tokens": chunks, "total_tokens": 11 + chunks}
 
         def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
             chunk: dict[str, Any] = {
@@ -316,3 +329,16 @@ class StandIn:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def usage_of(request: web.Request, completion: int) -> dict[str, Any]:
+    """OpenAI usage: 11 prompt tokens unless the request's headers say otherwise."""
+    prompt = int(request.headers.get("x-standin-prompt-tokens", "11"))
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached := request.headers.get("x-standin-cached-tokens"):
+        usage["prompt_tokens_details"] = {"cached_tokens": int(cached)}
+    return usage
