@@ -61,6 +61,7 @@ def test_non_streaming_usage_is_counted_per_key_and_model(proxy: Proxy) -> None:
         "errors": 0,
         "prompt_tokens": 22,
         "completion_tokens": 10,
+        "cost": 0,  # the built-in table has no prices
     }
     assert rows["claude-sonnet-4-5"]["requests"] == 1
     [listed] = [
@@ -84,6 +85,10 @@ def test_non_streaming_usage_is_counted_per_key_and_model(proxy: Proxy) -> None:
         "prompt_tokens",
         "completion_tokens",
         "last_used_at",
+        "budget",
+        "budget_period",
+        "spend",
+        "models",
     }
     assert not any(key in json.dumps(listed) for key in proxy.keys)
 
@@ -200,7 +205,16 @@ def test_keys_cli_lists_revokes_and_reports(proxy: Proxy) -> None:
     report = json.loads(keys_cli("usage", "--since", "24h", "--json").stdout)
     assert all(
         set(row)
-        == {"key_id", "name", "model", "requests", "errors", "prompt_tokens", "completion_tokens"}
+        == {
+            "key_id",
+            "name",
+            "model",
+            "requests",
+            "errors",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost",
+        }
         for row in report
     )
 
