@@ -58,7 +58,7 @@ class Account:
         except ValueError as exc:
             return error_response(400, str(exc), "invalid_date")
         cost = self.store.cost_between(record.id, start.isoformat(), end.isoformat())
-        return json_response(200, {"object": "list", "total_usage": round(cost * 100, 6)})
+        return json_response(200, {"object": "list", "total_usage": round(cost * 100, 8)})
 
     def account(self, record: KeyRecord) -> dict[str, object]:
         now = keys.now_text()
@@ -75,7 +75,7 @@ class Account:
             "models": None if models is None else list(models),
             "budget": budget,
             "budget_period": period,
-            "spend": round(self.ledger.spent(record.id, shown, now), 6),
+            "spend": round(self.ledger.spent(record.id, shown, now), 10),
             "resets_at": None if reset is None else keys.format_time(reset),
             "usage": self.store.daily_usage(record.id, keys.ago((USAGE_DAYS - 1) * 86400)),
         }

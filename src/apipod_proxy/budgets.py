@@ -213,7 +213,7 @@ def key_objects(rows: list[dict[str, Any]], plans: Plans) -> list[dict[str, Any]
         view = {name: row.get(name) for name in KEY_FIELDS}
         view["budget"] = budget
         view["budget_period"] = period
-        view["spend"] = round(row[f"spend_{period or DEFAULT_PERIOD}"], 6)
+        view["spend"] = round(row[f"spend_{period or DEFAULT_PERIOD}"], 10)
         view["models"] = None if models is None else list(models)
         objects.append(view)
     return objects

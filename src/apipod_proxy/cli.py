@@ -54,6 +54,8 @@ def _cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, list):
         return ",".join(value) or "(none)"
+    if isinstance(value, float):  # dollars: six decimals, never 2.05e-05
+        return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
     return str(value)
 
 

@@ -276,8 +276,8 @@ SETTINGS: tuple[Setting, ...] = (
         "ROUTES_FILE",
         "",
         _optional_text,
-        'A TOML routing table, re-read when it changes; see "Routing table". A relative '
-        "path resolves like DATABASE_PATH.",
+        "A TOML routing table, with prices and tiers, re-read when it changes; see "
+        '"Routing table" and "Plans and budgets". A relative path resolves like DATABASE_PATH.',
         shown_default="(none: built-in table)",
         is_path=True,
     ),

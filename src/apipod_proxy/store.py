@@ -577,7 +577,7 @@ def daily_usage(conn: sqlite3.Connection, key_id: int, since: str) -> list[dict[
         (key_id, since[:10]),
     ).fetchall()
     names = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "cost"]
-    return [{**dict(zip(names, row, strict=True)), "cost": round(row[5], 6)} for row in rows]
+    return [{**dict(zip(names, row, strict=True)), "cost": round(row[5], 10)} for row in rows]
 
 
 def cost_between(conn: sqlite3.Connection, key_id: int, start: str, end: str) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -419,3 +420,56 @@ def test_request_log_days_0_writes_nothing(
     assert usage[0]["requests"] == 1  # usage still counted
     with sqlite3.connect(proxy.database) as conn:
         assert conn.execute("SELECT count(*) FROM request_log").fetchone()[0] == 0
+
+
+# --- the README's worked example ---------------------------------------------------------
+
+
+def test_readme_plans_and_budgets_example_runs_as_written(
+    make_proxy: Callable[..., Proxy], standin: StandIn, tmp_path: Path
+) -> None:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"^## Plans and budgets\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, "README has no section 'Plans and budgets'"
+    section = match.group(1)
+    (toml,) = re.findall(r"```toml\n(.*?)```", section, re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    workdir = tmp_path / "proxy0"  # where make_proxy starts its first proxy
+    workdir.mkdir()
+    (workdir / "routes.toml").write_text(toml)
+    dotenv = (
+        f"ADMIN_SECRET={ADMIN_SECRET}\nDATABASE_PATH=./data/proxy.db\nROUTES_FILE=routes.toml\n"
+    )
+    proxy = make_proxy(standin.url, dotenv=dotenv, ADMIN_SECRET=None, DATABASE_PATH=None)
+    (proxy.workdir / ".venv").symlink_to(Path(sys.prefix))
+    (proxy.workdir / "scripts").symlink_to(ROOT / "scripts")
+    script = "set -euo pipefail\n" + "\n".join(blocks)
+    script = script.replace("localhost:8081", f"127.0.0.1:{proxy.port}")
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=proxy.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    out = result.stdout
+    print(out)
+    assert result.returncode == 0, result.stderr + out
+    assert '"object": "chat.completion"' in out
+    assert '"code":"model_not_allowed"' in out and "Allowed models: gemini-3-flash" in out
+    account_line = next(line for line in out.splitlines() if line.startswith('{"id":1,'))
+    seen = json.loads(account_line)
+    # 11 prompt tokens at $0.50 and 5 completion tokens at $3.00 per million.
+    assert seen["spend"] == pytest.approx((11 * 0.5 + 5 * 3.0) / 1e6)
+    assert (seen["budget"], seen["budget_period"], seen["rpm"]) == (1.0, "total", 20)
+    assert seen["usage"][0]["cost"] == pytest.approx(seen["spend"])
+    assert (
+        '"data":[{"id":"gemini-3-flash"' in out
+        and "claude-sonnet-4-5" not in out.split('"data":[{"id":"gemini-3-flash"')[1].split("\n")[0]
+    )
+    assert '"hard_limit_usd":40.0' in out
+    assert '{"object":"list","total_usage":' in out
+    assert "403\n200\n" in out
+    assert re.search(r"^time +request_id +key_id", out, re.M)

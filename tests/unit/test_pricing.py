@@ -129,3 +129,10 @@ def test_a_broken_plan_at_startup_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(RoutesError) as info:
         RoutesFile(str(path), Router(), [Plans()]).load()
     assert str(info.value).startswith(f"ROUTES_FILE {path}: ")
+
+
+def test_the_example_routes_file_has_valid_plans() -> None:
+    text = (Path(__file__).resolve().parents[2] / "routes.example.toml").read_text()
+    table = parse_plans(text)
+    assert table.prices["claude-sonnet-4-5"] == Price(3.0, 15.0, 0.3)
+    assert table.tiers["trial"] == Tier(20, 1.0, "total", ("gemini-3-flash",))
