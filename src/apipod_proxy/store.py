@@ -441,6 +441,8 @@ def record_usage(
 ) -> SpendRows:
     """Add a batch of counts, spend and request log rows in one transaction (one commit
     per flush, not per request); return the current periods' spend of every key."""
+    if not (counts or last_used or requests):
+        return current_spend(conn)  # a read: no write lock for an idle proxy
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.executemany(
