@@ -9,6 +9,8 @@ after the usual key check, so a revoked or expired key gets the usual 403.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -18,8 +20,11 @@ from . import keys
 from .budgets import SpendLedger, budget_of, models_of, resets_at, rpm_of
 from .config import Settings
 from .errors import error_response, json_response
+from .logs import printable
 from .pricing import DEFAULT_PERIOD, Plans
 from .store import KeyRecord, KeyStore
+
+log = logging.getLogger("apipod")
 
 ACCOUNT_PATH = "/account"
 SUBSCRIPTION_PATHS = ("/v1/dashboard/billing/subscription", "/dashboard/billing/subscription")
@@ -43,7 +48,21 @@ class Account:
     ledger: SpendLedger
 
     def answer(self, request: http.Request, record: KeyRecord) -> http.Response:
-        """The answer to one of PATHS for the key `record`. Blocking (SQLite)."""
+        """The answer to one of PATHS for the key `record`. Blocking (SQLite).
+
+        Never raises: an exception in the request hook would let mitmproxy forward the
+        request upstream.
+        """
+        try:
+            return self._answer(request, record)
+        except sqlite3.Error as exc:
+            log.error("database error on /account: %s", exc)
+            return error_response(503, "The key database is unavailable", "database_unavailable")
+        except Exception:
+            log.exception("internal error on %s", printable(request.path))
+            return error_response(500, "Internal proxy error", "internal_error")
+
+    def _answer(self, request: http.Request, record: KeyRecord) -> http.Response:
         path = request.path.partition("?")[0]
         if request.method != "GET":
             return error_response(

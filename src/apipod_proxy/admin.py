@@ -101,7 +101,7 @@ def validate_plan(fields: dict[str, Any]) -> dict[str, object]:
     return plan
 
 
-def validate_changes(fields: dict[str, Any]) -> dict[str, object]:
+def validate_changes(fields: dict[str, Any], expires_name: str = "expires_in") -> dict[str, object]:
     """store.update_key changes from update-key fields; a null clears a setting (rpm,
     budget, budget_period, models: the tier's apply again; expires_in: never expires)."""
     changes = validate_plan(fields)
@@ -119,7 +119,7 @@ def validate_changes(fields: dict[str, Any]) -> dict[str, object]:
         changes["rpm"] = keys.validate_rpm(fields["rpm"])
     if "expires_in" in fields:
         expires_in = fields["expires_in"]
-        seconds = None if expires_in is None else keys.parse_duration(expires_in)
+        seconds = None if expires_in is None else keys.parse_duration(expires_in, expires_name)
         changes["expires_at"] = keys.expiry_after(seconds)
     return changes
 

@@ -125,7 +125,7 @@ def update(store: KeyStore, args: argparse.Namespace) -> int:
             fields[name] = None
     if not fields:
         raise ValueError("nothing to change: give at least one option (see update --help)")
-    if store.update(args.id, validate_changes(fields)) is None:
+    if store.update(args.id, validate_changes(fields, "--expires-in")) is None:
         print(f"error: no key has id {args.id}", file=sys.stderr)
         return 1
     _print(key_objects(store, args.id), KEY_FIELDS, args.json)
@@ -246,7 +246,7 @@ HANDLERS = {
 #: Flags whose value may look like a negative number (`--expires-in -5d`). argparse takes
 #: `-5d` for an option and says "expected one argument"; glued to its flag, the value
 #: reaches the flag's own check, which says what is wrong with it.
-SIGNED_VALUE_FLAGS = ("--expires-in", "--since", "--rpm")
+SIGNED_VALUE_FLAGS = ("--expires-in", "--since", "--rpm", "--budget", "--limit")
 _SIGNED = re.compile(r"-[0-9]")
 
 

@@ -194,3 +194,20 @@ def test_limits(value: object, expected: int) -> None:
 def test_bad_limits(value: object) -> None:
     with pytest.raises(ValueError, match="limit must be a whole number from 1 to 10000"):
         parse_limit(value)
+
+
+def test_a_database_error_answers_503_and_never_raises(tmp_path: Path) -> None:
+    settings = Settings(
+        antigravity_url="http://127.0.0.1:9",
+        antigravity_key="k",
+        admin_secret=None,
+        port=1,
+        database_path=tmp_path / "gone.db",
+        upstream_timeout=1.0,
+        max_body_size=1,
+    )
+    store = KeyStore(tmp_path / "gone.db", create_missing=False)
+    account = Account(settings, store, PLANS, SpendLedger())
+    record = KeyRecord(1, "a", "trial", True, "2026-01-01T00:00:00Z", None, "apk_abcdef")
+    status, answer = get(account, record, "/account")
+    assert (status, answer["error"]["code"]) == (503, "database_unavailable")

@@ -119,7 +119,7 @@ def test_update_key_changes_fields_and_answers_the_key_object(
         ({"id": 1, "name": ""}, 400, "invalid_field"),
         ({"id": 1, "rpm": -1}, 400, "invalid_field"),
         ({"id": 1, "expires_in": "soon"}, 400, "invalid_field"),
-        ({"id": 1, "key_hash": "x"}, 400, "invalid_json"),
+        ({"id": 1, "key_hash": "x"}, 400, "unknown_field"),
     ],
 )
 def test_update_key_refusals(

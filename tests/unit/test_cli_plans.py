@@ -157,3 +157,11 @@ def test_requests_lists_the_log_newest_first(
     assert header.split() == REQUEST_FIELDS and "r2" in line
     code, err = main_exit(capsys, "requests", "--limit", "0")
     assert code == 2 and "--limit must be a whole number" in err
+
+
+def test_negative_budget_and_bad_expiry_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    key = create(capsys, "--name", "a")
+    code, err = main_exit(capsys, "update", str(key["id"]), "--budget", "-5")
+    assert code == 2 and "budget must be between 0" in err
+    code, err = main_exit(capsys, "update", str(key["id"]), "--expires-in", "soon")
+    assert code == 2 and "--expires-in must be" in err
