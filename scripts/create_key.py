@@ -2,7 +2,7 @@
 """Create a customer API key from the shell, with the proxy's own config and database.
 
     .venv/bin/python scripts/create_key.py --name alice [--tier elite] [--expires-in 30d]
-        [--rpm N] [--json]
+        [--rpm N] [--budget 20 --period month] [--models a,b] [--json]
 
 Prints the new key alone on stdout (or, with --json, one JSON object with the same
 fields as POST /admin/create-key). The key is shown this once; only its hash is kept.

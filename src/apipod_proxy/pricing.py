@@ -169,6 +169,8 @@ class Plans:
         if price is None:
             if model and model not in self._warned and len(self._warned) < 1000:
                 self._warned.add(model)
-                log.warning("model %r has no price in ROUTES_FILE: its requests cost 0", model)
+                log.warning(
+                    "model %r has no price in ROUTES_FILE: its requests cost 0", model[:200]
+                )
             return 0.0
         return price.cost(prompt_tokens, cached_tokens, completion_tokens)

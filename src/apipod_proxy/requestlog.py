@@ -22,6 +22,7 @@ PRUNE_SECONDS = 3600.0
 #: a long database outage cannot exhaust memory.
 MAX_PENDING = 200_000
 DEFAULT_LIMIT = 100
+MAX_MODEL_NAME = 200
 MAX_LIMIT = 10_000
 
 
@@ -55,8 +56,9 @@ class RequestLog:
                 keys.now_text(),
                 request_id,
                 key_id,
-                model,
-                routed_model,
+                # Client-chosen names: bounded, so no row can be made huge.
+                model and model[:MAX_MODEL_NAME],
+                routed_model and routed_model[:MAX_MODEL_NAME],
                 status,
                 round(duration * 1000),
                 usage.prompt_tokens,

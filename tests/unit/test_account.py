@@ -211,3 +211,10 @@ def test_a_database_error_answers_503_and_never_raises(tmp_path: Path) -> None:
     record = KeyRecord(1, "a", "trial", True, "2026-01-01T00:00:00Z", None, "apk_abcdef")
     status, answer = get(account, record, "/account")
     assert (status, answer["error"]["code"]) == (503, "database_unavailable")
+
+
+def test_request_log_bounds_client_chosen_model_names() -> None:
+    buffer = RequestLog(30)
+    buffer.add("req_1", 7, "m" * 100_000, "r" * 100_000, 200, 0.0, Usage(), 0.0)
+    (row,) = buffer.take()
+    assert (len(row[3]), len(row[4])) == (200, 200)
