@@ -370,8 +370,10 @@ def list_keys(
     turns them into key objects.
     """
     now = now or keys.now_text()
+    # A condition built here rather than `? IS NULL OR ...`, which PostgreSQL cannot type.
+    where, params = ("WHERE u.id = ?", (key_id,)) if key_id is not None else ("", ())
     rows = conn.execute(
-        """
+        f"""
         SELECT u.id, u.name, u.tier, u.active, u.created_at, u.expires_at, u.key_prefix, u.rpm,
                coalesce(sum(g.requests), 0), coalesce(sum(g.client_errors + g.server_errors), 0),
                coalesce(sum(g.prompt_tokens), 0), coalesce(sum(g.completion_tokens), 0),
@@ -383,10 +385,10 @@ def list_keys(
                (SELECT coalesce(sum(s.amount), 0) FROM spend s
                 WHERE s.period = 'total' AND s.start = '' AND s.key_id = u.id)
         FROM users u LEFT JOIN usage g ON g.key_id = u.id
-        WHERE ? IS NULL OR u.id = ?
+        {where}
         GROUP BY u.id ORDER BY u.id
         """,
-        (now[:10], now[:7], key_id, key_id),
+        (now[:10], now[:7], *params),
     ).fetchall()
     names = [*KEY_FIELDS[: KEY_FIELDS.index("last_used_at") + 1], *_PLAN_FIELDS]
     result = []
@@ -551,13 +553,14 @@ def query_requests(
     conn: sqlite3.Connection, key_id: int | None, since: str | None, limit: int
 ) -> list[dict[str, object]]:
     """Request log rows, newest first."""
+    where, params = ("key_id = ? AND ", (key_id,)) if key_id is not None else ("", ())
     rows = conn.execute(
         f"""
         SELECT {", ".join(REQUEST_FIELDS)} FROM request_log
-        WHERE (? IS NULL OR key_id = ?) AND time >= ?
+        WHERE {where}time >= ?
         ORDER BY time DESC, id DESC LIMIT ?
         """,
-        (key_id, key_id, since or "", limit),
+        (*params, since or "", limit),
     ).fetchall()
     return [dict(zip(REQUEST_FIELDS, row, strict=True)) for row in rows]
 

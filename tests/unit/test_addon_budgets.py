@@ -1,0 +1,139 @@
+"""Unit tests for the addon's plan wiring: the checks before forwarding, from memory, and
+the cost added when a request completes. Uses test_addon's gateway fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from mitmproxy import http
+from test_addon import (  # noqa: F401 (fixtures)
+    Gateway,
+    chat_body,
+    error_of,
+    isolated_globals,
+    make_gateway,
+    run,
+)
+
+from apipod_proxy import keys
+from apipod_proxy.addon import state_of
+from apipod_proxy.pricing import Price, PriceTable, Tier
+
+GEMINI = "gemini-3-flash"
+#: 11 prompt (3 cached) and 5 completion tokens at these prices: (8*100 + 3*10 + 5*400)/1e6.
+PRICES = PriceTable(
+    prices={GEMINI: Price(100.0, 400.0, 10.0)},
+    tiers={"trial": Tier(rpm=1, budget=0.01, budget_period="day", models=(GEMINI,))},
+)
+COST = (8 * 100 + 3 * 10 + 5 * 400) / 1e6
+
+
+def answer(gw: Gateway, flow: http.HTTPFlow, status: int = 200) -> None:
+    usage = {
+        "prompt_tokens": 11,
+        "completion_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 3},
+    }
+    flow.response = http.Response.make(
+        status, json.dumps({"usage": usage}).encode(), {"content-type": "application/json"}
+    )
+    gw.addon.responseheaders(flow)
+    gw.addon.response(flow)
+
+
+def key_with(gw: Gateway, tier: str = "elite", **plan: Any) -> tuple[str, int]:
+    plaintext, record = gw.addon.store.create("alice", tier, None, plan=plan)
+    return plaintext, record.id
+
+
+@pytest.fixture
+def priced(make_gateway: Callable[..., Gateway]) -> Gateway:  # noqa: F811
+    gw = make_gateway()
+    gw.addon.plans.apply(PRICES)
+    return gw
+
+
+def test_a_completed_request_is_charged_from_memory_and_logged(priced: Gateway) -> None:
+    key, key_id = key_with(priced)
+    flow = priced.authed(key, body=chat_body(GEMINI), headers=[("x-request-id", "r-1")])
+    answer(priced, flow)
+    now = keys.now_text()
+    assert priced.addon.ledger.spent(key_id, "month", now) == pytest.approx(COST)
+    (row,) = priced.addon.request_log.take()
+    assert row[1:6] == ("r-1", key_id, GEMINI, GEMINI, 200)
+    assert row[7:] == (11, 3, 5, pytest.approx(COST))
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_upstream_failures_cost_nothing_even_with_usage(priced: Gateway, status: int) -> None:
+    key, key_id = key_with(priced)
+    answer(priced, priced.authed(key, body=chat_body(GEMINI)), status)
+    assert priced.addon.ledger.spent(key_id, "total", keys.now_text()) == 0
+    (row,) = priced.addon.request_log.take()
+    assert (row[5], row[-1]) == (status, 0.0)
+
+
+def test_over_budget_is_refused_before_forwarding_without_a_database_hop(
+    priced: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, key_id = key_with(priced, budget=0.01)
+    priced.authed(key, body=chat_body(GEMINI))  # the key lookup is now cached
+    priced.addon.ledger.add(key_id, 0.01, keys.now_text())
+    hops: list[Any] = []
+    original = priced.addon._db
+
+    async def counting(fn: Any, *args: Any) -> Any:
+        hops.append(fn)
+        return await original(fn, *args)
+
+    monkeypatch.setattr(priced.addon, "_db", counting)
+    flow = priced.authed(key, body=chat_body(GEMINI))
+    assert hops == []
+    assert flow.response is not None and flow.response.status_code == 429
+    assert error_of(flow.response)["code"] == "insufficient_quota"
+    state = state_of(flow)
+    assert state is not None and state.forwarded_at is None and state.answered_by_proxy
+    # Refused requests are neither charged nor logged.
+    priced.addon.response(flow)
+    assert priced.addon.request_log.take() == []
+
+
+def test_model_outside_the_tiers_list_is_403_and_rpm_comes_from_the_tier(
+    priced: Gateway,
+) -> None:
+    key, _ = key_with(priced, tier="trial")
+    flow = priced.authed(key, body=chat_body("claude-sonnet-4-5"))
+    assert flow.response is not None and flow.response.status_code == 403
+    assert error_of(flow.response)["code"] == "model_not_allowed"
+    # The tier's rpm is 1: that refused request took the minute's only token.
+    flow = priced.authed(key, body=chat_body(GEMINI))
+    assert error_of(flow.response)["code"] == "rate_limit_exceeded"
+
+
+def test_a_reload_of_prices_applies_to_the_next_completion(priced: Gateway) -> None:
+    key, key_id = key_with(priced)
+    flow = priced.authed(key, body=chat_body(GEMINI))
+    priced.addon.plans.apply(PriceTable(prices={GEMINI: Price(0.0, 0.0, 0.0)}))
+    answer(priced, flow)  # charged at completion, at the prices then
+    assert priced.addon.ledger.spent(key_id, "day", keys.now_text()) == 0
+
+
+def test_flush_writes_spend_and_log_and_settles_the_ledger(priced: Gateway) -> None:
+    key, key_id = key_with(priced)
+    answer(priced, priced.authed(key, body=chat_body(GEMINI)))
+
+    async def flush() -> None:
+        await priced.addon._flush()
+
+    run(flush())
+    ledger = priced.addon.ledger
+    assert ledger.pending == ledger.flushing == {}
+    assert ledger.spent(key_id, "total", keys.now_text()) == pytest.approx(COST)
+    (logged,) = priced.addon.store.requests(key_id)
+    assert logged["cost"] == pytest.approx(COST)
+    assert priced.addon.store.usage()[0]["cost"] == pytest.approx(COST)
+    assert asyncio.iscoroutinefunction(priced.addon._flush)
