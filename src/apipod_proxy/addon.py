@@ -304,11 +304,7 @@ class Apipod:
         if state.user is not None and state.forwarded_at is not None:
             usage = self._usage_of(flow, state)
             # What the upstream failed (5xx, unreachable, timeout) costs nothing.
-            cost = 0.0
-            if status < 500:
-                cost = self.plans.cost(
-                    model, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
-                )
+            cost = self.plans.cost_of(model, usage) if status < 500 else 0.0
             self.ledger.add(state.user.id, cost, keys.now_text())
             self.usage.add(state.user.id, model, status, usage, cost)
             self.rt.request_log.add(

@@ -24,7 +24,7 @@ import logging
 import math
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .routing import RoutesError
 
@@ -144,6 +144,14 @@ def _tier(name: str, spec: object) -> Tier:
     return Tier(rpm, budget, period, models)
 
 
+class Counted(Protocol):
+    """Tokens counted for one request (usage.Usage)."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+
 class Plans:
     """The live price table, replaced whole when the routing file changes."""
 
@@ -160,6 +168,10 @@ class Plans:
 
     def tier(self, name: str) -> Tier | None:
         return self.table.tiers.get(name)
+
+    def cost_of(self, model: str, usage: Counted) -> float:
+        """USD for a request's counted usage (usage.Usage) at `model`'s price."""
+        return self.cost(model, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
 
     def cost(
         self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int
