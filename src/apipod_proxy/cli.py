@@ -68,17 +68,8 @@ def create(store: KeyStore, args: argparse.Namespace) -> int:
         args.name, args.tier, args.expires_in, expires_name="--expires-in"
     )
     rpm = keys.validate_rpm(args.rpm)
-    plan = validate_plan(
-        {
-            name: value
-            for name, value in (
-                ("budget", args.budget),
-                ("budget_period", args.period),
-                ("models", args.models),
-            )
-            if value is not None
-        }
-    )
+    given = {"budget": args.budget, "budget_period": args.period, "models": args.models}
+    plan = validate_plan({field: value for field, value in given.items() if value is not None})
     api_key, record = store.create(name, tier, expires_in, rpm, plan)
     print(json.dumps(record.created_view(api_key)) if args.json else api_key)
     return 0
