@@ -1,26 +1,20 @@
 """Unit tests for the addon's plan wiring: the checks before forwarding, from memory, and
-the cost added when a request completes. Uses test_addon's gateway fixtures."""
+the cost added when a request completes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from gateway import Gateway
 from mitmproxy import http
-from test_addon import (  # noqa: F401 (fixtures)
-    Gateway,
-    chat_body,
-    error_of,
-    isolated_globals,
-    make_gateway,
-    run,
-)
+from test_addon import chat_body, error_of
 
 from apipod_proxy import keys
-from apipod_proxy.addon import state_of
+from apipod_proxy.flowstate import state_of
+from apipod_proxy.lifecycle import Runtime
 from apipod_proxy.pricing import Price, PriceTable, Tier
 
 GEMINI = "gemini-3-flash"
@@ -46,12 +40,12 @@ def answer(gw: Gateway, flow: http.HTTPFlow, status: int = 200) -> None:
 
 
 def key_with(gw: Gateway, tier: str = "elite", **plan: Any) -> tuple[str, int]:
-    plaintext, record = gw.addon.store.create("alice", tier, None, plan=plan)
+    plaintext, record = gw.addon.rt.store.create("alice", tier, None, plan=plan)
     return plaintext, record.id
 
 
 @pytest.fixture
-def priced(make_gateway: Callable[..., Gateway]) -> Gateway:  # noqa: F811
+def priced(make_gateway: Callable[..., Gateway]) -> Gateway:
     gw = make_gateway()
     gw.addon.plans.apply(PRICES)
     return gw
@@ -63,7 +57,7 @@ def test_a_completed_request_is_charged_from_memory_and_logged(priced: Gateway) 
     answer(priced, flow)
     now = keys.now_text()
     assert priced.addon.ledger.spent(key_id, "month", now) == pytest.approx(COST)
-    (row,) = priced.addon.request_log.take()
+    (row,) = priced.addon.rt.request_log.take()
     assert row[1:6] == ("r-1", key_id, GEMINI, GEMINI, 200)
     assert row[7:] == (11, 3, 5, pytest.approx(COST))
 
@@ -73,7 +67,7 @@ def test_upstream_failures_cost_nothing_even_with_usage(priced: Gateway, status:
     key, key_id = key_with(priced)
     answer(priced, priced.authed(key, body=chat_body(GEMINI)), status)
     assert priced.addon.ledger.spent(key_id, "total", keys.now_text()) == 0
-    (row,) = priced.addon.request_log.take()
+    (row,) = priced.addon.rt.request_log.take()
     assert (row[5], row[-1]) == (status, 0.0)
 
 
@@ -84,13 +78,13 @@ def test_over_budget_is_refused_before_forwarding_without_a_database_hop(
     priced.authed(key, body=chat_body(GEMINI))  # the key lookup is now cached
     priced.addon.ledger.add(key_id, 0.01, keys.now_text())
     hops: list[Any] = []
-    original = priced.addon._db
+    original = Runtime.db
 
-    async def counting(fn: Any, *args: Any) -> Any:
+    async def counting(self: Runtime, fn: Any, *args: Any) -> Any:
         hops.append(fn)
-        return await original(fn, *args)
+        return await original(self, fn, *args)
 
-    monkeypatch.setattr(priced.addon, "_db", counting)
+    monkeypatch.setattr(Runtime, "db", counting)
     flow = priced.authed(key, body=chat_body(GEMINI))
     assert hops == []
     assert flow.response is not None and flow.response.status_code == 429
@@ -99,7 +93,7 @@ def test_over_budget_is_refused_before_forwarding_without_a_database_hop(
     assert state is not None and state.forwarded_at is None and state.answered_by_proxy
     # Refused requests are neither charged nor logged.
     priced.addon.response(flow)
-    assert priced.addon.request_log.take() == []
+    assert priced.addon.rt.request_log.take() == []
 
 
 def test_model_outside_the_tiers_list_is_403_and_rpm_comes_from_the_tier(
@@ -126,14 +120,10 @@ def test_flush_writes_spend_and_log_and_settles_the_ledger(priced: Gateway) -> N
     key, key_id = key_with(priced)
     answer(priced, priced.authed(key, body=chat_body(GEMINI)))
 
-    async def flush() -> None:
-        await priced.addon._flush()
-
-    run(flush())
+    priced.flush()
     ledger = priced.addon.ledger
     assert ledger.pending == ledger.flushing == {}
     assert ledger.spent(key_id, "total", keys.now_text()) == pytest.approx(COST)
-    (logged,) = priced.addon.store.requests(key_id)
+    (logged,) = priced.addon.rt.store.requests(key_id)
     assert logged["cost"] == pytest.approx(COST)
-    assert priced.addon.store.usage()[0]["cost"] == pytest.approx(COST)
-    assert asyncio.iscoroutinefunction(priced.addon._flush)
+    assert priced.addon.rt.store.usage()[0]["cost"] == pytest.approx(COST)
