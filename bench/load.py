@@ -56,6 +56,9 @@ class Settings:
     model: str
     profile: int
     quick: bool
+    #: "on": prices, a budget and an allow-list for the bench key, and the request log;
+    #: "off": none of them; None: apipod's defaults (request log on, no prices).
+    budgets: str | None = None
 
 
 #: (full run, --quick) defaults, for the options `--quick` shortens.

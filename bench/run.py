@@ -119,6 +119,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, Path, bool]
         "py-spy in the venv)",
     )
     parser.add_argument(
+        "--budgets",
+        choices=("on", "off"),
+        help="on: prices, a budget and an allow-list for the bench key, and the request "
+        "log (REQUEST_LOG_DAYS=30); off: none of them (REQUEST_LOG_DAYS=0); default: "
+        "apipod's defaults. Compare the apipod/bare ratios of an `on` and an `off` run",
+    )
+    parser.add_argument(
         "--results-dir",
         type=Path,
         default=DEFAULT_RESULTS,
@@ -142,6 +149,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, Path, bool]
         model=args.model,
         profile=args.profile,
         quick=args.quick,
+        budgets=args.budgets,
         **values,
     )
     for name in ("rounds", "duration", "connections", "threads", "streams", "chunks", "warmup"):
@@ -150,6 +158,22 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, Path, bool]
     if settings.threads > settings.connections:
         parser.error("--threads must not exceed --connections")
     return settings, args.results_dir, args.keep
+
+
+def plans_env(settings: Settings, workdir: Path) -> dict[str, str]:
+    """apipod's environment for `--budgets`: a routing file pricing the bench model, with
+    a budget (never reached) and an allow-list for the key's tier, and the request log."""
+    if settings.budgets == "off":
+        return {"REQUEST_LOG_DAYS": "0"}
+    if settings.budgets != "on":
+        return {}
+    routes = workdir / "routes.toml"
+    routes.write_text(
+        f'[prices."{settings.model}"]\ninput = 3.0\noutput = 15.0\ncached_input = 0.3\n\n'
+        f'[tiers.elite]\nbudget = 1000000000.0\nbudget_period = "month"\n'
+        f'models = ["{settings.model}"]\n'
+    )
+    return {"ROUTES_FILE": str(routes), "REQUEST_LOG_DAYS": "30"}
 
 
 def run(settings: Settings, results_dir: Path, keep: bool = False) -> Path:
@@ -163,7 +187,11 @@ def run(settings: Settings, results_dir: Path, keep: bool = False) -> Path:
     admin_secret = secrets.token_urlsafe(24)
     with (
         tempfile.TemporaryDirectory(prefix="apipod-bench-", delete=not keep) as tmp,
-        services(Path(tmp), admin_secret) as (upstream, apipod, bare),
+        services(Path(tmp), admin_secret, **plans_env(settings, Path(tmp))) as (
+            upstream,
+            apipod,
+            bare,
+        ),
     ):
         if keep:
             progress(f"work folder (kept): {tmp}")

@@ -136,6 +136,7 @@ def start_apipod(
     admin_secret: str,
     name: str = "apipod",
     database: Path | None = None,
+    **overrides: str | None,
 ) -> Service:
     """Start apipod exactly as `make run` does, in its own folder (so no `.env` applies).
 
@@ -145,7 +146,9 @@ def start_apipod(
     home = workdir / name
     home.mkdir()
     port = free_port()
-    env = proxy_env(upstream_url, port, database or home / "data" / "proxy.db", admin_secret)
+    env = proxy_env(
+        upstream_url, port, database or home / "data" / "proxy.db", admin_secret, **overrides
+    )
     log = home / "proxy.log"
     service = Service(name, spawn(SERVE, home, log, env), f"http://127.0.0.1:{port}", log)
     service.wait_ready(healthy(service.url))
@@ -188,14 +191,17 @@ def create_key(apipod: Service, admin_secret: str) -> str:
 
 
 @contextlib.contextmanager
-def services(workdir: Path, admin_secret: str) -> Iterator[tuple[Service, Service, Service]]:
-    """Start upstream, apipod and bare mitmdump; always stop them again."""
+def services(
+    workdir: Path, admin_secret: str, **apipod_env: str | None
+) -> Iterator[tuple[Service, Service, Service]]:
+    """Start upstream, apipod (with `apipod_env` in its environment) and bare mitmdump;
+    always stop them again."""
     started: list[Service] = []
     try:
         upstream = start_upstream(workdir)
         started.append(upstream)
         # One after the other: on a first run both mitmdumps would create ~/.mitmproxy.
-        apipod = start_apipod(workdir, upstream.url, admin_secret)
+        apipod = start_apipod(workdir, upstream.url, admin_secret, **apipod_env)
         started.append(apipod)
         bare = start_bare(workdir, upstream.url)
         started.append(bare)
