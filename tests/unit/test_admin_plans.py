@@ -38,7 +38,7 @@ def api(tmp_path: Path, store: KeyStore) -> AdminApi:
         upstream_timeout=30.0,
         max_body_size=1 << 20,
     )
-    return AdminApi(settings, store, None, PLANS)
+    return AdminApi(settings, store, plans=PLANS)
 
 
 def call(api: AdminApi, method: str, path: str, body: Any = None) -> tuple[int, Any]:
