@@ -5,11 +5,12 @@ PYTHON ?= $(shell command -v python3.12 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench bench-replicas soak replicas clean help
+.PHONY: run test lint screenshots bench bench-replicas soak replicas clean help
 
 help:
 	@echo "make run             start the proxy (creates .venv and .env on first use)"
 	@echo "make test            lint and run the whole test suite"
+	@echo "make screenshots     retake the README's dashboard screenshots into docs/"
 	@echo "make bench           benchmark apipod against bare mitmdump (ARGS=--quick: short)"
 	@echo "make bench-replicas  throughput of 1 vs 2 replicas behind HAProxy"
 	@echo "make soak            200 streams + 2,000 requests while keys churn"
@@ -55,6 +56,11 @@ test: lint
 	-@$(call need,wrk)
 	-@$(call need,chromium)
 	$(BIN)/pytest
+
+# Retake the README's screenshots (docs/*.png) with the dashboard's browser tests.
+screenshots: $(VENV)/.installed-test
+	@$(call need,chromium)
+	SCREENSHOTS=docs $(BIN)/pytest -q tests/e2e/test_e2e_dashboard.py
 
 # Needs wrk (and HAProxy for bench-replicas); as root they are installed when missing.
 bench: $(VENV)/.installed-test

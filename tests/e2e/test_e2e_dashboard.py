@@ -6,7 +6,8 @@ not work on these machines). Without Chromium the file skips with one line; unde
 must run. Every page opened here also checks that the browser saw no CSP violation, no
 script error and no dialog.
 
-The tests write the README's screenshots into docs/.
+The tests take the README's screenshots: into a temporary folder, or into docs/ under
+`make screenshots` (SCREENSHOTS=docs), so an ordinary test run changes no tracked file.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DOCS = ROOT / "docs"
+#: Where screenshots go: SCREENSHOTS (relative to the repository root), else a temp folder.
+SHOTS = ROOT / os.environ["SCREENSHOTS"] if os.environ.get("SCREENSHOTS") else None
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 FLUSH_WAIT = 1.6  # usage is written about once a second
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -163,6 +165,14 @@ def chat(proxy: Proxy, key: str, model: str = "gemini-3-flash", **options: objec
     return client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], **options
     )
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where this test's screenshots go (docs/ under `make screenshots`)."""
+    folder = SHOTS or tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture
@@ -300,14 +310,12 @@ def test_hostile_names_are_shown_as_text(dash: Proxy, open_page) -> None:
 
 
 def test_usage_charts_have_points_and_their_tables_the_right_totals(
-    make_proxy: Callable[..., Proxy], standin: StandIn, open_page, tmp_path: Path
+    make_proxy: Callable[..., Proxy], standin: StandIn, open_page, tmp_path: Path, shots: Path
 ) -> None:
-    # Priced once issue 11's prices are in the routing file: cost and spend get checked too.
-    priced = issue_11_pricing()
     routes = tmp_path / "routes.toml"
     routes.write_text(PRICED_ROUTES)
-    dash = make_proxy(standin.url, ROUTES_FILE=str(routes) if priced else None)
-    tier = "starter" if priced else "elite"
+    dash = make_proxy(standin.url, ROUTES_FILE=str(routes))
+    tier = "starter"
     alice = dash.create_key("alice", tier=tier)
     bob = dash.create_key("bob", tier=tier)
     tokens, cost = 0, 0.0
@@ -347,14 +355,13 @@ def test_usage_charts_have_points_and_their_tables_the_right_totals(
         expect(top).to_have_count(2)
         expect(top.first).to_contain_text("bob")
         expect(top.first).to_contain_text("4 req")  # bob's failed request counts too
-        if priced:  # the failed request cost nothing
-            expect(page.locator("#usage-cost tfoot [data-total]")).to_have_text(f"${cost:.4f} USD")
-            expect(page.locator("#usage-cost svg rect.bar")).to_have_count(2)
+        # The failed request cost nothing.
+        expect(page.locator("#usage-cost tfoot [data-total]")).to_have_text(f"${cost:.4f} USD")
+        expect(page.locator("#usage-cost svg rect.bar")).to_have_count(2)
     bob_row = page.locator("#keys-table tbody tr", has_text="bob")
     expect(bob_row).to_contain_text("4 req1 error")
-    if priced:
-        expect(bob_row).to_contain_text("of $5.00 USD per month")
-        expect(bob_row.locator("meter")).to_have_count(1)
+    expect(bob_row).to_contain_text("of $5.00 USD per month")
+    expect(bob_row.locator("meter")).to_have_count(1)
 
     # The live panel shows rates with their units, and a stream while it runs.
     stream_client = openai.OpenAI(base_url=f"{dash.url}/v1", api_key=alice, max_retries=0)
@@ -379,14 +386,13 @@ def test_usage_charts_have_points_and_their_tables_the_right_totals(
         stream.join(30)
     page.click("#period-hour")
     expect(page.locator("#usage-requests tfoot [data-total]")).to_have_attribute("data-total", "6")
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
+    page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
 
     # Usable on a phone: nothing wider than the screen but the tables' own scrollers.
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(300)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDER)
-    page.screenshot(path=str(DOCS / "dashboard-phone.png"))
+    page.screenshot(path=str(shots / "dashboard-phone.png"))
 
 
 def test_routing_panel_shows_the_table_in_force_and_its_file(
@@ -413,15 +419,7 @@ def test_routing_panel_shows_the_table_in_force_and_its_file(
     expect(tables).to_contain_text("10 req/min")
 
 
-def issue_11_admin(proxy: Proxy) -> bool:
-    """True once issue 11's key editing and rotation are in the admin API."""
-    response = httpx.post(f"{proxy.url}/admin/rotate-key", headers=ADMIN, json={})
-    return response.status_code != 404 or response.json()["error"]["code"] != "not_found"
-
-
 def test_edit_and_rotate_a_key_in_the_ui(dash: Proxy, open_page) -> None:
-    if not issue_11_admin(dash):
-        pytest.skip("pending issue 11: POST /admin/update-key and /admin/rotate-key")
     old = dash.create_key("to-edit")
     page = signed_in(open_page, dash).page
     row = page.locator("#keys-table tbody tr", has_text="to-edit")
@@ -452,7 +450,7 @@ def test_edit_and_rotate_a_key_in_the_ui(dash: Proxy, open_page) -> None:
 # --- customer portal -------------------------------------------------------------------
 
 
-def test_portal_refuses_a_bad_key_clearly(dash: Proxy, open_page) -> None:
+def test_portal_refuses_a_bad_key_clearly(dash: Proxy, open_page, shots: Path) -> None:
     watched = open_page(f"{dash.url}/portal/")
     page = watched.page
     page.fill("#key", "apk_" + "x" * 43)
@@ -460,9 +458,8 @@ def test_portal_refuses_a_bad_key_clearly(dash: Proxy, open_page) -> None:
     expect(page.locator("#signin-error")).to_have_text("This key was not accepted: Invalid API key")
     expect(page.locator("#account")).to_be_hidden()
     assert page.evaluate("sessionStorage.length") == 0  # a refused key is not kept
-    DOCS.mkdir(exist_ok=True)
     page.set_viewport_size({"width": 900, "height": 360})
-    page.screenshot(path=str(DOCS / "portal-refused.png"))
+    page.screenshot(path=str(shots / "portal-refused.png"))
 
 
 #: USD per million tokens (input, output): steep, so that a few requests cost cents.
@@ -484,22 +481,9 @@ models = ["gemini-3-flash", "claude-sonnet-4-5", "cursor-pro-sonnet"]
 """
 
 
-def issue_11_pricing() -> bool:
-    """True once the routing file takes issue 11's prices and tiers."""
-    from apipod_proxy.routing import RoutesError, parse_routes
-
-    try:
-        parse_routes(PRICED_ROUTES)
-    except RoutesError:
-        return False
-    return True
-
-
 def test_portal_shows_a_customers_own_spend_after_a_priced_request(
-    make_proxy: Callable[..., Proxy], standin: StandIn, open_page, tmp_path: Path
+    make_proxy: Callable[..., Proxy], standin: StandIn, open_page, tmp_path: Path, shots: Path
 ) -> None:
-    if not issue_11_pricing():
-        pytest.skip("pending issue 11: prices and tiers in ROUTES_FILE, and GET /account")
     routes = tmp_path / "routes.toml"
     routes.write_text(PRICED_ROUTES)
     proxy = make_proxy(standin.url, ROUTES_FILE=str(routes))
@@ -528,8 +512,7 @@ def test_portal_shows_a_customers_own_spend_after_a_priced_request(
     expect(page.locator("#account-requests svg rect.bar")).to_have_count(1)
     assert "dave" not in page.content()
     assert page.evaluate("localStorage.length") == 0
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "portal.png"), full_page=True)
+    page.screenshot(path=str(shots / "portal.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(300)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDER)
