@@ -2,10 +2,13 @@
 
 requestheaders  request id; authenticate and rate-limit before the body is read
                 (a refused request never opens an upstream connection)
-request         answer internal endpoints, route the model, ask upstream for usage,
-                swap credentials, start the upstream timeout
-responseheaders stream Server-Sent Events as they arrive, watching them for usage
-response/error  count usage and metrics, write the access line
+request         answer internal endpoints, route the model (around models out of
+                quota), translate the body to the upstream's API (UPSTREAM_API), ask
+                upstream for usage, swap credentials, start the upstream timeout
+responseheaders stream Server-Sent Events as they arrive, translated when the request
+                was, watching them for usage and quota errors
+response/error  translate whole answers back, turn quota answers into 429 and cool the
+                model down, count usage and metrics, write the access line
 
 Key lookups are answered from memory while the database is unchanged (keycache.py);
 other SQLite work runs on a small thread pool, so no hook stalls the event loop, and
@@ -20,6 +23,8 @@ import re
 import secrets
 import sqlite3
 import time
+from functools import partial
+from http import HTTPStatus
 from typing import Any, cast
 
 from mitmproxy import http
@@ -37,15 +42,29 @@ from .logs import printable
 from .metrics import Metrics
 from .models import MODELS_PATH
 from .pricing import Plans
+from .quota import Cooldowns, QuotaExhausted, retry_after
 from .ratelimit import RateLimiter
-from .routing import SESSION_HEADER, Router, conversation_key
+from .routing import SESSION_HEADER, AllTargetsCooling, Router, conversation_key
 from .store import KeyRecord
+from .translate import TranslationError, direction_for, is_endpoint_missing
+from .translate.directions import CHAT_PATH, MESSAGES_PATH
+from .translate.failures import (
+    cooling_for_anthropic_client,
+    cooling_for_openai_client,
+    error_for_anthropic_client,
+    error_for_openai_client,
+)
+from .translate.streams import AnthropicPassthroughStream, _SseTranslator
 from .usage import SseWatcher, Usage, UsageRecorder, usage_from_body
 
 log = logging.getLogger("apipod")
 
 #: Larger non-streaming responses are not parsed for usage (they are forwarded all the same).
 MAX_USAGE_BODY = 4 << 20
+#: Larger non-streamed answers to a translated request are answered 502, not translated.
+MAX_TRANSLATED_BODY = 32 << 20
+#: Words of an upstream quota answer (quota.py), looked for before parsing an error body.
+_QUOTA_HINTS = (b"xhausted", b"RESOURCE_EXHAUSTED")
 _REQUEST_ID = re.compile(r"[\w.:/+=-]{1,128}")
 
 
@@ -62,6 +81,9 @@ class Apipod:
         self.limiter = RateLimiter()
         self.usage = UsageRecorder()
         self.in_flight: set[str] = set()
+        #: Models out of upstream quota, kept out of alias rotation until their reset.
+        self.cooldowns = Cooldowns()
+        self.metrics.watch_cooldowns(self.cooldowns)
         self.draining = False
         self.runtime: Runtime | None = None
         self.lifecycle = Lifecycle(self)
@@ -158,6 +180,9 @@ class Apipod:
         auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
         try:
             is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
+            if is_api_post:
+                api = await self.rt.upstream.current_api()
+                state.direction = direction_for("POST", flow.request.path, api)
             refusal = self._rewrite_body(flow, state) if is_api_post else None
             if refusal is None and state.user is not None:
                 refusal = budgets.budget_refusal(
@@ -181,10 +206,11 @@ class Apipod:
         )
 
     def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
-        """Route the body's `model` and ask for stream usage; refuse malformed JSON."""
+        """Route the body's `model`, translate it to the upstream's API or ask for stream
+        usage; refuse malformed JSON and what cannot be translated."""
         content_type = flow.request.headers.get("content-type", "").lower()
         if content_type.startswith("multipart/"):
-            return None
+            return self._untranslatable(flow, state)
         try:
             raw = decoded(flow.request, self.rt.settings.max_body_size)
         except BodyTooLarge:
@@ -194,13 +220,13 @@ class Apipod:
             message = f"Request body cannot be decoded: {exc}"
             return errors.error_response(400, message, "invalid_encoding")
         if not raw:
-            return None
+            return self._untranslatable(flow, state)
         try:
             body = parse_json(raw)
         except BodyError as exc:
             return errors.error_response(400, str(exc), "invalid_json")
         if not isinstance(body, dict):
-            return None
+            return self._untranslatable(flow, state)
         changed = False
         if isinstance(model := body.get("model"), str):
             state.requested_model = model
@@ -212,10 +238,17 @@ class Apipod:
             if self.router.is_sticky(model) and state.user is not None:
                 session = flow.request.headers.get(SESSION_HEADER)
                 conversation = conversation_key(state.user.id, session, body)
-            state.routed_model = self.router.route(model, conversation)
+            try:
+                state.routed_model = self.router.route(
+                    model, conversation, avoid=self.cooldowns.active()
+                )
+            except AllTargetsCooling as cooling:
+                return self._all_cooling(flow, model, cooling.targets)
             if state.routed_model != model:
                 body["model"] = state.routed_model
                 changed = True
+        if state.direction is not None:
+            return self._translate(flow, state, body)
         if _wants_usage_injected(flow.request.path, body):
             options = body.get("stream_options")
             body["stream_options"] = {**(options or {}), "include_usage": True}
@@ -228,6 +261,68 @@ class Apipod:
                     400, "A number in the body is out of range", "invalid_json"
                 )
         return None
+
+    def _translate(
+        self, flow: http.HTTPFlow, state: FlowState, body: dict[str, Any]
+    ) -> http.Response | None:
+        """Rewrite the request into the upstream's API (path, body, headers)."""
+        assert state.direction is not None
+        try:
+            translated = state.direction.request(body)
+            content = json_bytes(translated.body, strict=True)
+        except TranslationError as exc:
+            return self._translation_refusal(flow, exc)
+        except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
+            return errors.error_response(
+                400, "A number in the body is out of range", "invalid_json"
+            )
+        state.include_usage = translated.include_usage
+        flow.request.path = translated.path
+        for name, value in translated.headers.items():
+            if name not in flow.request.headers:
+                flow.request.headers[name] = value
+        flow.request.content = content
+        return None
+
+    def _untranslatable(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
+        """A body that is not a JSON object: forwarded as is, unless it needs translating."""
+        if state.direction is None:
+            return None
+        return self._translation_refusal(
+            flow, TranslationError("The request body must be a JSON object")
+        )
+
+    @staticmethod
+    def _translation_refusal(flow: http.HTTPFlow, exc: TranslationError) -> http.Response:
+        """400 in the client's shape, code `unsupported_by_upstream` (see docs/translation.md)."""
+        if errors.is_anthropic_path(flow.request.path):
+            return errors.json_response(400, exc.anthropic_payload())
+        return errors.json_response(400, exc.openai_payload())
+
+    def _all_cooling(
+        self, flow: http.HTTPFlow, alias: str, targets: tuple[str, ...]
+    ) -> http.Response:
+        """429 at once, without calling the upstream: every target of `alias` is out of
+        quota. Retry-After is the earliest reset."""
+        until = self.cooldowns.earliest_reset(targets)
+        seconds = max(1.0, (until or 0.0) - time.time())
+        if errors.is_anthropic_path(flow.request.path):
+            answer = cooling_for_anthropic_client(printable(alias), seconds)
+        else:
+            answer = cooling_for_openai_client(printable(alias), seconds)
+        return errors.json_response(answer.status, answer.payload, answer.headers)
+
+    def _quota_ran_out(self, model: str | None, quota: QuotaExhausted) -> None:
+        """The upstream said `model` (the one we sent) is out of quota: cool it down."""
+        if not model:
+            return
+        default = self.rt.settings.quota_cooldown
+        until = self.cooldowns.mark_for(model, quota.reset_seconds, default)
+        log.warning(
+            "upstream quota for %s is used up: it leaves alias rotation for %s s",
+            printable(model),
+            retry_after(until - time.time()),
+        )
 
     def _upstream_timed_out(self, flow: http.HTTPFlow) -> None:
         """No response headers within UPSTREAM_TIMEOUT: answer 504 and drop the upstream."""
@@ -263,15 +358,93 @@ class Apipod:
         if self.draining:
             response.headers["connection"] = "close"
         if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
-            state.watcher = SseWatcher(state.strip_usage_chunk)
+            state.watcher = self._stream_watcher(flow, state)
             response.stream = state.watcher
             # Ask front proxies such as nginx not to buffer the stream.
             response.headers["x-accel-buffering"] = "no"
             self.metrics.active_streams.inc()
 
+    def _stream_watcher(self, flow: http.HTTPFlow, state: FlowState) -> SseWatcher | _SseTranslator:
+        """The stream callable: a translator, Anthropic's passthrough (which rewrites an
+        in-stream quota error), or the plain usage watcher."""
+        response = flow.response
+        assert response is not None
+        stream: _SseTranslator
+        if state.direction is not None and 200 <= response.status_code < 300:
+            stream = state.direction.stream(state.requested_model, state.include_usage)
+            if "content-length" in response.headers:  # the translation changes the length
+                del response.headers["content-length"]
+                response.headers["transfer-encoding"] = "chunked"
+        elif state.direction is None and _is_api_call(flow.request, MESSAGES_PATH):
+            stream = AnthropicPassthroughStream()
+        else:
+            return SseWatcher(state.strip_usage_chunk)
+        stream.on_quota = partial(self._quota_ran_out, state.routed_model)
+        return stream
+
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
+            try:
+                self._answer_in_client_api(flow)
+            except Exception:  # the answer goes out untranslated rather than not at all
+                log.exception("internal error translating %s", printable(flow.request.path))
             self._finish(flow, flow.response.status_code)
+
+    def _answer_in_client_api(self, flow: http.HTTPFlow) -> None:
+        """A whole upstream answer: translated back when the request was; a quota answer
+        becomes 429 (and cools the model down); "endpoint not found" asks the upstream
+        which API it speaks again."""
+        state, response = state_of(flow), flow.response
+        if state is None or response is None or state.watcher is not None:
+            return
+        if state.forwarded_at is None or state.answered_by_proxy or state.timed_out:
+            return
+        status = response.status_code
+        is_chat = _is_api_call(flow.request, CHAT_PATH, MESSAGES_PATH)
+        if state.direction is None and not (is_chat and 400 <= status < 500):
+            return
+        try:
+            content = decoded(response, MAX_TRANSLATED_BODY)
+        except BodyError:
+            if state.direction is None:
+                return
+            status, content = 502, b"The upstream's answer is too large or cannot be decoded"
+        if status in (404, 405) and is_endpoint_missing(status, content):
+            self.rt.upstream.recheck()
+        if state.direction is not None:
+            default = self.rt.settings.quota_cooldown
+            answer = state.direction.answer(status, content, state.requested_model, default)
+            new_status, new_content, headers, quota = (
+                answer.status,
+                answer.content,
+                answer.headers,
+                answer.quota,
+            )
+        elif any(hint in content for hint in _QUOTA_HINTS):
+            to_client = (
+                error_for_anthropic_client
+                if errors.is_anthropic_path(flow.request.path)
+                else error_for_openai_client
+            )
+            error = to_client(status, content, state.routed_model, self.rt.settings.quota_cooldown)
+            if error.quota is None:
+                return  # another 4xx: passed through untouched
+            new_status, new_content, headers, quota = (
+                error.status,
+                error.content,
+                error.headers,
+                error.quota,
+            )
+        else:
+            return
+        response.status_code = new_status
+        response.reason = HTTPStatus(new_status).phrase if new_status in _PHRASES else ""
+        response.headers.pop("content-encoding", None)
+        response.headers["content-type"] = "application/json"
+        response.content = new_content
+        response.headers.update(headers)
+        if quota is not None:
+            self._quota_ran_out(state.routed_model, quota)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow, None)
@@ -337,6 +510,14 @@ class Apipod:
 def has_forbidden_header_bytes(headers: http.Headers) -> bool:
     """CR, LF (an obs-fold) or NUL in a value, which a proxy must not pass on (RFC 9110 5.5)."""
     return any(b"\r" in value or b"\n" in value or b"\0" in value for _, value in headers.fields)
+
+
+_PHRASES = {status.value for status in HTTPStatus}
+
+
+def _is_api_call(request: http.Request, *paths: str) -> bool:
+    """A POST to one of `paths` (a query string and a trailing slash aside)."""
+    return request.method == "POST" and request.path.partition("?")[0].rstrip("/") in paths
 
 
 def _wants_usage_injected(path: str, body: dict[str, Any]) -> bool:

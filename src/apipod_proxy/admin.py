@@ -12,7 +12,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
@@ -27,6 +27,10 @@ from .pricing import Plans
 from .requestlog import DEFAULT_LIMIT, parse_limit
 from .routing import Router, RoutesFile
 from .store import KeyStore
+
+if TYPE_CHECKING:
+    from .quota import Cooldowns
+    from .upstream import Upstream
 
 log = logging.getLogger("apipod")
 
@@ -133,6 +137,10 @@ class AdminApi:
     routes: RoutesFile | None = None
     live: dashboard.LiveStats = field(default_factory=dashboard.LiveStats)
     plans: Plans | None = None
+    #: The upstream's API, model check and cooldowns, for /health (None in bare tests).
+    upstream: Upstream | None = None
+    #: Models out of upstream quota (the dashboard reads them here too).
+    cooldowns: Cooldowns | None = None
 
     def handle(self, request: http.Request) -> http.Response:
         response = self._answer(request)
@@ -199,6 +207,7 @@ class AdminApi:
                 "status": "ok" if healthy else "degraded",
                 "database": database,
                 "admin": self.settings.admin_enabled,
+                **(self.upstream.health() if self.upstream is not None else {}),
             },
         )
 

@@ -61,7 +61,17 @@ def needs_lookup(key: str) -> bool:
     return keys.looks_like_key(key)
 
 
+def upstream_credentials(upstream_key: str) -> dict[str, str]:
+    """The upstream key as both Anthropic-style and OpenAI-style servers read it.
+
+    antigravity-claude-proxy reads `Authorization: Bearer` first, then `x-api-key`, and
+    compares one key, so sending both is safe; OpenAI-only gateways read only Bearer.
+    """
+    return {"x-api-key": upstream_key, "authorization": f"Bearer {upstream_key}"}
+
+
 def swap_credentials(headers: http.Headers, upstream_key: str) -> None:
+    """Drop every client credential, then add the upstream key (never the client's)."""
     for name in CLIENT_CREDENTIAL_HEADERS:
         headers.pop(name, None)
-    headers["x-api-key"] = upstream_key
+    headers.update(upstream_credentials(upstream_key))

@@ -200,7 +200,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ANTIGRAVITY_KEY",
         "",
         _required,
-        "Sent upstream as `x-api-key`. Clients never see it.",
+        "Sent upstream as `x-api-key` and `Authorization: Bearer`. Clients never see it.",
         secret=True,
         shown_default="(required)",
         example=PLACEHOLDER_UPSTREAM_KEY,
@@ -281,6 +281,25 @@ SETTINGS: tuple[Setting, ...] = (
         shown_default="(none: built-in table)",
         is_path=True,
     ),
+    # antigravity-claude-proxy speaks only Anthropic Messages; other gateways speak both
+    # APIs or OpenAI only. `auto` asks the upstream (an empty POST spends no tokens).
+    Setting(
+        "UPSTREAM_API",
+        "auto",
+        _choice("auto", "anthropic", "openai", "both"),
+        "The API the upstream speaks: `anthropic` (OpenAI clients are translated), "
+        "`openai` (Anthropic clients are translated), `both` (nothing is), or `auto` "
+        'to find out at startup; see "Upstreams".',
+    ),
+    # antigravity-claude-proxy's quota answers name their reset time; this is for those
+    # that do not.
+    Setting(
+        "QUOTA_COOLDOWN",
+        "60",
+        _parse_positive_float,
+        "Seconds a model whose upstream quota ran out stays out of alias rotation when "
+        "the upstream names no reset time.",
+    ),
     # Each of mitmproxy's default addons costs time on every event.
     Setting(
         "TRIM_ADDONS",
@@ -347,6 +366,8 @@ class Settings:
     drain_timeout: float = _default("DRAIN_TIMEOUT")
     log_format: str = _default("LOG_FORMAT")
     routes_file: str | None = _default("ROUTES_FILE")
+    upstream_api: str = _default("UPSTREAM_API")
+    quota_cooldown: float = _default("QUOTA_COOLDOWN")
     trim_addons: bool = _default("TRIM_ADDONS")
     # --- client connections (connections.py) ---
     client_header_timeout: float = _default("CLIENT_HEADER_TIMEOUT")

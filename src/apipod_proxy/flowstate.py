@@ -15,6 +15,8 @@ from mitmproxy import http
 
 if TYPE_CHECKING:
     from .store import KeyRecord
+    from .translate import Direction
+    from .translate.streams import _SseTranslator
     from .usage import SseWatcher
 
 #: The key of the proxy's state in `flow.metadata`.
@@ -36,7 +38,12 @@ class FlowState:
     timed_out: bool = False
     strip_usage_chunk: bool = False
     answered_by_proxy: bool = False
-    watcher: SseWatcher | None = None
+    #: The translation this request needs (None: forwarded in the API it came in).
+    direction: Direction | None = None
+    #: A translated OpenAI stream asked for its usage chunk.
+    include_usage: bool = False
+    #: What watches (and maybe translates) an SSE answer; it holds the stream's usage.
+    watcher: SseWatcher | _SseTranslator | None = None
     finished: bool = False
 
 

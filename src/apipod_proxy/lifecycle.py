@@ -8,7 +8,8 @@ per request.
 load     register the apipod options, read the settings, check where the proxy will
          listen and forward, open the database, and hand `Apipod` its `Runtime`
 running  (the listener is up) say "ready", unload unused mitmproxy addons, take over
-         SIGTERM/SIGINT, start the usage flush and routes reload
+         SIGTERM/SIGINT, start the usage flush and routes reload, and ask the upstream
+         which API it speaks and which models it lists (upstream.py; in the background)
 done     stop the jobs, write the last usage, stop the database threads
 """
 
@@ -40,6 +41,7 @@ from .models import ModelList
 from .requestlog import PRUNE_SECONDS, RequestLog
 from .routing import RoutesError, RoutesFile
 from .store import KeyStore
+from .upstream import Upstream
 
 if TYPE_CHECKING:
     from .addon import Apipod
@@ -74,6 +76,7 @@ class Runtime:
     pool: ThreadPoolExecutor
     account: Account
     request_log: RequestLog
+    upstream: Upstream
     routes: RoutesFile | None = None
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -131,6 +134,12 @@ class Lifecycle:
         except (OSError, sqlite3.Error) as exc:
             self._fail(f"DATABASE_PATH {settings.database_path}: {exc}")
             return
+        upstream = Upstream(
+            settings.antigravity_url,
+            settings.antigravity_key,
+            settings.upstream_api,
+            gateway.cooldowns,
+        )
         gateway.runtime = Runtime(
             settings=settings,
             store=store,
@@ -142,11 +151,14 @@ class Lifecycle:
                 router=gateway.router,
                 routes=routes,
                 plans=gateway.plans,
+                upstream=upstream,
+                cooldowns=gateway.cooldowns,
             ),
             models=ModelList(settings.antigravity_url, settings.antigravity_key),
             pool=ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db"),
             account=Account(settings, store, gateway.plans, gateway.ledger),
             request_log=RequestLog(settings.request_log_days),
+            upstream=upstream,
             routes=routes,
         )
         mitm_compat.install_json_error_pages()
@@ -216,9 +228,20 @@ class Lifecycle:
             loop.add_signal_handler(signum, self._on_stop_signal)
         self._every(USAGE_FLUSH_SECONDS, self.flush, "usage flush")
         if (routes := runtime.routes) is not None:
-            self._every(
-                ROUTES_POLL_SECONDS, lambda: runtime.db(routes.reload_if_changed), "routes reload"
+
+            async def reload() -> None:
+                if await runtime.db(routes.reload_if_changed):
+                    await runtime.upstream.check_models(self.gateway.router.table, runtime.models)
+
+            self._every(ROUTES_POLL_SECONDS, reload, "routes reload")
+        # In the background: requests wait for the probe only while the API is unknown.
+        self._tasks.append(
+            asyncio_utils.create_task(
+                runtime.upstream.startup(self.gateway.router.table, runtime.models),
+                name="apipod upstream checks",
+                keep_ref=True,
             )
+        )
         if runtime.request_log.enabled:
             self._every(PRUNE_SECONDS, self._prune_request_log, "request log pruning", now=True)
         # mitmproxy calls `running` once its listeners are up: "ready" means ready.
@@ -226,12 +249,13 @@ class Lifecycle:
         listening = server.listen_addrs() if server is not None else []
         log.info(
             "apipod ready: listening on %s, forwarding to %s, routes %s, database %s, "
-            "upstream timeout %gs",
+            "upstream timeout %gs, UPSTREAM_API %s",
             ", ".join(f"http://{_host(a[0])}:{a[1]}" for a in listening) or "(nothing)",
             ", ".join(reverse_targets(ctx.options.mode)) or settings.antigravity_url,
             settings.routes_file or "built in",
             settings.database_path,
             settings.upstream_timeout,
+            settings.upstream_api,
         )
 
     async def _listen_on_port(self, port: int) -> None:

@@ -6,8 +6,15 @@ test that builds several addons never registers a metric twice.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from .quota import Cooldowns
 
 #: Distinct model labels kept; clients choose model names, and every label value is a
 #: time series held forever, so past this many the rest are counted as "other".
@@ -61,6 +68,10 @@ class Metrics:
 
         self._models: set[str] = set()
 
+    def watch_cooldowns(self, cooldowns: Cooldowns) -> None:
+        """Export `apipod_model_cooldown{model}`, read from `cooldowns` at each scrape."""
+        self.registry.register(CooldownCollector(cooldowns))
+
     def model_label(self, model: str) -> str:
         """The label for `model`: itself, "-" for none, or "other" past MAX_MODEL_LABELS."""
         if not model:
@@ -74,3 +85,30 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CooldownCollector(Collector):
+    """`apipod_model_cooldown{model}`: seconds until a model whose upstream quota ran out
+    is back in alias rotation; 0 once it is (models seen cooling keep their series)."""
+
+    def __init__(self, cooldowns: Cooldowns) -> None:
+        self.cooldowns = cooldowns
+        self._seen: dict[str, None] = {}
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("apipod_model_cooldown", "", labels=["model"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "apipod_model_cooldown",
+            "Seconds until a model out of upstream quota is back in alias rotation (0: it is).",
+            labels=["model"],
+        )
+        now = time.time()
+        active = self.cooldowns.active(now)
+        for model in active:
+            if len(self._seen) < MAX_MODEL_LABELS:
+                self._seen.setdefault(model, None)
+        for model in list(self._seen):
+            family.add_metric([model], max(0.0, round(active.get(model, now) - now, 1)))
+        yield family

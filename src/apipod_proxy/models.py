@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from .auth import upstream_credentials
+
 log = logging.getLogger("apipod")
 
 CACHE_SECONDS = 60.0
@@ -94,9 +96,23 @@ class ModelList:
         self._good, self._fetched_at = models, time.monotonic()
         return models
 
+    async def served_ids(self) -> set[str] | None:
+        """The model ids the upstream lists now (for the drift check), None when it cannot
+        be had within FETCH_TIMEOUT. A success refreshes the cache; a failure is not
+        remembered, so it never makes a client's listing skip its own attempt."""
+        try:
+            async with asyncio.timeout(FETCH_TIMEOUT):
+                models = await self._get()
+        except Exception as exc:
+            reason = str(exc) or f"no answer within {FETCH_TIMEOUT:g}s"
+            log.warning("model check: GET %s failed: %s", self._url, reason)
+            return None
+        self._good, self._fetched_at = models, time.monotonic()
+        return {m["id"] for m in models}
+
     async def _get(self) -> Models:
         body = bytearray()
-        headers = {"x-api-key": self._key}
+        headers = upstream_credentials(self._key)
         async with self._client.stream("GET", self._url, headers=headers) as response:
             response.raise_for_status()
             async for chunk in response.aiter_bytes():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -72,15 +73,21 @@ def retry_after(seconds: float) -> str:
 
 
 class Cooldowns:
-    """Models that ran out of quota, each until its reset time (seconds on `clock`)."""
+    """Models that ran out of quota, each until its reset time (seconds on `clock`).
+
+    The request path marks and reads it on the event loop; `/health` and the dashboard
+    read it on the database threads, hence the lock (uncontended: tens of nanoseconds).
+    """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def mark(self, model: str, until: float) -> None:
         """`model` is out of rotation until `until`; a later reset already known wins."""
-        self._until[model] = max(until, self._until.get(model, until))
+        with self._lock:
+            self._until[model] = max(until, self._until.get(model, until))
 
     def mark_for(self, model: str, seconds: float | None, default: float) -> float:
         """Cool `model` for `seconds` from now (`default` when the answer named no time)."""
@@ -91,9 +98,12 @@ class Cooldowns:
     def active(self, now: float | None = None) -> dict[str, float]:
         """{model: until} for every model still cooling; expired entries are forgotten."""
         now = self._clock() if now is None else now
-        for model in [m for m, until in self._until.items() if until <= now]:
-            del self._until[model]
-        return dict(self._until)
+        with self._lock:
+            if not self._until:
+                return {}
+            for model in [m for m, until in self._until.items() if until <= now]:
+                del self._until[model]
+            return dict(self._until)
 
     def is_cooling(self, model: str, now: float | None = None) -> bool:
         until = self._until.get(model)

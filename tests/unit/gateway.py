@@ -106,6 +106,9 @@ def make_settings(folder: Path, **overrides: Any) -> Settings:
         database_path=folder / "data" / "proxy.db",
         upstream_timeout=60.0,
         max_body_size=1024 * 1024,
+        # No endpoint probe: each request is forwarded in its own API unless a test
+        # says which API the upstream speaks.
+        upstream_api="both",
     )
     return replace(base, **overrides)
 

@@ -359,7 +359,8 @@ def test_credentials_are_swapped_for_the_upstream_key(gateway: Gateway) -> None:
     )
     assert flow.response is None
     sent = flow.request.headers
-    assert "authorization" not in sent
+    # Our key, as both Anthropic-style and OpenAI-only upstreams read it; never the client's.
+    assert sent.get_all("authorization") == [f"Bearer {UPSTREAM_KEY}"]
     assert "proxy-authorization" not in sent
     assert "x-goog-api-key" not in sent
     assert sent.get_all("x-api-key") == [UPSTREAM_KEY]
@@ -379,7 +380,7 @@ def test_get_requests_are_swapped_too(gateway: Gateway) -> None:
     key, _ = gateway.new_key()
     flow = gateway.authed(key, method="GET", path="/v1/models/gemini-3-flash")
     assert flow.response is None
-    assert "authorization" not in flow.request.headers
+    assert flow.request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert flow.request.headers["x-api-key"] == UPSTREAM_KEY
 
 
@@ -399,7 +400,8 @@ def test_every_spelling_of_a_client_credential_is_removed(gateway: Gateway) -> N
     )
     sent = flow.request.headers
     assert sent.get_all("x-api-key") == [UPSTREAM_KEY]
-    for name in ("authorization", "x-goog-api-key", "proxy-authorization"):
+    assert sent.get_all("authorization") == [f"Bearer {UPSTREAM_KEY}"]
+    for name in ("x-goog-api-key", "proxy-authorization"):
         assert name not in sent
     assert sent["accept"] == "*/*"
 
@@ -569,7 +571,7 @@ def test_lone_surrogate_in_routed_body_never_forwards_the_client_key(gateway: Ga
     # Dispatch the way mitmproxy does: an exception in a hook is logged, not raised.
     run(gateway.tctx.master.addons.trigger_event(HttpRequestHook(flow)))
     if flow.response is None:  # the request would go upstream
-        assert "authorization" not in flow.request.headers
+        assert flow.request.headers.get_all("authorization") == [f"Bearer {UPSTREAM_KEY}"]
         assert flow.request.headers.get("x-api-key") == UPSTREAM_KEY
 
 
@@ -626,6 +628,7 @@ def test_unknown_admin_path_is_answered_locally(gateway: Gateway) -> None:
 def test_internal_requests_get_no_upstream_credentials(gateway: Gateway) -> None:
     flow = gateway.send(make_flow("GET", "/health"))
     assert "x-api-key" not in flow.request.headers
+    assert "authorization" not in flow.request.headers
     state = state_of(flow)
     assert state is not None
     assert state.timer is None

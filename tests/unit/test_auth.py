@@ -186,7 +186,7 @@ def test_needs_lookup_only_for_well_formed_keys() -> None:
 # --- swap_credentials ------------------------------------------------------------------------
 
 
-def test_swap_removes_every_client_credential_and_sets_one_upstream_key() -> None:
+def test_swap_removes_every_client_credential_and_sets_the_upstream_key() -> None:
     request_headers = headers(
         ("Authorization", "Bearer apk_client"),
         ("authorization", "Bearer apk_second"),
@@ -199,7 +199,9 @@ def test_swap_removes_every_client_credential_and_sets_one_upstream_key() -> Non
     )
     swap_credentials(request_headers, UPSTREAM_KEY)
     assert request_headers.get_all("x-api-key") == [UPSTREAM_KEY]
-    for name in ("authorization", "proxy-authorization", "x-goog-api-key"):
+    # OpenAI-only gateways read Bearer; antigravity-claude-proxy compares either to one key.
+    assert request_headers.get_all("authorization") == [f"Bearer {UPSTREAM_KEY}"]
+    for name in ("proxy-authorization", "x-goog-api-key"):
         assert request_headers.get_all(name) == []
     assert request_headers["content-type"] == "application/json"
     assert request_headers["anthropic-version"] == "2023-06-01"
@@ -220,4 +222,5 @@ def test_swap_without_client_credentials_still_sets_the_upstream_key() -> None:
     request_headers = headers(("accept", "*/*"))
     swap_credentials(request_headers, UPSTREAM_KEY)
     assert request_headers.get_all("x-api-key") == [UPSTREAM_KEY]
-    assert len(request_headers.fields) == 2
+    assert request_headers.get_all("authorization") == [f"Bearer {UPSTREAM_KEY}"]
+    assert len(request_headers.fields) == 3

@@ -170,10 +170,14 @@ def error_of(response: http.Response | None, statuses: set[int]) -> dict[str, An
 def assert_clean_upstream_headers(
     fields: list[tuple[bytes, bytes]], client_headers: tuple[bytes, ...] = ()
 ) -> None:
-    """Exactly one x-api-key, the upstream's; no other client credential header; no known
-    key anywhere but in `client_headers` (non-credential headers the client filled itself)."""
+    """Exactly the upstream's key, once as x-api-key and once as Bearer; no other client
+    credential header; no known key anywhere but in `client_headers` (non-credential
+    headers the client filled itself)."""
     credentials = [(n.lower(), v) for n, v in fields if n.lower().decode() in CREDENTIAL_HEADERS]
-    assert credentials == [(b"x-api-key", UPSTREAM_KEY.encode())]
+    assert sorted(credentials) == [
+        (b"authorization", b"Bearer " + UPSTREAM_KEY.encode()),
+        (b"x-api-key", UPSTREAM_KEY.encode()),
+    ]
     for known in (VALID_KEY, INACTIVE_KEY, EXPIRED_KEY):
         assert all(known.encode() not in v for n, v in fields if n.lower() not in client_headers)
 

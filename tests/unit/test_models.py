@@ -143,13 +143,14 @@ def test_listing_does_not_leak_own_names_into_the_cache(upstream: FakeUpstream) 
 # --- the upstream request --------------------------------------------------------------
 
 
-def test_upstream_is_asked_with_the_upstream_key_as_x_api_key(upstream: FakeUpstream) -> None:
+def test_upstream_is_asked_with_the_upstream_key(upstream: FakeUpstream) -> None:
     fetch_listing(ModelList(upstream.url, UPSTREAM_KEY), [])
     assert len(upstream.requests) == 1
     path, headers = upstream.requests[0]
     assert path == MODELS_PATH
     assert headers["x-api-key"] == UPSTREAM_KEY
-    assert "authorization" not in headers
+    # OpenAI-only gateways read only Bearer.
+    assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
 # --- caching ---------------------------------------------------------------------------

@@ -11,7 +11,8 @@ as one chunk, and an empty bytes object would end a chunked body, so "nothing ye
 
 `usage` (prompt and completion tokens, the shape accounting reads) and `tokens` (with
 the cached part) hold what the stream reported so far. `quota` is set when the upstream
-reported an exhausted quota inside the stream, and `error` holds any in-stream error.
+reported an exhausted quota inside the stream (and `on_quota`, when set, is called at
+once), and `error` holds any in-stream error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..quota import QUOTA_CODE, QuotaExhausted, detect
@@ -78,8 +80,16 @@ class _SseTranslator:
         self.quota: QuotaExhausted | None = None
         self.error: dict[str, Any] | None = None
         self.done = False
+        #: Called the moment an in-stream quota error is seen (the addon cools the model
+        #: down then, before the client can send its next request).
+        self.on_quota: Callable[[QuotaExhausted], None] | None = None
         self._buffer = b""
         self._out: list[bytes] = []
+
+    def _note_quota(self, quota: QuotaExhausted) -> None:
+        self.quota = quota
+        if self.on_quota is not None:
+            self.on_quota(quota)
 
     @property
     def usage(self) -> Usage:
@@ -288,7 +298,7 @@ class AnthropicToOpenAIStream(_SseTranslator):
         """An OpenAI stream error chunk, then the end (the SDK raises APIError on it)."""
         quota = detect(message)
         if quota is not None:
-            self.quota = quota
+            self._note_quota(quota)
             kind, code = "rate_limit_error", QUOTA_CODE
         self.error = {"message": message, "type": kind, "param": None, "code": code or kind}
         self._out.append(b"data: " + _dumps({"error": self.error}) + b"\n\n")
@@ -442,7 +452,7 @@ class OpenAIToAnthropicStream(_SseTranslator):
         self.error = {"type": kind, "message": message}
         quota = detect(message)
         if quota is not None:
-            self.quota = quota
+            self._note_quota(quota)
             self.error = {"type": "rate_limit_error", "message": message, "code": QUOTA_CODE}
         self._emit("error", {"type": "error", "error": self.error})
         self.done = True
@@ -481,7 +491,7 @@ class AnthropicPassthroughStream(_SseTranslator):
             quota = detect(message) if isinstance(message, str) else None
             self.error = payload["error"]
             if quota is not None:
-                self.quota = quota
+                self._note_quota(quota)
                 self.error = {**payload["error"], "type": "rate_limit_error", "code": QUOTA_CODE}
                 raw = _anthropic_event("error", {"type": "error", "error": self.error})[:-2]
         self._out.append(raw + b"\n\n")
