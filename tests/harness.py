@@ -115,6 +115,18 @@ def healthy(url: str) -> Callable[[], bool]:
     return lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200
 
 
+def upstream_checked(url: str, seconds: float = 10) -> dict[str, object]:
+    """Wait until the proxy's startup checks of its upstream (the endpoint probe, the
+    model check) are done, so their requests never land in a test's record of what the
+    upstream received; /health's body then."""
+    deadline = time.monotonic() + seconds
+    while True:
+        health = httpx.get(f"{url}/health", timeout=2).json()
+        if health.get("upstream_checks", "done") == "done" or time.monotonic() > deadline:
+            return dict(health)
+        time.sleep(0.05)
+
+
 def stop_process(process: subprocess.Popen[bytes], grace: float = 10) -> int:
     """SIGTERM (the proxy drains), then SIGKILL after `grace` seconds; the exit status."""
     if process.poll() is None:
@@ -203,4 +215,5 @@ def start_proxy(
         wait_ready(process, healthy(proxy.url), proxy.log)
     except StartError as exc:
         raise RuntimeError(f"proxy {exc}") from None
+    upstream_checked(proxy.url)
     return proxy

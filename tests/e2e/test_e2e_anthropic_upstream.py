@@ -1,12 +1,11 @@
 """End to end: real mitmdump in front of the Anthropic-only stand-in (antigravity-claude-proxy).
 
-Anthropic clients pass through today: the SDK (which sends `Authorization: Bearer`),
-thinking with signatures, a tool call whose input arrives in pieces, events split
-across TCP writes, and usage counted exactly, cache reads included.
+Anthropic clients pass through: the SDK (which sends `Authorization: Bearer`), thinking
+with signatures, a tool call whose input arrives in pieces, events split across TCP
+writes, and usage counted exactly, cache reads included.
 
-OpenAI clients need issue 10's translation wired into the addon (`UPSTREAM_API=anthropic`).
-Those tests are strict xfails until then: each one starts passing when the wiring lands,
-and the wiring must then drop its mark.
+OpenAI clients are translated (`UPSTREAM_API=anthropic`): plain chat, the stream helper
+with usage, images, a two-turn tool conversation streamed and not, and quota answers.
 """
 
 from __future__ import annotations
@@ -33,9 +32,6 @@ WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
     },
 }
-NOT_WIRED = pytest.mark.xfail(
-    strict=True, reason="issue 10: the translation is not wired into the addon yet"
-)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +98,6 @@ def openai_client(proxy: Proxy, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
 
 
-@NOT_WIRED
 def test_openai_plain_chat(claude_proxy: Proxy, claude_upstream: AnthropicStandIn) -> None:
     key, _ = new_key(claude_proxy, "openai-plain")
     answer = openai_client(claude_proxy, key).chat.completions.create(
@@ -114,7 +109,6 @@ def test_openai_plain_chat(claude_proxy: Proxy, claude_upstream: AnthropicStandI
     assert claude_upstream.received[-1].json()["system"] == "Be brief."
 
 
-@NOT_WIRED
 def test_openai_stream_helper_with_usage_and_cache_reads(
     claude_proxy: Proxy, claude_upstream: AnthropicStandIn
 ) -> None:
@@ -135,7 +129,6 @@ def test_openai_stream_helper_with_usage_and_cache_reads(
     assert usage_of(claude_proxy, key_id, 1) == (65, reported.output_tokens)
 
 
-@NOT_WIRED
 def test_openai_image_message(claude_proxy: Proxy, claude_upstream: AnthropicStandIn) -> None:
     key, _ = new_key(claude_proxy, "openai-image")
     content = [
@@ -149,7 +142,6 @@ def test_openai_image_message(claude_proxy: Proxy, claude_upstream: AnthropicSta
     assert answer.choices[0].message.content == "Hello from claude-sonnet-4-5. I see 1 image(s)."
 
 
-@NOT_WIRED
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_two_turn_tool_conversation(
     claude_proxy: Proxy, claude_upstream: AnthropicStandIn, stream: bool
@@ -189,7 +181,6 @@ def test_openai_two_turn_tool_conversation(
     assert final.choices[0].message.content == "The tool said: sunny, 21 C"
 
 
-@NOT_WIRED
 @pytest.mark.parametrize("in_stream", [False, True])
 def test_openai_quota_answer(
     claude_proxy: Proxy, claude_upstream: AnthropicStandIn, in_stream: bool

@@ -1,10 +1,8 @@
 """End to end: real mitmdump in front of the OpenAI-only stand-in (a gateway without /v1/messages).
 
-OpenAI clients pass through, tool calls streamed in pieces included, once the proxy
-sends its upstream key the way OpenAI servers read it (`Authorization: Bearer`). Anthropic
-clients (Claude Code, the anthropic SDK) need issue 10's reverse translation wired in
-(`UPSTREAM_API=openai`); those tests are strict xfails until then, and the wiring must
-drop the mark.
+OpenAI clients pass through, tool calls streamed in pieces included: the proxy sends its
+upstream key the way OpenAI servers read it (`Authorization: Bearer`). Anthropic clients
+(Claude Code, the anthropic SDK) are translated (`UPSTREAM_API=openai`).
 """
 
 from __future__ import annotations
@@ -24,9 +22,6 @@ WEATHER = {
     "description": "Weather for a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
-NOT_WIRED = pytest.mark.xfail(
-    strict=True, reason="issue 10: the reverse translation is not wired into the addon yet"
-)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +35,6 @@ def gpt_proxy(
     running.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the proxy sends its upstream key as x-api-key only (auth.swap_credentials); "
-    "OpenAI-only gateways read Authorization: Bearer",
-)
 def test_openai_sdk_tool_stream_passes_through(
     gpt_proxy: Proxy, gpt_upstream: OpenAIStandIn
 ) -> None:
@@ -66,7 +56,6 @@ def anthropic_client(proxy: Proxy) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=proxy.url, api_key=proxy.create_key(), max_retries=0)
 
 
-@NOT_WIRED
 def test_anthropic_sdk_message(gpt_proxy: Proxy, gpt_upstream: OpenAIStandIn) -> None:
     message = anthropic_client(gpt_proxy).messages.create(
         model="gpt-4o-mini",
@@ -81,7 +70,6 @@ def test_anthropic_sdk_message(gpt_proxy: Proxy, gpt_upstream: OpenAIStandIn) ->
     assert message.usage.input_tokens == 30
 
 
-@NOT_WIRED
 def test_anthropic_sdk_two_turn_tool_stream(gpt_proxy: Proxy, gpt_upstream: OpenAIStandIn) -> None:
     client = anthropic_client(gpt_proxy)
     messages: list[dict[str, object]] = [*HI]
