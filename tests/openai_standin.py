@@ -15,7 +15,9 @@
   only with `stream_options.include_usage`. Each answer's counts go to `reported`.
 - Streamed events are split across TCP writes (`split_writes`).
 - `x-standin-status: CODE` answers an error; `x-standin-stream-error: MESSAGE` sends a
-  little text and then the error chunk `data: {"error": {...}}` inside a 200 stream.
+  little text and then the error chunk `data: {"error": {...}}` inside a 200 stream;
+  `x-standin-mode: text` answers text even when given tools (for agents such as Claude
+  Code, which send dozens of tools with every turn).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class OpenAIStandIn(ThreadedServer):
         except Invalid as exc:
             return error(400, str(exc), "invalid_request_error", None, exc.param)
         model = body["model"]
-        message = self._answer(body)
+        message = self._answer(body, request.headers.get("x-standin-mode") == "text")
         words = [message.get("reasoning_content") or "", message.get("content") or ""]
         for call in message.get("tool_calls") or []:
             words.append(call["function"]["arguments"])
@@ -209,7 +211,7 @@ class OpenAIStandIn(ThreadedServer):
         await writer.close()
         return response
 
-    def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, body: dict[str, Any], text_only: bool = False) -> dict[str, Any]:
         model = body["model"]
         messages = body["messages"]
         message: dict[str, Any] = {"role": "assistant", "content": None}
@@ -226,7 +228,7 @@ class OpenAIStandIn(ThreadedServer):
         choice = body.get("tool_choice", "auto")
         if results:
             message["content"] = "The tool said: " + "; ".join(results)
-        elif tools and choice != "none":
+        elif tools and choice != "none" and not text_only:
             named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
             tool = next((t for t in tools if t["function"]["name"] == named), tools[0])
             properties = (tool["function"].get("parameters") or {}).get("properties") or {}
