@@ -36,7 +36,7 @@ WRK_SCRIPT = BENCH / "post.lua"
 #: py-spy samples per second.
 PROFILE_RATE = 200
 #: The content of each streamed chunk: "<index>@<send time> " (see bench/upstream.py).
-CHUNK_STAMP = re.compile(rb'"content": "(\d+)@(\d+\.\d+) "')
+CHUNK_STAMP = re.compile(rb'"content": ?"(\d+)@(\d+\.\d+) "')
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,8 @@ class Bench:
     apipod: Service
     bare: Service
     key: str
+    #: apipod with UPSTREAM_API=anthropic: its streams are translated (None: not measured).
+    translated: Service | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
     apipod_requests: int = 0
     apipod_streams: int = 0
@@ -207,7 +209,16 @@ class Bench:
 
     def server(self, target: str) -> Service:
         """The process that answers a target's requests: for `direct`, the upstream."""
-        return {"apipod": self.apipod, "bare": self.bare, "direct": self.upstream}[target]
+        services = {"apipod": self.apipod, "bare": self.bare, "direct": self.upstream}
+        if self.translated is not None:
+            services["translated"] = self.translated
+        return services[target]
+
+    def stream_targets(self, shift: int = 0) -> list[str]:
+        """The stream targets this run measures, rotated by `shift`."""
+        targets = [t for t in STREAM_TARGETS if t != "translated" or self.translated]
+        shift %= len(targets)
+        return targets[shift:] + targets[:shift]
 
     def load(self, target: str, connections: int, seconds: int) -> dict[str, Any]:
         """One wrk run, with the answering process's CPU per request."""
@@ -275,7 +286,7 @@ class Bench:
         """Fill caches, pools and the key database's pages before anything is measured."""
         for target in TARGETS:
             self.load(target, self.settings.connections, self.settings.warmup)
-        for target in STREAM_TARGETS:
+        for target in self.stream_targets():
             self.stream(target, streams=min(10, self.settings.streams))
         self.apipod_requests = self.apipod_streams = 0
         self.errors = dict.fromkeys(TARGETS, 0)
@@ -292,7 +303,7 @@ class Bench:
         for target in order:
             sample["sequential"][target] = self.load(target, 1, s.duration)
         sample["streams"] = {}
-        for target in (t for t in order if t in STREAM_TARGETS):
+        for target in self.stream_targets(number):
             sample["streams"][target] = self.stream(target)
         self.rounds.append(sample)
         rps = {t: sample["throughput"][t]["rps"] for t in TARGETS}

@@ -191,12 +191,13 @@ def run(settings: Settings, results_dir: Path, keep: bool = False) -> Path:
             upstream,
             apipod,
             bare,
+            translated,
         ),
     ):
         if keep:
             progress(f"work folder (kept): {tmp}")
         key = create_key(apipod, admin_secret)
-        bench = Bench(settings, upstream, apipod, bare, key)
+        bench = Bench(settings, upstream, apipod, bare, key, translated)
         progress(
             f"upstream {upstream.url}, apipod {apipod.url} (pid {apipod.pid}), "
             f"bare {bare.url} (pid {bare.pid}); warming up"

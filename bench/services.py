@@ -142,12 +142,18 @@ def start_apipod(
 
     Replicas share one `database` (bench/replicas.py); by default each has its own.
     The access log (one line per request) goes to a file, as it would to a container's.
+    UPSTREAM_API is set, not probed: `both` (the default) forwards chat completions as
+    they come, `UPSTREAM_API="anthropic"` translates them to the upstream's `/v1/messages`.
     """
     home = workdir / name
     home.mkdir()
     port = free_port()
     env = proxy_env(
-        upstream_url, port, database or home / "data" / "proxy.db", admin_secret, **overrides
+        upstream_url,
+        port,
+        database or home / "data" / "proxy.db",
+        admin_secret,
+        **{"UPSTREAM_API": "both", **overrides},
     )
     log = home / "proxy.log"
     service = Service(name, spawn(SERVE, home, log, env), f"http://127.0.0.1:{port}", log)
@@ -193,9 +199,14 @@ def create_key(apipod: Service, admin_secret: str) -> str:
 @contextlib.contextmanager
 def services(
     workdir: Path, admin_secret: str, **apipod_env: str | None
-) -> Iterator[tuple[Service, Service, Service]]:
-    """Start upstream, apipod (with `apipod_env` in its environment) and bare mitmdump;
-    always stop them again."""
+) -> Iterator[tuple[Service, Service, Service, Service]]:
+    """Start upstream, apipod (with `apipod_env` in its environment), bare mitmdump and a
+    translating apipod (the same environment); always stop them again.
+
+    The translating apipod (`UPSTREAM_API=anthropic`) shares apipod's database, so one
+    key serves both; it turns chat completions into the upstream's Anthropic Messages
+    stream and back, which the `translated` stream row measures against passthrough.
+    """
     started: list[Service] = []
     try:
         upstream = start_upstream(workdir)
@@ -205,7 +216,16 @@ def services(
         started.append(apipod)
         bare = start_bare(workdir, upstream.url)
         started.append(bare)
-        yield upstream, apipod, bare
+        translated = start_apipod(
+            workdir,
+            upstream.url,
+            admin_secret,
+            "translated",
+            database=workdir / "apipod" / "data" / "proxy.db",
+            **{**apipod_env, "UPSTREAM_API": "anthropic"},
+        )
+        started.append(translated)
+        yield upstream, apipod, bare, translated
     finally:
         for service in reversed(started):
             service.stop()

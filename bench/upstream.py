@@ -15,14 +15,16 @@ It speaks just enough of the OpenAI wire format, with the same steering headers 
 test stand-in:
 
     POST /v1/chat/completions   a chat completion, or SSE chunks when `"stream": true`
+    POST /v1/messages           the same in Anthropic's Messages API (text deltas), for
+                                the translated-stream row (apipod with UPSTREAM_API=anthropic)
     x-standin-chunks: N         stream N content chunks (default 3)
     x-standin-interval: S       seconds between chunks (default 0)
 
 A stream that asks for `stream_options.include_usage` (apipod asks for it, to count
 tokens) gets `"usage": null` on each chunk and a final usage chunk, as OpenAI sends.
 
-Each streamed chunk's content is `"<index>@<send time> "`, the sender's `time.time()`
-taken just before the write, so a client can measure each chunk's lag
+Each streamed chunk's content (or text delta) is `"<index>@<send time> "`, the sender's
+`time.time()` taken just before the write, so a client can measure each chunk's lag
 (arrival time minus send time). Any other path answers 200 with a small JSON body.
 """
 
@@ -79,6 +81,23 @@ def usage_event(model: str, chunks: int) -> bytes:
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 
+def anthropic_message(model: str, content: list[Any], output_tokens: int) -> dict[str, Any]:
+    return {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": "end_turn" if content else None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 11, "output_tokens": output_tokens},
+    }
+
+
+def anthropic_event(name: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
 class Upstream:
     """The request handlers; the only state is a cache of encoded answers."""
 
@@ -120,6 +139,42 @@ class Upstream:
         await response.write_eof()
         return response
 
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic Messages: a whole message, or its events when `"stream": true`."""
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return web.Response(status=400, body=b'{"type": "error"}', content_type=JSON_TYPE)
+        model = str(body.get("model", "unknown")) if isinstance(body, dict) else "unknown"
+        if not (isinstance(body, dict) and body.get("stream")):
+            message = anthropic_message(model, [{"type": "text", "text": "hello"}], 1)
+            return web.Response(body=json.dumps(message).encode(), content_type=JSON_TYPE)
+        chunks = int(request.headers.get("x-standin-chunks", "3"))
+        interval = float(request.headers.get("x-standin-interval", "0"))
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        start = {"type": "message_start", "message": anthropic_message(model, [], 0)}
+        await response.write(anthropic_event("message_start", start))
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+        await response.write(anthropic_event("content_block_start", block))
+        for i in range(chunks):
+            if i and interval:
+                await asyncio.sleep(interval)
+            delta = {"type": "text_delta", "text": f"{i}@{time.time():.6f} "}
+            payload = {"type": "content_block_delta", "index": 0, "delta": delta}
+            await response.write(anthropic_event("content_block_delta", payload))
+        stop = {"type": "content_block_stop", "index": 0}
+        await response.write(anthropic_event("content_block_stop", stop))
+        end = {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": chunks},
+        }
+        await response.write(anthropic_event("message_delta", end))
+        await response.write(anthropic_event("message_stop", {"type": "message_stop"}))
+        await response.write_eof()
+        return response
+
     async def other(self, request: web.Request) -> web.Response:
         await request.read()
         return web.Response(body=b'{"ok": true}', content_type=JSON_TYPE)
@@ -130,6 +185,7 @@ async def serve(host: str, port: int) -> None:
     upstream = Upstream()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", upstream.chat)
+    app.router.add_post("/v1/messages", upstream.messages)
     app.router.add_route("*", "/{tail:.*}", upstream.other)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

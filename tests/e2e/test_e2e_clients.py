@@ -48,7 +48,7 @@ def test_anthropic_sdk_messages_create_with_x_api_key(
     assert seen.json()["model"] in ("claude-sonnet-4-5", "gemini-3-flash")
     assert message.content[0].text == f"hello from {seen.json()['model']}"
     assert seen.headers["x-api-key"] == UPSTREAM_KEY
-    assert "authorization" not in seen.headers
+    assert seen.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"  # ours, never the client's
     assert api_key not in str(seen.headers)
     assert seen.headers["anthropic-version"]  # the client's other headers are kept
 

@@ -41,7 +41,17 @@ def assert_openai_error(response: httpx.Response, status: int, code: str) -> Non
 def test_health_needs_no_key_and_reports_database(proxy: Proxy, upstream: StandIn) -> None:
     response = httpx.get(f"{proxy.url}/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok", "admin": True}
+    assert response.json() == {
+        "status": "ok",
+        "database": "ok",
+        "admin": True,
+        # tests/standin.py serves both APIs, and lists every routing target.
+        "upstream_api": "both",
+        "upstream_api_setting": "auto",
+        "upstream_checks": "done",
+        "unlisted_models": [],
+        "cooldowns": [],
+    }
     assert upstream.received == []
 
 
@@ -116,7 +126,7 @@ def test_openai_sdk_chat_reaches_upstream_with_swapped_credentials(
     [seen] = upstream.received
     headers = {k.lower(): v for k, v in seen.headers.items()}
     assert headers["x-api-key"] == UPSTREAM_KEY
-    assert "authorization" not in headers
+    assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}"  # ours, never the client's
     assert "x-admin-secret" not in headers
     assert headers["x-custom-trace"] == "kept"
     assert api_key not in json.dumps(headers)

@@ -55,7 +55,7 @@ def test_try_it_examples_work_against_a_real_proxy(
     assert out.count('"object": "chat.completion.chunk"') >= 2
     assert "data: [DONE]" in out
     assert "HTTP/1.1 401" in out and "HTTP/1.1 403" in out
-    assert '{"status":"ok","database":"ok","admin":true}' in out
+    assert '{"status":"ok","database":"ok","admin":true,"upstream_api":"both"' in out
     # "Operate it": the CLI and the admin API, on the key "Try it" created first.
     assert "key 1 revoked" in out and "key 1 activated" in out
     assert re.search(r"^id +name +tier +active", out, re.M)

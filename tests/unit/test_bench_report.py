@@ -58,7 +58,8 @@ def round_(
     lat50: tuple[float, float, float],
     lag50: tuple[float | None, float | None] = (2.0, 0.3),
 ) -> dict[str, Any]:
-    """A round: (apipod, bare, direct) req/s and p50 latency; (apipod, direct) lag p50."""
+    """A round: (apipod, bare, direct) req/s and p50 latency; (apipod, direct) lag p50.
+    The translated streams lag 0.4 ms behind apipod's passthrough ones."""
     targets = ("apipod", "bare", "direct")
     cpu = {"apipod": 1.5, "bare": 2.0, "direct": 0.1}
     return {
@@ -69,6 +70,10 @@ def round_(
         },
         "streams": {
             "apipod": stream(lag50[0], None if lag50[0] is None else lag50[0] * 10),
+            "translated": stream(
+                None if lag50[0] is None else lag50[0] + 0.4,
+                None if lag50[0] is None else (lag50[0] + 0.4) * 10,
+            ),
             "direct": stream(lag50[1], None if lag50[1] is None else lag50[1] * 10),
         },
     }
@@ -135,9 +140,11 @@ def test_a_round_without_a_lag_figure_is_left_out_of_the_lag_medians(
     summary: dict[str, Any],
 ) -> None:
     lag = summary["stream_lag_ms"]
-    assert lag["p50"] == {"apipod": 2.5, "direct": 0.4}
+    assert lag["p50"] == {"apipod": 2.5, "translated": 2.9, "direct": 0.4}
     # apipod - direct where both exist: 1.7 and 2.5 -> 2.1.
     assert lag["added_p50"] == {"apipod": 2.1}
+    # translated - passthrough, paired per round.
+    assert (lag["translation_added_p50"], lag["translation_added_p99"]) == (0.4, 4.0)
     assert (lag["streams"], lag["chunks"], lag["interval_ms"]) == (100, 20, 50.0)
 
 
@@ -147,7 +154,7 @@ def test_cpu_figures_and_their_ratio(summary: dict[str, Any]) -> None:
     assert cpu["apipod_over_bare"] == 0.75
     assert cpu["apipod_main_thread"] == 1.35
     assert cpu["apipod_sequential"] == 1.6
-    assert summary["cpu_ms_per_stream"] == {"apipod": 3.0, "direct": 3.0}
+    assert summary["cpu_ms_per_stream"] == {"apipod": 3.0, "translated": 3.0, "direct": 3.0}
 
 
 def test_errors_rss_and_broken_streams_are_carried_over() -> None:
