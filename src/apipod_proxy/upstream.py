@@ -139,7 +139,7 @@ class Upstream:
                 response = await self._client.send(request, stream=True)
                 try:
                     body = bytearray()
-                    async for chunk in response.aiter_raw():
+                    async for chunk in response.aiter_bytes():
                         body += chunk
                         if len(body) >= MAX_PROBE_BODY:
                             break
