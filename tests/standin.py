@@ -3,7 +3,9 @@
 It speaks the OpenAI wire format (see shared notes on wire formats): chat
 completions with and without SSE streaming, the `include_usage` chunk, `/v1/models`
 and OpenAI-shaped errors. Every request it receives is recorded, so tests can
-assert what reached the upstream, and what never did.
+assert what reached the upstream, and what never did: in `received`, or in
+`own_requests` for those the proxy makes itself (its endpoint probe and model list,
+whose user-agent starts with `apipod-proxy`).
 
 Behaviour is steered per request with `x-standin-*` headers, which the proxy passes
 through like any other header:
@@ -35,6 +37,8 @@ from typing import Any
 from aiohttp import web
 
 MODELS = ["claude-sonnet-4-5", "gemini-3-flash", "gemini-3-pro-high"]
+#: The user-agent of the requests the proxy makes itself (apipod_proxy.auth).
+PROXY_USER_AGENT = "apipod-proxy"
 
 
 def completion(model: str, created: int) -> dict[str, Any]:
@@ -110,6 +114,7 @@ class StandIn:
     host: str = "127.0.0.1"
     port: int = 0
     received: list[Received] = field(default_factory=list)
+    own_requests: list[Received] = field(default_factory=list)
     open_streams: int = 0
 
     def __post_init__(self) -> None:
@@ -134,6 +139,7 @@ class StandIn:
 
     def reset(self) -> None:
         self.received.clear()
+        self.own_requests.clear()
 
     async def _start(self) -> None:
         app = web.Application()
@@ -150,7 +156,10 @@ class StandIn:
     async def _record(self, request: web.Request) -> Received:
         headers = {name.lower(): value for name, value in request.headers.items()}
         entry = Received(request.method, request.path_qs, headers, await request.read())
-        self.received.append(entry)
+        # The proxy's own requests (endpoint probe, model list) are kept apart: `received`
+        # holds what clients caused.
+        mine = headers.get("user-agent", "").startswith(PROXY_USER_AGENT)
+        (self.own_requests if mine else self.received).append(entry)
         return entry
 
     async def models(self, request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from standin import Received
+from standin import PROXY_USER_AGENT, Received
 
 #: Pause between the pieces of a split write, so they leave in separate TCP segments and
 #: reach the reader in separate reads.
@@ -43,6 +43,8 @@ class ThreadedServer:
         self.host = host
         self.port = port
         self.received: list[Received] = []
+        #: The proxy's own requests (endpoint probe, model list), kept out of `received`.
+        self.own_requests: list[Received] = []
         self.reported: list[Reported] = []
         #: Split each streamed event across TCP writes (and join others into one write).
         self.split_writes = True
@@ -67,6 +69,7 @@ class ThreadedServer:
 
     def reset(self) -> None:
         self.received.clear()
+        self.own_requests.clear()
         self.reported.clear()
 
     def routes(self, app: web.Application) -> None:
@@ -84,7 +87,8 @@ class ThreadedServer:
     async def record(self, request: web.Request) -> Received:
         headers = {name.lower(): value for name, value in request.headers.items()}
         entry = Received(request.method, request.path_qs, headers, await request.read())
-        self.received.append(entry)
+        mine = headers.get("user-agent", "").startswith(PROXY_USER_AGENT)
+        (self.own_requests if mine else self.received).append(entry)
         return entry
 
 

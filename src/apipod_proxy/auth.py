@@ -61,6 +61,11 @@ def needs_lookup(key: str) -> bool:
     return keys.looks_like_key(key)
 
 
+#: The user-agent of the requests the proxy makes on its own (endpoint probe, model list),
+#: so that upstream logs (and the tests' stand-ins) tell them from clients' requests.
+PROXY_USER_AGENT = "apipod-proxy"
+
+
 def upstream_credentials(upstream_key: str) -> dict[str, str]:
     """The upstream key as both Anthropic-style and OpenAI-style servers read it.
 

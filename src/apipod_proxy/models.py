@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from .auth import upstream_credentials
+from .auth import PROXY_USER_AGENT, upstream_credentials
 
 log = logging.getLogger("apipod")
 
@@ -112,7 +112,7 @@ class ModelList:
 
     async def _get(self) -> Models:
         body = bytearray()
-        headers = upstream_credentials(self._key)
+        headers = {**upstream_credentials(self._key), "user-agent": f"{PROXY_USER_AGENT} (models)"}
         async with self._client.stream("GET", self._url, headers=headers) as response:
             response.raise_for_status()
             async for chunk in response.aiter_bytes():

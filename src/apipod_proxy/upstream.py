@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from .auth import upstream_credentials
+from .auth import PROXY_USER_AGENT, upstream_credentials
 from .models import ModelList
 from .quota import Cooldowns
 from .routing import RouteTable
@@ -67,7 +67,7 @@ class Upstream:
         self._headers = {
             **upstream_credentials(key),
             "content-type": "application/json",
-            "user-agent": "apipod-proxy (endpoint probe)",
+            "user-agent": f"{PROXY_USER_AGENT} (endpoint probe)",
         }
         self._probe: asyncio.Task[str | None] | None = None
         self._probed_at = -math.inf

@@ -55,7 +55,7 @@ def test_auto_finds_an_anthropic_only_upstream_and_translates(
     found = health(proxy)
     assert (found["upstream_api"], found["upstream_api_setting"]) == ("anthropic", "auto")
     assert "speaks anthropic" in proxy.log()
-    probes = [r for r in claude_upstream.received if r.method == "POST"]
+    probes = [r for r in claude_upstream.own_requests if r.method == "POST"]
     # The probe spends no tokens: two empty bodies, and nothing was answered as a message.
     assert sorted(r.path for r in probes) == ["/v1/chat/completions", "/v1/messages"]
     assert all(r.body == b"" for r in probes) and claude_upstream.reported == []
