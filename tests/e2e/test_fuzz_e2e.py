@@ -143,7 +143,9 @@ def assert_upstream_clean(upstream: StandIn) -> None:
     """Everything that reached the upstream carries exactly the upstream key, no client one."""
     for seen in upstream.received:
         assert seen.headers.get("x-api-key") == UPSTREAM_KEY
-        assert not {"authorization", "proxy-authorization", "x-goog-api-key"} & set(seen.headers)
+        # Our key as Bearer too (OpenAI-only upstreams read only that), never a client's.
+        assert seen.headers.get("authorization") == f"Bearer {UPSTREAM_KEY}"
+        assert not {"proxy-authorization", "x-goog-api-key"} & set(seen.headers)
         assert all("apk_" not in value for value in seen.headers.values())
 
 
