@@ -46,7 +46,7 @@ from .quota import Cooldowns, QuotaExhausted, retry_after
 from .ratelimit import RateLimiter
 from .routing import SESSION_HEADER, AllTargetsCooling, Router, conversation_key
 from .store import KeyRecord
-from .translate import TranslationError, direction_for, is_endpoint_missing
+from .translate import Direction, TranslationError, direction_for, is_endpoint_missing
 from .translate.directions import CHAT_PATH, MESSAGES_PATH
 from .translate.failures import (
     cooling_for_anthropic_client,
@@ -353,7 +353,7 @@ class Apipod:
         response.headers.pop("x-api-key", None)
         response.headers["x-request-id"] = state.request_id
         own_error = (state.answered_by_proxy or state.timed_out) and response.status_code >= 400
-        if own_error and errors.is_anthropic_path(flow.request.path):
+        if own_error and _client_speaks_anthropic(flow, state):
             response.content = errors.anthropic_shape(response.content or b"")
         if self.draining:
             response.headers["connection"] = "close"
@@ -513,6 +513,13 @@ def has_forbidden_header_bytes(headers: http.Headers) -> bool:
 
 
 _PHRASES = {status.value for status in HTTPStatus}
+
+
+def _client_speaks_anthropic(flow: http.HTTPFlow, state: FlowState) -> bool:
+    """Whether the client uses the Messages API (the path may have been translated)."""
+    if state.direction is not None:
+        return state.direction is Direction.ANTHROPIC_TO_OPENAI
+    return errors.is_anthropic_path(flow.request.path)
 
 
 def _is_api_call(request: http.Request, *paths: str) -> bool:

@@ -5,9 +5,11 @@ OpenAI-only upstream. Real mitmdump processes in front of the stand-ins.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -260,6 +262,8 @@ def test_the_chunk_sequence_of_a_translated_stream(
         time.sleep(0.3)
     [row] = rows
     assert (row["prompt_tokens"], row["completion_tokens"]) == (35, reported.output_tokens)
+    with contextlib.closing(sqlite3.connect(proxy.database)) as db:
+        assert db.execute("SELECT SUM(cached_tokens) FROM usage").fetchone()[0] == 10
 
 
 def test_a_translation_refusal_is_400_in_the_clients_shape(

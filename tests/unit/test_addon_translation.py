@@ -11,6 +11,7 @@ import pytest
 from gateway import Gateway, make_flow, run
 from mitmproxy import http
 
+from apipod_proxy import errors
 from apipod_proxy.flowstate import state_of
 from apipod_proxy.translate.streams import AnthropicPassthroughStream, AnthropicToOpenAIStream
 from apipod_proxy.usage import SseWatcher
@@ -104,6 +105,17 @@ def test_the_answer_is_translated_back(over_claude: Gateway) -> None:
     over_claude.flush()
     [(prompt, completion)] = over_claude.sql("SELECT prompt_tokens, completion_tokens FROM usage")
     assert (prompt, completion) == (8, 2)
+
+
+def test_our_own_errors_keep_the_openai_shape_after_translating(over_claude: Gateway) -> None:
+    flow = send(over_claude)
+    assert flow.request.path == "/v1/messages"  # translated for the upstream
+    state = state_of(flow)
+    assert state is not None
+    state.timed_out = True  # the proxy answers 504 itself
+    flow.response = errors.error_response(504, "late", "upstream_timeout")
+    over_claude.addon.responseheaders(flow)
+    assert "type" not in json.loads(flow.response.content or b"")  # not Anthropic's shape
 
 
 def test_an_sse_answer_gets_the_translating_stream(over_claude: Gateway) -> None:

@@ -93,7 +93,7 @@ class _SseTranslator:
 
     @property
     def usage(self) -> Usage:
-        return Usage(self.tokens.prompt, self.tokens.completion)
+        return Usage(self.tokens.prompt, self.tokens.completion, self.tokens.cached)
 
     def __call__(self, data: bytes) -> list[bytes]:
         if self.done:
