@@ -31,6 +31,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from standin import StandIn
 
+from apipod_proxy.connections import MAX_HEADER_BYTES
+
 pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
 ALIAS = "cursor-pro-sonnet"
@@ -49,6 +51,7 @@ OUR_CODES = {
     403: {"invalid_api_key", "inactive_api_key", "expired_api_key"},
     404: {"not_found", "key_not_found"},
     413: {"request_too_large"},
+    431: {"request_headers_too_large"},
 }
 
 SAMPLE = settings(
@@ -223,8 +226,11 @@ def test_generated_credentials_are_refused_in_json_or_swapped(
             assert len(upstream.received) == before + 1
             assert reply.json()["model"] in TARGETS
         else:
-            code = assert_our_error(reply, {400, 401, 403})
+            code = assert_our_error(reply, {400, 401, 403, 431})
             assert (reply.status == 401) == (code == "missing_api_key")
+            if reply.status == 431:  # a request head over the proxy's bound
+                assert code == "request_headers_too_large"
+                assert sum(len(n) + len(v) for n, v in fields) > MAX_HEADER_BYTES // 2
             if reply.status == 400:  # NUL survives HTTP/1 parsing; a proxy must refuse it
                 assert code == "invalid_request_headers"
                 assert b"\0" in b"".join(v for _, v in fields)
