@@ -50,11 +50,13 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 
 # curl runs the README's examples; wrk the bench smoke test, chromium the browser tests
-# of the dashboard (each skipped without it, except chromium under CI=true).
+# of the dashboard, HAProxy the many-replicas tests (each skipped without it, except
+# chromium and HAProxy under CI=true).
 test: lint
 	@$(call need,curl)
 	-@$(call need,wrk)
 	-@$(call need,chromium)
+	-@$(call need,haproxy)
 	$(BIN)/pytest
 
 # Retake the README's screenshots (docs/*.png) with the dashboard's browser tests.

@@ -19,9 +19,37 @@ sys.path.insert(0, str(Path(__file__).parent))
 from anthropic_standin import AnthropicStandIn
 from harness import UPSTREAM_KEY, Proxy, start_proxy
 from openai_standin import OpenAIStandIn
+from services import SKIP_LINE, UNREACHABLE, RedisSpace, fresh_database, fresh_redis_space
 from standin import SilentUpstream, StandIn
 
 E2E_DIR = Path(__file__).parent / "e2e"
+SERVICES_FILE = str(Path(__file__).parent / "services.py")
+
+
+#: What `backend` takes in a module that sets `BOTH_BACKENDS = True`.
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run tests once per database backend: a module's (BOTH_BACKENDS = True) or a test's
+    (@pytest.mark.both_backends); the rest use SQLite."""
+    wanted = getattr(metafunc.module, "BOTH_BACKENDS", False) or any(
+        mark.name == "both_backends" for mark in metafunc.definition.iter_markers()
+    )
+    if "backend" in metafunc.fixturenames and wanted:
+        metafunc.parametrize("backend", BACKENDS, indirect=True, scope="session")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Skips for a missing service all point at services.py, so `-ra` folds them into
+    one line per service ("SKIPPED [N] tests/services.py:...: Redis ... unreachable")."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if UNREACHABLE in reason:
+            report.longrepr = (SERVICES_FILE, SKIP_LINE, reason)
+    return report
 
 # Locally, property tests draw new examples each run and keep the failures they find;
 # under CI they draw the same examples every run, so a result never depends on luck.
@@ -91,9 +119,41 @@ def gpt_upstream(openai_only: OpenAIStandIn) -> OpenAIStandIn:
 
 
 @pytest.fixture(scope="session")
-def proxy(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+def backend(request: pytest.FixtureRequest) -> str:
+    """Where keys and usage live: "sqlite" unless the module asks for both."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """DATABASE_URL whose tables go to a new, empty PostgreSQL schema of this test's own."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_space() -> Iterator[RedisSpace]:
+    """The test Redis and a key prefix of this test's own (cleared afterwards)."""
+    with fresh_redis_space() as space:
+        yield space
+
+
+@pytest.fixture(scope="session")
+def backend_env(backend: str) -> Iterator[dict[str, str]]:
+    """Settings that put a proxy's keys and usage in `backend` (one database per session)."""
+    if backend == "sqlite":
+        yield {}
+        return
+    with fresh_database() as url:
+        yield {"DATABASE_URL": url}
+
+
+@pytest.fixture(scope="session")
+def proxy(
+    standin: StandIn, tmp_path_factory: pytest.TempPathFactory, backend_env: dict[str, str]
+) -> Iterator[Proxy]:
     """The shared proxy in front of the stand-in, with default settings."""
-    running = start_proxy(tmp_path_factory.mktemp("proxy"), standin.url)
+    running = start_proxy(tmp_path_factory.mktemp("proxy"), standin.url, **backend_env)
     yield running
     running.stop()
 

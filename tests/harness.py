@@ -55,7 +55,11 @@ def proxy_env(
     An override of None removes a variable, so that a `.env` can supply it.
     """
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("ANTIGRAVITY_", "ADMIN_"))},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ANTIGRAVITY_", "ADMIN_", "DATABASE_", "REDIS_"))
+        },
         "ANTIGRAVITY_URL": upstream_url,
         "ANTIGRAVITY_KEY": UPSTREAM_KEY,
         "ADMIN_SECRET": admin_secret,
@@ -157,6 +161,24 @@ class Proxy:
     def database(self) -> Path:
         return self.workdir / "data" / "proxy.db"
 
+    def execute_sql(self, sql: str) -> None:
+        """Run one statement on this proxy's database, behind the proxy's back."""
+        if "DATABASE_URL" in self.env:
+            import psycopg
+
+            with psycopg.connect(self.env["DATABASE_URL"], autocommit=True) as conn:
+                conn.execute(sql)
+            return
+        import sqlite3
+
+        with sqlite3.connect(self.database) as db:
+            db.execute(sql)
+
+    def database_env(self) -> dict[str, str]:
+        """The settings naming this proxy's database, for the CLI or another proxy."""
+        names = ("DATABASE_PATH", "DATABASE_URL")
+        return {name: self.env[name] for name in names if name in self.env}
+
     def log(self) -> str:
         return (self.workdir / "proxy.log").read_text(errors="replace")
 
@@ -178,7 +200,7 @@ class Proxy:
             capture_output=True,
             text=True,
             timeout=30,
-            env={**os.environ, "DATABASE_PATH": str(self.database)},
+            env={**os.environ, **self.database_env()},
         )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
