@@ -10,13 +10,13 @@ after the usual key check, so a revoked or expired key gets the usual 403.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from mitmproxy import http
 
 from . import keys
+from .backend import DB_ERRORS, error_text
 from .budgets import SpendLedger, budget_of, models_of, resets_at, rpm_of
 from .config import Settings
 from .errors import error_response, json_response
@@ -48,15 +48,15 @@ class Account:
     ledger: SpendLedger
 
     def answer(self, request: http.Request, record: KeyRecord) -> http.Response:
-        """The answer to one of PATHS for the key `record`. Blocking (SQLite).
+        """The answer to one of PATHS for the key `record`. Blocking (database work).
 
         Never raises: an exception in the request hook would let mitmproxy forward the
         request upstream.
         """
         try:
             return self._answer(request, record)
-        except sqlite3.Error as exc:
-            log.error("database error on /account: %s", exc)
+        except DB_ERRORS as exc:
+            log.error("database error on /account: %s", error_text(exc))
             return error_response(503, "The key database is unavailable", "database_unavailable")
         except Exception:
             log.exception("internal error on %s", printable(request.path))

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import re
 import secrets
-import sqlite3
 import time
 from functools import partial
 from http import HTTPStatus
@@ -32,6 +31,7 @@ from mitmproxy import http
 from . import auth, budgets, errors, keys, logs, mitm_compat
 from .account import is_account_path
 from .admin import is_internal
+from .backend import DB_ERRORS, error_text
 from .bodies import BodyError, BodyTooLarge, decoded, json_bytes, parse_json
 from .config import Settings
 from .connections import ConnectionPolicy
@@ -127,8 +127,8 @@ class Apipod:
         if key is not None and auth.needs_lookup(key):
             try:
                 record = await self._lookup(key)
-            except sqlite3.Error as exc:
-                log.error("key lookup failed: %s", exc)
+            except DB_ERRORS as exc:
+                log.error("key lookup failed: %s", error_text(exc))
                 message = "The key database is unavailable, try again shortly"
                 return errors.error_response(503, message, "database_unavailable")
         if refused := auth.refusal(key, record, keys.now_text()):
@@ -137,7 +137,11 @@ class Apipod:
             return response
         assert record is not None
         state.user = record
-        wait = self.limiter.acquire(record.id, budgets.rpm_of(record, self.plans, self.rt.settings))
+        rpm = budgets.rpm_of(record, self.plans, self.rt.settings)
+        if (shared := self.rt.shared_limiter) is not None:  # REDIS_URL: across replicas
+            wait = await shared.acquire(record.id, rpm)
+        else:
+            wait = self.limiter.acquire(record.id, rpm)
         if wait:
             self.metrics.rate_limited.inc()
             return errors.error_response(

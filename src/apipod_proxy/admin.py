@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from mitmproxy import http
 
 from . import budgets, dashboard, keys, pages
 from .auth import bearer_token
+from .backend import DB_ERRORS, error_text
 from .bodies import BodyError, decoded, parse_json
 from .config import Settings
 from .errors import error_response, json_response
@@ -164,8 +164,8 @@ class AdminApi:
             return denied
         try:
             return handler(self, request)
-        except sqlite3.Error as exc:
-            log.error("database error on %s: %s", printable(path), exc)
+        except DB_ERRORS as exc:
+            log.error("database error on %s: %s", printable(path), error_text(exc))
             return error_response(503, "The key database is unavailable", "database_unavailable")
         except Exception:  # a bug answers 500; an internal path is never forwarded
             log.exception("internal error on %s", printable(path))
@@ -196,13 +196,17 @@ class AdminApi:
         try:
             self.store.ping()
             database = "ok"
-        except sqlite3.Error as exc:
-            log.warning("health check: database error: %s", exc)
-            database = "unavailable"
+        except DB_ERRORS as exc:
+            log.warning("health check: database error: %s", error_text(exc))
+            # PostgreSQL: known keys are still served from memory, and every replica
+            # sees the same outage, so a load balancer must not drain them all.
+            database = (
+                "degraded" if getattr(self.store, "survives_outage", False) else "unavailable"
+            )
         healthy = database == "ok"
         # 503 when keys cannot be checked, so load balancers take this replica out.
         return json_response(
-            200 if healthy else 503,
+            200 if database != "unavailable" else 503,
             {
                 "status": "ok" if healthy else "degraded",
                 "database": database,

@@ -1,7 +1,8 @@
 """The operator's command line: `apipod-keys {create,list,update,rotate,revoke,activate,
-usage,requests}` (also `python scripts/keys.py ...`).
+usage,requests,migrate-to}` (also `python scripts/keys.py ...`).
 
-It opens the proxy's database (DATABASE_PATH, resolved as config.py says) directly,
+It opens the proxy's database (DATABASE_URL's PostgreSQL, else DATABASE_PATH, resolved
+as config.py says) directly,
 so it works whether or not the proxy runs. Revocation takes effect on the next request
 of every proxy process, since each request looks its key up. Human output is an aligned
 table; `--json` output is stable, for scripts.
@@ -20,7 +21,8 @@ from typing import Any
 
 from . import budgets, config, keys
 from .admin import validate_changes, validate_plan
-from .config import database_path, find_env_file
+from .backend import DB_ERRORS, describe, open_store
+from .config import database_path, database_url, find_env_file
 from .pricing import Plans, parse_plans
 from .requestlog import DEFAULT_LIMIT, parse_limit
 from .routing import RoutesError
@@ -155,6 +157,24 @@ def usage(store: KeyStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def migrate_to(store: KeyStore, args: argparse.Namespace) -> int:
+    from .migrate_to import copy_database
+    from .pgstore import PgKeyStore
+
+    url = database_url({"DATABASE_URL": args.url})
+    if url is None:
+        raise ValueError("migrate-to needs a postgresql:// URL")
+    target = PgKeyStore(url, max_size=1)
+    try:
+        copied = copy_database(store.path, target)
+    finally:
+        target.close()
+    summary = ", ".join(f"{count} {table}" for table, count in copied.items())
+    print(f"copied {describe(store.path, None)} to {describe(store.path, url)}: {summary}")
+    print("set DATABASE_URL to that URL and restart the proxies to use it")
+    return 0
+
+
 def add_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="who the key is for")
     parser.add_argument("--tier", default=keys.DEFAULT_TIER, help="tier (default: %(default)s)")
@@ -219,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--since", help="only the last 90m, 24h, 30d ...")
     log.add_argument("--limit", default=DEFAULT_LIMIT, help="at most N rows (%(default)s)")
     log.add_argument("--json", action="store_true")
+    move = commands.add_parser(
+        "migrate-to",
+        help="copy the SQLite database (DATABASE_PATH) into an empty PostgreSQL database",
+    )
+    move.add_argument("url", help="postgresql://user:password@host:5432/database")
     return parser
 
 
@@ -231,6 +256,7 @@ HANDLERS = {
     "update": update,
     "rotate": rotate,
     "requests": requests,
+    "migrate-to": migrate_to,
 }
 
 
@@ -257,15 +283,23 @@ def parse_args(
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run a parsed command; user errors exit 2 with one line on stderr."""
     path = database_path()
+    where = str(path)
     try:
-        return HANDLERS[args.command](NotingStore(path), args)
+        # migrate-to always reads the SQLite file, whatever DATABASE_URL says.
+        url = None if args.command == "migrate-to" else database_url()
+        where = describe(path, url)
+        store = open_store(path, url) if url else NotingStore(path)
+        try:
+            return HANDLERS[args.command](store, args)
+        finally:
+            store.close()
     except ValueError as exc:
         parser.exit(2, f"error: {exc}\n")
     except BrokenPipeError:  # `keys.py list | head`: the reader left, which is fine
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (OSError, sqlite3.Error) as exc:
-        parser.exit(2, f"error: database {path}: {exc}\n")
+    except (OSError, *DB_ERRORS) as exc:
+        parser.exit(2, f"error: database {where}: {exc}\n")
 
 
 class NotingStore(KeyStore):

@@ -174,6 +174,20 @@ def _parse_max_connections(name: str, value: str) -> int | None:
     return int(value)
 
 
+def _service_url(*schemes: str) -> Callable[[str, str], str | None]:
+    """A URL of one of `schemes`, or None when empty; an error never shows a password."""
+
+    def parse(name: str, value: str) -> str | None:
+        if not value:
+            return None
+        if urlsplit(value).scheme not in schemes:
+            shown = value.rsplit("@", 1)[-1]
+            raise ConfigError(f"{name} must be a {schemes[0]}:// URL, got ...{shown!r}")
+        return value
+
+    return parse
+
+
 def _parse_path(name: str, value: str) -> Path:
     return Path(value).expanduser()
 
@@ -300,6 +314,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a model whose upstream quota ran out stays out of alias rotation when "
         "the upstream names no reset time.",
     ),
+    Setting(
+        "DATABASE_URL",
+        "",
+        _service_url("postgresql", "postgres"),
+        "`postgresql://user:password@host:5432/db` puts keys and usage in PostgreSQL instead "
+        'of DATABASE_PATH, shared by replicas on any host; see "Scaling out".',
+        secret=True,
+        shown_default="(none: SQLite)",
+    ),
+    Setting(
+        "REDIS_URL",
+        "",
+        _service_url("redis", "rediss", "unix"),
+        "`redis://host:6379/0` shares rate limits between replicas; without it they are per "
+        'process. See "Scaling out".',
+        secret=True,
+        shown_default="(none: per process)",
+    ),
+    Setting(
+        "REDIS_PREFIX",
+        "apipod:",
+        _optional_text,
+        "Prefix of every Redis key the proxy writes, so deployments can share a Redis.",
+    ),
     # Each of mitmproxy's default addons costs time on every event.
     Setting(
         "TRIM_ADDONS",
@@ -368,6 +406,9 @@ class Settings:
     routes_file: str | None = _default("ROUTES_FILE")
     upstream_api: str = _default("UPSTREAM_API")
     quota_cooldown: float = _default("QUOTA_COOLDOWN")
+    database_url: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = _default("REDIS_PREFIX")
     trim_addons: bool = _default("TRIM_ADDONS")
     # --- client connections (connections.py) ---
     client_header_timeout: float = _default("CLIENT_HEADER_TIMEOUT")
@@ -447,6 +488,14 @@ def database_path(environ: Mapping[str, str] | None = None, base: Path | None = 
         environ, base = read_environment(env_file), base or base_folder(env_file)
     raw = environ.get("DATABASE_PATH", "").strip() or DEFAULTS["DATABASE_PATH"]
     return (base or base_folder(None)) / _parse_path("DATABASE_PATH", raw)
+
+
+def database_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """Just DATABASE_URL (PostgreSQL), or None: the database is SQLite at DATABASE_PATH."""
+    if environ is None:
+        environ = read_environment(find_env_file())
+    raw = environ.get("DATABASE_URL", "").strip()
+    return BY_ENV["DATABASE_URL"].parse("DATABASE_URL", raw)
 
 
 # --- mitmproxy options --------------------------------------------------------------------

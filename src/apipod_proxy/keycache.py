@@ -11,6 +11,9 @@ connection commits, read on a connection of the cache's own with no busy wait (i
 WAL mode a reader never waits for a writer), plus the file's inode, so a deleted or
 replaced file also clears it. When the version cannot be read the cache stands
 aside and every lookup goes to the database, which then reports the problem.
+
+On PostgreSQL (DATABASE_URL) the version is a counter that a trigger moves on every
+key change and each process follows by LISTEN/NOTIFY (pgstore.NotifiedKeyCache).
 """
 
 from __future__ import annotations

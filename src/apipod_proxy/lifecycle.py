@@ -10,6 +10,7 @@ load     register the apipod options, read the settings, check where the proxy w
 running  (the listener is up) say "ready", unload unused mitmproxy addons, take over
          SIGTERM/SIGINT, start the usage flush and routes reload, and ask the upstream
          which API it speaks and which models it lists (upstream.py; in the background)
+         (and, on PostgreSQL, follow key changes by other replicas)
 done     stop the jobs, write the last usage, stop the database threads
 """
 
@@ -20,7 +21,6 @@ import errno
 import logging
 import signal
 import socket
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,11 +35,14 @@ from mitmproxy.utils import asyncio_utils
 from . import config, logs, mitm_compat
 from .account import Account
 from .admin import AdminApi
+from .backend import DB_ERRORS, describe, error_text, key_cache_for, open_store
 from .config import ConfigError, Settings
 from .keycache import KeyCache
 from .models import ModelList
+from .pgstore import KeyVersionWatcher, PgKeyStore
 from .requestlog import PRUNE_SECONDS, RequestLog
 from .routing import RoutesError, RoutesFile
+from .sharedlimit import SharedLimiter
 from .store import KeyStore
 from .upstream import Upstream
 
@@ -59,7 +62,7 @@ GATEWAY_OPTIONS: dict[str, Any] = {
 }
 #: How often ROUTES_FILE is checked for edits.
 ROUTES_POLL_SECONDS = 2.0
-#: How often counted usage is written to SQLite.
+#: How often counted usage is written to the database.
 USAGE_FLUSH_SECONDS = 1.0
 _LOOPBACK = {"", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"}
 
@@ -78,6 +81,8 @@ class Runtime:
     request_log: RequestLog
     upstream: Upstream
     routes: RoutesFile | None = None
+    #: REDIS_URL: rate limits shared by every replica (without it: per process).
+    shared_limiter: SharedLimiter | None = None
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking database work off the event loop."""
@@ -91,6 +96,7 @@ class Lifecycle:
         #: PORT, when mitmdump had no --listen-port and bound its default port meanwhile.
         self._move_to_port: int | None = None
         self._held: mitm_compat.HeldErrors | None = None
+        self._key_watcher: KeyVersionWatcher | None = None
 
     # --- load ----------------------------------------------------------------------------
 
@@ -119,9 +125,10 @@ class Lifecycle:
             logs.setup(settings.log_format)
             port_name = self._apply_options(settings)
             self._check_addresses(settings, port_name)
-            # Created now, not on first use; later a vanished file is an error, not a fresh start.
-            store = KeyStore(settings.database_path, create_missing=False)
-            store.connection(create=True)
+            # Opened now, not on first use: a SQLite file created now (later a vanished
+            # file is an error, not a fresh start), or PostgreSQL reached and migrated.
+            store = open_store(settings.database_path, settings.database_url, create_missing=False)
+            store.open()
             routes = None
             if settings.routes_file:
                 routes = RoutesFile(settings.routes_file, gateway.router, [gateway.plans])
@@ -131,8 +138,10 @@ class Lifecycle:
             # Logged at ERROR during startup: mitmdump prints the line and exits.
             self._fail(str(exc))
             return
-        except (OSError, sqlite3.Error) as exc:
-            self._fail(f"DATABASE_PATH {settings.database_path}: {exc}")
+        except (OSError, *DB_ERRORS) as exc:
+            name = "DATABASE_URL" if settings.database_url else "DATABASE_PATH"
+            where = describe(settings.database_path, settings.database_url)
+            self._fail(f"{name} {where}: {error_text(exc)}")
             return
         upstream = Upstream(
             settings.antigravity_url,
@@ -143,7 +152,7 @@ class Lifecycle:
         gateway.runtime = Runtime(
             settings=settings,
             store=store,
-            key_cache=KeyCache(settings.database_path),
+            key_cache=key_cache_for(store),
             admin=AdminApi(
                 settings,
                 store,
@@ -160,6 +169,9 @@ class Lifecycle:
             request_log=RequestLog(settings.request_log_days),
             upstream=upstream,
             routes=routes,
+            shared_limiter=SharedLimiter.from_url(settings.redis_url, settings.redis_prefix)
+            if settings.redis_url
+            else None,
         )
         mitm_compat.install_json_error_pages()
         if not settings.admin_enabled:
@@ -227,6 +239,8 @@ class Lifecycle:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal)
         self._every(USAGE_FLUSH_SECONDS, self.flush, "usage flush")
+        if isinstance(runtime.store, PgKeyStore):  # key changes by other replicas
+            self._key_watcher = KeyVersionWatcher(runtime.store).start()
         if (routes := runtime.routes) is not None:
 
             async def reload() -> None:
@@ -249,11 +263,12 @@ class Lifecycle:
         listening = server.listen_addrs() if server is not None else []
         log.info(
             "apipod ready: listening on %s, forwarding to %s, routes %s, database %s, "
-            "upstream timeout %gs, UPSTREAM_API %s",
+            "rate limits %s, upstream timeout %gs, UPSTREAM_API %s",
             ", ".join(f"http://{_host(a[0])}:{a[1]}" for a in listening) or "(nothing)",
             ", ".join(reverse_targets(ctx.options.mode)) or settings.antigravity_url,
             settings.routes_file or "built in",
-            settings.database_path,
+            describe(settings.database_path, settings.database_url),
+            "shared (REDIS_URL)" if settings.redis_url else "per process",
             settings.upstream_timeout,
             settings.upstream_api,
         )
@@ -335,8 +350,8 @@ class Lifecycle:
         ledger.take()
         try:
             spend = await runtime.db(runtime.store.record_usage, *batch, requests)
-        except sqlite3.Error as exc:
-            log.error("usage flush failed, will retry: %s", exc)
+        except DB_ERRORS as exc:
+            log.error("usage flush failed, will retry: %s", error_text(exc))
             usage.give_back(*batch)
             runtime.request_log.give_back(requests)
             ledger.give_back()
@@ -367,6 +382,9 @@ class Lifecycle:
             except Exception:
                 log.exception("final usage flush failed; %d buckets lost", len(batch[0]))
         runtime.pool.shutdown(wait=True)
+        if self._key_watcher is not None:
+            self._key_watcher.stop()
+        runtime.store.close()
 
 
 # --- mitmproxy's modes and addresses ------------------------------------------------------

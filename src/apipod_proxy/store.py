@@ -408,7 +408,7 @@ def usage_report(conn: sqlite3.Connection, since: str | None = None) -> list[dic
                sum(g.prompt_tokens), sum(g.completion_tokens), sum(g.cost)
         FROM usage g JOIN users u ON u.id = g.key_id
         WHERE g.hour >= ?
-        GROUP BY g.key_id, g.model ORDER BY g.key_id, g.model
+        GROUP BY g.key_id, u.name, g.model ORDER BY g.key_id, g.model
         """,
         (keys.hour_of(since) if since else "",),
     ).fetchall()
@@ -452,15 +452,15 @@ def record_usage(
             INSERT INTO usage (key_id, model, hour, requests, ok, client_errors, server_errors,
                                prompt_tokens, completion_tokens, cached_tokens, cost)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (key_id, model, hour) DO UPDATE SET
-                requests = requests + excluded.requests,
-                ok = ok + excluded.ok,
-                client_errors = client_errors + excluded.client_errors,
-                server_errors = server_errors + excluded.server_errors,
-                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-                completion_tokens = completion_tokens + excluded.completion_tokens,
-                cached_tokens = cached_tokens + excluded.cached_tokens,
-                cost = cost + excluded.cost
+            ON CONFLICT (key_id, model, hour) DO UPDATE SET -- usage.: PostgreSQL needs it
+                requests = usage.requests + excluded.requests,
+                ok = usage.ok + excluded.ok,
+                client_errors = usage.client_errors + excluded.client_errors,
+                server_errors = usage.server_errors + excluded.server_errors,
+                prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = usage.completion_tokens + excluded.completion_tokens,
+                cached_tokens = usage.cached_tokens + excluded.cached_tokens,
+                cost = usage.cost + excluded.cost
             """,
             [
                 (
@@ -486,7 +486,8 @@ def record_usage(
         conn.executemany(
             """
             INSERT INTO spend (period, start, key_id, amount) VALUES (?, ?, ?, ?)
-            ON CONFLICT (period, start, key_id) DO UPDATE SET amount = amount + excluded.amount
+            ON CONFLICT (period, start, key_id)
+                DO UPDATE SET amount = spend.amount + excluded.amount
             """,
             [(period, start, key_id, amount) for (key_id, period, start), amount in
              _spend_of(counts).items()],
@@ -634,6 +635,13 @@ class KeyStore:
         stat = os.stat(self.path)
         local.conn, local.inode = conn, (stat.st_dev, stat.st_ino)
         return conn
+
+    def open(self) -> None:
+        """Create the database now (later a vanished file is an error, not a fresh start)."""
+        self.connection(create=True)
+
+    def close(self) -> None:
+        self._close()
 
     def _close(self) -> None:
         conn = getattr(self._local, "conn", None)

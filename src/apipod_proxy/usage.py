@@ -160,6 +160,14 @@ def status_class(status: int) -> str:
     return "client_errors" if status >= 400 else "ok"
 
 
+#: Counts waiting for the database are kept in at most this many (key, model, hour)
+#: buckets (about 200 bytes each: 20 MB), however long the database is away. Past it,
+#: a new model's counts go to its key's OVERFLOW_MODEL bucket: no request is lost from
+#: a key's totals, and made-up model names cannot grow memory.
+MAX_PENDING_BUCKETS = 100_000
+OVERFLOW_MODEL = "(other models)"
+
+
 class UsageRecorder:
     """Counts per (key, routed model, hour), handed to the database in batches."""
 
@@ -172,9 +180,7 @@ class UsageRecorder:
 
     def add(self, key_id: int, model: str, status: int, usage: Usage, cost: float = 0.0) -> None:
         now = keys.now_text()
-        counts = self._pending.get((key_id, model, keys.hour_of(now)))
-        if counts is None:
-            counts = self._pending[(key_id, model, keys.hour_of(now))] = UsageCounts()
+        counts = self._bucket((key_id, model, keys.hour_of(now)))
         counts.requests += 1
         setattr(counts, status_class(status), getattr(counts, status_class(status)) + 1)
         counts.prompt_tokens += usage.prompt_tokens
@@ -182,6 +188,16 @@ class UsageRecorder:
         counts.cached_tokens += usage.cached_tokens
         counts.cost += cost
         self._last_used[key_id] = now
+
+    def _bucket(self, bucket: tuple[int, str, str]) -> UsageCounts:
+        counts = self._pending.get(bucket)
+        if counts is None:
+            if len(self._pending) >= MAX_PENDING_BUCKETS:
+                bucket = (bucket[0], OVERFLOW_MODEL, bucket[2])
+                counts = self._pending.get(bucket)
+            if counts is None:
+                counts = self._pending[bucket] = UsageCounts()
+        return counts
 
     def take(self) -> tuple[dict[tuple[int, str, str], UsageCounts], dict[int, str]]:
         """Hand over everything counted so far; the recorder starts empty."""
@@ -194,7 +210,7 @@ class UsageRecorder:
     ) -> None:
         """Return a batch that could not be written, so the next flush retries it."""
         for bucket, counts in pending.items():
-            mine = self._pending.setdefault(bucket, UsageCounts())
+            mine = self._bucket(bucket)
             for name in UsageCounts.__slots__:
                 setattr(mine, name, getattr(mine, name) + getattr(counts, name))
         for key_id, moment in last_used.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from mitmproxy.test import tutils
 
 from apipod_proxy import keys
 from apipod_proxy.admin import AdminApi, is_internal
+from apipod_proxy.backend import open_store
 from apipod_proxy.config import Settings
 from apipod_proxy.store import KeyStore
 
@@ -31,9 +33,16 @@ def make_settings(tmp_path: Path, admin_secret: str | None = SECRET) -> Settings
     )
 
 
+#: Tests taking `store` run on SQLite and on PostgreSQL: the admin API behaves the same.
+BOTH_BACKENDS = True
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> KeyStore:
-    return KeyStore(tmp_path / "data" / "proxy.db")
+def store(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[KeyStore]:
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    opened = open_store(tmp_path / "data" / "proxy.db", url)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

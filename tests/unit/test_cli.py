@@ -7,35 +7,46 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from apipod_proxy import cli, keys
+from apipod_proxy.backend import open_store
 from apipod_proxy.cli import table
 from apipod_proxy.store import KEY_FIELDS as LIST_COLUMNS
 from apipod_proxy.store import USAGE_FIELDS as USAGE_COLUMNS
 from apipod_proxy.store import KeyStore, UsageCounts
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Every test runs on SQLite and on PostgreSQL (DATABASE_URL): the CLI behaves the same.
+BOTH_BACKENDS = True
 
 
 @pytest.fixture(autouse=True)
-def db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """DATABASE_PATH for the CLI; run from an empty folder so no `.env` is read."""
+def db_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, request: pytest.FixtureRequest
+) -> Path:
+    """DATABASE_PATH (or DATABASE_URL) for the CLI; run from an empty folder: no `.env`."""
     path = tmp_path / "data" / "proxy.db"
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("DATABASE_PATH", str(path))
     KeyStore(path).connection(create=True)  # the proxy made it (a new one is noted on stderr)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    if backend == "postgresql":
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
     return path
 
 
 @pytest.fixture
-def store(db_path: Path) -> KeyStore:
-    return KeyStore(db_path)
+def store(db_path: Path) -> Iterator[KeyStore]:
+    opened = open_store(db_path, os.environ.get("DATABASE_URL"))
+    yield opened
+    opened.close()
 
 
 def main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

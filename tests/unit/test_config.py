@@ -490,3 +490,41 @@ def test_env_example_agrees_with_the_settings_table() -> None:
     for s in SETTINGS:
         assert example[s.env] == (s.example if s.example is not None else s.default)
     assert (REPO / ".env.example").read_text() == config.env_example()
+
+
+# --- DATABASE_URL, REDIS_URL -------------------------------------------------------------
+
+
+def test_without_service_urls_the_database_is_sqlite_and_limits_per_process() -> None:
+    settings = settings_from()
+    assert (settings.database_url, settings.redis_url) == (None, None)
+    assert settings.redis_prefix == "apipod:"
+
+
+def test_service_urls_are_read() -> None:
+    settings = settings_from(
+        DATABASE_URL="postgresql://app:pw@db:5432/apipod",
+        REDIS_URL="redis://cache:6379/0",
+        REDIS_PREFIX="tenant1:",
+    )
+    assert settings.database_url == "postgresql://app:pw@db:5432/apipod"
+    assert settings.redis_url == "redis://cache:6379/0"
+    assert settings.redis_prefix == "tenant1:"
+    assert settings_from(DATABASE_URL="postgres://db/x").database_url == "postgres://db/x"
+    assert settings_from(REDIS_URL="rediss://cache:6380/1").redis_url == "rediss://cache:6380/1"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_URL", "mysql://app:hunter22@db/x"),
+        ("DATABASE_URL", "sqlite:///data/proxy.db"),
+        ("REDIS_URL", "http://app:hunter22@cache:6379"),
+    ],
+)
+def test_a_service_url_of_another_kind_is_refused_without_echoing_a_password(
+    variable: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=variable) as info:
+        settings_from(**{variable: value})
+    assert "hunter22" not in str(info.value)

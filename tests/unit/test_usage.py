@@ -610,3 +610,23 @@ def test_chunks_with_null_usage_are_not_parsed(monkeypatch: pytest.MonkeyPatch) 
     assert watcher(chunk + final + b"data: [DONE]\n\n") == [chunk, b"data: [DONE]\n\n"]
     assert len(parsed) == 1
     assert (watcher.usage.prompt_tokens, watcher.usage.completion_tokens) == (3, 4)
+
+
+def test_pending_usage_is_bounded_and_keeps_every_request(monkeypatch) -> None:
+    """While the database is away counts pile up: past the bound, new models fold into
+    one bucket per key and hour, so totals stay exact and memory stays bounded."""
+    from apipod_proxy import usage as usage_module
+    from apipod_proxy.usage import OVERFLOW_MODEL, Usage, UsageRecorder
+
+    monkeypatch.setattr(usage_module, "MAX_PENDING_BUCKETS", 10)
+    recorder = UsageRecorder()
+    for i in range(50):
+        recorder.add(1, f"made-up-{i}", 200, Usage(1, 2))
+    batch = recorder.take()
+    recorder.give_back(*batch)
+    recorder.give_back(*batch)  # a failed flush, twice
+    pending, _ = recorder.take()
+    assert len(pending) == 11
+    assert sum(c.requests for c in pending.values()) == 100
+    assert sum(c.completion_tokens for c in pending.values()) == 200
+    assert any(model == OVERFLOW_MODEL for _, model, _ in pending)

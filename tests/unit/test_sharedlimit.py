@@ -1,0 +1,212 @@
+"""Unit tests for apipod_proxy.sharedlimit against a real Redis (each test its own prefix)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from urllib.parse import urlsplit
+
+import pytest
+from services import RedisSpace
+from tcpgate import TcpGate
+
+from apipod_proxy import sharedlimit
+from apipod_proxy.ratelimit import RateLimiter
+from apipod_proxy.sharedlimit import SharedLimiter, SharedSpend, lease_size
+
+
+def limiter(space: RedisSpace, url: str | None = None) -> SharedLimiter:
+    return SharedLimiter.from_url(url or space.url, space.prefix)
+
+
+async def burst(shared: SharedLimiter, key_id: int, rpm: int, count: int) -> list[float]:
+    return [await shared.acquire(key_id, rpm) for _ in range(count)]
+
+
+def test_lease_sizes() -> None:
+    assert [lease_size(r) for r in (1, 30, 199, 200, 600, 2000, 1_000_000)] == [
+        1, 1, 1, 2, 6, 20, 50,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("rpm", [1, 5, 60])
+def test_a_fresh_key_bursts_its_minute_then_waits_like_the_local_limiter(
+    redis_space: RedisSpace, rpm: int
+) -> None:
+    async def main() -> None:
+        shared = limiter(redis_space)
+        assert await burst(shared, 1, rpm, rpm) == [0.0] * rpm
+        wait = await shared.acquire(1, rpm)
+        local = RateLimiter()
+        for _ in range(rpm):
+            local.acquire(1, rpm)
+        assert wait == pytest.approx(local.acquire(1, rpm), rel=0.1)
+        assert shared.retry_after(wait) == RateLimiter.retry_after(wait)
+        await shared.aclose()
+
+    asyncio.run(main())
+
+
+def test_replicas_share_one_bucket(redis_space: RedisSpace) -> None:
+    """Three limiters (three replicas) together grant a key its rpm, not 3 x rpm."""
+
+    async def main() -> None:
+        replicas = [limiter(redis_space) for _ in range(3)]
+        granted = 0
+        for i in range(90):
+            granted += await replicas[i % 3].acquire(7, 30) == 0.0
+        assert granted == 30
+        assert all(r.shared for r in replicas)
+        for r in replicas:
+            await r.aclose()
+
+    asyncio.run(main())
+
+
+def test_keys_and_prefixes_are_separate(redis_space: RedisSpace) -> None:
+    async def main() -> None:
+        shared = limiter(redis_space)
+        other = SharedLimiter.from_url(redis_space.url, redis_space.prefix + "other:")
+        assert await burst(shared, 1, 2, 2) == [0.0, 0.0]
+        assert await shared.acquire(1, 2) > 0
+        assert await shared.acquire(2, 2) == 0.0
+        assert await other.acquire(1, 2) == 0.0
+        assert redis_space.keys() == [
+            f"{redis_space.prefix}other:rl:1", f"{redis_space.prefix}rl:1",
+            f"{redis_space.prefix}rl:2",
+        ]  # fmt: skip
+        assert 0 < redis_space.client().pttl(f"{redis_space.prefix}rl:1") <= 61_000
+        await shared.aclose()
+        await other.aclose()
+
+    asyncio.run(main())
+
+
+def test_unlimited_keys_never_ask_redis(redis_space: RedisSpace) -> None:
+    async def main() -> None:
+        shared = limiter(redis_space)
+        assert await burst(shared, 1, 0, 50) == [0.0] * 50
+        assert shared.round_trips == 0
+        await shared.aclose()
+
+    asyncio.run(main())
+
+
+def test_high_limits_lease_tokens_in_batches(redis_space: RedisSpace) -> None:
+    async def main() -> None:
+        shared = limiter(redis_space)
+        assert await burst(shared, 1, 1_000_000, 200) == [0.0] * 200
+        assert shared.round_trips == 200 // sharedlimit.MAX_LEASE
+        await shared.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_lease_lapses_so_no_replica_hoards_tokens(
+    redis_space: RedisSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sharedlimit, "LEASE_SECONDS", 0.05)
+
+    async def main() -> None:
+        a, b = limiter(redis_space), limiter(redis_space)
+        assert await a.acquire(1, 400) == 0.0  # leases 4, keeps 3
+        taken = 1
+        await asyncio.sleep(0.1)
+        while await b.acquire(1, 400) == 0.0:
+            taken += 1
+        # a's 3 leftover tokens lapsed unused: the key got 400 less at most one lease.
+        assert 400 - lease_size(400) <= taken <= 400
+        assert a._leases[1].expires < time.monotonic()
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(main())
+
+
+def test_unreachable_redis_falls_back_per_process_and_comes_back(
+    redis_space: RedisSpace, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sharedlimit, "RETRY_SECONDS", 0.2)
+    parts = urlsplit(redis_space.url)
+    gate = TcpGate(parts.hostname or "127.0.0.1", parts.port or 6379)
+    url = f"redis://127.0.0.1:{gate.port}{parts.path}"
+
+    async def main() -> None:
+        shared = limiter(redis_space, url)
+        assert await burst(shared, 1, 3, 3) == [0.0] * 3
+        assert await shared.acquire(1, 3) > 0  # shared bucket is empty
+        gate.close()
+        with caplog.at_level(logging.WARNING, logger="apipod"):
+            started = time.monotonic()
+            # Per process now: a fresh local bucket, requests keep flowing.
+            assert await burst(shared, 1, 3, 3) == [0.0] * 3
+            assert time.monotonic() - started < 2
+            assert not shared.shared
+            for _ in range(3):  # more failures within the minute: no more warnings
+                await asyncio.sleep(0.25)
+                await shared.acquire(2, 100)
+        warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "per process" in warnings[0].getMessage()
+        gate.open()
+        await asyncio.sleep(0.25)
+        assert await shared.acquire(1, 3) > 0  # the shared bucket again: still empty
+        assert shared.shared
+        await shared.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.stop()
+
+
+def test_a_hung_redis_costs_at_most_the_timeout() -> None:
+    """A server that accepts and never answers: each call gives up after TIMEOUT."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+
+    async def main() -> None:
+        shared = SharedLimiter.from_url(f"redis://127.0.0.1:{port}/0", "x:")
+        started = time.monotonic()
+        assert await shared.acquire(1, 10) == 0.0  # per process
+        assert time.monotonic() - started < sharedlimit.TIMEOUT + 0.5
+        started = time.monotonic()
+        assert await burst(shared, 1, 10, 5) == [0.0] * 5  # within RETRY_SECONDS: no trip
+        assert time.monotonic() - started < 0.05
+        await shared.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        silent.close()
+
+
+def test_spend_adds_up_across_replicas(redis_space: RedisSpace) -> None:
+    async def main() -> None:
+        import redis.asyncio as redis
+
+        a = SharedSpend(redis.Redis.from_url(redis_space.url), redis_space.prefix)
+        b = SharedSpend(redis.Redis.from_url(redis_space.url), redis_space.prefix)
+        month, day = (1, "month", "2030-01"), (1, "day", "2030-01-02")
+        assert await a.add({month: 0.25, day: 0.25}, ttl=3600) == {
+            month: pytest.approx(0.25),
+            day: pytest.approx(0.25),
+        }
+        assert await b.add({month: 0.5, (2, "month", "2030-01"): 1.0}, ttl=3600) == {
+            month: pytest.approx(0.75),
+            (2, "month", "2030-01"): pytest.approx(1.0),
+        }
+        assert await a.add({}, ttl=3600) == {}
+        totals = await a.totals([month, day, (3, "month", "2030-01")])
+        assert totals == {
+            month: pytest.approx(0.75),
+            day: pytest.approx(0.25),
+            (3, "month", "2030-01"): 0.0,
+        }
+        assert 0 < redis_space.client().ttl(a.counter(month)) <= 3600
+        await a.redis.aclose()
+        await b.redis.aclose()
+
+    asyncio.run(main())
