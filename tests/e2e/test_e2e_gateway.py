@@ -6,7 +6,6 @@ import itertools
 import json
 import math
 import socket
-import sqlite3
 import statistics
 import time
 from collections import Counter
@@ -38,6 +37,7 @@ def assert_openai_error(response: httpx.Response, status: int, code: str) -> Non
 # --- health and auth ---------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 def test_health_needs_no_key_and_reports_database(proxy: Proxy, upstream: StandIn) -> None:
     response = httpx.get(f"{proxy.url}/health")
     assert response.status_code == 200
@@ -55,6 +55,7 @@ def test_health_needs_no_key_and_reports_database(proxy: Proxy, upstream: StandI
     assert upstream.received == []
 
 
+@pytest.mark.both_backends
 def test_missing_key_is_401_and_never_reaches_upstream(proxy: Proxy, upstream: StandIn) -> None:
     response = httpx.post(f"{proxy.url}/v1/chat/completions", json=chat_body())
     assert_openai_error(response, 401, "missing_api_key")
@@ -93,11 +94,16 @@ def test_unknown_keys_of_any_shape_get_a_clean_403(
     assert upstream.received == []
 
 
+@pytest.mark.both_backends
 def test_inactive_and_expired_keys_are_403(proxy: Proxy, upstream: StandIn) -> None:
     inactive, expired = proxy.create_key("inactive"), proxy.create_key("expired", expires_in=3600)
-    with sqlite3.connect(proxy.database) as db:
-        db.execute("UPDATE users SET active = 0 WHERE name = 'inactive'")
-        db.execute("UPDATE users SET expires_at = '2020-01-01T00:00:00Z' WHERE name = 'expired'")
+    proxy.execute_sql("UPDATE users SET active = 0 WHERE name = 'inactive'")
+    proxy.execute_sql("UPDATE users SET expires_at = '2020-01-01T00:00:00Z' WHERE name = 'expired'")
+    # SQLite: seen at once (data_version); PostgreSQL: within a second (NOTIFY).
+    deadline = time.monotonic() + (1.0 if "DATABASE_URL" in proxy.env else 0.0)
+    while httpx.get(f"{proxy.url}/v1/models", headers=bearer(expired)).status_code != 403:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     response = httpx.get(f"{proxy.url}/v1/models", headers=bearer(inactive))
     assert_openai_error(response, 403, "inactive_api_key")
     response = httpx.get(f"{proxy.url}/v1/models", headers=bearer(expired))
@@ -317,6 +323,7 @@ def test_oversized_body_is_413_json_and_not_forwarded(make_proxy, standin: Stand
 # --- admin -------------------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 def test_admin_create_key_returns_a_working_key(proxy: Proxy, upstream: StandIn) -> None:
     response = httpx.post(
         f"{proxy.url}/admin/create-key",
@@ -369,6 +376,7 @@ def test_admin_create_key_returns_a_working_key(proxy: Proxy, upstream: StandIn)
         "wrong-bearer",
     ],
 )
+@pytest.mark.both_backends
 def test_admin_refusals(
     proxy: Proxy, upstream: StandIn, headers: dict[str, str], body: object, status: int, code: str
 ) -> None:

@@ -19,6 +19,19 @@ from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 FLUSH_WAIT = 1.6  # usage is written about once a second
+#: The tests on the shared `proxy` run on SQLite and on PostgreSQL (DATABASE_URL).
+BOTH_BACKENDS = True
+#: How soon a key change made through one process reaches another (PostgreSQL: NOTIFY).
+KEY_CHANGE_SECONDS = 1.0
+
+
+def eventually(check, within: float = KEY_CHANGE_SECONDS) -> float:
+    """Call `check` until it returns true or `within` seconds pass; the time it took."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within, f"not true within {within} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -156,16 +169,21 @@ def test_usage_since_filters_by_time(proxy: Proxy) -> None:
 def test_revocation_is_immediate_in_another_process_sharing_the_database(
     proxy: Proxy, make_proxy, standin: StandIn
 ) -> None:
-    other = make_proxy(standin.url, DATABASE_PATH=str(proxy.database))
+    other = make_proxy(standin.url, **proxy.database_env())
     key_id, key = new_key(proxy, "revoked-elsewhere")
     assert httpx.get(f"{other.url}/v1/models", headers=bearer(key)).status_code == 200
     revoked = httpx.post(f"{proxy.url}/admin/revoke-key", headers=ADMIN, json={"id": key_id})
     assert revoked.json() == {"id": key_id, "active": False}
-    response = httpx.get(f"{other.url}/v1/models", headers=bearer(key))
+    # The process that made the change refuses the key at once; another one on SQLite
+    # at once too (data_version), on PostgreSQL within a second (NOTIFY).
+    response = httpx.get(f"{proxy.url}/v1/models", headers=bearer(key))
     assert response.status_code == 403
+    eventually(lambda: httpx.get(f"{other.url}/v1/models", headers=bearer(key)).status_code == 403)
+    response = httpx.get(f"{other.url}/v1/models", headers=bearer(key))
     assert response.json()["error"]["code"] == "inactive_api_key"
     httpx.post(f"{other.url}/admin/activate-key", headers=ADMIN, json={"id": key_id})
-    assert httpx.get(f"{proxy.url}/v1/models", headers=bearer(key)).status_code == 200
+    assert httpx.get(f"{other.url}/v1/models", headers=bearer(key)).status_code == 200
+    eventually(lambda: httpx.get(f"{proxy.url}/v1/models", headers=bearer(key)).status_code == 200)
 
 
 def test_unknown_key_ids_are_404(proxy: Proxy) -> None:
@@ -185,7 +203,7 @@ def test_keys_cli_lists_revokes_and_reports(proxy: Proxy) -> None:
             text=True,
             timeout=30,
             cwd=proxy.workdir,
-            env={**os.environ, "DATABASE_PATH": str(proxy.database)},
+            env={**os.environ, **proxy.database_env()},
         )
 
     created = json.loads(keys_cli("create", "--name", "cli", "--rpm", "5", "--json").stdout)
@@ -198,8 +216,8 @@ def test_keys_cli_lists_revokes_and_reports(proxy: Proxy) -> None:
     assert any(line.split()[:2] == [str(created["id"]), "cli"] for line in table)
     assert created["api_key"] not in keys_cli("list").stdout
     assert keys_cli("revoke", str(created["id"])).returncode == 0
-    response = httpx.get(f"{proxy.url}/v1/models", headers=bearer(created["api_key"]))
-    assert response.status_code == 403
+    revoked = bearer(created["api_key"])
+    eventually(lambda: httpx.get(f"{proxy.url}/v1/models", headers=revoked).status_code == 403)
     missing = keys_cli("revoke", "999999")
     assert missing.returncode == 1 and "no key has id 999999" in missing.stderr
     report = json.loads(keys_cli("usage", "--since", "24h", "--json").stdout)

@@ -39,6 +39,8 @@ def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
         ({"ANTIGRAVITY_KEY": "k", "PORT": "http"}, "PORT"),
         ({"ANTIGRAVITY_KEY": "k", "UPSTREAM_TIMEOUT": "-1"}, "UPSTREAM_TIMEOUT"),
         ({"ANTIGRAVITY_KEY": "k", "ANTIGRAVITY_URL": "ftp://x"}, "ANTIGRAVITY_URL"),
+        ({"ANTIGRAVITY_KEY": "k", "DATABASE_URL": "mysql://db/x"}, "DATABASE_URL"),
+        ({"ANTIGRAVITY_KEY": "k", "REDIS_URL": "localhost:6379"}, "REDIS_URL"),
     ],
 )
 def test_bad_config_stops_the_launcher_with_one_line(
@@ -146,3 +148,20 @@ def test_the_proxy_works_with_and_without_mitmproxys_unused_addons(
     assert response.status_code == 200
     assert response.json()["model"] in ("claude-sonnet-4-5", "gemini-3-flash")
     assert ("unloaded 27 mitmproxy addons" in proxy.log()) is (trim == "true")
+
+
+def test_an_unreachable_database_url_stops_startup_with_one_line_and_no_password(
+    tmp_path: Path,
+) -> None:
+    url = f"postgresql://app:s3cret-pw@127.0.0.1:{free_port()}/apipod"
+    result = run(
+        [sys.executable, "-m", "apipod_proxy.serve"],
+        tmp_path,
+        ANTIGRAVITY_KEY="k",
+        DATABASE_URL=url,
+        PORT=str(free_port()),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "DATABASE_URL postgresql://app@127.0.0.1:" in output
+    assert "s3cret-pw" not in output and "Traceback" not in output
