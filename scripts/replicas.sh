@@ -3,7 +3,8 @@
 # counterpart of docker-compose.scale.yml.   Usage: scripts/replicas.sh [N]   (make replicas N=2)
 #
 # HAProxy listens on $PORT (default 8081); replica i listens on $PORT+i. All share
-# DATABASE_PATH (SQLite in WAL mode). Ctrl-C or SIGTERM stops everything, letting the
+# DATABASE_PATH (SQLite in WAL mode), or DATABASE_URL and REDIS_URL when .env sets them
+# (README, "Scaling out"). Ctrl-C or SIGTERM stops everything, letting the
 # replicas drain their in-flight requests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
