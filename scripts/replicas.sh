@@ -21,7 +21,8 @@ config="$workdir/haproxy.cfg"
 {
   printf 'global\n    maxconn 4096\n'
   printf 'defaults\n    mode http\n    timeout connect 5s\n    timeout client 600s\n'
-  printf '    timeout server 600s\n'
+  printf '    timeout server 600s\n    timeout check 5s\n'
+  printf '    retries 2\n    option redispatch\n    http-reuse never\n'
   printf 'frontend apipod\n    bind 0.0.0.0:%s\n    default_backend replicas\n' "$port"
   printf 'backend replicas\n    balance leastconn\n    option httpchk GET /health\n'
   for i in $(seq 1 "$replicas"); do
