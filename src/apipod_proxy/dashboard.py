@@ -289,7 +289,8 @@ def usage_series(conn: sqlite3.Connection, bucket: str, start: str) -> dict[str,
         SELECT g.key_id, u.name, u.key_prefix, sum(g.requests),
                sum(g.prompt_tokens + g.completion_tokens), coalesce(sum({cost}), 0) AS spend
         FROM usage g JOIN users u ON u.id = g.key_id WHERE g.hour >= ?
-        GROUP BY g.key_id ORDER BY spend DESC, sum(g.requests) DESC, g.key_id LIMIT ?
+        GROUP BY g.key_id, u.name, u.key_prefix
+        ORDER BY spend DESC, sum(g.requests) DESC, g.key_id LIMIT ?
         """,
         (first, TOP_KEYS),
     ).fetchall()
