@@ -51,6 +51,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             report.longrepr = (SERVICES_FILE, SKIP_LINE, reason)
     return report
 
+
 # Locally, property tests draw new examples each run and keep the failures they find;
 # under CI they draw the same examples every run, so a result never depends on luck.
 settings.register_profile("ci", derandomize=True, print_blob=True)
