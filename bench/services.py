@@ -141,7 +141,6 @@ def start_apipod(
     """Start apipod exactly as `make run` does, in its own folder (so no `.env` applies).
 
     Replicas share one `database` (bench/replicas.py); by default each has its own.
-    `settings` are more environment variables (DATABASE_URL, REDIS_URL ...).
     The access log (one line per request) goes to a file, as it would to a container's.
     UPSTREAM_API is set, not probed: `both` (the default) forwards chat completions as
     they come, `UPSTREAM_API="anthropic"` translates them to the upstream's `/v1/messages`.

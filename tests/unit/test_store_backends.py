@@ -68,7 +68,7 @@ def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeySt
     for _ in range(3):
         key_store.record_usage(
             {
-                (alice.id, "m1", hour): UsageCounts(2, 1, 1, 0, 10, 20),
+                (alice.id, "m1", hour): UsageCounts(2, 1, 1, 0, 10, 20, cost=0.5),
                 (bob.id, "m2", hour): UsageCounts(1, 0, 0, 1, 0, 0),
             },
             {alice.id: keys.now_text()},
@@ -76,9 +76,9 @@ def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeySt
     rows = key_store.usage()
     assert rows == [
         {"key_id": alice.id, "name": "alice", "model": "m1", "requests": 6, "errors": 3,
-         "prompt_tokens": 30, "completion_tokens": 60},
+         "prompt_tokens": 30, "completion_tokens": 60, "cost": 1.5},
         {"key_id": bob.id, "name": "bob", "model": "m2", "requests": 3, "errors": 3,
-         "prompt_tokens": 0, "completion_tokens": 0},
+         "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0},
     ]  # fmt: skip
     # Plain ints (PostgreSQL's sum() is numeric), so JSON output is identical.
     assert json.dumps(rows)
@@ -86,6 +86,30 @@ def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeySt
     assert listed["alice"]["requests"] == 6 and type(listed["alice"]["requests"]) is int
     assert listed["alice"]["last_used_at"] is not None
     assert listed["bob"]["last_used_at"] is None
+
+
+def test_spend_request_log_and_rotation(key_store: KeyStore) -> None:
+    """Issue 11's tables on both backends: spend per period, the request log, rotation."""
+    old_key, alice = key_store.create("alice", "elite", None)
+    now = keys.now_text()
+    hour = keys.hour_of(now)
+    row = (now, "req_1", alice.id, "m", "m", 200, 12, 10, 0, 20, 0.25)
+    spend = key_store.record_usage(
+        {(alice.id, "m", hour): UsageCounts(1, 1, cost=0.25)}, {alice.id: now}, [row]
+    )
+    spend = key_store.record_usage({(alice.id, "m", hour): UsageCounts(1, 1, cost=0.5)}, {})
+    assert spend[(alice.id, "month", now[:7])] == pytest.approx(0.75)
+    assert spend[(alice.id, "total", "")] == pytest.approx(0.75)
+    assert key_store.current_spend() == spend
+    [logged] = key_store.requests(alice.id)
+    assert (logged["request_id"], logged["status"], logged["cost"]) == ("req_1", 200, 0.25)
+    assert key_store.prune_requests("9999") == 1
+    assert key_store.cost_between(alice.id, now[:10], "9999") == pytest.approx(0.75)
+    rotated = key_store.rotate(alice.id)
+    assert rotated is not None
+    new_key, record = rotated
+    assert key_store.find(keys.hash_key(old_key)) is None
+    assert key_store.find(keys.hash_key(new_key)) == record
 
 
 def test_last_used_never_moves_back(key_store: KeyStore) -> None:
@@ -266,22 +290,31 @@ def test_migrate_to_copies_hashes_usage_and_ids(
     alice_key, alice = source.create("alice", "basic", 3600, rpm=7)
     _, bob = source.create("bob", "elite", None)
     source.set_active(bob.id, False)
+    logged = ("2030-01-01T00:10:00Z", "req_1", alice.id, "m", "m", 200, 9, 11, 0, 22, 0.5)
     source.record_usage(
-        {(alice.id, "m", "2030-01-01T00"): UsageCounts(3, 2, 1, 0, 11, 22)},
+        {(alice.id, "m", "2030-01-01T00"): UsageCounts(3, 2, 1, 0, 11, 22, cost=0.5)},
         {alice.id: "2030-01-01T00:10:00Z"},
+        [logged],
     )
     before_keys, before_usage = source.list_keys(), source.usage()
+    before_requests = source.requests()
+    with sqlite3.connect(tmp_path / "proxy.db") as raw:
+        before_spend = sorted(raw.execute("SELECT period, start, key_id, amount FROM spend"))
     source.close()
     monkeypatch.setenv("DATABASE_PATH", str(tmp_path / "proxy.db"))
     monkeypatch.setenv("DATABASE_URL", "postgresql://ignored@127.0.0.1:1/no")  # source is SQLite
     monkeypatch.chdir(tmp_path)
     assert cli.main(["migrate-to", pg_url]) == 0
     out = capsys.readouterr().out
-    assert "2 users" in out and "1 usage" in out
+    assert "2 users" in out and "1 usage" in out and "3 spend" in out and "1 request_log" in out
     target = PgKeyStore(pg_url)
     try:
         assert target.list_keys() == before_keys
         assert target.usage() == before_usage
+        assert target.requests() == before_requests
+        with psycopg.connect(pg_url) as conn:
+            spend = sorted(conn.execute("SELECT period, start, key_id, amount FROM spend"))
+        assert spend == before_spend
         assert target.find(keys.hash_key(alice_key)) == alice
         with psycopg.connect(pg_url) as conn:
             stored = conn.execute("SELECT * FROM users").fetchall()
