@@ -27,6 +27,7 @@ from http import HTTPStatus
 from typing import Any, cast
 
 from mitmproxy import http
+from redis.exceptions import RedisError
 
 from . import auth, budgets, errors, keys, logs, mitm_compat
 from .account import is_account_path
@@ -45,7 +46,8 @@ from .pricing import Plans
 from .quota import Cooldowns, QuotaExhausted, retry_after
 from .ratelimit import RateLimiter
 from .routing import SESSION_HEADER, AllTargetsCooling, Router, conversation_key
-from .store import KeyRecord
+from .sharedlimit import SPEND_TTL_SECONDS, SharedSpend
+from .store import KeyRecord, SpendRows
 from .translate import Direction, TranslationError, direction_for, is_endpoint_missing
 from .translate.directions import CHAT_PATH, MESSAGES_PATH
 from .translate.failures import (
@@ -58,6 +60,9 @@ from .translate.streams import AnthropicPassthroughStream, _SseTranslator
 from .usage import SseWatcher, Usage, UsageRecorder, usage_from_body
 
 log = logging.getLogger("apipod")
+#: With REDIS_URL, a key whose spend has reached this share of its budget has its spend
+#: read fresh from Redis before each request (one round trip, near the end only).
+NEAR_BUDGET = 0.8
 
 #: Larger non-streaming responses are not parsed for usage (they are forwarded all the same).
 MAX_USAGE_BODY = 4 << 20
@@ -77,6 +82,8 @@ class Apipod:
         self.router = router or Router()
         self.plans = Plans()  # prices and tiers, from ROUTES_FILE too
         self.ledger = budgets.SpendLedger()
+        self._spend_warned = -60.0
+        self._spend_tasks: set[asyncio.Task[None]] = set()
         self.metrics = Metrics()
         self.limiter = RateLimiter()
         self.usage = UsageRecorder()
@@ -182,6 +189,8 @@ class Apipod:
             return
         # Swap first: whatever happens next, the client's key never goes upstream.
         auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
+        if state.user is not None and (shared := self.rt.shared_spend) is not None:
+            await self._refresh_spend_near_budget(shared, state.user)
         try:
             is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
             if is_api_post:
@@ -482,7 +491,11 @@ class Apipod:
             usage = self._usage_of(flow, state)
             # What the upstream failed (5xx, unreachable, timeout) costs nothing.
             cost = self.plans.cost_of(model, usage) if status < 500 else 0.0
-            self.ledger.add(state.user.id, cost, keys.now_text())
+            added = self.ledger.add(state.user.id, cost, keys.now_text())
+            if added and (shared := self.rt.shared_spend) is not None:
+                task = asyncio.get_running_loop().create_task(self._share_spend(shared, added))
+                self._spend_tasks.add(task)  # a reference until done
+                task.add_done_callback(self._spend_tasks.discard)
             self.usage.add(state.user.id, model, status, usage, cost)
             self.rt.request_log.add(
                 state.request_id,
@@ -497,6 +510,34 @@ class Apipod:
             if usage.prompt_tokens or usage.completion_tokens:
                 self.metrics.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
                 self.metrics.tokens.labels(label, "completion").inc(usage.completion_tokens)
+
+    async def _refresh_spend_near_budget(self, shared: SharedSpend, record: KeyRecord) -> None:
+        """Near its budget, read the key's spend fresh from Redis before admitting it: the
+        ledger only hears of other replicas' requests when one of its own ends."""
+        try:
+            budget, period = budgets.budget_of(record, self.plans)
+            if budget is None or period is None:
+                return
+            now = keys.now_text()
+            if self.ledger.spent(record.id, period, now) < budget * NEAR_BUDGET:
+                return
+            slot = (record.id, period, budgets.period_start(period, now))
+            self.ledger.note_shared(await shared.totals([slot]))
+        except (RedisError, OSError, TimeoutError):
+            pass  # the ledger's own figure decides; _share_spend reports the outage
+        except Exception:  # never let a bug here forward or fail the request
+            log.exception("internal error reading shared spend")
+
+    async def _share_spend(self, shared: SharedSpend, added: SpendRows) -> None:
+        """Add a request's cost in Redis; every replica's total goes into the ledger."""
+        try:
+            self.ledger.note_shared(await shared.add(added, SPEND_TTL_SECONDS))
+        except (RedisError, OSError, TimeoutError) as exc:
+            # The database still shares spend with every flush; say so once a minute.
+            now = time.monotonic()
+            if now - self._spend_warned >= 60:
+                self._spend_warned = now
+                log.warning("Redis unreachable, spend is shared by the database only: %s", exc)
 
     @staticmethod
     def _usage_of(flow: http.HTTPFlow, state: FlowState) -> Usage:

@@ -97,24 +97,42 @@ class SpendLedger:
     `pending` is this process's spend not yet handed to a flush; `flushing` is what a
     running flush writes. When the flush commits, it returns the database's spend,
     which then includes `flushing`.
+
+    With REDIS_URL, `shared` holds every replica's spend as Redis last answered it
+    (sharedlimit.SharedSpend), which is at most one request old rather than one flush;
+    a key's spend is the larger of the two views.
     """
 
     def __init__(self) -> None:
         self.base: SpendRows = {}
         self.pending: SpendRows = {}
         self.flushing: SpendRows = {}
+        self.shared: SpendRows = {}
 
-    def add(self, key_id: int, cost: float, now: str) -> None:
+    def add(self, key_id: int, cost: float, now: str) -> SpendRows:
+        """Count `cost`; return what was added per slot (for SharedSpend)."""
         if cost <= 0:
-            return
-        pending = self.pending
+            return {}
+        pending, added = self.pending, {}
         for period in PERIODS:
             slot = (key_id, period, period_start(period, now))
             pending[slot] = pending.get(slot, 0.0) + cost
+            added[slot] = cost
+        return added
 
     def spent(self, key_id: int, period: str, now: str) -> float:
         slot = (key_id, period, period_start(period, now))
-        return self.base.get(slot, 0.0) + self.pending.get(slot, 0.0) + self.flushing.get(slot, 0.0)
+        local = (
+            self.base.get(slot, 0.0) + self.pending.get(slot, 0.0) + self.flushing.get(slot, 0.0)
+        )
+        return max(local, self.shared.get(slot, 0.0))
+
+    def note_shared(self, totals: SpendRows) -> None:
+        """Every replica's spend per slot, as Redis answered it (never moves back)."""
+        shared = self.shared
+        for slot, total in totals.items():
+            if total > shared.get(slot, 0.0):
+                shared[slot] = total
 
     def take(self) -> None:
         """A flush starts: what is pending now goes with it."""
@@ -124,6 +142,13 @@ class SpendLedger:
     def settle(self, base: SpendRows) -> None:
         """The flush committed; `base` is the database's spend, ours included."""
         self.base, self.flushing = base, {}
+        # Shared totals of past periods are no longer read: keep the current ones only.
+        now = keys.now_text()
+        self.shared = {
+            slot: total
+            for slot, total in self.shared.items()
+            if slot[2] == period_start(slot[1], now)
+        }
 
     def give_back(self) -> None:
         """The flush failed: what it carried is pending again."""

@@ -42,7 +42,7 @@ from .models import ModelList
 from .pgstore import KeyVersionWatcher, PgKeyStore
 from .requestlog import PRUNE_SECONDS, RequestLog
 from .routing import RoutesError, RoutesFile
-from .sharedlimit import SharedLimiter
+from .sharedlimit import SharedLimiter, SharedSpend
 from .store import KeyStore
 from .upstream import Upstream
 
@@ -83,6 +83,8 @@ class Runtime:
     routes: RoutesFile | None = None
     #: REDIS_URL: rate limits shared by every replica (without it: per process).
     shared_limiter: SharedLimiter | None = None
+    #: REDIS_URL: budget spend added up across replicas as it happens.
+    shared_spend: SharedSpend | None = None
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking database work off the event loop."""
@@ -169,10 +171,11 @@ class Lifecycle:
             request_log=RequestLog(settings.request_log_days),
             upstream=upstream,
             routes=routes,
-            shared_limiter=SharedLimiter.from_url(settings.redis_url, settings.redis_prefix)
-            if settings.redis_url
-            else None,
         )
+        if settings.redis_url:
+            limiter = SharedLimiter.from_url(settings.redis_url, settings.redis_prefix)
+            gateway.runtime.shared_limiter = limiter
+            gateway.runtime.shared_spend = SharedSpend(limiter.redis, settings.redis_prefix)
         mitm_compat.install_json_error_pages()
         if not settings.admin_enabled:
             log.warning("ADMIN_SECRET is not set: the admin API is disabled")

@@ -179,6 +179,9 @@ class SharedLimiter:
 
 #: A spend counter: (key id, period name, period start), as budgets.py's ledger keys them.
 Slot = tuple[int, str, str]
+#: Spend counters expire this long after their last update; a longer period (a month,
+#: all time) then goes on from the database's figure, which the ledger also reads.
+SPEND_TTL_SECONDS: Final = 40 * 86400
 
 
 class SharedSpend:
@@ -189,9 +192,9 @@ class SharedSpend:
     puts in its in-memory ledger; `totals` reads slots (one MGET). A counter expires
     `ttl` seconds after its last update, once its period is over.
 
-    Wiring left: budgets.py's SpendLedger re-reads spend from the database on each
-    flush (about a second behind on PostgreSQL); with REDIS_URL its flush would call
-    `add(pending)` and `settle` on the answer, sharing spend at once.
+    budgets.SpendLedger also re-reads every replica's spend from the database with
+    each flush (about a second behind); the addon adds each priced request here and
+    the ledger takes the larger figure, so a budget is shared at once.
     """
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:

@@ -28,6 +28,13 @@ from standin import StandIn
 pytestmark = pytest.mark.slow
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 REPLICAS = 3
+#: The stand-in's plain answer is 11 prompt and 5 completion tokens: $0.0031 at these prices.
+PRICES = """
+[prices."gemini-3-flash"]
+input = 100.0
+output = 400.0
+"""
+ANSWER_COST = 0.0031
 
 HAPROXY_CONFIG = """\
 global
@@ -85,10 +92,13 @@ def cluster(
         if in_ci():
             pytest.fail("CI=true: haproxy is not installed (apt-get install haproxy)")
         pytest.skip("haproxy is not installed; `apt-get install haproxy` (make test does)")
+    routes = tmp_path / "routes.toml"
+    routes.write_text(PRICES)
     shared = {
         "DATABASE_URL": pg_url,
         "REDIS_URL": redis_space.url,
         "REDIS_PREFIX": redis_space.prefix,
+        "ROUTES_FILE": str(routes),
     }
     replicas = [make_proxy(standin.url, **shared) for _ in range(REPLICAS)]
     port = free_port()
@@ -227,3 +237,42 @@ def test_usage_totals_equal_the_answers(cluster: Cluster) -> None:
     while cluster.usage_total(key_id) != ok and time.monotonic() < deadline:
         time.sleep(0.3)
     assert cluster.usage_total(key_id) == ok
+
+
+def test_a_budget_is_shared_spend_stops_at_it_give_or_take_the_requests_in_flight(
+    cluster: Cluster,
+) -> None:
+    budget_requests, clients = 20, 3
+    key_id, key = cluster.create_key(budget=round(budget_requests * ANSWER_COST, 6),
+                                     budget_period="total")  # fmt: skip
+    served: Counter[str] = Counter()
+    refused = Counter[str]()
+    lock = threading.Lock()
+
+    def client_loop() -> None:
+        with httpx.Client(timeout=30) as client:
+            for _ in range(40):
+                response = chat(client, cluster.url, key)
+                with lock:
+                    if response.status_code == 200:
+                        served[response.headers["x-served-by"]] += 1
+                    else:
+                        refused[response.json()["error"]["code"]] += 1
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = sum(served.values())
+    print(f"budget of {budget_requests} answers: served {dict(served)}, refused {dict(refused)}")
+    assert set(refused) == {"insufficient_quota"}
+    assert len(served) == REPLICAS  # every replica served some: the budget is theirs together
+    # Admission checks every replica's spend so far (near the budget, read fresh from
+    # Redis). A request is charged when it ends, in Redis a moment after its answer, so
+    # each client's request in flight, or just answered, may still pass: up to `clients`.
+    assert budget_requests <= total <= budget_requests + clients
+    deadline = time.monotonic() + 10
+    while cluster.usage_total(key_id) != total and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert cluster.usage_total(key_id) == total

@@ -210,3 +210,18 @@ def test_spend_adds_up_across_replicas(redis_space: RedisSpace) -> None:
         await b.redis.aclose()
 
     asyncio.run(main())
+
+
+def test_the_ledger_takes_the_larger_of_its_own_and_every_replicas_spend() -> None:
+    from apipod_proxy.budgets import SpendLedger
+
+    ledger, now = SpendLedger(), "2030-01-02T03:04:05Z"
+    added = ledger.add(1, 0.5, now)
+    day = (1, "day", "2030-01-02")
+    assert day in added and len(added) == 3 and set(added.values()) == {0.5}
+    assert ledger.add(1, 0.0, now) == {}
+    ledger.note_shared({day: 2.0})  # other replicas spent too
+    assert ledger.spent(1, "day", now) == 2.0
+    assert ledger.spent(1, "month", now) == 0.5  # Redis has not answered for it
+    ledger.note_shared({day: 1.0})  # a late, older answer never moves it back
+    assert ledger.spent(1, "day", now) == 2.0
