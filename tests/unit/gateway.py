@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness import free_port
 from mitmproxy import http, options
 from mitmproxy.addons import block, proxyserver
 from mitmproxy.proxy.layers.http import _http1
@@ -102,7 +103,9 @@ def make_settings(folder: Path, **overrides: Any) -> Settings:
         antigravity_url=UPSTREAM_URL,
         antigravity_key=UPSTREAM_KEY,
         admin_secret=ADMIN_SECRET,
-        port=8081,
+        # Loading checks that PORT is free: a proxy of the user's own (`make run` on
+        # 8081 beside `make test`) must not fail the tests.
+        port=free_port(),
         database_path=folder / "data" / "proxy.db",
         upstream_timeout=60.0,
         max_body_size=1024 * 1024,

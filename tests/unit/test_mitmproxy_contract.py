@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mitmproxy
 import pytest
+from harness import free_port
 from mitmproxy import connection
 from mitmproxy.addons import block, default_addons, dumper, keepserving, proxyserver, readfile
 from mitmproxy.proxy import events, server
@@ -130,7 +131,7 @@ def addon_settings(tmp_path: Path) -> Settings:
         antigravity_url="http://127.0.0.1:9",
         antigravity_key="upstream-key",
         admin_secret=None,
-        port=8081,
+        port=free_port(),  # loading checks that PORT is free
         database_path=tmp_path / "proxy.db",
         upstream_timeout=60.0,
         max_body_size=1024,
