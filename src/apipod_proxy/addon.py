@@ -60,10 +60,6 @@ from .translate.streams import AnthropicPassthroughStream, _SseTranslator
 from .usage import SseWatcher, Usage, UsageRecorder, usage_from_body
 
 log = logging.getLogger("apipod")
-#: With REDIS_URL, a key whose spend has reached this share of its budget has its spend
-#: read fresh from Redis before each request (one round trip, near the end only).
-NEAR_BUDGET = 0.8
-
 #: Larger non-streaming responses are not parsed for usage (they are forwarded all the same).
 MAX_USAGE_BODY = 4 << 20
 #: Larger non-streamed answers to a translated request are answered 502, not translated.
@@ -95,8 +91,8 @@ class Apipod:
         self.runtime: Runtime | None = None
         self.lifecycle = Lifecycle(self)
         self.connections = ConnectionPolicy(self)
-        #: Sub-addons: mitmproxy loads and calls them with this one, in this order.
-        self.addons = [self.lifecycle, self.connections]
+        #: Sub-addons: mitmproxy loads and calls them with this one, after it, in this order.
+        self.addons = [self.lifecycle, self.connections, ChargeBeforeRelease()]
 
     @property
     def rt(self) -> Runtime:
@@ -190,7 +186,7 @@ class Apipod:
         # Swap first: whatever happens next, the client's key never goes upstream.
         auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
         if state.user is not None and (shared := self.rt.shared_spend) is not None:
-            await self._refresh_spend_near_budget(shared, state.user)
+            await self._refresh_shared_spend(shared, state.user)
         try:
             is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
             if is_api_post:
@@ -496,6 +492,7 @@ class Apipod:
                 task = asyncio.get_running_loop().create_task(self._share_spend(shared, added))
                 self._spend_tasks.add(task)  # a reference until done
                 task.add_done_callback(self._spend_tasks.discard)
+                state.charging = task
             self.usage.add(state.user.id, model, status, usage, cost)
             self.rt.request_log.add(
                 state.request_id,
@@ -511,16 +508,14 @@ class Apipod:
                 self.metrics.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
                 self.metrics.tokens.labels(label, "completion").inc(usage.completion_tokens)
 
-    async def _refresh_spend_near_budget(self, shared: SharedSpend, record: KeyRecord) -> None:
-        """Near its budget, read the key's spend fresh from Redis before admitting it: the
-        ledger only hears of other replicas' requests when one of its own ends."""
+    async def _refresh_shared_spend(self, shared: SharedSpend, record: KeyRecord) -> None:
+        """Read a budgeted key's spend fresh from Redis before admitting it: the ledger only
+        hears of other replicas' requests when one of its own ends, which may be long ago."""
         try:
             budget, period = budgets.budget_of(record, self.plans)
             if budget is None or period is None:
                 return
             now = keys.now_text()
-            if self.ledger.spent(record.id, period, now) < budget * NEAR_BUDGET:
-                return
             slot = (record.id, period, budgets.period_start(period, now))
             self.ledger.note_shared(await shared.totals([slot]))
         except (RedisError, OSError, TimeoutError):
@@ -580,3 +575,19 @@ def _wants_usage_injected(path: str, body: dict[str, Any]) -> bool:
     if options is not None and not isinstance(options, dict):
         return False
     return not (options or {}).get("include_usage")
+
+
+class ChargeBeforeRelease:
+    """Hold a priced answer's end until its cost is in Redis (REDIS_URL).
+
+    mitmproxy calls `response` before the end of the message reaches the client, streamed
+    or not, and calls this sub-addon after `Apipod.response` has started the charge. The
+    client's next request, on whichever replica, is then admitted against a spend that
+    includes this one. The wait is bounded by sharedlimit.TIMEOUT; without Redis, or for
+    a request that costs nothing, there is nothing to wait for.
+    """
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is not None and state.charging is not None:
+            await asyncio.wait({state.charging})

@@ -197,9 +197,15 @@ class SharedSpend:
     the ledger takes the larger figure, so a budget is shared at once.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.redis = client
         self.prefix = prefix
+        self._clock = clock
+        #: After a failure Redis is not asked again for RETRY_SECONDS: admission and the
+        #: charge at a request's end then cost nothing while it is away.
+        self._down_until = 0.0
 
     def counter(self, slot: Slot) -> str:
         key_id, period, start = slot
@@ -208,16 +214,31 @@ class SharedSpend:
     async def add(self, amounts: dict[Slot, float], ttl: int) -> dict[Slot, float]:
         if not amounts:
             return {}
-        async with asyncio.timeout(TIMEOUT), self.redis.pipeline(transaction=True) as pipe:
-            for slot, amount in amounts.items():
-                pipe.incrbyfloat(self.counter(slot), amount)
-                pipe.expire(self.counter(slot), ttl)
-            answers = await pipe.execute()
+        self._check_up()
+        try:
+            async with asyncio.timeout(TIMEOUT), self.redis.pipeline(transaction=True) as pipe:
+                for slot, amount in amounts.items():
+                    pipe.incrbyfloat(self.counter(slot), amount)
+                    pipe.expire(self.counter(slot), ttl)
+                answers = await pipe.execute()
+        except (RedisError, OSError, TimeoutError):
+            self._down_until = self._clock() + RETRY_SECONDS
+            raise
         return {slot: float(total) for slot, total in zip(amounts, answers[::2], strict=True)}
 
     async def totals(self, slots: list[Slot]) -> dict[Slot, float]:
         if not slots:
             return {}
-        async with asyncio.timeout(TIMEOUT):
-            values = await self.redis.mget([self.counter(slot) for slot in slots])
+        self._check_up()
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                values = await self.redis.mget([self.counter(slot) for slot in slots])
+        except (RedisError, OSError, TimeoutError):
+            self._down_until = self._clock() + RETRY_SECONDS
+            raise
         return {slot: float(v or 0) for slot, v in zip(slots, values, strict=True)}
+
+    def _check_up(self) -> None:
+        """ConnectionError at once while a recent failure says Redis is away."""
+        if self._clock() < self._down_until:
+            raise ConnectionError("Redis failed less than RETRY_SECONDS ago")

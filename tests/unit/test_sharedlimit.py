@@ -225,3 +225,32 @@ def test_the_ledger_takes_the_larger_of_its_own_and_every_replicas_spend() -> No
     assert ledger.spent(1, "month", now) == 0.5  # Redis has not answered for it
     ledger.note_shared({day: 1.0})  # a late, older answer never moves it back
     assert ledger.spent(1, "day", now) == 2.0
+
+
+def test_spend_skips_redis_for_a_while_after_a_failure() -> None:
+    """A charge or a read costs nothing while Redis is known to be away, then it is
+    asked again: a hanging Redis delays one request, not every budgeted one."""
+
+    class Failing:
+        calls = 0
+
+        async def mget(self, names: list[str]) -> list[bytes]:
+            Failing.calls += 1
+            raise sharedlimit.RedisError("connection refused")
+
+    now = [100.0]
+    spend = SharedSpend(Failing(), "t:", clock=lambda: now[0])  # type: ignore[arg-type]
+    slot = (1, "month", "2030-01")
+
+    async def read() -> None:
+        await spend.totals([slot])
+
+    with pytest.raises(sharedlimit.RedisError):
+        asyncio.run(read())
+    with pytest.raises(ConnectionError):
+        asyncio.run(read())
+    assert Failing.calls == 1
+    now[0] += sharedlimit.RETRY_SECONDS
+    with pytest.raises(sharedlimit.RedisError):
+        asyncio.run(read())
+    assert Failing.calls == 2
