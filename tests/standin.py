@@ -31,14 +31,12 @@ import json
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from standin_base import ThreadedServer
 
 MODELS = ["claude-sonnet-4-5", "gemini-3-flash", "gemini-3-pro-high"]
-#: The user-agent of the requests the proxy makes itself (apipod_proxy.auth).
-PROXY_USER_AGENT = "apipod-proxy"
 
 
 def completion(model: str, created: int) -> dict[str, Any]:
@@ -96,74 +94,24 @@ class SilentUpstream:
         self._listening.close()
 
 
-@dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]  # names in lower case
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class StandIn:
+class StandIn(ThreadedServer):
     """Runs the upstream on a private event loop in a thread; `url` is its base URL."""
 
-    host: str = "127.0.0.1"
-    port: int = 0
-    received: list[Received] = field(default_factory=list)
-    own_requests: list[Received] = field(default_factory=list)
-    open_streams: int = 0
+    #: aiohttp's default: this stand-in has always read bodies of up to 1 MiB.
+    client_max_size = 1 << 20
 
-    def __post_init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
+        self.open_streams = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> StandIn:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def reset(self) -> None:
-        self.received.clear()
-        self.own_requests.clear()
-
-    async def _start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_route("*", "/{tail:.*}", self.echo)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def _record(self, request: web.Request) -> Received:
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        entry = Received(request.method, request.path_qs, headers, await request.read())
-        # The proxy's own requests (endpoint probe, model list) are kept apart: `received`
-        # holds what clients caused.
-        mine = headers.get("user-agent", "").startswith(PROXY_USER_AGENT)
-        (self.own_requests if mine else self.received).append(entry)
-        return entry
 
     async def models(self, request: web.Request) -> web.Response:
-        await self._record(request)
+        await self.record(request)
         data = [
             {"id": m, "object": "model", "created": 1700000000, "owned_by": "antigravity"}
             for m in MODELS
@@ -171,11 +119,11 @@ class StandIn:
         return web.json_response({"object": "list", "data": data})
 
     async def echo(self, request: web.Request) -> web.Response:
-        entry = await self._record(request)
+        entry = await self.record(request)
         return web.json_response({"echo": entry.path, "method": entry.method})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        entry = await self._record(request)
+        entry = await self.record(request)
         delay = float(request.headers.get("x-standin-delay", "0"))
         if delay:
             await asyncio.sleep(delay)
@@ -201,7 +149,7 @@ class StandIn:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """Anthropic Messages: usage in the body, or in message_start/message_delta."""
-        entry = await self._record(request)
+        entry = await self.record(request)
         if status := request.headers.get("x-standin-status"):
             return web.json_response(
                 {"type": "error", "error": {"type": "rate_limit_error", "message": status}},

@@ -1,23 +1,38 @@
-"""What the API-specific stand-in upstreams share: a threaded aiohttp server that records
-every request, writes SSE events in awkward pieces, and logs the usage it reports.
+"""What every stand-in upstream shares: a threaded aiohttp server that records every
+request, writes SSE events in awkward pieces, and logs the usage it reports.
 
-The stand-ins run in-process on a private event loop in a thread (like standin.StandIn),
-so a test can start one, steer it with plain method calls, and read what it received.
+The stand-ins (standin.StandIn, anthropic_standin, openai_standin) run in-process on a
+private event loop in a thread, so a test can start one, steer it with plain method
+calls, and read what it received.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
-from standin import PROXY_USER_AGENT, Received
+
+#: The user-agent of the requests the proxy makes itself (apipod_proxy.auth).
+PROXY_USER_AGENT = "apipod-proxy"
 
 #: Pause between the pieces of a split write, so they leave in separate TCP segments and
 #: reach the reader in separate reads.
 SPLIT_PAUSE = 0.003
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 @dataclass
@@ -39,6 +54,9 @@ class Reported:
 class ThreadedServer:
     """Start/stop on a private loop; subclasses add their routes in `routes`."""
 
+    #: The largest request body aiohttp reads.
+    client_max_size = 64 << 20
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
@@ -56,7 +74,7 @@ class ThreadedServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> Any:
+    def start(self) -> Self:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
@@ -76,7 +94,7 @@ class ThreadedServer:
         raise NotImplementedError
 
     async def _start(self) -> None:
-        app = web.Application(client_max_size=64 << 20)
+        app = web.Application(client_max_size=self.client_max_size)
         self.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
