@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway import make_settings
 from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import keys
 from apipod_proxy.account import UNLIMITED_USD, Account, is_account_path
 from apipod_proxy.budgets import SpendLedger
-from apipod_proxy.config import Settings
 from apipod_proxy.pricing import Plans, PriceTable, Tier
 from apipod_proxy.requestlog import MAX_PENDING, RequestLog, parse_limit
 from apipod_proxy.store import KeyRecord, KeyStore, UsageCounts
@@ -34,16 +34,7 @@ def store(tmp_path: Path) -> KeyStore:
 
 @pytest.fixture
 def account(tmp_path: Path, store: KeyStore) -> Account:
-    settings = Settings(
-        antigravity_url="http://127.0.0.1:9",
-        antigravity_key="k",
-        admin_secret=None,
-        port=1,
-        database_path=tmp_path / "proxy.db",
-        upstream_timeout=1.0,
-        max_body_size=1,
-    )
-    return Account(settings, store, PLANS, SpendLedger())
+    return Account(make_settings(tmp_path, admin_secret=None), store, PLANS, SpendLedger())
 
 
 def get(account: Account, record: KeyRecord, path: str, method: str = "GET") -> tuple[int, Any]:
@@ -197,15 +188,7 @@ def test_bad_limits(value: object) -> None:
 
 
 def test_a_database_error_answers_503_and_never_raises(tmp_path: Path) -> None:
-    settings = Settings(
-        antigravity_url="http://127.0.0.1:9",
-        antigravity_key="k",
-        admin_secret=None,
-        port=1,
-        database_path=tmp_path / "gone.db",
-        upstream_timeout=1.0,
-        max_body_size=1,
-    )
+    settings = make_settings(tmp_path, admin_secret=None, database_path=tmp_path / "gone.db")
     store = KeyStore(tmp_path / "gone.db", create_missing=False)
     account = Account(settings, store, PLANS, SpendLedger())
     record = KeyRecord(1, "a", "trial", True, "2026-01-01T00:00:00Z", None, "apk_abcdef")

@@ -9,28 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway import ADMIN_SECRET, make_settings
 from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import keys
 from apipod_proxy.admin import AdminApi, is_internal
 from apipod_proxy.backend import open_store
-from apipod_proxy.config import Settings
 from apipod_proxy.store import KeyStore
 
-SECRET = "admin-secret-for-tests-0123456789"
-
-
-def make_settings(tmp_path: Path, admin_secret: str | None = SECRET) -> Settings:
-    return Settings(
-        antigravity_url="http://127.0.0.1:9",
-        antigravity_key="upstream-key",
-        admin_secret=admin_secret,
-        port=8081,
-        database_path=tmp_path / "data" / "proxy.db",
-        upstream_timeout=30.0,
-        max_body_size=1024 * 1024,
-    )
+SECRET = ADMIN_SECRET
 
 
 #: Tests taking `store` run on SQLite and on PostgreSQL: the admin API behaves the same.

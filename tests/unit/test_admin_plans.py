@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway import ADMIN_SECRET, make_settings
 from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import keys
 from apipod_proxy.admin import AdminApi
-from apipod_proxy.config import Settings
 from apipod_proxy.pricing import Plans, PriceTable, Tier
 from apipod_proxy.store import KEY_FIELDS, KeyStore
 
-SECRET = "admin-secret-for-tests-0123456789"
+SECRET = ADMIN_SECRET
 HEADERS = [(b"x-admin-secret", SECRET.encode())]
 PLANS = Plans(PriceTable(tiers={"trial": Tier(budget=1.0, budget_period="day", models=("a",))}))
 
@@ -29,16 +29,7 @@ def store(tmp_path: Path) -> KeyStore:
 
 @pytest.fixture
 def api(tmp_path: Path, store: KeyStore) -> AdminApi:
-    settings = Settings(
-        antigravity_url="http://127.0.0.1:9",
-        antigravity_key="upstream-key",
-        admin_secret=SECRET,
-        port=8081,
-        database_path=tmp_path / "proxy.db",
-        upstream_timeout=30.0,
-        max_body_size=1 << 20,
-    )
-    return AdminApi(settings, store, plans=PLANS)
+    return AdminApi(make_settings(tmp_path), store, plans=PLANS)
 
 
 def call(api: AdminApi, method: str, path: str, body: Any = None) -> tuple[int, Any]:

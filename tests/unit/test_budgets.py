@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from gateway import make_settings
 
 from apipod_proxy import budgets, keys
 from apipod_proxy.budgets import SpendLedger
-from apipod_proxy.config import Settings
 from apipod_proxy.pricing import Plans, PriceTable, Tier
 from apipod_proxy.store import KEY_FIELDS, KeyRecord, KeyStore, UsageCounts
 
@@ -27,21 +27,6 @@ PLANS = Plans(
         }
     )
 )
-
-
-def settings(**overrides: object) -> Settings:
-    fields: dict[str, object] = {
-        "antigravity_url": "http://127.0.0.1:9",
-        "antigravity_key": "k",
-        "admin_secret": None,
-        "port": 1,
-        "database_path": Path("x.db"),
-        "upstream_timeout": 1.0,
-        "max_body_size": 1,
-        "default_rpm": 600,
-        "tier_rpm": {"elite": 1200, "basic": 60},
-    }
-    return Settings(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
 # --- what applies ----------------------------------------------------------------------
@@ -74,7 +59,7 @@ def test_a_budget_without_a_period_is_monthly_and_periods_combine() -> None:
 
 
 def test_rpm_precedence_key_then_tier_table_then_tier_rpm_then_default() -> None:
-    config = settings()
+    config = make_settings(Path("x"), default_rpm=600, tier_rpm={"elite": 1200, "basic": 60})
     assert budgets.rpm_of(replace(KEY, rpm=7), PLANS, config) == 7
     assert budgets.rpm_of(replace(KEY, rpm=0), PLANS, config) == 0
     assert budgets.rpm_of(KEY, PLANS, config) == 100  # the tier table beats TIER_RPM

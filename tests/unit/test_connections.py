@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway import make_settings
 from mitmproxy.test import taddons, tflow
 
 from apipod_proxy.config import ConfigError, Settings, load_settings
@@ -51,16 +52,7 @@ def lines() -> Any:
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Settings:
-    base: dict[str, Any] = {
-        "antigravity_url": "http://127.0.0.1:9",
-        "antigravity_key": "k",
-        "admin_secret": None,
-        "port": 8081,
-        "database_path": tmp_path / "proxy.db",
-        "upstream_timeout": 60.0,
-        "max_body_size": 1024,
-    }
-    return Settings(**{**base, **overrides})
+    return make_settings(tmp_path, admin_secret=None, max_body_size=1024, **overrides)
 
 
 # --- ratelog -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway import ADMIN_SECRET, make_settings
 from mitmproxy import http
 from mitmproxy.test import tutils
 
@@ -22,21 +23,11 @@ from apipod_proxy.metrics import Metrics
 from apipod_proxy.routing import Alias, Router, RoutesFile, RouteTable
 from apipod_proxy.store import KeyStore, UsageCounts
 
-SECRET = "admin-secret-for-tests-0123456789"
+SECRET = ADMIN_SECRET
 
 
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        antigravity_url="http://127.0.0.1:9",
-        antigravity_key="upstream-key",
-        admin_secret=SECRET,
-        port=8081,
-        database_path=tmp_path / "data" / "proxy.db",
-        upstream_timeout=30.0,
-        max_body_size=1024 * 1024,
-        default_rpm=600,
-        tier_rpm={"trial": 10},
-    )
+    return make_settings(tmp_path, default_rpm=600, tier_rpm={"trial": 10})
 
 
 #: Tests taking `store` run on SQLite and on PostgreSQL: the dashboard reads both alike.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mitmproxy
 import pytest
-from harness import free_port
+from gateway import make_settings
 from mitmproxy import connection
 from mitmproxy.addons import block, default_addons, dumper, keepserving, proxyserver, readfile
 from mitmproxy.proxy import events, server
@@ -127,15 +127,7 @@ def test_unused_addons_are_default_addons() -> None:
 
 
 def addon_settings(tmp_path: Path) -> Settings:
-    return Settings(
-        antigravity_url="http://127.0.0.1:9",
-        antigravity_key="upstream-key",
-        admin_secret=None,
-        port=free_port(),  # loading checks that PORT is free
-        database_path=tmp_path / "proxy.db",
-        upstream_timeout=60.0,
-        max_body_size=1024,
-    )
+    return make_settings(tmp_path, admin_secret=None, max_body_size=1024, upstream_api="auto")
 
 
 @pytest.fixture

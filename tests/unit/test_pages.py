@@ -7,26 +7,14 @@ import re
 from pathlib import Path
 
 import pytest
+from gateway import make_settings
 from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import pages
 from apipod_proxy.admin import AdminApi, is_internal
-from apipod_proxy.config import Settings
 from apipod_proxy.pages import ASSETS, CONTENT_SECURITY_POLICY, STATIC_DIR
 from apipod_proxy.store import KeyStore
-
-
-def make_settings(tmp_path: Path) -> Settings:
-    return Settings(
-        antigravity_url="http://127.0.0.1:9",
-        antigravity_key="upstream-key",
-        admin_secret="admin-secret-for-tests-0123456789",
-        port=8081,
-        database_path=tmp_path / "data" / "proxy.db",
-        upstream_timeout=30.0,
-        max_body_size=1024 * 1024,
-    )
 
 
 @pytest.fixture
