@@ -21,12 +21,46 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_KEY = "upstream-secret-key-0000"
 ADMIN_SECRET = "test-admin-secret-0123456789"
+
+#: The fields of a key object (GET /admin/keys, `keys.py list --json`) and of a usage row
+#: (GET /admin/usage, `keys.py usage --json`), in order. Operators' scripts rely on them,
+#: so the tests keep their own copy instead of importing store.py's lists.
+KEY_OBJECT_FIELDS = [
+    "id",
+    "name",
+    "tier",
+    "active",
+    "created_at",
+    "expires_at",
+    "prefix",
+    "rpm",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "last_used_at",
+    "budget",
+    "budget_period",
+    "spend",
+    "models",
+]
+USAGE_ROW_FIELDS = [
+    "key_id",
+    "name",
+    "model",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+]
 
 
 SERVE = [sys.executable, "-m", "apipod_proxy.serve"]
@@ -115,6 +149,22 @@ def wait_ready(
     raise StartError(f"did not become ready in {seconds:g}s:\n{describe()}")
 
 
+def bearer(key: str) -> dict[str, str]:
+    """The header that presents `key` the way OpenAI clients do."""
+    return {"authorization": f"Bearer {key}"}
+
+
+def wait_for[T](condition: Callable[[], T], timeout: float = 10.0) -> T:
+    """Call `condition` until it returns something true, and return that; an
+    AssertionError when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
 def healthy(url: str) -> Callable[[], bool]:
     return lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200
 
@@ -182,16 +232,33 @@ class Proxy:
     def log(self) -> str:
         return (self.workdir / "proxy.log").read_text(errors="replace")
 
-    def create_key(self, name: str = "tester", **fields: object) -> str:
+    def new_key(self, name: str = "tester", **fields: object) -> tuple[int, str]:
+        """Create a key through the admin API: its id and its plaintext (kept in `keys`)."""
         response = httpx.post(
             f"{self.url}/admin/create-key",
             headers={"x-admin-secret": ADMIN_SECRET},
             json={"name": name, **fields},
         )
         assert response.status_code == 201, response.text
-        key = response.json()["api_key"]
-        self.keys.append(key)
-        return key
+        created = response.json()
+        self.keys.append(created["api_key"])
+        return created["id"], created["api_key"]
+
+    def create_key(self, name: str = "tester", **fields: object) -> str:
+        return self.new_key(name, **fields)[1]
+
+    def usage_rows(self, key_id: int, requests: int) -> list[dict[str, Any]]:
+        """This key's /admin/usage rows, once `requests` requests are counted (usage is
+        flushed about once a second), or as they are after 10 s."""
+        deadline = time.monotonic() + 10
+        while True:
+            response = httpx.get(
+                f"{self.url}/admin/usage", headers={"x-admin-secret": ADMIN_SECRET}
+            )
+            rows = [row for row in response.json()["data"] if row["key_id"] == key_id]
+            if sum(row["requests"] for row in rows) >= requests or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.2)
 
     def usage_from_cli(self) -> list[dict[str, object]]:
         """`scripts/keys.py usage --json` on this proxy's database (works once it exited)."""

@@ -11,12 +11,10 @@ with usage, images, a two-turn tool conversation streamed and not, and quota ans
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
-import httpx
 import openai
 import pytest
 from anthropic_standin import AnthropicStandIn
@@ -45,24 +43,10 @@ def claude_proxy(
     running.stop()
 
 
-def new_key(proxy: Proxy, name: str) -> tuple[str, int]:
-    response = httpx.post(f"{proxy.url}/admin/create-key", headers=ADMIN, json={"name": name})
-    assert response.status_code == 201, response.text
-    return response.json()["api_key"], response.json()["id"]
-
-
 def usage_of(proxy: Proxy, key_id: int, requests: int) -> tuple[int, int]:
     """(prompt, completion) tokens counted for the key, once `requests` are flushed."""
-    deadline = time.monotonic() + 10
-    while True:
-        data = httpx.get(f"{proxy.url}/admin/usage", headers=ADMIN).json()["data"]
-        rows = [row for row in data if row["key_id"] == key_id]
-        if sum(row["requests"] for row in rows) >= requests or time.monotonic() > deadline:
-            return (
-                sum(row["prompt_tokens"] for row in rows),
-                sum(row["completion_tokens"] for row in rows),
-            )
-        time.sleep(0.2)
+    rows = proxy.usage_rows(key_id, requests)
+    return sum(row["prompt_tokens"] for row in rows), sum(row["completion_tokens"] for row in rows)
 
 
 # --- Anthropic clients: passthrough ----------------------------------------------------
@@ -72,7 +56,7 @@ def test_anthropic_sdk_stream_with_thinking_tools_and_cache_reads(
     claude_proxy: Proxy, claude_upstream: AnthropicStandIn
 ) -> None:
     claude_upstream.cache_read_tokens = 100
-    key, key_id = new_key(claude_proxy, "anthropic-passthrough")
+    key_id, key = claude_proxy.new_key("anthropic-passthrough")
     client = anthropic.Anthropic(base_url=claude_proxy.url, api_key=key, max_retries=0)
     tool = {"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}
     with client.messages.stream(
@@ -99,7 +83,7 @@ def openai_client(proxy: Proxy, key: str) -> openai.OpenAI:
 
 
 def test_openai_plain_chat(claude_proxy: Proxy, claude_upstream: AnthropicStandIn) -> None:
-    key, _ = new_key(claude_proxy, "openai-plain")
+    _, key = claude_proxy.new_key("openai-plain")
     answer = openai_client(claude_proxy, key).chat.completions.create(
         model="claude-sonnet-4-5",
         messages=[{"role": "system", "content": "Be brief."}, *HI],  # type: ignore[list-item]
@@ -113,7 +97,7 @@ def test_openai_stream_helper_with_usage_and_cache_reads(
     claude_proxy: Proxy, claude_upstream: AnthropicStandIn
 ) -> None:
     claude_upstream.cache_read_tokens = 40
-    key, key_id = new_key(claude_proxy, "openai-stream")
+    key_id, key = claude_proxy.new_key("openai-stream")
     with openai_client(claude_proxy, key).chat.completions.stream(
         model="gemini-3-flash",
         messages=HI,  # type: ignore[arg-type]
@@ -130,7 +114,7 @@ def test_openai_stream_helper_with_usage_and_cache_reads(
 
 
 def test_openai_image_message(claude_proxy: Proxy, claude_upstream: AnthropicStandIn) -> None:
-    key, _ = new_key(claude_proxy, "openai-image")
+    _, key = claude_proxy.new_key("openai-image")
     content = [
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
@@ -146,7 +130,7 @@ def test_openai_image_message(claude_proxy: Proxy, claude_upstream: AnthropicSta
 def test_openai_two_turn_tool_conversation(
     claude_proxy: Proxy, claude_upstream: AnthropicStandIn, stream: bool
 ) -> None:
-    key, _ = new_key(claude_proxy, f"openai-tools-{stream}")
+    _, key = claude_proxy.new_key(f"openai-tools-{stream}")
     client = openai_client(claude_proxy, key)
     messages: list[Any] = [{"role": "system", "content": "You are Cursor."}, *HI]
 
@@ -185,7 +169,7 @@ def test_openai_two_turn_tool_conversation(
 def test_openai_quota_answer(
     claude_proxy: Proxy, claude_upstream: AnthropicStandIn, in_stream: bool
 ) -> None:
-    key, _ = new_key(claude_proxy, f"openai-quota-{in_stream}")
+    _, key = claude_proxy.new_key(f"openai-quota-{in_stream}")
     claude_upstream.exhaust("claude-sonnet-4-5", reset="1m0s", in_stream=in_stream)
     client = openai_client(claude_proxy, key)
     if not in_stream:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from harness import ADMIN_SECRET, ROOT, Proxy
+from harness import ADMIN_SECRET, ROOT, Proxy, wait_for
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
@@ -47,15 +47,6 @@ BOTH_BACKENDS = True
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def keys_cli(proxy: Proxy, *args: str) -> str:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "keys.py"), *args],
@@ -66,15 +57,6 @@ def keys_cli(proxy: Proxy, *args: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def new_key(proxy: Proxy, name: str, **fields: object) -> tuple[int, str]:
-    response = httpx.post(
-        f"{proxy.url}/admin/create-key", headers=ADMIN, json={"name": name, **fields}
-    )
-    assert response.status_code == 201, response.text
-    created = response.json()
-    return created["id"], created["api_key"]
 
 
 def client(proxy: Proxy, key: str) -> openai.OpenAI:
@@ -134,7 +116,7 @@ def refused_soon(proxy: Proxy, key: str) -> openai.PermissionDeniedError:
 def test_budget_refuses_with_insufficient_quota_and_an_update_lifts_it(
     priced: Proxy, upstream: StandIn
 ) -> None:
-    key_id, key = new_key(priced, "budget", budget=0.01, budget_period="month")
+    key_id, key = priced.new_key("budget", budget=0.01, budget_period="month")
     sdk = client(priced, key)
     served = 0
     with pytest.raises(openai.RateLimitError) as refused:
@@ -177,7 +159,7 @@ def test_budget_refuses_with_insufficient_quota_and_an_update_lifts_it(
 
 
 def test_tier_budget_per_day_and_the_tiers_allow_list(priced: Proxy) -> None:
-    _, key = new_key(priced, "trial", tier="trial")
+    _, key = priced.new_key("trial", tier="trial")
     sdk = client(priced, key)
     with pytest.raises(openai.PermissionDeniedError):
         sdk.chat.completions.create(model=CLAUDE, messages=MESSAGES)
@@ -193,7 +175,7 @@ def test_tier_budget_per_day_and_the_tiers_allow_list(priced: Proxy) -> None:
 
 
 def test_stream_is_charged_at_its_end_cached_tokens_at_their_price(priced: Proxy) -> None:
-    key_id, key = new_key(priced, "stream")
+    key_id, key = priced.new_key("stream")
     stream = client(priced, key).chat.completions.create(
         model=GEMINI,
         messages=MESSAGES,
@@ -226,7 +208,7 @@ def test_stream_is_charged_at_its_end_cached_tokens_at_their_price(priced: Proxy
 def test_failed_upstream_requests_cost_nothing(
     priced: Proxy, make_proxy: Callable[..., Proxy], routes_file: Path
 ) -> None:
-    key_id, key = new_key(priced, "failures")
+    key_id, key = priced.new_key("failures")
     sdk = client(priced, key)
     for status in (500, 503):
         with pytest.raises(openai.InternalServerError):
@@ -242,7 +224,7 @@ def test_failed_upstream_requests_cost_nothing(
     assert account(priced, key)["spend"] == 0
     # Unreachable upstream: 502, no cost either.
     dead = make_proxy("http://127.0.0.1:9", ROUTES_FILE=str(routes_file))
-    dead_id, dead_key = new_key(dead, "dead")
+    dead_id, dead_key = dead.new_key("dead")
     with pytest.raises(openai.InternalServerError):
         client(dead, dead_key).chat.completions.create(model=GEMINI, messages=MESSAGES)
     (row,) = wait_for(lambda: logged(dead, dead_id))
@@ -250,7 +232,7 @@ def test_failed_upstream_requests_cost_nothing(
 
 
 def test_a_price_change_applies_to_the_next_request(priced: Proxy, routes_file: Path) -> None:
-    key_id, key = new_key(priced, "reload")
+    key_id, key = priced.new_key("reload")
     sdk = client(priced, key)
     sdk.chat.completions.create(model=GEMINI, messages=MESSAGES)
     routes_file.write_text(routes_file.read_text().replace("input = 100.0", "input = 1000.0"))
@@ -261,7 +243,7 @@ def test_a_price_change_applies_to_the_next_request(priced: Proxy, routes_file: 
 
 
 def test_unpriced_model_is_free_and_warned_about_once(priced: Proxy) -> None:
-    key_id, key = new_key(priced, "unpriced")
+    key_id, key = priced.new_key("unpriced")
     sdk = client(priced, key)
     for _ in range(2):
         sdk.chat.completions.create(model="gemini-3-pro-high", messages=MESSAGES)
@@ -276,7 +258,7 @@ def test_unpriced_model_is_free_and_warned_about_once(priced: Proxy) -> None:
 def test_allow_list_refuses_other_models_and_filters_the_model_list(
     priced: Proxy, upstream: StandIn
 ) -> None:
-    _, key = new_key(priced, "allow", models=["cursor-pro-sonnet"])
+    _, key = priced.new_key("allow", models=["cursor-pro-sonnet"])
     sdk = client(priced, key)
     with pytest.raises(openai.PermissionDeniedError) as refused:
         # What the alias routes to, asked for directly, is not allowed.
@@ -305,7 +287,7 @@ def test_rotation_refuses_the_old_secret_at_once_in_every_process(
     priced: Proxy, make_proxy: Callable[..., Proxy], upstream: StandIn, routes_file: Path
 ) -> None:
     second = make_proxy(upstream.url, ROUTES_FILE=str(routes_file), **priced.database_env())
-    key_id, old = new_key(priced, "rotate", budget=5)
+    key_id, old = priced.new_key("rotate", budget=5)
     for proxy in (priced, second):
         client(proxy, old).chat.completions.create(model=GEMINI, messages=MESSAGES)
     new = keys_cli(priced, "rotate", str(key_id)).strip()
@@ -339,8 +321,8 @@ def test_rotation_refuses_the_old_secret_at_once_in_every_process(
 
 
 def test_account_shows_only_the_callers_key_and_refuses_revoked_keys(priced: Proxy) -> None:
-    a_id, a_key = new_key(priced, "alice", expires_in="30d")
-    b_id, b_key = new_key(priced, "bob")
+    a_id, a_key = priced.new_key("alice", expires_in="30d")
+    b_id, b_key = priced.new_key("bob")
     client(priced, a_key).chat.completions.create(model=GEMINI, messages=MESSAGES)
     seen = wait_for(lambda: (a := account(priced, a_key))["usage"] and a)
     assert set(seen) == {
@@ -372,7 +354,7 @@ def test_account_shows_only_the_callers_key_and_refuses_revoked_keys(priced: Pro
 
 
 def test_request_log_holds_exactly_the_requests_served(priced: Proxy, upstream: StandIn) -> None:
-    key_id, key = new_key(priced, "log", models=[GEMINI])
+    key_id, key = priced.new_key("log", models=[GEMINI])
     sdk = client(priced, key)
     for n in range(3):
         sdk.chat.completions.create(
@@ -409,7 +391,7 @@ def test_request_log_holds_exactly_the_requests_served(priced: Proxy, upstream: 
 def test_old_request_log_rows_are_pruned(
     priced: Proxy, make_proxy: Callable[..., Proxy], upstream: StandIn
 ) -> None:
-    key_id, key = new_key(priced, "prune")
+    key_id, key = priced.new_key("prune")
     client(priced, key).chat.completions.create(model=GEMINI, messages=MESSAGES)
     wait_for(lambda: logged(priced, key_id))
     priced.execute_sql(
@@ -427,7 +409,7 @@ def test_request_log_days_0_writes_nothing(
     make_proxy: Callable[..., Proxy], upstream: StandIn
 ) -> None:
     proxy = make_proxy(upstream.url, REQUEST_LOG_DAYS="0")
-    key_id, key = new_key(proxy, "nolog")
+    key_id, key = proxy.new_key("nolog")
     client(proxy, key).chat.completions.create(model=GEMINI, messages=MESSAGES)
     usage = wait_for(
         lambda: [r for r in json.loads(keys_cli(proxy, "usage", "--json")) if r["key_id"] == key_id]

@@ -14,22 +14,8 @@ import anthropic
 import httpx
 import openai
 import pytest
-from harness import ROOT, UPSTREAM_KEY, Proxy, free_port
+from harness import ROOT, UPSTREAM_KEY, Proxy, bearer, free_port, wait_for
 from standin import MODELS, StandIn
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
-
-
-def wait_for(condition, timeout: float = 8.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
-
 
 # --- the Anthropic SDK (and Claude Code) --------------------------------------------
 
@@ -145,7 +131,7 @@ def test_routes_file_hot_reload_and_a_broken_edit(
     routes.write_text(
         '[aliases.team]\ntargets = { "claude-sonnet-4-5" = 1 }\n[renames]\n"gpt-4o" = "team-x"\n'
     )
-    assert wait_for(lambda: routed_model(proxy, key, "team") == "claude-sonnet-4-5")
+    wait_for(lambda: routed_model(proxy, key, "team") == "claude-sonnet-4-5", timeout=8.0)
     assert routed_model(proxy, key, "gpt-4o") == "team-x"
     listed = [
         m["id"] for m in httpx.get(f"{proxy.url}/v1/models", headers=bearer(key)).json()["data"]
@@ -153,7 +139,7 @@ def test_routes_file_hot_reload_and_a_broken_edit(
     assert listed[-2:] == ["team", "gpt-4o"]
 
     routes.write_text('[aliases.team]\ntargets = { "claude-sonnet-4-5" = -5 }\n')
-    assert wait_for(lambda: "keeping the last good routing table" in proxy.log())
+    wait_for(lambda: "keeping the last good routing table" in proxy.log(), timeout=8.0)
     time.sleep(2.5)  # more polls of the same broken file
     assert routed_model(proxy, key, "team") == "claude-sonnet-4-5"
     errors = [line for line in proxy.log().splitlines() if "keeping the last good" in line]
@@ -161,7 +147,7 @@ def test_routes_file_hot_reload_and_a_broken_edit(
     assert "weight of 'claude-sonnet-4-5' must be a positive number" in errors[0]
 
     routes.write_text('[aliases.team]\ntargets = { "gemini-3-pro-high" = 1 }\n')
-    assert wait_for(lambda: routed_model(proxy, key, "team") == "gemini-3-pro-high")
+    wait_for(lambda: routed_model(proxy, key, "team") == "gemini-3-pro-high", timeout=8.0)
 
 
 def test_a_broken_routes_file_stops_startup(tmp_path: Path) -> None:

@@ -15,14 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from harness import ADMIN_SECRET, Proxy, free_port
+from harness import ADMIN_SECRET, Proxy, bearer, free_port
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
 
 
 def chat(stream: bool = False) -> dict[str, object]:

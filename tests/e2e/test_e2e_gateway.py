@@ -13,12 +13,8 @@ from collections import Counter
 import httpx
 import openai
 import pytest
-from harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy, free_port
+from harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy, bearer, free_port
 from standin import StandIn
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
 
 
 def chat_body(model: str = "gemini-3-flash", **extra: object) -> dict[str, object]:

@@ -20,7 +20,7 @@ import anthropic
 import httpx
 import openai
 import pytest
-from harness import Proxy
+from harness import Proxy, bearer
 from standin import StandIn
 
 HALF_OPEN = 3000
@@ -35,10 +35,6 @@ def enough_file_descriptors() -> Iterator[None]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
 
 
 def chat(stream: bool = False, content: str = "hi") -> dict[str, object]:

@@ -14,7 +14,7 @@ import time
 import httpx
 import openai
 import pytest
-from harness import ADMIN_SECRET, ROOT, Proxy
+from harness import ADMIN_SECRET, KEY_OBJECT_FIELDS, ROOT, USAGE_ROW_FIELDS, Proxy, bearer
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
@@ -34,18 +34,6 @@ def eventually(check, within: float = KEY_CHANGE_SECONDS) -> float:
     return time.monotonic() - started
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
-
-
-def new_key(proxy: Proxy, name: str, **fields: object) -> tuple[int, str]:
-    created = httpx.post(
-        f"{proxy.url}/admin/create-key", headers=ADMIN, json={"name": name, **fields}
-    ).json()
-    proxy.keys.append(created["api_key"])
-    return created["id"], created["api_key"]
-
-
 def usage_rows(proxy: Proxy, key_id: int) -> dict[str, dict[str, object]]:
     response = httpx.get(f"{proxy.url}/admin/usage", headers=ADMIN)
     assert response.status_code == 200
@@ -60,7 +48,7 @@ def sse_events(text: str) -> list[dict[str, object]]:
 
 
 def test_non_streaming_usage_is_counted_per_key_and_model(proxy: Proxy) -> None:
-    key_id, key = new_key(proxy, "usage-plain")
+    key_id, key = proxy.new_key("usage-plain")
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
     for model in ("gemini-3-flash", "gemini-3-flash", "claude-sonnet-4-5"):
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
@@ -84,32 +72,14 @@ def test_non_streaming_usage_is_counted_per_key_and_model(proxy: Proxy) -> None:
     ]
     assert (listed["requests"], listed["prompt_tokens"], listed["completion_tokens"]) == (3, 33, 15)
     assert listed["last_used_at"] is not None
-    assert set(listed) == {
-        "id",
-        "name",
-        "tier",
-        "active",
-        "created_at",
-        "expires_at",
-        "prefix",
-        "rpm",
-        "requests",
-        "errors",
-        "prompt_tokens",
-        "completion_tokens",
-        "last_used_at",
-        "budget",
-        "budget_period",
-        "spend",
-        "models",
-    }
+    assert list(listed) == KEY_OBJECT_FIELDS
     assert not any(key in json.dumps(listed) for key in proxy.keys)
 
 
 def test_stream_usage_is_counted_and_its_chunk_hidden_from_a_client_that_did_not_ask(
     proxy: Proxy, upstream: StandIn
 ) -> None:
-    key_id, key = new_key(proxy, "usage-stream")
+    key_id, key = proxy.new_key("usage-stream")
     response = httpx.post(
         f"{proxy.url}/v1/chat/completions",
         headers={**bearer(key), "x-standin-chunks": "7"},
@@ -125,7 +95,7 @@ def test_stream_usage_is_counted_and_its_chunk_hidden_from_a_client_that_did_not
 
 
 def test_a_client_that_asks_for_stream_usage_gets_it(proxy: Proxy) -> None:
-    key_id, key = new_key(proxy, "usage-asked")
+    key_id, key = proxy.new_key("usage-asked")
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
     chunks = list(
         client.chat.completions.create(
@@ -141,7 +111,7 @@ def test_a_client_that_asks_for_stream_usage_gets_it(proxy: Proxy) -> None:
 
 
 def test_anthropic_usage_is_counted_streaming_and_not(proxy: Proxy) -> None:
-    key_id, key = new_key(proxy, "usage-anthropic")
+    key_id, key = proxy.new_key("usage-anthropic")
     body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": []}
     plain = httpx.post(f"{proxy.url}/v1/messages", headers=bearer(key), json=body)
     assert plain.json()["usage"] == {"input_tokens": 21, "output_tokens": 4}
@@ -170,7 +140,7 @@ def test_revocation_is_immediate_in_another_process_sharing_the_database(
     proxy: Proxy, make_proxy, standin: StandIn
 ) -> None:
     other = make_proxy(standin.url, **proxy.database_env())
-    key_id, key = new_key(proxy, "revoked-elsewhere")
+    key_id, key = proxy.new_key("revoked-elsewhere")
     assert httpx.get(f"{other.url}/v1/models", headers=bearer(key)).status_code == 200
     revoked = httpx.post(f"{proxy.url}/admin/revoke-key", headers=ADMIN, json={"id": key_id})
     assert revoked.json() == {"id": key_id, "active": False}
@@ -221,20 +191,7 @@ def test_keys_cli_lists_revokes_and_reports(proxy: Proxy) -> None:
     missing = keys_cli("revoke", "999999")
     assert missing.returncode == 1 and "no key has id 999999" in missing.stderr
     report = json.loads(keys_cli("usage", "--since", "24h", "--json").stdout)
-    assert all(
-        set(row)
-        == {
-            "key_id",
-            "name",
-            "model",
-            "requests",
-            "errors",
-            "prompt_tokens",
-            "completion_tokens",
-            "cost",
-        }
-        for row in report
-    )
+    assert all(list(row) == USAGE_ROW_FIELDS for row in report)
 
 
 # --- rate limits ---------------------------------------------------------------------
@@ -243,7 +200,7 @@ def test_keys_cli_lists_revokes_and_reports(proxy: Proxy) -> None:
 def test_rate_limit_answers_429_with_retry_after_and_does_not_forward(
     proxy: Proxy, upstream: StandIn
 ) -> None:
-    _, key = new_key(proxy, "limited", rpm=3)
+    _, key = proxy.new_key("limited", rpm=3)
     statuses = [
         httpx.get(f"{proxy.url}/v1/models/gemini-3-flash", headers=bearer(key)).status_code
         for _ in range(3)
@@ -258,8 +215,8 @@ def test_rate_limit_answers_429_with_retry_after_and_does_not_forward(
 
 def test_tier_default_rate_limit_comes_from_config(make_proxy, standin: StandIn) -> None:
     limited = make_proxy(standin.url, DEFAULT_RPM="100", TIER_RPM="trial=2")
-    _, trial = new_key(limited, "trial-user", tier="trial")
-    _, elite = new_key(limited, "elite-user")
+    _, trial = limited.new_key("trial-user", tier="trial")
+    _, elite = limited.new_key("elite-user")
     codes = [
         httpx.get(f"{limited.url}/v1/models", headers=bearer(trial)).status_code for _ in range(3)
     ]
@@ -272,7 +229,7 @@ def test_tier_default_rate_limit_comes_from_config(make_proxy, standin: StandIn)
 
 def test_metrics_need_the_admin_secret_and_count_requests(proxy: Proxy) -> None:
     assert httpx.get(f"{proxy.url}/metrics").status_code == 401
-    _, key = new_key(proxy, "metered")
+    _, key = proxy.new_key("metered")
     httpx.post(
         f"{proxy.url}/v1/chat/completions",
         headers=bearer(key),
@@ -302,7 +259,7 @@ def test_metrics_need_the_admin_secret_and_count_requests(proxy: Proxy) -> None:
 def test_request_id_is_kept_or_generated_and_seen_by_both_sides(
     proxy: Proxy, upstream: StandIn
 ) -> None:
-    _, key = new_key(proxy, "traced")
+    _, key = proxy.new_key("traced")
     given = httpx.get(
         f"{proxy.url}/v1/models/gemini-3-flash",
         headers={**bearer(key), "x-request-id": "trace-abc-123"},
@@ -318,7 +275,7 @@ def test_request_id_is_kept_or_generated_and_seen_by_both_sides(
 
 def test_json_logs(make_proxy, standin: StandIn) -> None:
     proxy = make_proxy(standin.url, LOG_FORMAT="json")
-    _, key = new_key(proxy, "json-logged")
+    _, key = proxy.new_key("json-logged")
     httpx.post(
         f"{proxy.url}/v1/chat/completions",
         headers=bearer(key),
@@ -341,7 +298,7 @@ def test_stop_signal_drains_a_stream_in_flight_then_flushes_and_exits_0(
     make_proxy, standin: StandIn, signum: int
 ) -> None:
     proxy = make_proxy(standin.url)
-    key_id, key = new_key(proxy, "draining")
+    key_id, key = proxy.new_key("draining")
     result: dict[str, object] = {}
 
     def stream() -> None:
@@ -376,7 +333,7 @@ def test_stop_signal_drains_a_stream_in_flight_then_flushes_and_exits_0(
 
 def test_drain_timeout_bounds_the_wait(make_proxy, standin: StandIn) -> None:
     proxy = make_proxy(standin.url, DRAIN_TIMEOUT="1")
-    _, key = new_key(proxy, "cut")
+    _, key = proxy.new_key("cut")
     outcome: list[str] = []
 
     def endless_stream() -> None:

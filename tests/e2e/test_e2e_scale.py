@@ -14,16 +14,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-from harness import ADMIN_SECRET, Proxy
+from harness import ADMIN_SECRET, Proxy, bearer
 from services import RedisSpace
 from standin import StandIn
 from tcpgate import TcpGate
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
 
 
 def chat(proxy: Proxy, key: str, timeout: float = 30) -> httpx.Response:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
@@ -39,27 +38,10 @@ def stream_chunks(proxy: Proxy, key: str, body: dict[str, Any]) -> list[dict[str
     return chunks
 
 
-def usage_rows(proxy: Proxy, key_id: int, requests: int) -> list[dict[str, Any]]:
-    """This key's /admin/usage rows, once `requests` requests are counted (flushed ~1 s)."""
-    deadline = time.monotonic() + 10
-    while True:
-        data = httpx.get(f"{proxy.url}/admin/usage", headers=ADMIN).json()["data"]
-        rows = [row for row in data if row["key_id"] == key_id]
-        if sum(row["requests"] for row in rows) >= requests or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.2)
-
-
-def new_key(proxy: Proxy, name: str) -> tuple[str, int]:
-    response = httpx.post(f"{proxy.url}/admin/create-key", headers=ADMIN, json={"name": name})
-    assert response.status_code == 201, response.text
-    return response.json()["api_key"], response.json()["id"]
-
-
 def test_usage_on_the_finish_chunk_is_hidden_from_a_client_that_did_not_ask(
     proxy: Proxy, upstream: StandIn
 ) -> None:
-    key, key_id = new_key(proxy, "finish-usage")
+    key_id, key = proxy.new_key("finish-usage")
     chunks = stream_chunks(proxy, key, stream_body())
 
     # The proxy asked for usage upstream, and the upstream put it on the finish chunk.
@@ -69,14 +51,14 @@ def test_usage_on_the_finish_chunk_is_hidden_from_a_client_that_did_not_ask(
     assert "usage" in finish[0] and finish[0]["usage"] is None
     assert all(c.get("usage") is None for c in chunks), chunks
     # ... and counted it all the same.
-    [row] = usage_rows(proxy, key_id, 1)
+    [row] = proxy.usage_rows(key_id, 1)
     assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 3)
 
 
 def test_usage_on_the_finish_chunk_reaches_a_client_that_asked(
     proxy: Proxy, upstream: StandIn
 ) -> None:
-    key, _ = new_key(proxy, "asked-usage")
+    _, key = proxy.new_key("asked-usage")
     chunks = stream_chunks(proxy, key, stream_body(stream_options={"include_usage": True}))
     with_usage = [c for c in chunks if c.get("usage")]
     assert len(with_usage) == 1
@@ -86,7 +68,7 @@ def test_usage_on_the_finish_chunk_reaches_a_client_that_asked(
 
 def test_failed_requests_are_counted_as_errors_beside_requests(proxy: Proxy) -> None:
     """One answer, one upstream 429 and one upstream 502: 3 requests, of which 2 errors."""
-    key, key_id = new_key(proxy, "errors")
+    key_id, key = proxy.new_key("errors")
     body = {"model": "gemini-3-flash", "messages": [{"role": "user", "content": "hi"}]}
     statuses = []
     for status in (None, "429", "502"):
@@ -98,7 +80,7 @@ def test_failed_requests_are_counted_as_errors_beside_requests(proxy: Proxy) -> 
         )
     assert statuses == [200, 429, 502]
 
-    [row] = usage_rows(proxy, key_id, 3)
+    [row] = proxy.usage_rows(key_id, 3)
     assert (row["requests"], row["errors"]) == (3, 2)
     assert list(row)[3:5] == ["requests", "errors"]
     [listed] = [

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 from gateway import make_settings
+from harness import KEY_OBJECT_FIELDS as KEY_FIELDS
 
 from apipod_proxy import budgets, keys
 from apipod_proxy.budgets import SpendLedger
 from apipod_proxy.pricing import Plans, PriceTable, Tier
-from apipod_proxy.store import KEY_FIELDS, KeyRecord, KeyStore, UsageCounts
+from apipod_proxy.store import KeyRecord, KeyStore, UsageCounts
 
 KEY = KeyRecord(1, "alice", "elite", True, "2026-01-01T00:00:00Z", None, "apk_abcdef")
 PLANS = Plans(
