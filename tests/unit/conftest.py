@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 from gateway import Gateway, LogRecords, captured_log, isolated_globals, open_gateway
 
+from apipod_proxy.backend import open_store
+from apipod_proxy.store import KeyStore
+
 
 @pytest.fixture
 def apipod_log() -> Iterator[LogRecords]:
@@ -22,6 +25,16 @@ def apipod_log() -> Iterator[LogRecords]:
 def restore_globals() -> Iterator[None]:
     with isolated_globals():
         yield
+
+
+@pytest.fixture
+def store(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[KeyStore]:
+    """The key store at gateway.make_settings' database path, on the test's backend
+    (PostgreSQL in a schema of its own in modules that run on both)."""
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    opened = open_store(tmp_path / "data" / "proxy.db", url)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

@@ -28,11 +28,6 @@ PLANS = Plans(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> KeyStore:
-    return KeyStore(tmp_path / "proxy.db")
-
-
-@pytest.fixture
 def account(tmp_path: Path, store: KeyStore) -> Account:
     return Account(make_settings(tmp_path, admin_secret=None), store, PLANS, SpendLedger())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from mitmproxy.test import tutils
 
 from apipod_proxy import keys
 from apipod_proxy.admin import AdminApi, is_internal
-from apipod_proxy.backend import open_store
 from apipod_proxy.store import KeyStore
 
 SECRET = ADMIN_SECRET
@@ -23,14 +21,6 @@ SECRET = ADMIN_SECRET
 
 #: Tests taking `store` run on SQLite and on PostgreSQL: the admin API behaves the same.
 BOTH_BACKENDS = True
-
-
-@pytest.fixture
-def store(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[KeyStore]:
-    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
-    opened = open_store(tmp_path / "data" / "proxy.db", url)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -24,11 +24,6 @@ PLANS = Plans(PriceTable(tiers={"trial": Tier(budget=1.0, budget_period="day", m
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> KeyStore:
-    return KeyStore(tmp_path / "proxy.db")
-
-
-@pytest.fixture
 def api(tmp_path: Path, store: KeyStore) -> AdminApi:
     return AdminApi(make_settings(tmp_path), store, plans=PLANS)
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from mitmproxy.test import tutils
 
 from apipod_proxy import keys
 from apipod_proxy.admin import AdminApi
-from apipod_proxy.backend import open_store
 from apipod_proxy.config import Settings
 from apipod_proxy.dashboard import LiveStats, bucket_labels, usage_series
 from apipod_proxy.metrics import Metrics
@@ -32,14 +30,6 @@ def settings(tmp_path: Path) -> Settings:
 
 #: Tests taking `store` run on SQLite and on PostgreSQL: the dashboard reads both alike.
 BOTH_BACKENDS = True
-
-
-@pytest.fixture
-def store(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[KeyStore]:
-    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
-    opened = open_store(tmp_path / "data" / "proxy.db", url)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture
