@@ -62,6 +62,20 @@ USAGE_ROW_FIELDS = [
     "cost",
 ]
 
+#: The tool that clients offer in the tests, in OpenAI's shape and in Anthropic's.
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+WEATHER_TOOL_ANTHROPIC: dict[str, Any] = {
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
 
 SERVE = [sys.executable, "-m", "apipod_proxy.serve"]
 

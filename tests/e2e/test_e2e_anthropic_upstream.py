@@ -19,17 +19,10 @@ import openai
 import pytest
 from anthropic_standin import AnthropicStandIn
 from harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy, start_proxy
+from harness import WEATHER_TOOL as WEATHER
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 HI = [{"role": "user", "content": "hi"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 @pytest.fixture(scope="module")

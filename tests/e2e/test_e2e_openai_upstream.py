@@ -14,14 +14,10 @@ import anthropic
 import openai
 import pytest
 from harness import UPSTREAM_KEY, Proxy, start_proxy
+from harness import WEATHER_TOOL_ANTHROPIC as WEATHER
 from openai_standin import OpenAIStandIn
 
 HI = [{"role": "user", "content": "hi"}]
-WEATHER = {
-    "name": "get_weather",
-    "description": "Weather for a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
-}
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import openai
 import pytest
 from anthropic_standin import AnthropicStandIn
 from harness import ADMIN_SECRET, Proxy
+from harness import WEATHER_TOOL as WEATHER
 from openai_standin import OpenAIStandIn
 from standin import StandIn
 
@@ -29,14 +30,6 @@ ADMIN = {"x-admin-secret": ADMIN_SECRET}
 HI = [{"role": "user", "content": "hi"}]
 ALIAS = "cursor-pro-sonnet"
 CLAUDE, GEMINI = "claude-sonnet-4-5", "gemini-3-flash"
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 def health(proxy: Proxy) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 from anthropic_standin import EMPTY_ANSWER, AnthropicStandIn
-from harness import UPSTREAM_KEY
+from harness import UPSTREAM_KEY, WEATHER_TOOL_ANTHROPIC
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai_standin import OpenAIStandIn
@@ -32,11 +32,7 @@ from apipod_proxy.translate import (
 )
 
 KEY = UPSTREAM_KEY
-WEATHER_TOOL = {
-    "name": "get_weather",
-    "description": "Weather for a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
-}
+WEATHER_TOOL = WEATHER_TOOL_ANTHROPIC
 OPENAI_WEATHER = {
     "type": "function",
     "function": {

@@ -12,6 +12,7 @@ from typing import Any
 import anthropic_standin
 import openai_standin
 import pytest
+from harness import WEATHER_TOOL as WEATHER
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,15 +23,6 @@ from apipod_proxy.translate import (
     anthropic_request_to_openai,
     openai_request_to_anthropic,
 )
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 def to_anthropic(**body: Any) -> dict[str, Any]:
