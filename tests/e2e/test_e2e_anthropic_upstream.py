@@ -18,10 +18,9 @@ import anthropic
 import openai
 import pytest
 from anthropic_standin import AnthropicStandIn
-from harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy, start_proxy
+from harness import UPSTREAM_KEY, Proxy, start_proxy
 from harness import WEATHER_TOOL as WEATHER
 
-ADMIN = {"x-admin-secret": ADMIN_SECRET}
 HI = [{"role": "user", "content": "hi"}]
 
 
