@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -320,3 +321,36 @@ def start_proxy(
         raise RuntimeError(f"proxy {exc}") from None
     upstream_checked(proxy.url)
     return proxy
+
+
+# --- the README, run as a newcomer pastes it ---------------------------------------------
+
+
+def readme_section(title: str) -> str:
+    """The text of the README's `## title` section."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, f"README has no section {title!r}"
+    return match.group(1)
+
+
+def fenced_blocks(section: str, language: str) -> list[str]:
+    """The code blocks of `language` (```bash, ```toml, ...) in `section`, in order."""
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+
+
+def run_pasted(proxy: Proxy, blocks: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    """Run README bash blocks in the proxy's folder the way a user pastes them after
+    `make run` (a `.venv` and `scripts/` at hand), against this proxy's real port."""
+    (proxy.workdir / ".venv").symlink_to(Path(sys.prefix))
+    (proxy.workdir / "scripts").symlink_to(ROOT / "scripts")
+    script = "set -euo pipefail\n" + "\n".join(blocks)
+    script = script.replace("localhost:8081", f"127.0.0.1:{proxy.port}")
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=proxy.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from harness import ADMIN_SECRET, ROOT, Proxy, wait_for
+from harness import ADMIN_SECRET, ROOT, Proxy, fenced_blocks, readme_section, run_pasted, wait_for
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
@@ -425,12 +425,9 @@ def test_request_log_days_0_writes_nothing(
 def test_readme_plans_and_budgets_example_runs_as_written(
     make_proxy: Callable[..., Proxy], standin: StandIn, tmp_path: Path
 ) -> None:
-    text = (ROOT / "README.md").read_text()
-    match = re.search(r"^## Plans and budgets\n(.*?)(?=^## )", text, re.S | re.M)
-    assert match, "README has no section 'Plans and budgets'"
-    section = match.group(1)
-    (toml,) = re.findall(r"```toml\n(.*?)```", section, re.S)
-    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    section = readme_section("Plans and budgets")
+    (toml,) = fenced_blocks(section, "toml")
+    blocks = fenced_blocks(section, "bash")
     assert len(blocks) == 3
     workdir = tmp_path / "proxy0"  # where make_proxy starts its first proxy
     workdir.mkdir()
@@ -439,18 +436,7 @@ def test_readme_plans_and_budgets_example_runs_as_written(
         f"ADMIN_SECRET={ADMIN_SECRET}\nDATABASE_PATH=./data/proxy.db\nROUTES_FILE=routes.toml\n"
     )
     proxy = make_proxy(standin.url, dotenv=dotenv, ADMIN_SECRET=None, DATABASE_PATH=None)
-    (proxy.workdir / ".venv").symlink_to(Path(sys.prefix))
-    (proxy.workdir / "scripts").symlink_to(ROOT / "scripts")
-    script = "set -euo pipefail\n" + "\n".join(blocks)
-    script = script.replace("localhost:8081", f"127.0.0.1:{proxy.port}")
-    result = subprocess.run(
-        ["bash", "-c", script],
-        cwd=proxy.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-    )
+    result = run_pasted(proxy, blocks, tmp_path)
     out = result.stdout
     print(out)
     assert result.returncode == 0, result.stderr + out

@@ -8,46 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import ADMIN_SECRET, ROOT, UPSTREAM_KEY
+from harness import ADMIN_SECRET, UPSTREAM_KEY, fenced_blocks, readme_section, run_pasted
 from standin import StandIn
-
-
-def readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.S | re.M)
-    assert match, f"README has no section {title!r}"
-    return match.group(1)
-
-
-def bash_blocks(section: str) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", section, re.S)
 
 
 def test_try_it_examples_work_against_a_real_proxy(
     make_proxy, standin: StandIn, tmp_path: Path
 ) -> None:
     try_it, operate = (
-        bash_blocks(readme_section("Try it")),
-        bash_blocks(readme_section("Operate it")),
+        fenced_blocks(readme_section("Try it"), "bash"),
+        fenced_blocks(readme_section("Operate it"), "bash"),
     )
     assert (len(try_it), len(operate)) == (3, 2)
     blocks = try_it + operate
     # The proxy takes its secret and database from .env, as after `make run`.
     dotenv = f"ADMIN_SECRET={ADMIN_SECRET}\nDATABASE_PATH=./data/proxy.db\n"
     proxy = make_proxy(standin.url, dotenv=dotenv, ADMIN_SECRET=None, DATABASE_PATH=None)
-    (proxy.workdir / ".venv").symlink_to(Path(sys.prefix))
-    (proxy.workdir / "scripts").symlink_to(ROOT / "scripts")
-    script = "set -euo pipefail\n" + "\n".join(blocks)
-    script = script.replace("localhost:8081", f"127.0.0.1:{proxy.port}")
     standin.reset()
-    result = subprocess.run(
-        ["bash", "-c", script],
-        cwd=proxy.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-    )
+    result = run_pasted(proxy, blocks, tmp_path)
     out = result.stdout
     assert result.returncode == 0, result.stderr + out
     assert re.search(r'"api_key":"apk_[A-Za-z0-9_-]{43}".*"name":"bob"', out)
@@ -72,7 +50,7 @@ def test_try_it_examples_work_against_a_real_proxy(
 
 def test_client_examples_run_against_a_real_proxy(proxy, standin: StandIn) -> None:
     """The Python snippets of "Clients", with the real port and a real key."""
-    blocks = re.findall(r"```python\n(.*?)```", readme_section("Clients"), re.S)
+    blocks = fenced_blocks(readme_section("Clients"), "python")
     assert len(blocks) == 2
     key = proxy.create_key("readme-clients")
     for block in blocks:
@@ -88,7 +66,7 @@ def test_client_examples_run_against_a_real_proxy(proxy, standin: StandIn) -> No
 
 def test_dashboard_endpoint_examples_work(proxy, tmp_path: Path) -> None:
     """The curl lines of "Dashboard", with the admin secret in the environment."""
-    (block,) = bash_blocks(readme_section("Dashboard"))
+    (block,) = fenced_blocks(readme_section("Dashboard"), "bash")
     script = "set -euo pipefail\n" + block.replace("localhost:8081", f"127.0.0.1:{proxy.port}")
     result = subprocess.run(
         ["bash", "-c", script],
