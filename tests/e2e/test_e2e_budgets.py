@@ -17,7 +17,16 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from harness import ADMIN_SECRET, ROOT, Proxy, fenced_blocks, readme_section, run_pasted, wait_for
+from harness import (
+    ADMIN_SECRET,
+    ROOT,
+    Proxy,
+    bearer,
+    fenced_blocks,
+    readme_section,
+    run_pasted,
+    wait_for,
+)
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
@@ -63,8 +72,19 @@ def client(proxy: Proxy, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
 
 
+def served_until_refused(sdk: openai.OpenAI) -> tuple[int, openai.RateLimitError]:
+    """Send plain requests (up to 10) until one is refused with a 429: how many were
+    served, and the refusal."""
+    served = 0
+    with pytest.raises(openai.RateLimitError) as refused:
+        for _ in range(10):
+            sdk.chat.completions.create(model=GEMINI, messages=MESSAGES)
+            served += 1
+    return served, refused.value
+
+
 def account(proxy: Proxy, key: str) -> dict[str, object]:
-    response = httpx.get(f"{proxy.url}/account", headers={"authorization": f"Bearer {key}"})
+    response = httpx.get(f"{proxy.url}/account", headers=bearer(key))
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -118,15 +138,10 @@ def test_budget_refuses_with_insufficient_quota_and_an_update_lifts_it(
 ) -> None:
     key_id, key = priced.new_key("budget", budget=0.01, budget_period="month")
     sdk = client(priced, key)
-    served = 0
-    with pytest.raises(openai.RateLimitError) as refused:
-        for _ in range(10):
-            sdk.chat.completions.create(model=GEMINI, messages=MESSAGES)
-            served += 1
+    served, error = served_until_refused(sdk)
     # $0.0031 each: 0.0093 is under $0.01, the 4th overshoots (documented), the 5th is refused.
     assert served == 4
     assert len([r for r in upstream.received if r.path == "/v1/chat/completions"]) == 4
-    error = refused.value
     assert error.code == "insufficient_quota"
     assert error.response.headers["x-should-retry"] == "false"
     assert int(error.response.headers["retry-after"]) > 0
@@ -140,7 +155,7 @@ def test_budget_refuses_with_insufficient_quota_and_an_update_lifts_it(
     assert seen["resets_at"].endswith("-01T00:00:00Z")
     assert seen["usage"][0]["requests"] == 4
     assert seen["usage"][0]["cost"] == pytest.approx(4 * PLAIN_COST)
-    headers = {"authorization": f"Bearer {key}"}
+    headers = bearer(key)
     subscription = httpx.get(f"{priced.url}/v1/dashboard/billing/subscription", headers=headers)
     assert subscription.json()["hard_limit_usd"] == 0.01
     assert subscription.json()["object"] == "billing_subscription"
@@ -163,13 +178,9 @@ def test_tier_budget_per_day_and_the_tiers_allow_list(priced: Proxy) -> None:
     sdk = client(priced, key)
     with pytest.raises(openai.PermissionDeniedError):
         sdk.chat.completions.create(model=CLAUDE, messages=MESSAGES)
-    served = 0
-    with pytest.raises(openai.RateLimitError) as refused:
-        for _ in range(10):
-            sdk.chat.completions.create(model=GEMINI, messages=MESSAGES)
-            served += 1
+    served, refused = served_until_refused(sdk)
     assert served == 4
-    assert "per day" in refused.value.body["message"]  # type: ignore[index]
+    assert "per day" in refused.body["message"]  # type: ignore[index]
     seen = account(priced, key)
     assert (seen["budget"], seen["budget_period"], seen["models"]) == (0.01, "day", [GEMINI])
 
@@ -264,7 +275,7 @@ def test_allow_list_refuses_other_models_and_filters_the_model_list(
         # What the alias routes to, asked for directly, is not allowed.
         sdk.chat.completions.create(model=CLAUDE, messages=MESSAGES)
     assert refused.value.code == "model_not_allowed"
-    assert "cursor-pro-sonnet" in refused.value.body["message"]  # type: ignore[index]
+    assert "cursor-pro-sonnet" in refused.body["message"]  # type: ignore[index]
     assert not [r for r in upstream.received if r.path == "/v1/chat/completions"]
     answer = sdk.chat.completions.create(model="cursor-pro-sonnet", messages=MESSAGES)
     assert answer.model in (CLAUDE, GEMINI)
@@ -335,7 +346,7 @@ def test_account_shows_only_the_callers_key_and_refuses_revoked_keys(priced: Pro
     }  # fmt: skip
     other = account(priced, b_key)
     assert (other["id"], other["spend"], other["usage"]) == (b_id, 0, [])
-    headers = {"authorization": f"Bearer {a_key}"}
+    headers = bearer(a_key)
     subscription = httpx.get(f"{priced.url}/dashboard/billing/subscription", headers=headers)
     assert subscription.json()["access_until"] > time.time() + 29 * 86400
     assert subscription.json()["has_payment_method"] is True
