@@ -11,6 +11,7 @@ a proxy is started, waited for and stopped.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -19,12 +20,19 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import brotli
 import httpx
+
+try:
+    from compression import zstd
+except ImportError:  # Python before 3.14
+    from backports import zstd
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_KEY = "upstream-secret-key-0000"
@@ -62,6 +70,20 @@ USAGE_ROW_FIELDS = [
     "completion_tokens",
     "cost",
 ]
+
+#: The content encodings the proxy decodes in request bodies, and how to make and read them.
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+    "zstd": zstd.compress,
+}
+DECODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.decompress,
+    "deflate": zlib.decompress,
+    "br": brotli.decompress,
+    "zstd": zstd.decompress,
+}
 
 #: The tool that clients offer in the tests, in OpenAI's shape and in Anthropic's.
 WEATHER_TOOL: dict[str, Any] = {

@@ -12,21 +12,17 @@ Known bugs found here are pinned at the bottom as strict xfails.
 
 from __future__ import annotations
 
-import gzip
 import json
 import socket
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import brotli
 import httpx
 import pytest
-from backports import zstd
-from harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy
+from harness import ADMIN_SECRET, DECODERS, ENCODERS, UPSTREAM_KEY, Proxy
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from standin import StandIn
@@ -608,19 +604,6 @@ def test_smuggling_over_http_1_0_is_400_json(
 
 
 # --- encoded bodies -------------------------------------------------------------------
-
-ENCODERS: dict[str, Callable[[bytes], bytes]] = {
-    "gzip": gzip.compress,
-    "zstd": zstd.compress,
-    "br": brotli.compress,
-    "deflate": zlib.compress,
-}
-DECODERS: dict[str, Callable[[bytes], bytes]] = {
-    "gzip": gzip.decompress,
-    "zstd": zstd.decompress,
-    "br": brotli.decompress,
-    "deflate": zlib.decompress,
-}
 
 
 @pytest.mark.parametrize("encoding", sorted(ENCODERS))

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import zlib
 
-import brotli
 import pytest
+from harness import ENCODERS
 from mitmproxy.test import tutils
 
 from apipod_proxy.bodies import BodyError, BodyTooLarge, decoded, parse_json
-
-try:
-    from compression import zstd
-except ImportError:
-    from backports import zstd
-
 
 # --- parse_json -------------------------------------------------------------------
 
@@ -90,12 +83,6 @@ def test_body_error_is_a_value_error_with_a_client_message() -> None:
 # --- decoded --------------------------------------------------------------------------
 
 PLAIN = b'{"model": "cursor-pro-sonnet", "messages": []}'
-ENCODERS = {
-    "gzip": gzip.compress,
-    "deflate": zlib.compress,
-    "br": brotli.compress,
-    "zstd": zstd.compress,
-}
 
 
 def request(body: bytes, encoding: str | None) -> object:

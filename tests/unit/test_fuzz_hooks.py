@@ -36,6 +36,7 @@ import pytest
 from backports import zstd
 from gateway import Gateway, open_gateway
 from gateway import make_flow as gateway_flow
+from harness import DECODERS, ENCODERS
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
@@ -1035,19 +1036,6 @@ def test_any_method_and_path_without_a_key_is_answered_locally() -> None:
 
 
 # --- (d) encoded request bodies ------------------------------------------------------
-
-ENCODERS: dict[str, Callable[[bytes], bytes]] = {
-    "gzip": gzip.compress,
-    "deflate": zlib.compress,
-    "br": brotli.compress,
-    "zstd": zstd.compress,
-}
-DECODERS: dict[str, Callable[[bytes], bytes]] = {
-    "gzip": gzip.decompress,
-    "deflate": zlib.decompress,
-    "br": brotli.decompress,
-    "zstd": zstd.decompress,
-}
 
 
 def test_encoded_alias_bodies_are_routed_and_stay_encoded() -> None:
