@@ -135,7 +135,10 @@ def test_openai_requests_translate_or_are_refused(body: Any) -> None:
     try:
         out = openai_request_to_anthropic(body)
     except TranslationError as exc:
-        json.dumps(exc.openai_payload())
+        # A refusal says why, in the caller's error shape.
+        assert isinstance(exc.message, str) and exc.message
+        payload = json.loads(json.dumps(exc.openai_payload()))
+        assert payload["error"]["type"] == "invalid_request_error"
         return
     json.dumps(out.body)
 
@@ -146,7 +149,10 @@ def test_anthropic_requests_translate_or_are_refused(body: Any) -> None:
     try:
         out = anthropic_request_to_openai(body)
     except TranslationError as exc:
-        json.dumps(exc.anthropic_payload())
+        # A refusal says why, in the caller's error shape.
+        assert isinstance(exc.message, str) and exc.message
+        payload = json.loads(json.dumps(exc.anthropic_payload()))
+        assert payload["error"]["type"] == "invalid_request_error"
         return
     json.dumps(out.body)
 
