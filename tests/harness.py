@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_KEY = "upstream-secret-key-0000"
 ADMIN_SECRET = "test-admin-secret-0123456789"
 
-#: The fields of a key object (GET /admin/keys, `keys.py list --json`) and of a usage row
-#: (GET /admin/usage, `keys.py usage --json`), in order. Operators' scripts rely on them,
+#: The fields of a key object (GET /admin/keys, `keys.py list --json`), of a usage row
+#: (GET /admin/usage, `keys.py usage --json`) and of a request-log row (GET
+#: /admin/requests, `keys.py requests --json`), in order. Operators' scripts rely on them,
 #: so the tests keep their own copy instead of importing store.py's lists.
 KEY_OBJECT_FIELDS = [
     "id",
@@ -67,6 +68,19 @@ USAGE_ROW_FIELDS = [
     "requests",
     "errors",
     "prompt_tokens",
+    "completion_tokens",
+    "cost",
+]
+REQUEST_ROW_FIELDS = [
+    "time",
+    "request_id",
+    "key_id",
+    "model",
+    "routed_model",
+    "status",
+    "duration_ms",
+    "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "cost",
 ]

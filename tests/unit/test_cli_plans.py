@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import REQUEST_ROW_FIELDS as REQUEST_FIELDS
 
 from apipod_proxy import cli, keys
-from apipod_proxy.store import REQUEST_FIELDS, KeyStore, UsageCounts
+from apipod_proxy.store import KeyStore, UsageCounts
 
 
 @pytest.fixture(autouse=True)

@@ -8,11 +8,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from harness import REQUEST_ROW_FIELDS as REQUEST_FIELDS
 
 from apipod_proxy import keys
 from apipod_proxy.store import (
     MIGRATIONS,
-    REQUEST_FIELDS,
     SCHEMA_VERSION,
     KeyStore,
     UsageCounts,
