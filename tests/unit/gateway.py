@@ -3,12 +3,16 @@
 No sockets: flows come from `mitmproxy.test.tflow`, the addon (with its `Lifecycle`
 sub-addon) is loaded inside `taddons.context`, and async hooks run on a short-lived
 event loop. The unit tests and the hook fuzzer share this one harness.
+
+The keys command line (apipod_proxy.cli) is run in-process the same way: `run_cli`,
+`run_cli_exit` and `cli_create` call its `main` and return what it printed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import sqlite3
@@ -17,13 +21,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness import free_port
 from mitmproxy import http, options
 from mitmproxy.addons import block, proxyserver
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.test import taddons, tflow, tutils
 
-from apipod_proxy import keys
+from apipod_proxy import cli, keys
 from apipod_proxy.addon import Apipod
 from apipod_proxy.config import Settings
 from apipod_proxy.routing import Router
@@ -237,3 +242,27 @@ def open_gateway(
         finally:
             addon.lifecycle.done()
             tctx.__exit__(None, None, None)
+
+
+# --- the keys command line, in-process ---------------------------------------------------
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run `keys.py ARGV`: its exit code, stdout and stderr."""
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_cli_exit(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int | str | None, str]:
+    """Run `keys.py ARGV` where argparse exits: the exit code and stderr."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(list(argv))
+    return info.value.code, capsys.readouterr().err
+
+
+def cli_create(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
+    """`keys.py create --json EXTRA`: the created key's object."""
+    code, out, _ = run_cli(capsys, "create", "--json", *extra)
+    assert code == 0
+    return dict(json.loads(out))

@@ -9,13 +9,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from gateway import cli_create as create
+from gateway import run_cli as main
+from gateway import run_cli_exit as main_exit
 from harness import KEY_OBJECT_FIELDS as LIST_COLUMNS
 from harness import USAGE_ROW_FIELDS as USAGE_COLUMNS
 
-from apipod_proxy import cli, keys
+from apipod_proxy import keys
 from apipod_proxy.backend import open_store
 from apipod_proxy.cli import table
 from apipod_proxy.store import KeyStore, UsageCounts
@@ -47,24 +49,6 @@ def store(db_path: Path) -> Iterator[KeyStore]:
     opened = open_store(db_path, os.environ.get("DATABASE_URL"))
     yield opened
     opened.close()
-
-
-def main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def main_exit(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int | str | None, str]:
-    with pytest.raises(SystemExit) as info:
-        cli.main(list(argv))
-    return info.value.code, capsys.readouterr().err
-
-
-def create(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
-    code, out, _ = main(capsys, "create", "--json", *extra)
-    assert code == 0
-    return json.loads(out)
 
 
 # --- create ----------------------------------------------------------------------------

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway import cli_create as create
+from gateway import run_cli as main
+from gateway import run_cli_exit as main_exit
 from harness import REQUEST_ROW_FIELDS as REQUEST_FIELDS
 
-from apipod_proxy import cli, keys
+from apipod_proxy import keys
 from apipod_proxy.store import KeyStore, UsageCounts
 
 
@@ -28,24 +31,6 @@ def db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def store(db_path: Path) -> KeyStore:
     return KeyStore(db_path)
-
-
-def main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def main_exit(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str]:
-    with pytest.raises(SystemExit) as info:
-        cli.main(list(argv))
-    return info.value.code, capsys.readouterr().err
-
-
-def create(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
-    code, out, _ = main(capsys, "create", "--json", *extra)
-    assert code == 0
-    return json.loads(out)
 
 
 def listed(capsys: pytest.CaptureFixture[str]) -> dict[int, dict[str, Any]]:
