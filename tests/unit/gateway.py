@@ -210,6 +210,17 @@ class Gateway:
         return [r.getMessage() for r in self.log.records if r.exc_info]
 
 
+def mitm_context(mode: str = f"reverse:{UPSTREAM_URL}") -> taddons.context:
+    """mitmproxy's test context, with Block and Proxyserver (they declare options the
+    addon sets). `server=False`: nothing listens, and the addon does not probe its port,
+    so no test depends on PORT being free on the machine."""
+    return taddons.context(
+        block.Block(),
+        proxyserver.Proxyserver(),
+        options=options.Options(mode=[mode], server=False),
+    )
+
+
 @contextlib.contextmanager
 def open_gateway(
     folder: Path,
@@ -226,12 +237,7 @@ def open_gateway(
     draw = ConstantDraw(0.9)
     addon = Apipod(settings=settings, router=router or Router(rng=draw))
     with isolated_globals(), captured_log() as log:
-        # Block and Proxyserver declare options the addon sets; `add` runs `load`.
-        tctx = taddons.context(
-            block.Block(),
-            proxyserver.Proxyserver(),
-            options=options.Options(mode=[mode], server=False),
-        )
+        tctx = mitm_context(mode)
         try:
             tctx.options.update(**(mitm_options or {}))
             tctx.master.addons.add(addon)

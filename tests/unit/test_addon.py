@@ -23,13 +23,13 @@ from gateway import (
     Gateway,
     make_flow,
     make_settings,
+    mitm_context,
     run,
 )
 from mitmproxy import flow as mflow
 from mitmproxy import http
-from mitmproxy.addons import block, proxyserver
 from mitmproxy.proxy.layers.http import HttpRequestHook, _http1
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
 from apipod_proxy import keys, mitm_compat
 from apipod_proxy.addon import Apipod
@@ -129,7 +129,7 @@ def test_load_reports_an_unusable_database_path(
     addon = Apipod(settings=make_settings(tmp_path, database_path=blocker / "proxy.db"))
     with (
         caplog.at_level(logging.ERROR),
-        taddons.context(block.Block(), proxyserver.Proxyserver()) as tctx,
+        mitm_context() as tctx,
     ):
         tctx.master.addons.add(addon)
     assert addon.runtime is None

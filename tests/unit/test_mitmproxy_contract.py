@@ -13,9 +13,9 @@ from pathlib import Path
 
 import mitmproxy
 import pytest
-from gateway import make_settings
+from gateway import make_settings, mitm_context
 from mitmproxy import connection
-from mitmproxy.addons import block, default_addons, dumper, keepserving, proxyserver, readfile
+from mitmproxy.addons import default_addons, dumper, keepserving, proxyserver, readfile
 from mitmproxy.proxy import events, server
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.test import taddons
@@ -151,7 +151,7 @@ def test_an_incompatible_mitmproxy_stops_the_addon_with_one_line(
     addon = Apipod(settings=addon_settings(tmp_path))
     with (
         caplog.at_level(logging.ERROR),
-        taddons.context(block.Block(), proxyserver.Proxyserver()) as tctx,
+        mitm_context() as tctx,
     ):
         tctx.master.addons.add(addon)
     assert addon.runtime is None  # nothing was set up
@@ -166,7 +166,7 @@ def test_done_restores_mitmproxys_error_renderer(
     original = _http1.make_error_response
     monkeypatch.setattr(_http1, "make_error_response", original)
     addon = Apipod(settings=addon_settings(tmp_path))
-    with taddons.context(block.Block(), proxyserver.Proxyserver()) as tctx:
+    with mitm_context() as tctx:
         tctx.master.addons.add(addon)
         assert _http1.make_error_response is mitm_compat.render_proxy_failure
         addon.lifecycle.done()
