@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import ADMIN_SECRET, Proxy, free_port
+from harness import ADMIN_SECRET, Proxy, bearer, free_port, healthy, wait_ready
 from services import RedisSpace, in_ci
 from standin import StandIn
 
@@ -79,7 +79,7 @@ class Cluster:
 def chat(client: httpx.Client, url: str, key: str) -> httpx.Response:
     return client.post(
         f"{url}/v1/chat/completions",
-        headers={"authorization": f"Bearer {key}"},
+        headers=bearer(key),
         json={"model": "gemini-3-flash", "messages": [{"role": "user", "content": "hi"}]},
     )
 
@@ -114,15 +114,7 @@ def cluster(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "haproxy.log").read_text()
-            time.sleep(0.1)
+        wait_ready(haproxy, healthy(url), (tmp_path / "haproxy.log").read_text, seconds=15)
         time.sleep(1)  # every replica's first health checks pass
         yield Cluster(replicas, url)
     finally:
