@@ -8,6 +8,7 @@ arbitrary JSON value, which reaches far deeper than random JSON would.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -129,32 +130,28 @@ def mutated(draw: st.DrawFn, original: dict[str, Any]) -> Any:
     return value
 
 
+def translates_or_is_refused(translate: Callable[[Any], Any], body: Any, caller: str) -> None:
+    """`translate(body)` gives a JSON body, or refuses saying why in the caller's shape."""
+    try:
+        out = translate(body)
+    except TranslationError as exc:
+        assert isinstance(exc.message, str) and exc.message
+        payload = exc.openai_payload() if caller == "openai" else exc.anthropic_payload()
+        assert json.loads(json.dumps(payload))["error"]["type"] == "invalid_request_error"
+        return
+    json.dumps(out.body)
+
+
 @settings(max_examples=200, deadline=None)
 @given(mutated(OPENAI_REQUEST))
 def test_openai_requests_translate_or_are_refused(body: Any) -> None:
-    try:
-        out = openai_request_to_anthropic(body)
-    except TranslationError as exc:
-        # A refusal says why, in the caller's error shape.
-        assert isinstance(exc.message, str) and exc.message
-        payload = json.loads(json.dumps(exc.openai_payload()))
-        assert payload["error"]["type"] == "invalid_request_error"
-        return
-    json.dumps(out.body)
+    translates_or_is_refused(openai_request_to_anthropic, body, "openai")
 
 
 @settings(max_examples=200, deadline=None)
 @given(mutated(ANTHROPIC_REQUEST))
 def test_anthropic_requests_translate_or_are_refused(body: Any) -> None:
-    try:
-        out = anthropic_request_to_openai(body)
-    except TranslationError as exc:
-        # A refusal says why, in the caller's error shape.
-        assert isinstance(exc.message, str) and exc.message
-        payload = json.loads(json.dumps(exc.anthropic_payload()))
-        assert payload["error"]["type"] == "invalid_request_error"
-        return
-    json.dumps(out.body)
+    translates_or_is_refused(anthropic_request_to_openai, body, "anthropic")
 
 
 @settings(max_examples=200, deadline=None)
