@@ -275,7 +275,7 @@ def test_allow_list_refuses_other_models_and_filters_the_model_list(
         # What the alias routes to, asked for directly, is not allowed.
         sdk.chat.completions.create(model=CLAUDE, messages=MESSAGES)
     assert refused.value.code == "model_not_allowed"
-    assert "cursor-pro-sonnet" in refused.body["message"]  # type: ignore[index]
+    assert "cursor-pro-sonnet" in refused.value.body["message"]  # type: ignore[index]
     assert not [r for r in upstream.received if r.path == "/v1/chat/completions"]
     answer = sdk.chat.completions.create(model="cursor-pro-sonnet", messages=MESSAGES)
     assert answer.model in (CLAUDE, GEMINI)
