@@ -69,13 +69,17 @@ def test_anthropic_sdk_message(gpt_proxy: Proxy, gpt_upstream: OpenAIStandIn) ->
 def test_anthropic_sdk_two_turn_tool_stream(gpt_proxy: Proxy, gpt_upstream: OpenAIStandIn) -> None:
     client = anthropic_client(gpt_proxy)
     messages: list[dict[str, object]] = [*HI]
-    with client.messages.stream(
-        model="o-mini-thinking",
-        max_tokens=100,
-        messages=messages,
-        tools=[WEATHER],  # type: ignore[arg-type,list-item]
-    ) as stream:
-        first = stream.get_final_message()
+
+    def ask() -> anthropic.types.Message:
+        with client.messages.stream(
+            model="o-mini-thinking",
+            max_tokens=100,
+            messages=messages,  # type: ignore[arg-type]
+            tools=[WEATHER],  # type: ignore[arg-type,list-item]
+        ) as stream:
+            return stream.get_final_message()
+
+    first = ask()
     assert [b.type for b in first.content] == ["thinking", "tool_use"]
     assert first.stop_reason == "tool_use"
     tool_use = first.content[1]
@@ -87,12 +91,6 @@ def test_anthropic_sdk_two_turn_tool_stream(gpt_proxy: Proxy, gpt_upstream: Open
             "content": [{"type": "tool_result", "tool_use_id": tool_use.id, "content": "sunny"}],  # type: ignore[union-attr]
         }
     )
-    with client.messages.stream(
-        model="o-mini-thinking",
-        max_tokens=100,
-        messages=messages,
-        tools=[WEATHER],  # type: ignore[arg-type,list-item]
-    ) as stream:
-        final = stream.get_final_message()
+    final = ask()
     assert final.content[-1].text == "The tool said: sunny"  # type: ignore[union-attr]
     assert final.usage.output_tokens == gpt_upstream.reported[-1].output_tokens
