@@ -175,7 +175,7 @@ function renderKeys() {
 function keyRow(key) {
   const state = status(key);
   const actions = [
-    h("button", { type: "button", class: "small", on: { click: () => openEdit(key) } }, "Edit"),
+    h("button", { type: "button", class: "small", on: { click: () => openKey(key) } }, "Edit"),
     h("button", { type: "button", class: "small", on: { click: () => openRotate(key) } }, "Rotate"),
     key.active
       ? h("button", { type: "button", class: "small danger", on: { click: () => setActive(key, false) } }, "Revoke")
@@ -210,7 +210,7 @@ async function setActive(key, active) {
   await loadKeys();
 }
 
-/** The form's fields as the API takes them; `blank` says what an empty field means. */
+/** The form's fields as the API takes them; with `previous` (the key edited), only changes. */
 function fields(form, previous = null) {
   const data = Object.fromEntries(new FormData(form));
   const out = {};
@@ -235,24 +235,56 @@ function bindDialog(dialog) {
   for (const button of dialog.querySelectorAll("button.cancel")) button.addEventListener("click", () => dialog.close());
 }
 
-function openCreate() {
-  const form = $("#create-form");
-  form.reset();
-  $("#create-error").textContent = "";
-  $("#create-dialog").showModal();
+/** POST from a dialog: a refusal shows on its error line, success closes it. */
+async function submitFrom(dialog, path, body) {
+  const answer = await call(path, { method: "POST", body });
+  if (!answer.ok) {
+    $(".error", dialog).textContent = answer.message;
+    return null;
+  }
+  dialog.close();
+  return answer.data;
 }
 
-async function submitCreate(event) {
+let editing = null; // the key the key dialog edits; null while it creates one
+
+function openKey(key = null) {
+  editing = key;
+  const form = $("#key-form");
+  form.reset();
+  $("#key-title").textContent = key ? "Edit key" : "New key";
+  $("#key-which").textContent = key ? `Key ${key.id} (${key.prefix}…)` : "";
+  $("#key-expires").textContent = key
+    ? 'Expires in (e.g. 30d; "never"; empty: unchanged)'
+    : "Expires in (e.g. 30d; empty: never)";
+  $("#key-submit").textContent = key ? "Save" : "Create";
+  if (key) {
+    form.elements.name.value = key.name;
+    form.elements.tier.value = key.tier;
+    form.elements.rpm.value = key.rpm ?? "";
+    form.elements.budget.value = key.budget ?? "";
+    form.elements.budget_period.value = key.budget_period ?? "";
+    form.elements.models.value = (key.models || []).join(", ");
+  }
+  $(".error", form).textContent = "";
+  $("#key-dialog").showModal();
+}
+
+async function submitKey(event) {
   event.preventDefault();
-  const wanted = fields(event.target);
-  const body = Object.fromEntries(Object.entries(wanted).filter(([, value]) => value !== null));
-  const created = await call("/admin/create-key", { method: "POST", body });
-  if (!created.ok) {
-    $("#create-error").textContent = created.message;
+  const dialog = $("#key-dialog");
+  const key = editing;
+  const wanted = fields(event.target, key);
+  if (key && !Object.keys(wanted).length) {
+    dialog.close();
     return;
   }
-  $("#create-dialog").close();
-  showSecret(created.data, "Created");
+  const answer = key
+    ? await submitFrom(dialog, "/admin/update-key", { id: key.id, ...wanted })
+    : await submitFrom(dialog, "/admin/create-key", Object.fromEntries(Object.entries(wanted).filter(([, v]) => v !== null)));
+  if (!answer) return;
+  if (key) say("#keys-message", `Saved key ${key.id}`);
+  else showSecret(answer, "Created");
   await loadKeys();
 }
 
@@ -280,58 +312,20 @@ function closeSecret() {
   $("#secret-dialog").close();
 }
 
-let editing = null;
-
-function openEdit(key) {
-  editing = key;
-  const form = $("#edit-form");
-  form.reset();
-  $("#edit-which").textContent = `Key ${key.id} (${key.prefix}…)`;
-  form.elements.name.value = key.name;
-  form.elements.tier.value = key.tier;
-  form.elements.rpm.value = key.rpm ?? "";
-  form.elements.budget.value = key.budget ?? "";
-  form.elements.budget_period.value = key.budget_period ?? "";
-  form.elements.models.value = (key.models || []).join(", ");
-  $("#edit-error").textContent = "";
-  $("#edit-dialog").showModal();
-}
-
-async function submitEdit(event) {
-  event.preventDefault();
-  const changes = fields(event.target, editing);
-  if (!Object.keys(changes).length) {
-    $("#edit-dialog").close();
-    return;
-  }
-  const answer = await call("/admin/update-key", { method: "POST", body: { id: editing.id, ...changes } });
-  if (!answer.ok) {
-    $("#edit-error").textContent = answer.message;
-    return;
-  }
-  $("#edit-dialog").close();
-  say("#keys-message", `Saved key ${editing.id}`);
-  await loadKeys();
-}
-
 let rotating = null;
 
 function openRotate(key) {
   rotating = key;
   $("#rotate-which").textContent = `Key ${key.id}: ${key.name} (${key.prefix}…)`;
-  $("#rotate-error").textContent = "";
+  $("#rotate-form .error").textContent = "";
   $("#rotate-dialog").showModal();
 }
 
 async function submitRotate(event) {
   event.preventDefault();
-  const answer = await call("/admin/rotate-key", { method: "POST", body: { id: rotating.id } });
-  if (!answer.ok) {
-    $("#rotate-error").textContent = answer.message;
-    return;
-  }
-  $("#rotate-dialog").close();
-  showSecret(answer.data, "Rotated");
+  const rotated = await submitFrom($("#rotate-dialog"), "/admin/rotate-key", { id: rotating.id });
+  if (!rotated) return;
+  showSecret(rotated, "Rotated");
   await loadKeys();
 }
 
@@ -487,9 +481,8 @@ $("#signout").addEventListener("click", () => signOut());
 $("#key-search").addEventListener("input", renderKeys);
 $("#key-tier").addEventListener("change", renderKeys);
 $("#key-status").addEventListener("change", renderKeys);
-$("#key-new").addEventListener("click", openCreate);
-$("#create-form").addEventListener("submit", submitCreate);
-$("#edit-form").addEventListener("submit", submitEdit);
+$("#key-new").addEventListener("click", () => openKey());
+$("#key-form").addEventListener("submit", submitKey);
 $("#rotate-form").addEventListener("submit", submitRotate);
 $("#secret-copy").addEventListener("click", copySecret);
 $("#secret-done").addEventListener("click", closeSecret);
