@@ -1,8 +1,8 @@
 // The operator dashboard. Every action is a call to the admin JSON API with the
 // x-admin-secret header; the secret lives in memory and in this tab's sessionStorage.
 import {
-  $, ago, api, count, formats, h, percent, rankChart, rate, replace, row, seriesByModel,
-  seriesTable, barChart, sparkline, usd, when,
+  $, ago, api, budgetMeter, count, formats, h, percent, rankChart, rate, replace, row,
+  seriesByModel, sparkline, usagePanel, usd, when,
 } from "./common/common.js";
 
 const STORE = "apipod.admin-secret";
@@ -88,16 +88,10 @@ async function refreshLive() {
   showCooldowns(stats.data?.cooldowns ?? health.data?.cooldowns);
 }
 
-/** Cooldowns as a list [{model, until|resets_at|reset_at}] or a map {model: time}. */
+/** Cooldowns as /admin/stats and /health list them: [{model, until}], soonest first. */
 function showCooldowns(cooldowns) {
-  let entries = [];
-  if (Array.isArray(cooldowns)) {
-    entries = cooldowns.map((c) => [String(c.model ?? c.name ?? "?"), c.until ?? c.resets_at ?? c.reset_at ?? c.reset]);
-  } else if (cooldowns && typeof cooldowns === "object") {
-    entries = Object.entries(cooldowns).map(([model, v]) => [model, v && typeof v === "object" ? v.until ?? v.resets_at ?? v.reset_at : v]);
-  }
   const target = $("#live-cooldowns");
-  if (!entries.length) {
+  if (!cooldowns?.length) {
     target.className = "muted";
     replace(target, "None");
     return;
@@ -105,10 +99,7 @@ function showCooldowns(cooldowns) {
   target.className = "";
   replace(
     target,
-    h("ul", { class: "chips" }, entries.map(([model, until]) => {
-      const reset = typeof until === "number" ? new Date(until * 1000).toISOString() : until;
-      return h("li", {}, h("code", {}, model), ` until ${when(reset)} (${ago(reset)})`);
-    })),
+    h("ul", { class: "chips" }, cooldowns.map(({ model, until }) => h("li", {}, h("code", {}, model), ` until ${when(until)} (${ago(until)})`))),
   );
 }
 
@@ -147,7 +138,7 @@ function spendCell(key) {
   return h(
     "div",
     { class: "spend" },
-    h("meter", { min: 0, max: budget || 1, low: budget * 0.7, high: budget * 0.9, optimum: 0, value: Math.min(spend, budget || 1) }),
+    budgetMeter(spend, budget),
     h("span", {}, `${usd(spend)} of ${usd(budget)}${period}`),
   );
 }
@@ -341,16 +332,8 @@ async function loadUsage() {
   const { buckets, data, top_keys: top } = answer.data;
   const models = [...new Set(data.map((r) => r.model))].sort();
   const span = period === "hour" ? "last 24 hours, by hour (UTC)" : "last 30 days, by day (UTC)";
-  const panel = (id, title, pick, format) => {
-    const series = seriesByModel(buckets, data, pick, models);
-    return h(
-      "div",
-      { class: "panel", id },
-      h("h3", {}, title),
-      barChart({ labels: buckets, series, format, title }),
-      seriesTable({ labels: buckets, series, format: format.value, caption: `${title}, ${span}` }),
-    );
-  };
+  const panel = (id, title, pick, format) =>
+    usagePanel({ id, title, labels: buckets, series: seriesByModel(buckets, data, pick, models), format, caption: `${title}, ${span}` });
   const priced = top.some((k) => k.cost > 0);
   const rank = top.map((k) => ({ label: `${k.name} (${k.prefix}…)`, value: priced ? k.cost : k.requests }));
   const rankFormat = priced ? usd : (v) => count(v, "req");

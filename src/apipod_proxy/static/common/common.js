@@ -289,6 +289,23 @@ export function seriesTable({ labels, series, format, caption, className }) {
   );
 }
 
+/** A usage panel: its heading, the stacked bars and the table of the same numbers. */
+export function usagePanel({ id, title, labels, series, format, caption }) {
+  return h(
+    "div",
+    { class: "panel", id },
+    h("h3", {}, title),
+    barChart({ labels, series, format, title }),
+    seriesTable({ labels, series, format: format.value, caption }),
+  );
+}
+
+/** Spend against a budget: the browser shades it from 70 % and 90 % of the budget. */
+export function budgetMeter(spend, budget) {
+  const max = budget || 1;
+  return h("meter", { min: 0, max, low: budget * 0.7, high: budget * 0.9, optimum: 0, value: Math.min(spend, max) });
+}
+
 /** Series per model over the labels, from rows {bucket|date, model, ...}, using pick(row). */
 export function seriesByModel(labels, rows, pick, models, bucketOf = (r) => r.bucket) {
   const index = new Map(labels.map((label, i) => [label, i]));

@@ -1,6 +1,6 @@
 // The customer portal: a customer's own key, answered by GET /account only.
 // The key lives in this tab's sessionStorage and goes out only as the Authorization header.
-import { $, api, barChart, count, formats, h, replace, seriesByModel, seriesTable, usd, when } from "./common/common.js";
+import { $, api, budgetMeter, count, formats, h, replace, seriesByModel, usagePanel, usd, when } from "./common/common.js";
 
 const STORE = "apipod.customer-key";
 const DAYS = 30;
@@ -59,7 +59,7 @@ function show(account) {
     const period = account.budget_period === "total" ? "in total" : `this ${account.budget_period}`;
     replace(
       target,
-      h("meter", { min: 0, max: budget || 1, low: budget * 0.7, high: budget * 0.9, optimum: 0, value: Math.min(spend, budget || 1) }),
+      budgetMeter(spend, budget),
       h("p", { id: "spend-text" }, `${usd(spend)} of ${usd(budget)} spent ${period}; ${usd(Math.max(budget - spend, 0))} left.`),
       h("p", { class: "hint" }, account.resets_at ? `Resets ${when(account.resets_at)}.` : "Does not reset."),
     );
@@ -67,16 +67,8 @@ function show(account) {
   const labels = lastDays(DAYS);
   const rows = account.usage || [];
   const names = [...new Set(rows.map((r) => r.model))].sort();
-  const panel = (id, title, pick, format) => {
-    const series = seriesByModel(labels, rows, pick, names, (r) => r.date);
-    return h(
-      "div",
-      { class: "panel", id },
-      h("h3", {}, title),
-      barChart({ labels, series, format, title }),
-      seriesTable({ labels, series, format: format.value, caption: `${title}, by day (UTC)` }),
-    );
-  };
+  const panel = (id, title, pick, format) =>
+    usagePanel({ id, title, labels, series: seriesByModel(labels, rows, pick, names, (r) => r.date), format, caption: `${title}, by day (UTC)` });
   replace(
     $("#account-usage"),
     panel("account-cost", "Cost by model (USD)", (r) => r.cost, formats.cost),
