@@ -190,8 +190,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def route_table(api: AdminApi) -> dict[str, Any]:
-    """The table in force: aliases with their weights in percent, renames, and whatever
-    else the table holds (prices and tiers, once the table has them)."""
+    """The table in force: aliases with their weights in percent, renames, whatever else
+    the table holds, and the prices and tiers."""
     table = api.router.table if api.router is not None else None
     answer: dict[str, Any] = {"aliases": {}, "renames": {}}
     if table is not None:
@@ -205,10 +205,9 @@ def route_table(api: AdminApi) -> dict[str, Any]:
         for field in dataclasses.fields(table):
             if field.name not in answer:
                 answer[field.name] = _jsonable(getattr(table, field.name))
-    # Prices and tiers (issue 11) are read from the same file into the plans.
-    plans = getattr(getattr(api, "plans", None), "table", None)
-    if plans is not None and dataclasses.is_dataclass(plans):
-        answer.update(_jsonable(plans))
+    # Prices and tiers are read from the same file into the plans.
+    if api.plans is not None:
+        answer.update(_jsonable(api.plans.table))
     routes = api.routes
     if routes is None:
         answer["source"] = {"kind": "built-in"}
@@ -216,7 +215,7 @@ def route_table(api: AdminApi) -> dict[str, Any]:
         answer["source"] = {
             "kind": "file",
             "path": routes.path,
-            "loaded_at": getattr(routes, "loaded_at", None),
+            "loaded_at": routes.loaded_at,
         }
     answer["rate_limits"] = {
         "default_rpm": api.settings.default_rpm,
@@ -245,17 +244,6 @@ def bucket_labels(bucket: str, start: datetime, now: datetime) -> list[str]:
     return labels
 
 
-def _cost_expression(conn: sqlite3.Connection) -> str:
-    """SQL for a usage row's cost in USD; 0 while the schema has no cost column."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
-    if "cost" in columns:
-        return "g.cost"
-    for column in sorted(columns):
-        if column.startswith("cost_micro"):
-            return f"g.{column} / 1e6"
-    return "0"
-
-
 SERIES_FIELDS = [
     "bucket",
     "model",
@@ -273,21 +261,20 @@ def usage_series(conn: sqlite3.Connection, bucket: str, start: str) -> dict[str,
     """Usage summed per bucket and routed model from the bucket holding `start`, and
     the keys that spent most (then used most) over the same span."""
     width, first = BUCKETS[bucket], start[: BUCKETS[bucket]]
-    cost = _cost_expression(conn)
     rows = conn.execute(
         f"""
         SELECT substr(g.hour, 1, {width}) AS bucket, g.model, sum(g.requests),
                sum(g.client_errors + g.server_errors), sum(g.server_errors),
-               sum(g.prompt_tokens), sum(g.completion_tokens), coalesce(sum({cost}), 0)
+               sum(g.prompt_tokens), sum(g.completion_tokens), coalesce(sum(g.cost), 0)
         FROM usage g WHERE g.hour >= ?
         GROUP BY bucket, g.model ORDER BY bucket, g.model
         """,
         (first,),
     ).fetchall()
     top = conn.execute(
-        f"""
+        """
         SELECT g.key_id, u.name, u.key_prefix, sum(g.requests),
-               sum(g.prompt_tokens + g.completion_tokens), coalesce(sum({cost}), 0) AS spend
+               sum(g.prompt_tokens + g.completion_tokens), coalesce(sum(g.cost), 0) AS spend
         FROM usage g JOIN users u ON u.id = g.key_id WHERE g.hour >= ?
         GROUP BY g.key_id, u.name, u.key_prefix
         ORDER BY spend DESC, sum(g.requests) DESC, g.key_id LIMIT ?

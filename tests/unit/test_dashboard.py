@@ -205,16 +205,13 @@ def test_series_by_hour_and_day(api: AdminApi, store: KeyStore) -> None:
     }  # fmt: skip
 
 
-def test_series_sums_a_cost_column_when_the_schema_has_one(store: KeyStore) -> None:
-    """Issue 11 adds a cost per usage row; until then every cost is 0."""
+def test_series_sums_the_cost_and_ranks_top_keys_by_it(store: KeyStore) -> None:
     _, alice = store.create("alice", "elite", None)
     _, bob = store.create("bob", "elite", None)
     hour = keys.now_text()[:13]
     add_usage(store, alice.id, "m", hour, requests=100)
     add_usage(store, bob.id, "m", hour, requests=1)
     conn = store.connection()
-    if "cost" not in {row[1] for row in conn.execute("PRAGMA table_info(usage)")}:
-        conn.execute("ALTER TABLE usage ADD COLUMN cost REAL NOT NULL DEFAULT 0")
     conn.execute("UPDATE usage SET cost = 0.25 WHERE key_id = ?", (bob.id,))
     answer = usage_series(conn, "hour", hour)
     assert answer["data"][0]["cost"] == 0.25

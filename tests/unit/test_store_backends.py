@@ -185,12 +185,6 @@ def test_key_cache_serves_from_memory_until_a_key_changes(key_store: KeyStore) -
         ("SELECT max(x), min(f(a, b)) FROM t", "SELECT max(x), min(f(a, b)) FROM t"),
         ("SELECT min(a, b)", "SELECT LEAST(a, b)"),
         ("WHERE name LIKE 'a%' AND id = ?", "WHERE name LIKE 'a%%' AND id = %s"),
-        (
-            "PRAGMA table_info(usage)",
-            "SELECT ordinal_position, column_name FROM information_schema.columns"
-            " WHERE table_schema = current_schema() AND table_name = 'usage'"
-            " ORDER BY ordinal_position",
-        ),
     ],
 )
 def test_dialect_rewrites(sqlite: str, postgresql: str) -> None:
