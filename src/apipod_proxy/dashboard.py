@@ -152,26 +152,11 @@ class LiveStats:
         }
 
 
-def cooldowns(api: AdminApi) -> list[dict[str, str]]:
-    """Models out of upstream quota and when they are back, soonest first.
-
-    Read from `api.cooldowns` when the addon sets one (issue 10's `quota.Cooldowns`:
-    `active()` answers {model: until, in Unix seconds}); none otherwise.
-    """
-    source = getattr(api, "cooldowns", None)
-    if source is None:
-        return []
-    active = source.active()
-    return [
-        {"model": model, "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))}
-        for model, until in sorted(active.items(), key=lambda item: item[1])
-    ]
-
-
 def stats(api: AdminApi, request: http.Request) -> http.Response:
     # Without metrics (an AdminApi built bare, in tests) every figure is zero.
     snapshot = api.live.snapshot(api.metrics or Metrics())
-    return json_response(200, {**snapshot, "cooldowns": cooldowns(api)})
+    cooling = api.cooldowns.listing() if api.cooldowns is not None else []
+    return json_response(200, {**snapshot, "cooldowns": cooling})
 
 
 # --- routes ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 #: Words that mark a quota answer, whatever the version.
 _QUOTA = re.compile(r"RESOURCE_EXHAUSTED|exhausted your capacity", re.IGNORECASE)
@@ -61,12 +62,6 @@ def detect(message: str) -> QuotaExhausted | None:
     return QuotaExhausted(parse_duration(found.group(1)) if found else None)
 
 
-def reset_seconds(message: str) -> float | None:
-    """Seconds until the quota named in `message` resets; None when unknown or not quota."""
-    found = detect(message)
-    return found.reset_seconds if found else None
-
-
 def retry_after(seconds: float) -> str:
     """A Retry-After header value: whole seconds, rounded up, at least 1."""
     return str(max(1, math.ceil(seconds)))
@@ -84,16 +79,16 @@ class Cooldowns:
         self._until: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def mark(self, model: str, until: float) -> None:
-        """`model` is out of rotation until `until`; a later reset already known wins."""
+    def mark(self, model: str, until: float) -> float:
+        """`model` is out of rotation until `until`; a later reset already known wins.
+        Returns the reset time in force."""
         with self._lock:
-            self._until[model] = max(until, self._until.get(model, until))
+            self._until[model] = until = max(until, self._until.get(model, until))
+        return until
 
     def mark_for(self, model: str, seconds: float | None, default: float) -> float:
         """Cool `model` for `seconds` from now (`default` when the answer named no time)."""
-        until = self._clock() + (default if seconds is None else max(0.0, seconds))
-        self.mark(model, until)
-        return self._until[model]
+        return self.mark(model, self._clock() + (default if seconds is None else max(0.0, seconds)))
 
     def active(self, now: float | None = None) -> dict[str, float]:
         """{model: until} for every model still cooling; expired entries are forgotten."""
@@ -105,9 +100,17 @@ class Cooldowns:
                 del self._until[model]
             return dict(self._until)
 
-    def is_cooling(self, model: str, now: float | None = None) -> bool:
-        until = self._until.get(model)
-        return until is not None and until > (self._clock() if now is None else now)
+    def listing(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The cooling models, soonest back first, as `/health` and `/admin/stats` show them."""
+        now = self._clock() if now is None else now
+        return [
+            {
+                "model": model,
+                "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
+                "seconds_left": math.ceil(until - now),
+            }
+            for model, until in sorted(self.active(now).items(), key=lambda item: item[1])
+        ]
 
     def earliest_reset(
         self, models: Collection[str] | None = None, now: float | None = None

@@ -185,21 +185,12 @@ class Upstream:
 
     def health(self) -> dict[str, Any]:
         """What `/health` shows; safe to call from the database threads."""
-        now = time.time()
-        cooling = sorted(self.cooldowns.active(now).items(), key=lambda item: item[1])
         return {
             "upstream_api": self.api or "unknown",
             "upstream_api_setting": self.setting,
             "upstream_checks": "done" if self.checked else "pending",
             "unlisted_models": self.unlisted,
-            "cooldowns": [
-                {
-                    "model": model,
-                    "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
-                    "seconds_left": math.ceil(until - now),
-                }
-                for model, until in cooling
-            ],
+            "cooldowns": self.cooldowns.listing(),
         }
 
     async def aclose(self) -> None:

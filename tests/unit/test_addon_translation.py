@@ -134,7 +134,7 @@ def test_anthropic_passthrough_streams_watch_for_quota(over_claude: Gateway) -> 
     )
     out = b"".join(stream(f"event: error\ndata: {event}\n\n".encode()))
     assert b"upstream_quota_exhausted" in out
-    assert over_claude.addon.cooldowns.is_cooling(GEMINI)  # the model sent, not the message's
+    assert GEMINI in over_claude.addon.cooldowns.active()  # the model sent, not the message's
 
 
 def test_openai_passthrough_streams_keep_the_plain_watcher(gateway: Gateway) -> None:

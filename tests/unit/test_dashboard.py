@@ -18,6 +18,7 @@ from apipod_proxy.admin import AdminApi
 from apipod_proxy.config import Settings
 from apipod_proxy.dashboard import LiveStats, bucket_labels, usage_series
 from apipod_proxy.metrics import Metrics
+from apipod_proxy.quota import Cooldowns
 from apipod_proxy.routing import Alias, Router, RoutesFile, RouteTable
 from apipod_proxy.store import KeyStore, UsageCounts
 
@@ -242,17 +243,14 @@ def test_bucket_labels_are_capped() -> None:
     assert bucket_labels("day", now, now) == [keys.format_time(now)[:10]]
 
 
-class FakeCooldowns:
-    def active(self) -> dict[str, float]:
-        return {"gemini-3-pro-high": 1_800_000_120.0, "claude-sonnet-4-5": 1_800_000_060.0}
-
-
 def test_stats_lists_models_in_quota_cooldown(api: AdminApi) -> None:
     assert get(api, "/admin/stats")[1]["cooldowns"] == []
-    api.cooldowns = FakeCooldowns()  # type: ignore[attr-defined]
+    api.cooldowns = Cooldowns(clock=lambda: 1_800_000_000.0)
+    api.cooldowns.mark("gemini-3-pro-high", 1_800_000_120.0)
+    api.cooldowns.mark("claude-sonnet-4-5", 1_800_000_060.0)
     status, body = get(api, "/admin/stats")
     assert status == 200
     assert body["cooldowns"] == [
-        {"model": "claude-sonnet-4-5", "until": "2027-01-15T08:01:00Z"},
-        {"model": "gemini-3-pro-high", "until": "2027-01-15T08:02:00Z"},
+        {"model": "claude-sonnet-4-5", "until": "2027-01-15T08:01:00Z", "seconds_left": 60},
+        {"model": "gemini-3-pro-high", "until": "2027-01-15T08:02:00Z", "seconds_left": 120},
     ]

@@ -14,7 +14,6 @@ from apipod_proxy.quota import (
     QuotaExhausted,
     detect,
     parse_duration,
-    reset_seconds,
     retry_after,
 )
 from apipod_proxy.routing import Alias, AllTargetsCooling, Router, RouteTable
@@ -48,7 +47,6 @@ def test_not_durations(text: str) -> None:
 def test_quota_message_of_the_upstream() -> None:
     message = "You have exhausted your capacity on claude-sonnet-4-5. Quota will reset after 1m0s."
     assert detect(message) == QuotaExhausted(60.0)
-    assert reset_seconds(message) == 60.0
 
 
 def test_quota_message_with_prefix_and_cut_model() -> None:
@@ -56,12 +54,11 @@ def test_quota_message_with_prefix_and_cut_model() -> None:
         "RESOURCE_EXHAUSTED: You have exhausted your capacity on gemini-2. "
         "Quota will reset after 1h2m3s."
     )
-    assert reset_seconds(message) == 3723.0
+    assert detect(message) == QuotaExhausted(3723.0)
 
 
 def test_quota_without_a_reset_time() -> None:
     assert detect("RESOURCE_EXHAUSTED: try later") == QuotaExhausted(None)
-    assert reset_seconds("RESOURCE_EXHAUSTED: try later") is None
 
 
 @pytest.mark.parametrize(
@@ -95,10 +92,8 @@ def test_cooldowns_expire_on_the_injected_clock() -> None:
     cooldowns = Cooldowns(clock)
     cooldowns.mark("claude", 1060.0)
     assert cooldowns.active() == {"claude": 1060.0}
-    assert cooldowns.is_cooling("claude")
     clock.now = 1060.0
     assert cooldowns.active() == {}
-    assert not cooldowns.is_cooling("claude")
 
 
 def test_cooldowns_keep_the_later_reset() -> None:
@@ -115,6 +110,20 @@ def test_mark_for_uses_the_default_without_a_reset_time() -> None:
     assert cooldowns.earliest_reset() == 1005.0
     assert cooldowns.earliest_reset({"a"}) == 1060.0
     assert cooldowns.earliest_reset({"c"}) is None
+
+
+def test_listing_is_soonest_first_with_seconds_left() -> None:
+    clock = Clock()
+    cooldowns = Cooldowns(clock)
+    cooldowns.mark("later", 1_800_000_120.0)
+    cooldowns.mark("sooner", 1_800_000_059.5)
+    clock.now = 1_800_000_000.0
+    assert cooldowns.listing() == [
+        {"model": "sooner", "until": "2027-01-15T08:00:59Z", "seconds_left": 60},
+        {"model": "later", "until": "2027-01-15T08:02:00Z", "seconds_left": 120},
+    ]
+    clock.now = 1_800_000_060.0
+    assert [c["model"] for c in cooldowns.listing()] == ["later"]
 
 
 def test_alias_without_keeps_relative_weights() -> None:
