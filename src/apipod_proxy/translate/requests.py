@@ -289,7 +289,7 @@ def _openai_messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
             raise TranslationError("Each message must be an object", where)
         role = message.get("role")
         if role in ("system", "developer"):
-            text = _plain_text(message.get("content"), f"{where}.content")
+            text = _joined_text(message.get("content"), f"{where}.content")
             if text:
                 system.append(text)
             continue
@@ -317,19 +317,23 @@ def _openai_messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
     return "\n\n".join(system), turns
 
 
-def _plain_text(content: Any, where: str) -> str:
-    """Text of string or text-part content (system, developer and tool messages)."""
+def _joined_text(content: Any, where: str, item: str = "[{}]") -> str:
+    """Text of string or text-part content: system prompts, tool messages and results.
+
+    `item` spells a part's place after `where`: `[0]` in OpenAI's params, `.0` in Anthropic's.
+    """
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise TranslationError("content must be a string or a list of parts", where)
+        raise TranslationError("content must be a string or a list of text parts", where)
     texts = []
     for j, part in enumerate(content):
+        at = where + item.format(j)
         if not isinstance(part, dict) or part.get("type") != "text":
-            raise TranslationError("Only text parts are allowed here", f"{where}[{j}]")
-        texts.append(_text_of(part, f"{where}[{j}]"))
+            raise TranslationError("Only text is allowed here", at)
+        texts.append(_text_of(part, at))
     return "\n\n".join(texts)
 
 
@@ -435,7 +439,7 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
     call_id = message.get("tool_call_id")
     if not isinstance(call_id, str) or not call_id:
         raise TranslationError("A tool message needs a tool_call_id", f"{where}.tool_call_id")
-    text = _plain_text(message.get("content"), f"{where}.content")
+    text = _joined_text(message.get("content"), f"{where}.content")
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
     if text:
         block["content"] = text
@@ -455,10 +459,8 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> OpenAIRequest:
     if "model" in body:
         out["model"] = body["model"]
     messages: list[dict[str, Any]] = []
-    system = body.get("system")
-    if system:
-        text = system if isinstance(system, str) else _anthropic_text(system, "system")
-        messages.append({"role": "system", "content": text})
+    if system := _joined_text(body.get("system"), "system", ".{}"):
+        messages.append({"role": "system", "content": system})
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise TranslationError("messages must be a non-empty list", "messages")
@@ -495,19 +497,6 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> OpenAIRequest:
         # Always asked: the usage chunk is how the translated stream learns its token counts.
         out["stream_options"] = {"include_usage": True}
     return OpenAIRequest(out, stream)
-
-
-def _anthropic_text(blocks: Any, where: str) -> str:
-    if isinstance(blocks, str):
-        return blocks
-    if not isinstance(blocks, list):
-        raise TranslationError("Expected a string or a list of text blocks", where)
-    texts = []
-    for j, block in enumerate(blocks):
-        if not isinstance(block, dict) or block.get("type") != "text":
-            raise TranslationError("Only text blocks are allowed here", f"{where}.{j}")
-        texts.append(_text_of(block, f"{where}.{j}"))
-    return "\n\n".join(texts)
 
 
 def _anthropic_message(message: Any, where: str) -> list[dict[str, Any]]:
@@ -562,22 +551,7 @@ def _anthropic_tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str):
         raise TranslationError("A tool_result needs a tool_use_id", where)
-    content = block.get("content")
-    if content is None:
-        text = ""
-    elif isinstance(content, str):
-        text = content
-    elif isinstance(content, list):
-        texts = []
-        for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise TranslationError(
-                    "Only text is supported in tool results", f"{where}.content.{k}"
-                )
-            texts.append(_text_of(part, f"{where}.content.{k}"))
-        text = "\n\n".join(texts)
-    else:
-        raise TranslationError("tool_result content must be a string or blocks", where)
+    text = _joined_text(block.get("content"), f"{where}.content", ".{}")
     if block.get("is_error") is True:
         text = f"Error: {text}"
     return {"role": "tool", "tool_call_id": call_id, "content": text}
