@@ -18,7 +18,6 @@ from apipod_proxy.translate import (
     openai_response_to_anthropic,
 )
 from apipod_proxy.translate.failures import (
-    anthropic_stream_error,
     cooling_for_anthropic_client,
     cooling_for_openai_client,
 )
@@ -267,11 +266,3 @@ def test_all_targets_cooling_answers() -> None:
     anthropic = cooling_for_anthropic_client("cursor-pro-sonnet", 12.5)
     assert anthropic.payload["type"] == "error"
     assert anthropic.payload["error"]["type"] == "rate_limit_error"
-
-
-def test_anthropic_stream_error_event_for_quota() -> None:
-    event = anthropic_stream_error(QUOTA, "invalid_request_error")
-    name, data = event.decode().strip().split("\n")
-    assert name == "event: error"
-    error = json.loads(data.removeprefix("data: "))["error"]
-    assert error["type"] == "rate_limit_error" and error["code"] == QUOTA_CODE

@@ -147,13 +147,3 @@ def cooling_for_anthropic_client(alias: str, seconds: float) -> ErrorAnswer:
         "error": {"type": "rate_limit_error", "message": error["message"], "code": QUOTA_CODE},
     }
     return answer
-
-
-def anthropic_stream_error(message: str, kind: str = "api_error") -> bytes:
-    """An Anthropic `event: error` (for a passthrough stream whose quota ran out)."""
-    quota = detect(message)
-    error: dict[str, Any] = {"type": kind, "message": message}
-    if quota is not None:
-        error = {"type": "rate_limit_error", "message": message, "code": QUOTA_CODE}
-    data = json.dumps({"type": "error", "error": error}, ensure_ascii=False)
-    return f"event: error\ndata: {data}\n\n".encode()
