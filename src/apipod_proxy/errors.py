@@ -9,14 +9,11 @@ those reach clients in the same JSON shape, with the messages of `PROXY_MESSAGES
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from mitmproxy import http
 
 from .bodies import json_bytes
-
-log = logging.getLogger("apipod")
 
 _TYPES: dict[int, str] = {
     401: "authentication_error",
