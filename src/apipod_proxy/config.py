@@ -327,8 +327,8 @@ SETTINGS: tuple[Setting, ...] = (
         "REDIS_URL",
         "",
         _service_url("redis", "rediss", "unix"),
-        "`redis://host:6379/0` shares rate limits between replicas; without it they are per "
-        'process. See "Scaling out".',
+        "`redis://host:6379/0` shares rate limits and budget spend between replicas; without "
+        'it limits are per process. See "Scaling out".',
         secret=True,
         shown_default="(none: per process)",
     ),
