@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from anthropic_standin import AnthropicStandIn
 from harness import ADMIN_SECRET, ROOT, Proxy
 from standin import StandIn
 
@@ -393,6 +394,22 @@ def test_usage_charts_have_points_and_their_tables_the_right_totals(
     page.wait_for_timeout(300)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDER)
     page.screenshot(path=str(shots / "dashboard-phone.png"))
+
+
+def test_live_panel_lists_models_in_quota_cooldown(
+    make_proxy: Callable[..., Proxy], claude_upstream: AnthropicStandIn, open_page
+) -> None:
+    """A model whose upstream quota ran out shows in the live panel, with its reset."""
+    proxy = make_proxy(claude_upstream.url, UPSTREAM_API="anthropic")
+    created = httpx.post(f"{proxy.url}/admin/create-key", headers=ADMIN, json={"name": "cool"})
+    claude_upstream.exhaust("gemini-3-flash", reset="1h")
+    with pytest.raises(openai.RateLimitError):
+        chat(proxy, created.json()["api_key"])
+    page = signed_in(open_page, proxy).page
+    cooling = page.locator("#live-cooldowns li")
+    expect(cooling).to_have_count(1)
+    expect(cooling.locator("code")).to_have_text("gemini-3-flash")
+    expect(cooling).to_have_text(re.compile(r"^gemini-3-flash until 20\S+ \S+ UTC \(in 60 min\)$"))
 
 
 def test_routing_panel_shows_the_table_in_force_and_its_file(
