@@ -223,8 +223,9 @@ SETTINGS: tuple[Setting, ...] = (
         "ADMIN_SECRET",
         "",
         _parse_admin_secret,
-        "Guards `/admin/*` (header `x-admin-secret`). At least 16 characters, not the "
-        "`.env.example` placeholder. Unset, `/admin/*` answers 503 `admin_disabled`.",
+        "Guards `/admin/*` and `/metrics` (header `x-admin-secret`, or `Authorization: "
+        "Bearer`). At least 16 characters, not the `.env.example` placeholder. Unset, they "
+        "answer 503 `admin_disabled`.",
         secret=True,
         shown_default="(none: admin API off)",
         example=PLACEHOLDER_ADMIN_SECRET,
@@ -240,8 +241,9 @@ SETTINGS: tuple[Setting, ...] = (
         "DATABASE_PATH",
         "./data/proxy.db",
         _parse_path,
-        "The SQLite file holding keys; its folder is created. A relative path is relative to "
-        "the folder of the `.env` in use, else to the repository root.",
+        "The SQLite file holding keys and usage, unless `DATABASE_URL` is set; its folder is "
+        "created. A relative path is relative to the folder of the `.env` in use, else to the "
+        "repository root.",
         is_path=True,
     ),
     # LLM upstreams can take minutes before the first byte (long contexts, thinking
