@@ -1,8 +1,8 @@
 // The operator dashboard. Every action is a call to the admin JSON API with the
 // x-admin-secret header; the secret lives in memory and in this tab's sessionStorage.
 import {
-  $, ago, api, budgetMeter, count, formats, h, percent, rankChart, rate, replace, row,
-  seriesByModel, sparkline, usagePanel, usd, when,
+  $, ago, api, budgetMeter, count, dataTable, formats, h, percent, rankChart, rate, replace,
+  row, seriesByModel, sparkline, usagePanel, usd, when,
 } from "./common/common.js";
 
 const STORE = "apipod.admin-secret";
@@ -348,23 +348,12 @@ async function loadUsage() {
       { class: "panel", id: "usage-top" },
       h("h3", {}, priced ? "Top 10 keys by spend" : "Top 10 keys by spend (nothing priced yet: ranked by requests)"),
       rankChart({ rows: rank, format: rankFormat, title: "Top 10 keys by spend" }),
-      h(
-        "div",
-        { class: "scroll" },
-        h(
-          "table",
-          { class: "data" },
-          h("caption", {}, `Top 10 keys, ${span.split(",")[0]}`),
-          h("thead", {}, row(["Key", "Requests", "Tokens", "Cost"], { numeric: [1, 2, 3] })),
-          h(
-            "tbody",
-            {},
-            top.length
-              ? top.map((k) => row([`${k.name} (${k.prefix}…)`, count(k.requests, "req"), count(k.tokens, "tokens"), usd(k.cost)], { numeric: [1, 2, 3] }))
-              : h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No usage in this period")),
-          ),
-        ),
-      ),
+      dataTable({
+        caption: `Top 10 keys, ${span.split(",")[0]}`,
+        head: row(["Key", "Requests", "Tokens", "Cost"], { numeric: [1, 2, 3] }),
+        rows: top.map((k) => row([`${k.name} (${k.prefix}…)`, count(k.requests, "req"), count(k.tokens, "tokens"), usd(k.cost)], { numeric: [1, 2, 3] })),
+        empty: "No usage in this period",
+      }),
     ),
   );
 }
@@ -379,32 +368,19 @@ function choosePeriod(chosen) {
 // --- routing ----------------------------------------------------------------------
 
 function objectTable(title, entries, firstColumn) {
-  const columns = [...new Set(entries.flatMap(([, v]) => (v && typeof v === "object" && !Array.isArray(v) ? Object.keys(v) : ["value"])))];
+  const isObject = (v) => v && typeof v === "object" && !Array.isArray(v);
+  const columns = [...new Set(entries.flatMap(([, v]) => (isObject(v) ? Object.keys(v) : ["value"])))];
   const cell = (value) => {
     if (value === null || value === undefined) return "—";
     if (Array.isArray(value)) return value.join(", ");
     if (typeof value === "object") return JSON.stringify(value);
     return String(value);
   };
-  return h(
-    "div",
-    { class: "scroll" },
-    h(
-      "table",
-      { class: "data" },
-      h("caption", {}, title),
-      h("thead", {}, h("tr", {}, h("th", {}, firstColumn), columns.map((c) => h("th", {}, c)))),
-      h(
-        "tbody",
-        {},
-        entries.length
-          ? entries.map(([name, v]) =>
-              h("tr", {}, h("td", {}, h("code", {}, name)), columns.map((c) => h("td", {}, cell(v && typeof v === "object" && !Array.isArray(v) ? v[c] : v)))),
-            )
-          : h("tr", {}, h("td", { colspan: columns.length + 1, class: "empty" }, "None")),
-      ),
-    ),
-  );
+  return dataTable({
+    caption: title,
+    head: h("tr", {}, h("th", {}, firstColumn), columns.map((c) => h("th", {}, c))),
+    rows: entries.map(([name, v]) => h("tr", {}, h("td", {}, h("code", {}, name)), columns.map((c) => h("td", {}, cell(isObject(v) ? v[c] : v))))),
+  });
 }
 
 async function loadRoutes() {
@@ -426,17 +402,12 @@ async function loadRoutes() {
     Object.entries(alias.targets).map(([target, share]) => [name, target, `${share} %`, alias.sticky ? "sticky" : "per request"]),
   );
   const tables = [
-    h(
-      "div",
-      { class: "scroll" },
-      h(
-        "table",
-        { class: "data", id: "routing-aliases" },
-        h("caption", {}, "Aliases: requests spread over targets by weight"),
-        h("thead", {}, row(["Alias", "Target", "Share", "Choice"], { numeric: [2] })),
-        h("tbody", {}, aliasRows.length ? aliasRows.map((r) => row(r, { numeric: [2] })) : row(["None", "", "", ""])),
-      ),
-    ),
+    dataTable({
+      id: "routing-aliases",
+      caption: "Aliases: requests spread over targets by weight",
+      head: row(["Alias", "Target", "Share", "Choice"], { numeric: [2] }),
+      rows: aliasRows.map((r) => row(r, { numeric: [2] })),
+    }),
     objectTable("Renames: one name sent as another", Object.entries(table.renames || {}).map(([k, v]) => [k, { "sent as": v }]), "Requested"),
   ];
   for (const [name, value] of Object.entries(table)) {

@@ -264,29 +264,37 @@ export function row(cells, { header = false, numeric = [] } = {}) {
   );
 }
 
-/** A table of the chart's numbers: one row per bucket with data, then the total. */
-export function seriesTable({ labels, series, format, caption, className }) {
-  const numeric = series.map((_, i) => i + 1).concat(series.length + 1);
-  const body = [];
-  labels.forEach((label, i) => {
-    const values = series.map((one) => one.values[i] || 0);
-    const total = values.reduce((a, b) => a + b, 0);
-    if (total > 0) body.push(row([label.replace("T", " ") + (label.length > 10 ? ":00" : ""), ...values.map(format), format(total)], { numeric }));
-  });
-  const sums = series.map((one) => one.values.reduce((a, b) => a + (b || 0), 0));
-  const grand = sums.reduce((a, b) => a + b, 0);
+/**
+ * A table in its own horizontal scroller: a caption, a header row, the body rows (or one
+ * row saying `empty` across every column) and an optional footer row.
+ */
+export function dataTable({ caption, head, rows, empty = "None", foot = null, id = null }) {
+  const body = rows.length ? rows : h("tr", {}, h("td", { colspan: head.children.length, class: "empty" }, empty));
   return h(
     "div",
     { class: "scroll" },
-    h(
-      "table",
-      { class: `data ${className || ""}` },
-      h("caption", {}, caption),
-      h("thead", {}, h("tr", {}, h("th", {}, "UTC"), series.map((one) => h("th", { class: "num" }, one.name)), h("th", { class: "num" }, "Total"))),
-      h("tbody", {}, body.length ? body : h("tr", {}, h("td", { colspan: series.length + 2, class: "empty" }, "No usage in this period"))),
-      h("tfoot", {}, h("tr", { class: "total" }, h("th", {}, "Total"), sums.map((v) => h("td", { class: "num" }, format(v))), h("td", { class: "num", "data-total": grand }, format(grand)))),
-    ),
+    h("table", { class: "data", id }, h("caption", {}, caption), h("thead", {}, head), h("tbody", {}, body), foot && h("tfoot", {}, foot)),
   );
+}
+
+/** A table of the chart's numbers: one row per bucket with data, then the total. */
+export function seriesTable({ labels, series, format, caption }) {
+  const numeric = series.map((_, i) => i + 1).concat(series.length + 1);
+  const rows = [];
+  labels.forEach((label, i) => {
+    const values = series.map((one) => one.values[i] || 0);
+    const total = values.reduce((a, b) => a + b, 0);
+    if (total > 0) rows.push(row([label.replace("T", " ") + (label.length > 10 ? ":00" : ""), ...values.map(format), format(total)], { numeric }));
+  });
+  const sums = series.map((one) => one.values.reduce((a, b) => a + (b || 0), 0));
+  const grand = sums.reduce((a, b) => a + b, 0);
+  return dataTable({
+    caption,
+    head: h("tr", {}, h("th", {}, "UTC"), series.map((one) => h("th", { class: "num" }, one.name)), h("th", { class: "num" }, "Total")),
+    rows,
+    empty: "No usage in this period",
+    foot: h("tr", { class: "total" }, h("th", {}, "Total"), sums.map((v) => h("td", { class: "num" }, format(v))), h("td", { class: "num", "data-total": grand }, format(grand))),
+  });
 }
 
 /** A usage panel: its heading, the stacked bars and the table of the same numbers. */
