@@ -249,6 +249,7 @@ function openKey(key = null) {
     ? 'Expires in (e.g. 30d; "never"; empty: unchanged)'
     : "Expires in (e.g. 30d; empty: never)";
   $("#key-submit").textContent = key ? "Save" : "Create";
+  form.elements.tier.placeholder = key ? "unchanged" : "elite"; // what an empty tier means
   if (key) {
     form.elements.name.value = key.name;
     form.elements.tier.value = key.tier;
