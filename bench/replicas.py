@@ -3,7 +3,7 @@
     python bench/replicas.py [--rounds 5] [--duration 5] [--no-shared]  (make bench-replicas)
 
 It starts the fast upstream, two apipod replicas sharing one SQLite file (as
-`scripts/replicas.sh` and `docker-compose.scale.yml` run them), and two HAProxy
+`scripts/replicas.sh` runs them on one host), and two HAProxy
 instances from Debian's package: one in front of replica 1 alone, one in front of
 both. wrk drives each at 16 connections, alternating (A B, B A, ...), and the table
 reports medians and the 2/1 ratio, plus replica 1 reached directly, so HAProxy's own
