@@ -108,20 +108,23 @@ class Apipod:
         request_id = given_id if sane else "req_" + secrets.token_hex(8)
         state = flow.metadata[STATE] = FlowState(request_id)
         self.in_flight.add(flow.id)
-        if has_forbidden_header_bytes(flow.request.headers):
-            message = "Header values must not contain CR, LF or NUL"
-            flow.response = errors.error_response(400, message, "invalid_request_headers")
-            state.answered_by_proxy = True
-            return
-        if is_internal(flow.request.path.partition("?")[0]):
-            state.internal = True
-            return
         try:
-            flow.response = await self._authenticate(flow.request.headers, state)
+            flow.response = await self._admit(flow, state)
         except Exception:  # never let a bug wave an unauthenticated request through
-            log.exception("internal error authenticating %s", printable(flow.request.path))
+            log.exception("internal error authenticating %s", shown_path(flow))
             flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
         state.answered_by_proxy = flow.response is not None
+
+    async def _admit(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
+        """The refusal of a request by its headers, or None: an internal path (answered in
+        `request`), or a key that may pass (put on `state`)."""
+        if has_forbidden_header_bytes(flow.request.headers):
+            message = "Header values must not contain CR, LF or NUL"
+            return errors.error_response(400, message, "invalid_request_headers")
+        if is_internal(flow.request.path.partition("?")[0]):
+            state.internal = True
+            return None
+        return await self._authenticate(flow.request.headers, state)
 
     async def _authenticate(self, headers: http.Headers, state: FlowState) -> http.Response | None:
         """Put the caller's key record on `state`, or return the refusal."""
@@ -170,41 +173,14 @@ class Apipod:
         state = state_of(flow)
         if state is None or flow.response is not None:
             return
-        if state.internal:
-            flow.response = await self.rt.db(self.rt.admin.handle, flow.request)
-            return
-        path = flow.request.path.partition("?")[0]
-        if flow.request.method == "GET" and path == MODELS_PATH:
-            # Fetched on the loop, bounded; never on the database threads (models.py).
-            listing = await self.rt.models.listing(self.router.table.names())
-            allowed = budgets.models_of(state.user, self.plans) if state.user else None
-            flow.response = errors.json_response(200, budgets.allowed_listing(listing, allowed))
-            return
-        if is_account_path(path) and state.user is not None:
-            flow.response = await self.rt.db(self.rt.account.answer, flow.request, state.user)
-            return
-        # Swap first: whatever happens next, the client's key never goes upstream.
-        auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
-        if state.user is not None and (shared := self.rt.shared_spend) is not None:
-            await self._refresh_shared_spend(shared, state.user)
         try:
-            is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
-            if is_api_post:
-                api = await self.rt.upstream.current_api()
-                state.direction = direction_for("POST", flow.request.path, api)
-            refusal = self._rewrite_body(flow, state) if is_api_post else None
-            if refusal is None and state.user is not None:
-                refusal = budgets.budget_refusal(
-                    state.user, self.plans, self.ledger, keys.now_text()
-                )
-            if refusal is not None:
-                flow.response = refusal
-                state.answered_by_proxy = True
-                return
+            flow.response = await self._answer_or_prepare(flow, state)
         except Exception:  # a bug must answer 500, never forward a half-processed request
-            log.exception("internal error handling %s", printable(flow.request.path))
+            log.exception("internal error handling %s", shown_path(flow))
             flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
             state.answered_by_proxy = True
+            return
+        if flow.response is not None:
             return
         flow.request.headers["x-request-id"] = state.request_id
         state.forwarded_at = time.perf_counter()
@@ -213,6 +189,36 @@ class Apipod:
             mitm_compat.logged(self._upstream_timed_out, "upstream timeout"),
             flow,
         )
+
+    async def _answer_or_prepare(
+        self, flow: http.HTTPFlow, state: FlowState
+    ) -> http.Response | None:
+        """The proxy's own answer (internal endpoints, the model list, /account, a
+        refusal), or None once the request is ready to forward. Runs under `request`'s
+        guard: whatever raises here is answered 500, never forwarded."""
+        if state.internal:
+            return await self.rt.db(self.rt.admin.handle, flow.request)
+        path = flow.request.path.partition("?")[0]
+        if flow.request.method == "GET" and path == MODELS_PATH:
+            # Fetched on the loop, bounded; never on the database threads (models.py).
+            listing = await self.rt.models.listing(self.router.table.names())
+            allowed = budgets.models_of(state.user, self.plans) if state.user else None
+            return errors.json_response(200, budgets.allowed_listing(listing, allowed))
+        if is_account_path(path) and state.user is not None:
+            return await self.rt.db(self.rt.account.answer, flow.request, state.user)
+        # Swap first: whatever happens next, the client's key never goes upstream.
+        auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
+        if state.user is not None and (shared := self.rt.shared_spend) is not None:
+            await self._refresh_shared_spend(shared, state.user)
+        is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
+        if is_api_post:
+            api = await self.rt.upstream.current_api()
+            state.direction = direction_for("POST", flow.request.path, api)
+        refusal = self._rewrite_body(flow, state) if is_api_post else None
+        if refusal is None and state.user is not None:
+            refusal = budgets.budget_refusal(state.user, self.plans, self.ledger, keys.now_text())
+        state.answered_by_proxy = refusal is not None
+        return refusal
 
     def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
         """Route the body's `model`, translate it to the upstream's API or ask for stream
@@ -396,7 +402,7 @@ class Apipod:
             try:
                 self._answer_in_client_api(flow)
             except Exception:  # the answer goes out untranslated rather than not at all
-                log.exception("internal error translating %s", printable(flow.request.path))
+                log.exception("internal error translating %s", shown_path(flow))
             self._finish(flow, flow.response.status_code)
 
     def _answer_in_client_api(self, flow: http.HTTPFlow) -> None:
@@ -475,7 +481,7 @@ class Apipod:
         try:
             self._account(flow, state, status)
         except Exception:  # accounting must never break the proxy, nor skip the log line
-            log.exception("internal error accounting %s", printable(flow.request.path))
+            log.exception("internal error accounting %s", shown_path(flow))
         logs.access(flow, state, status)
 
     def _account(self, flow: http.HTTPFlow, state: FlowState, status: int) -> None:
@@ -545,6 +551,11 @@ class Apipod:
             return usage_from_body(decoded(response, MAX_USAGE_BODY))
         except BodyError:  # too large or oddly encoded: forwarded all the same, not counted
             return Usage()
+
+
+def shown_path(flow: http.HTTPFlow) -> str:
+    """The request's path for a log line: no query string, keys redacted, printable."""
+    return logs.redact(printable(flow.request.path.partition("?")[0]))
 
 
 def has_forbidden_header_bytes(headers: http.Headers) -> bool:

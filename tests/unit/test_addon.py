@@ -283,6 +283,71 @@ def test_database_failure_during_lookup_is_503(
     assert error_of(flow.response)["code"] == "database_unavailable"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "broken"),
+    [
+        ("GET", "/admin/keys", "admin"),
+        ("GET", "/v1/models", "models"),
+        ("GET", "/account", "account"),
+        ("POST", "/v1/chat/completions", "upstream"),
+    ],
+)
+def test_a_bug_in_any_answer_of_the_request_hook_is_500_never_forwarded(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, method: str, path: str, broken: str
+) -> None:
+    """mitmproxy forwards a flow whose hook raised: with the client's key or the admin
+    secret still on it, when the swap had not happened yet."""
+
+    def bug(*args: object) -> Any:
+        raise RuntimeError("a bug")
+
+    async def async_bug(*args: object) -> Any:
+        raise RuntimeError("a bug")
+
+    runtime = gateway.addon.rt
+    target, name, replacement = {
+        "admin": (runtime.admin, "handle", bug),
+        "models": (runtime.models, "listing", async_bug),
+        "account": (runtime.account, "answer", bug),
+        "upstream": (runtime.upstream, "current_api", async_bug),
+    }[broken]
+    monkeypatch.setattr(target, name, replacement)
+    key, _ = gateway.new_key()
+    headers = [("authorization", f"Bearer {key}"), ("x-admin-secret", ADMIN_SECRET)]
+    flow = gateway.send(make_flow(method, path, chat_body(), headers))
+    assert flow.response is not None and flow.response.status_code == 500
+    assert error_of(flow.response)["code"] == "internal_error"
+    state = state_of(flow)
+    assert state is not None and state.forwarded_at is None and state.answered_by_proxy
+    assert any("internal error handling" in line for line in gateway.lines())
+
+
+def test_a_bug_before_the_key_check_is_500_not_an_unchecked_request(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def bug(path: str) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("apipod_proxy.addon.is_internal", bug)
+    flow = gateway.send(make_flow(body=chat_body(), headers=[]))  # no key at all
+    assert flow.response is not None and flow.response.status_code == 500
+    assert error_of(flow.response)["code"] == "internal_error"
+
+
+def test_a_logged_path_carries_no_query_and_no_key(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def bug(*args: object) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway.addon.rt.upstream, "current_api", bug)
+    key, _ = gateway.new_key()
+    path = f"/v1/{key}/chat/completions?key={key}"
+    gateway.send(make_flow("POST", path, chat_body(), [("authorization", f"Bearer {key}")]))
+    logged = [line for line in gateway.lines() if "internal error handling" in line]
+    assert logged and all(key not in line and "?" not in line for line in logged)
+
+
 def test_request_without_state_is_left_alone(gateway: Gateway) -> None:
     flow = make_flow(body=chat_body(), headers=[("authorization", "Bearer x")])
     run(gateway.addon.request(flow))
