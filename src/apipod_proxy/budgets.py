@@ -29,7 +29,7 @@ from . import keys
 from .config import Settings
 from .errors import error_payload, error_response, json_response
 from .pricing import DEFAULT_PERIOD, PERIODS, Plans
-from .store import KEY_FIELDS, KeyRecord, SpendRows
+from .store import KEY_FIELDS, KeyRecord, SpendRows, period_start
 
 #: Largest budget accepted, in USD (enough for any plan, small enough to print).
 MAX_BUDGET = 1e9
@@ -67,15 +67,6 @@ def rpm_of(record: KeyRecord, plans: Plans, settings: Settings) -> int:
 
 
 # --- calendar periods ----------------------------------------------------------------
-
-
-def period_start(period: str, now: str) -> str:
-    """The `spend` table's start of the period holding `now` (a `keys.format_time`)."""
-    if period == "day":
-        return now[:10]
-    if period == "month":
-        return now[:7]
-    return ""
 
 
 def resets_at(period: str | None, now: datetime) -> datetime | None:

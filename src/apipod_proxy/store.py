@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import keys
+from .pricing import PERIODS
 
 #: How long a statement waits for a lock held by another connection, in milliseconds.
 BUSY_TIMEOUT_MS = 5000
@@ -388,7 +389,7 @@ def list_keys(
         {where}
         GROUP BY u.id ORDER BY u.id
         """,
-        (now[:10], now[:7], *params),
+        (period_start("day", now), period_start("month", now), *params),
     ).fetchall()
     names = [*KEY_FIELDS[: KEY_FIELDS.index("last_used_at") + 1], *_PLAN_FIELDS]
     result = []
@@ -427,6 +428,17 @@ class UsageCounts:
     completion_tokens: int = 0
     cached_tokens: int = 0
     cost: float = 0.0
+
+
+def period_start(period: str, now: str) -> str:
+    """The `spend` table's start of the period holding `now` (a `keys.format_time`, or a
+    usage hour): the day `YYYY-MM-DD`, the month `YYYY-MM`, or '' for all time. The one
+    definition of a spend slot, for the table and for budgets.SpendLedger alike."""
+    if period == "day":
+        return now[:10]
+    if period == "month":
+        return now[:7]
+    return ""
 
 
 #: A request log row, in `request_log`'s column order (see requestlog.py).
@@ -515,8 +527,9 @@ def _spend_of(counts: dict[tuple[int, str, str], UsageCounts]) -> SpendRows:
     spend: SpendRows = {}
     for (key_id, _model, hour), c in counts.items():
         if c.cost:
-            for period, start in (("day", hour[:10]), ("month", hour[:7]), ("total", "")):
-                spend[(key_id, period, start)] = spend.get((key_id, period, start), 0.0) + c.cost
+            for period in PERIODS:
+                slot = (key_id, period, period_start(period, hour))
+                spend[slot] = spend.get(slot, 0.0) + c.cost
     return spend
 
 
@@ -529,7 +542,7 @@ def current_spend(conn: sqlite3.Connection, now: str | None = None) -> SpendRows
         WHERE (period = 'day' AND start = ?) OR (period = 'month' AND start = ?)
            OR (period = 'total' AND start = '')
         """,
-        (now[:10], now[:7]),
+        (period_start("day", now), period_start("month", now)),
     ).fetchall()
     return {(key_id, period, start): amount for key_id, period, start, amount in rows}
 
