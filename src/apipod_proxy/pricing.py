@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import logging
 import math
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .routing import RoutesError
+from .routing import RoutesError, only, read_toml, table_of
 
 log = logging.getLogger("apipod")
 
@@ -72,20 +71,14 @@ class PriceTable:
 
 def parse_plans(text: str) -> PriceTable:
     """Read `[prices]` and `[tiers]` from the routing file's TOML text."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RoutesError(f"not valid TOML: {exc}") from None
-    prices = {name: _price(name, spec) for name, spec in _section(document, "prices").items()}
-    tiers = {name: _tier(name, spec) for name, spec in _section(document, "tiers").items()}
+    return plans_from(read_toml(text))
+
+
+def plans_from(document: dict[str, Any]) -> PriceTable:
+    """`[prices]` and `[tiers]` of a routing file's document (routing.read_toml)."""
+    prices = {name: _price(name, spec) for name, spec in table_of(document, "prices").items()}
+    tiers = {name: _tier(name, spec) for name, spec in table_of(document, "tiers").items()}
     return PriceTable(prices, tiers)
-
-
-def _section(document: dict[str, Any], name: str) -> dict[str, Any]:
-    value = document.get(name, {})
-    if not isinstance(value, dict):
-        raise RoutesError(f"[{name}] must be a table")
-    return value
 
 
 def _where(section: str, name: str) -> str:
@@ -100,18 +93,11 @@ def _number(value: object, where: str, field_name: str) -> float:
     return float(value)
 
 
-def _only(spec: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    if unknown := sorted(set(spec) - set(allowed)):
-        raise RoutesError(
-            f"unknown keys in {where}: {', '.join(unknown)} (allowed: {', '.join(allowed)})"
-        )
-
-
 def _price(name: str, spec: object) -> Price:
     where = _where("prices", name)
     if not isinstance(spec, dict):
         raise RoutesError(f"{where} must be a table with input and output")
-    _only(spec, ("input", "output", "cached_input"), where)
+    only(spec, ("input", "output", "cached_input"), where)
     for required in ("input", "output"):
         if required not in spec:
             raise RoutesError(f"{where} needs {required} (USD per million tokens)")
@@ -126,7 +112,7 @@ def _tier(name: str, spec: object) -> Tier:
     where = _where("tiers", name)
     if not isinstance(spec, dict):
         raise RoutesError(f"{where} must be a table")
-    _only(spec, ("rpm", "budget", "budget_period", "models"), where)
+    only(spec, ("rpm", "budget", "budget_period", "models"), where)
     rpm = spec.get("rpm")
     if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 0):
         raise RoutesError(f"{where} rpm must be a whole number, 0 for unlimited, got {rpm!r}")
@@ -159,9 +145,9 @@ class Plans:
         self.table = table or PriceTable()
         self._warned: set[str] = set()
 
-    def prepare(self, text: str) -> PriceTable:
-        """Parse the routing file's text; RoutesError when its plans are invalid."""
-        return parse_plans(text)
+    def prepare(self, document: dict[str, Any]) -> PriceTable:
+        """Read the routing file's document; RoutesError when its plans are invalid."""
+        return plans_from(document)
 
     def apply(self, table: PriceTable) -> None:
         self.table = table

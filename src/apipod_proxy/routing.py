@@ -121,19 +121,28 @@ DEFAULT_TABLE = RouteTable(
 )
 
 
-def parse_routes(text: str) -> RouteTable:
-    """Read a routing table in its TOML format (see `routes.example.toml`)."""
+def read_toml(text: str) -> dict[str, Any]:
+    """The routing file's TOML document, read once for every section that uses it."""
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RoutesError(f"not valid TOML: {exc}") from None
-    # [prices] and [tiers] belong to pricing.py, which RoutesFile also hands the text.
-    _only(document, {"aliases", "renames", "prices", "tiers"}, "the top level")
+
+
+def parse_routes(text: str) -> RouteTable:
+    """Read a routing table in its TOML format (see `routes.example.toml`)."""
+    return routes_from(read_toml(text))
+
+
+def routes_from(document: dict[str, Any]) -> RouteTable:
+    """The routing table of a routing file's document (`read_toml`)."""
+    # [prices] and [tiers] belong to pricing.py, which RoutesFile also hands the document.
+    only(document, ("aliases", "renames", "prices", "tiers"), "the top level")
     aliases: dict[str, Alias] = {}
-    for name, spec in _table(document, "aliases").items():
+    for name, spec in table_of(document, "aliases").items():
         if not isinstance(spec, dict):
             raise RoutesError(f"[aliases.{name}] must be a table")
-        _only(spec, {"targets", "sticky"}, f"[aliases.{name}]")
+        only(spec, ("targets", "sticky"), f"[aliases.{name}]")
         sticky = spec.get("sticky", False)
         if not isinstance(sticky, bool):
             raise RoutesError(f"[aliases.{name}] sticky must be true or false")
@@ -145,7 +154,7 @@ def parse_routes(text: str) -> RouteTable:
         except ValueError as exc:
             raise RoutesError(f"[aliases.{name}] {exc}") from None
     renames: dict[str, str] = {}
-    for name, target in _table(document, "renames").items():
+    for name, target in table_of(document, "renames").items():
         if not isinstance(target, str) or not target:
             raise RoutesError(f"[renames] {name!r} must map to a model name")
         if name in aliases:
@@ -154,16 +163,20 @@ def parse_routes(text: str) -> RouteTable:
     return RouteTable(aliases, renames)
 
 
-def _table(document: dict[str, Any], name: str) -> dict[str, Any]:
+def table_of(document: dict[str, Any], name: str) -> dict[str, Any]:
+    """The document's `[name]` table ({} when absent); RoutesError when it is no table."""
     value = document.get(name, {})
     if not isinstance(value, dict):
         raise RoutesError(f"[{name}] must be a table")
     return value
 
 
-def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    if unknown := sorted(set(table) - allowed):
-        raise RoutesError(f"unknown keys in {where}: {', '.join(unknown)}")
+def only(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    """RoutesError naming the keys of `table` outside `allowed`, and the allowed ones."""
+    if unknown := sorted(set(table) - set(allowed)):
+        raise RoutesError(
+            f"unknown keys in {where}: {', '.join(unknown)} (allowed: {', '.join(allowed)})"
+        )
 
 
 class Router:
@@ -237,7 +250,7 @@ def conversation_key(key_id: int, session: str | None, body: dict[str, Any]) -> 
 class Section(Protocol):
     """Another reader of the routing file (pricing.Plans): parse all, then apply all."""
 
-    def prepare(self, text: str) -> Any: ...
+    def prepare(self, document: dict[str, Any]) -> Any: ...
 
     def apply(self, parsed: Any) -> None: ...
 
@@ -266,8 +279,9 @@ class RoutesFile:
         try:
             with open(self.path, encoding="utf-8") as file:
                 text = file.read()
-            table = parse_routes(text)
-            parsed = [section.prepare(text) for section in self.sections]
+            document = read_toml(text)
+            table = routes_from(document)
+            parsed = [section.prepare(document) for section in self.sections]
         except (OSError, UnicodeDecodeError, RoutesError) as exc:
             raise RoutesError(f"ROUTES_FILE {self.path}: {exc}") from None
         # Only a file valid throughout takes effect, all of it at once.
