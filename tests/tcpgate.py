@@ -2,7 +2,8 @@
 
 `TcpGate(host, port)` listens on a free local port and forwards every connection to
 the service. `close()` drops every forwarded connection and refuses new ones (as a
-stopped server does), `open()` lets connections through again. The machine's real
+stopped server does), `hang()` keeps them but passes nothing on (a hung server),
+`open()` lets connections through again. The machine's real
 PostgreSQL and Redis stay up for every other test meanwhile.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 
 class TcpGate:
@@ -19,6 +21,7 @@ class TcpGate:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._open = True
+        self._held = False
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._stopped = False
@@ -47,6 +50,8 @@ class TcpGate:
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                while self._held and not self._stopped:  # hung: read, never passed on
+                    time.sleep(0.02)
                 sink.sendall(data)
         except OSError:
             pass
@@ -69,6 +74,12 @@ class TcpGate:
 
     def open(self) -> None:
         self._open = True
+        self._held = False
+
+    def hang(self) -> None:
+        """Keep every connection open but pass nothing on: a service that hangs (a
+        stopped process, a lost network) rather than one that refuses."""
+        self._held = True
 
     def stop(self) -> None:
         self._stopped = True

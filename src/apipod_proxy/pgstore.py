@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from functools import lru_cache
 from typing import Any, Final
 
@@ -36,8 +37,9 @@ logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 #: Seconds to wait for a connection (to open one, or for a free one in the pool).
 CONNECT_TIMEOUT: Final = 3
-#: How long /health waits for a database connection.
+#: How long /health waits for a database connection, and for the whole check.
 PING_TIMEOUT: Final = 1.0
+PING_WAIT: Final = PING_TIMEOUT + 0.5
 #: A statement running longer is cancelled: a hung database must not hold threads.
 STATEMENT_TIMEOUT_MS: Final = 10_000
 #: How often the version of the keys is read even without a notification.
@@ -322,6 +324,8 @@ class PgKeyStore(store.KeyStore):
         self._version_lock = threading.Lock()
         self._migrated = False
         self._open_lock = threading.Lock()
+        self._ping_lock = threading.Lock()
+        self._pinging: Future[None] | None = None
 
     def open(self) -> None:
         """Open the pool and bring the schema up to date (raises when unreachable)."""
@@ -350,8 +354,36 @@ class PgKeyStore(store.KeyStore):
         pass
 
     def ping(self) -> None:
-        """Like store.ping, but waits at most PING_TIMEOUT for a connection: /health must
-        answer a load balancer's check quickly while the database is away."""
+        """Like store.ping, but answers within about PING_TIMEOUT: /health must answer a
+        load balancer's check quickly while the database is away or hangs.
+
+        A hung server (accepting, never answering) holds a psycopg call for ever, so the
+        check runs on a daemon thread of its own (which cannot hold up the exit) and is
+        waited for PING_WAIT at most; while one is stuck, later pings wait for that one
+        (never a pile of threads)."""
+        with self._ping_lock:
+            if self._pinging is None or self._pinging.done():
+                self._pinging = Future()
+                threading.Thread(
+                    target=self._ping_into, args=(self._pinging,), name="apipod-ping", daemon=True
+                ).start()
+            pinging = self._pinging
+        try:
+            pinging.result(timeout=PING_WAIT)
+        except TimeoutError:
+            raise psycopg.OperationalError(
+                f"the database did not answer within {PING_WAIT:g} s"
+            ) from None
+
+    def _ping_into(self, future: Future[None]) -> None:
+        try:
+            self._ping()
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    def _ping(self) -> None:
         if not self._migrated:
             self.open()
         with self.pool.connection(timeout=PING_TIMEOUT) as conn:

@@ -11,15 +11,17 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from tcpgate import TcpGate
 
 from apipod_proxy import cli, keys, store
 from apipod_proxy.backend import DB_ERRORS, describe, key_cache_for, open_store
 from apipod_proxy.keycache import MISS
 from apipod_proxy.migrate_to import copy_database
-from apipod_proxy.pgstore import KeyVersionWatcher, PgKeyStore, translate
+from apipod_proxy.pgstore import PING_WAIT, KeyVersionWatcher, PgKeyStore, translate
 from apipod_proxy.store import KeyStore, UsageCounts
 
 BOTH_BACKENDS = True
@@ -189,6 +191,27 @@ def test_key_cache_serves_from_memory_until_a_key_changes(key_store: KeyStore) -
 )
 def test_dialect_rewrites(sqlite: str, postgresql: str) -> None:
     assert translate(sqlite) == postgresql
+
+
+def test_a_hung_database_fails_the_health_ping_within_its_wait(pg_url: str) -> None:
+    """A server that keeps its connections but never answers would hold a psycopg call
+    for ever: /health's ping gives up after PING_WAIT, and so does the next one."""
+    parts = urlsplit(pg_url)
+    gate = TcpGate(parts.hostname or "127.0.0.1", parts.port or 5432)
+    netloc = f"{parts.username + '@' if parts.username else ''}127.0.0.1:{gate.port}"
+    hung = PgKeyStore(urlunsplit(parts._replace(netloc=netloc)))
+    try:
+        hung.open()
+        hung.ping()
+        gate.hang()
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError, match="did not answer"):
+                hung.ping()
+            assert time.monotonic() - started < PING_WAIT + 1
+    finally:
+        gate.stop()
+        hung.pool.close(timeout=0.1)
 
 
 def test_schema_version_is_kept_in_a_table(pg_store: PgKeyStore, pg_url: str) -> None:
