@@ -60,6 +60,10 @@ from .translate.streams import AnthropicPassthroughStream, _SseTranslator
 from .usage import SseWatcher, Usage, UsageRecorder, usage_from_body
 
 log = logging.getLogger("apipod")
+
+#: A key lookup the database has not answered in this many seconds is answered 503
+#: (longer than SQLite's busy wait and PostgreSQL's wait for a connection).
+LOOKUP_TIMEOUT = 10.0
 #: Larger non-streaming responses are not parsed for usage (they are forwarded all the same).
 MAX_USAGE_BODY = 4 << 20
 #: Larger non-streamed answers to a translated request are answered 502, not translated.
@@ -132,7 +136,14 @@ class Apipod:
         record = None
         if key is not None and auth.needs_lookup(key):
             try:
-                record = await self._lookup(key)
+                async with asyncio.timeout(LOOKUP_TIMEOUT):
+                    record = await self._lookup(key)
+            except TimeoutError:
+                # A hung database holds its thread; the client is answered all the same
+                # (a lookup still queued is dropped with the wait).
+                log.error("key lookup failed: no answer within %g s", LOOKUP_TIMEOUT)
+                message = "The key database is unavailable, try again shortly"
+                return errors.error_response(503, message, "database_unavailable")
             except DB_ERRORS as exc:
                 log.error("key lookup failed: %s", error_text(exc))
                 message = "The key database is unavailable, try again shortly"

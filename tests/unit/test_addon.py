@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -346,6 +347,26 @@ def test_a_logged_path_carries_no_query_and_no_key(
     gateway.send(make_flow("POST", path, chat_body(), [("authorization", f"Bearer {key}")]))
     logged = [line for line in gateway.lines() if "internal error handling" in line]
     assert logged and all(key not in line and "?" not in line for line in logged)
+
+
+def test_a_hung_key_lookup_is_503_after_the_lookup_timeout(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    def hung(key_hash: str) -> KeyRecord | None:
+        release.wait(10)
+        return None
+
+    monkeypatch.setattr(gateway.addon.rt.store, "find", hung)
+    monkeypatch.setattr("apipod_proxy.addon.LOOKUP_TIMEOUT", 0.2)
+    try:
+        flow = gateway.authed(keys.generate_key())
+    finally:
+        release.set()
+    assert flow.response is not None and flow.response.status_code == 503
+    assert error_of(flow.response)["code"] == "database_unavailable"
+    assert any("no answer within 0.2 s" in line for line in gateway.lines())
 
 
 def test_request_without_state_is_left_alone(gateway: Gateway) -> None:
