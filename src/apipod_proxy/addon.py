@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from . import auth, budgets, errors, keys, logs, mitm_compat
 from .account import is_account_path
-from .admin import is_internal
+from .admin import HEALTH_PATH, is_internal
 from .backend import DB_ERRORS, error_text
 from .bodies import BodyError, BodyTooLarge, decoded, json_bytes, parse_json
 from .config import Settings
@@ -207,9 +207,10 @@ class Apipod:
         """The proxy's own answer (internal endpoints, the model list, /account, a
         refusal), or None once the request is ready to forward. Runs under `request`'s
         guard: whatever raises here is answered 500, never forwarded."""
-        if state.internal:
-            return await self.rt.db(self.rt.admin.handle, flow.request)
         path = flow.request.path.partition("?")[0]
+        if state.internal:
+            run = self.rt.health if path == HEALTH_PATH else self.rt.db
+            return await run(self.rt.admin.handle, flow.request)
         if flow.request.method == "GET" and path == MODELS_PATH:
             # Fetched on the loop, bounded; never on the database threads (models.py).
             listing = await self.rt.models.listing(self.router.table.names())

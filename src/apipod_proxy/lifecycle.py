@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -85,10 +85,19 @@ class Runtime:
     shared_limiter: SharedLimiter | None = None
     #: REDIS_URL: budget spend added up across replicas as it happens.
     shared_spend: SharedSpend | None = None
+    #: /health's own thread: a load balancer's check must not queue behind database
+    #: work that hangs on `pool` (its ping is bounded, pgstore.PING_WAIT).
+    health_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="apipod-health")
+    )
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking database work off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def health(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run /health's work off the event loop, beside the database threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.health_pool, fn, *args)
 
 
 class Lifecycle:
@@ -385,6 +394,7 @@ class Lifecycle:
             except Exception:
                 log.exception("final usage flush failed; %d buckets lost", len(batch[0]))
         runtime.pool.shutdown(wait=True)
+        runtime.health_pool.shutdown(wait=True)
         if self._key_watcher is not None:
             self._key_watcher.stop()
         runtime.store.close()

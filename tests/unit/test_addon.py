@@ -369,6 +369,36 @@ def test_a_hung_key_lookup_is_503_after_the_lookup_timeout(
     assert any("no answer within 0.2 s" in line for line in gateway.lines())
 
 
+def test_health_answers_while_hung_lookups_hold_every_database_thread(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    def hung(key_hash: str) -> KeyRecord | None:
+        release.wait(10)
+        return None
+
+    monkeypatch.setattr(gateway.addon.rt.store, "find", hung)
+    monkeypatch.setattr("apipod_proxy.addon.LOOKUP_TIMEOUT", 0.2)
+    lookups = [
+        make_flow(headers=[("authorization", f"Bearer {keys.generate_key()}")])
+        for _ in range(gateway.addon.rt.pool._max_workers)
+    ]
+    health = make_flow("GET", "/health")
+
+    async def go() -> None:
+        await asyncio.gather(*(gateway.addon.requestheaders(f) for f in lookups))
+        await gateway.addon.requestheaders(health)
+        await asyncio.wait_for(gateway.addon.request(health), 5)
+
+    try:
+        run(go())
+    finally:
+        release.set()
+    assert [f.response.status_code for f in lookups if f.response] == [503] * len(lookups)
+    assert health.response is not None and health.response.status_code == 200
+
+
 def test_request_without_state_is_left_alone(gateway: Gateway) -> None:
     flow = make_flow(body=chat_body(), headers=[("authorization", "Bearer x")])
     run(gateway.addon.request(flow))
