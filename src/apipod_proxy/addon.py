@@ -115,7 +115,7 @@ class Apipod:
         try:
             flow.response = await self._admit(flow, state)
         except Exception:  # never let a bug wave an unauthenticated request through
-            log.exception("internal error authenticating %s", shown_path(flow))
+            log.exception("internal error authenticating %s", logs.shown_path(flow))
             flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
         state.answered_by_proxy = flow.response is not None
 
@@ -187,7 +187,7 @@ class Apipod:
         try:
             flow.response = await self._answer_or_prepare(flow, state)
         except Exception:  # a bug must answer 500, never forward a half-processed request
-            log.exception("internal error handling %s", shown_path(flow))
+            log.exception("internal error handling %s", logs.shown_path(flow))
             flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
             state.answered_by_proxy = True
             return
@@ -414,7 +414,7 @@ class Apipod:
             try:
                 self._answer_in_client_api(flow)
             except Exception:  # the answer goes out untranslated rather than not at all
-                log.exception("internal error translating %s", shown_path(flow))
+                log.exception("internal error translating %s", logs.shown_path(flow))
             self._finish(flow, flow.response.status_code)
 
     def _answer_in_client_api(self, flow: http.HTTPFlow) -> None:
@@ -493,7 +493,7 @@ class Apipod:
         try:
             self._account(flow, state, status)
         except Exception:  # accounting must never break the proxy, nor skip the log line
-            log.exception("internal error accounting %s", shown_path(flow))
+            log.exception("internal error accounting %s", logs.shown_path(flow))
         logs.access(flow, state, status)
 
     def _account(self, flow: http.HTTPFlow, state: FlowState, status: int) -> None:
@@ -563,11 +563,6 @@ class Apipod:
             return usage_from_body(decoded(response, MAX_USAGE_BODY))
         except BodyError:  # too large or oddly encoded: forwarded all the same, not counted
             return Usage()
-
-
-def shown_path(flow: http.HTTPFlow) -> str:
-    """The request's path for a log line: no query string, keys redacted, printable."""
-    return logs.redact(printable(flow.request.path.partition("?")[0]))
 
 
 def has_forbidden_header_bytes(headers: http.Headers) -> bool:

@@ -81,6 +81,10 @@ def setup(log_format: str = "text") -> None:
     log.propagate = False
 
 
+#: Longer paths are cut in the access line.
+MAX_LOGGED_PATH = 2048
+
+
 def startup_error(message: str) -> None:
     """Report a fatal setup problem through the root logger, which mitmdump watches
     during startup: it prints the line and exits non-zero instead of serving."""
@@ -90,6 +94,11 @@ def startup_error(message: str) -> None:
 def redact(text: str, limit: int = 160) -> str:
     text = _KEYISH.sub("[redacted]", text)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def shown_path(flow: http.HTTPFlow, limit: int = 160) -> str:
+    """The request's path for a log line: no query string, keys redacted, printable."""
+    return redact(printable(flow.request.path.partition("?")[0]), limit)
 
 
 def failure_status(error: mflow.Error | None, forwarded: bool) -> int:
@@ -112,7 +121,8 @@ def access(flow: http.HTTPFlow, state: FlowState, status: int) -> None:
     fields: dict[str, Any] = {
         "request_id": state.request_id,
         "method": printable(flow.request.method),
-        "path": printable(flow.request.path.partition("?")[0]),
+        # A client may put its key in the path, too.
+        "path": shown_path(flow, MAX_LOGGED_PATH),
         "status": status,
         "duration_ms": round((time.perf_counter() - state.started) * 1000, 1),
         "key_id": user.id if user else None,

@@ -935,6 +935,14 @@ def test_access_line_for_a_refusal(gateway: Gateway) -> None:
     assert "key=-" in line
 
 
+def test_access_line_redacts_a_key_in_the_path(gateway: Gateway) -> None:
+    key, _ = gateway.new_key()
+    complete(gateway, gateway.send(make_flow("GET", f"/v1/files/{key}?k={key}")))
+    [line] = access_lines(gateway)
+    assert line.startswith("GET /v1/files/[redacted] 401 ")
+    assert key not in "".join(gateway.lines())
+
+
 def test_access_line_for_an_internal_request(gateway: Gateway) -> None:
     complete(gateway, gateway.send(make_flow("GET", "/health")))
     [line] = access_lines(gateway)
