@@ -15,6 +15,7 @@ import pytest
 from anthropic_standin import Answer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import mutate
 
 from apipod_proxy.translate import (
     Direction,
@@ -112,21 +113,11 @@ OPENAI_ANSWER = {
 }
 
 
-def mutate(draw: st.DrawFn, value: Any, depth: int = 0) -> Any:
-    if depth > 5 or not isinstance(value, dict | list) or not value or draw(st.booleans()):
-        return draw(json_values)
-    if isinstance(value, list):
-        i = draw(st.integers(0, len(value) - 1))
-        return [*value[:i], mutate(draw, value[i], depth + 1), *value[i + 1 :]]
-    key = draw(st.sampled_from(sorted(value)))
-    return {**value, key: mutate(draw, value[key], depth + 1)}
-
-
 @st.composite
 def mutated(draw: st.DrawFn, original: dict[str, Any]) -> Any:
     value = original
     for _ in range(draw(st.integers(1, 3))):
-        value = mutate(draw, value)
+        value = mutate(draw, value, json_values, max_depth=5)
     return value
 
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 from pydantic import TypeAdapter
+from strategies import mutate
 
 from apipod_proxy.quota import QUOTA_CODE
 from apipod_proxy.translate import (
@@ -536,22 +537,11 @@ REAL_CHUNKS = [
 ]
 
 
-def mutate(draw: st.DrawFn, value: Any, depth: int = 0) -> Any:
-    """`value` with one field somewhere inside replaced by an arbitrary JSON value."""
-    if depth > 3 or not isinstance(value, dict | list) or not value or draw(st.booleans()):
-        return draw(json_values)
-    if isinstance(value, list):
-        i = draw(st.integers(0, len(value) - 1))
-        return [*value[:i], mutate(draw, value[i], depth + 1), *value[i + 1 :]]
-    key = draw(st.sampled_from(sorted(value)))
-    return {**value, key: mutate(draw, value[key], depth + 1)}
-
-
 @st.composite
 def odd_events(draw: st.DrawFn) -> bytes:
     payload = draw(st.sampled_from(REAL_EVENTS + REAL_CHUNKS))
     if draw(st.booleans()):
-        payload = mutate(draw, payload)
+        payload = mutate(draw, payload, json_values, max_depth=3)
     name = payload.get("type", "x") if isinstance(payload, dict) else "x"
     return sse(str(name), payload)  # type: ignore[arg-type]
 
