@@ -277,8 +277,7 @@ class AdminApi:
                 key_id = int(key_id) if key_id.isascii() and key_id.isdigit() else -1
                 if not 1 <= key_id <= MAX_ID:
                     raise ValueError("key_id must be a key's whole-number id")
-            since = query.get("since")
-            start = keys.ago(keys.parse_duration(since, "since")) if since else None
+            start = keys.since(query.get("since"))
             limit = parse_limit(query.get("limit", DEFAULT_LIMIT))
         except ValueError as exc:
             return error_response(400, str(exc), "invalid_field")
@@ -303,9 +302,8 @@ class AdminApi:
         return json_response(200, {"id": key_id, "active": active})
 
     def usage(self, request: http.Request) -> http.Response:
-        since = request.query.get("since")
         try:
-            start = keys.ago(keys.parse_duration(since, "since")) if since else None
+            start = keys.since(request.query.get("since"))
         except ValueError:
             return error_response(400, "since must look like 90m, 24h, 30d or 2w", "invalid_field")
         return json_response(200, {"data": self.store.usage(start)})

@@ -136,7 +136,7 @@ def rotate(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def requests(store: KeyStore, args: argparse.Namespace) -> int:
-    since = keys.ago(keys.parse_duration(args.since, "--since")) if args.since else None
+    since = keys.since(args.since, "--since")
     limit = parse_limit(args.limit, "--limit")
     _print(store.requests(args.key, since, limit), REQUEST_FIELDS, args.json)
     return 0
@@ -152,7 +152,7 @@ def set_active(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def usage(store: KeyStore, args: argparse.Namespace) -> int:
-    since = keys.ago(keys.parse_duration(args.since, "--since")) if args.since else None
+    since = keys.since(args.since, "--since")
     _print(store.usage(since), USAGE_FIELDS, args.json)
     return 0
 

@@ -146,6 +146,12 @@ def ago(seconds: int, now: datetime | None = None) -> str:
     return format_time((now or utcnow()) - timedelta(seconds=seconds))
 
 
+def since(value: str | None, name: str = "since") -> str | None:
+    """The moment a `since` filter (`24h`, `30d`, ...) names; None for no filter.
+    ValueError names the field or flag `name`."""
+    return ago(parse_duration(value, name)) if value else None
+
+
 def expiry_after(seconds: int | None, now: datetime | None = None) -> str | None:
     if seconds is None:
         return None
