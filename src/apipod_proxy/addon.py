@@ -43,7 +43,7 @@ from .logs import printable
 from .metrics import Metrics
 from .models import MODELS_PATH
 from .pricing import Plans
-from .quota import Cooldowns, QuotaExhausted, retry_after
+from .quota import QUOTA_ANSWERS, Cooldowns, QuotaExhausted, retry_after
 from .ratelimit import RateLimiter
 from .routing import SESSION_HEADER, AllTargetsCooling, Router, conversation_key
 from .sharedlimit import SPEND_TTL_SECONDS, SharedSpend
@@ -68,8 +68,9 @@ LOOKUP_TIMEOUT = 10.0
 MAX_USAGE_BODY = 4 << 20
 #: Larger non-streamed answers to a translated request are answered 502, not translated.
 MAX_TRANSLATED_BODY = 32 << 20
-#: Words of an upstream quota answer (quota.py), looked for before parsing an error body.
-_QUOTA_HINTS = (b"xhausted", b"RESOURCE_EXHAUSTED")
+#: Words every upstream quota answer holds (quota.py), looked for before parsing an error
+#: body; the parse then decides (status, error type, and the start of the message).
+_QUOTA_HINTS = (b"exhausted your capacity",)
 _REQUEST_ID = re.compile(r"[\w.:/+=-]{1,128}")
 
 
@@ -343,8 +344,16 @@ class Apipod:
         """The upstream said `model` (the one we sent) is out of quota: cool it down."""
         if not model:
             return
-        default = self.rt.settings.quota_cooldown
-        until = self.cooldowns.mark_for(model, quota.reset_seconds, default)
+        default, cap = self.rt.settings.quota_cooldown, self.rt.settings.quota_cooldown_max
+        if quota.exceeds(cap):
+            log.warning(
+                "upstream quota for %s names a reset after %s s, longer than "
+                "QUOTA_COOLDOWN_MAX: cooled for %s s instead",
+                printable(model),
+                retry_after(quota.reset_seconds or 0.0),
+                retry_after(cap),
+            )
+        until = self.cooldowns.mark_for(model, quota.reset_seconds, default, cap)
         log.warning(
             "upstream quota for %s is used up: it leaves alias rotation for %s s",
             printable(model),
@@ -439,21 +448,34 @@ class Apipod:
         if status in (404, 405) and is_endpoint_missing(status, content):
             self.rt.upstream.recheck()
         if state.direction is not None:
-            default = self.rt.settings.quota_cooldown
-            answer = state.direction.answer(status, content, state.requested_model, default)
+            settings = self.rt.settings
+            answer = state.direction.answer(
+                status,
+                content,
+                state.requested_model,
+                settings.quota_cooldown,
+                settings.quota_cooldown_max,
+            )
             new_status, new_content, headers, quota = (
                 answer.status,
                 answer.content,
                 answer.headers,
                 answer.quota,
             )
-        elif any(hint in content for hint in _QUOTA_HINTS):
+        elif status in QUOTA_ANSWERS and any(hint in content for hint in _QUOTA_HINTS):
             to_client = (
                 error_for_anthropic_client
                 if errors.is_anthropic_path(flow.request.path)
                 else error_for_openai_client
             )
-            error = to_client(status, content, state.routed_model, self.rt.settings.quota_cooldown)
+            settings = self.rt.settings
+            error = to_client(
+                status,
+                content,
+                state.routed_model,
+                settings.quota_cooldown,
+                settings.quota_cooldown_max,
+            )
             if error.quota is None:
                 return  # another 4xx: passed through untouched
             new_status, new_content, headers, quota = (

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import brotli
-from mitmproxy import http
+
+if TYPE_CHECKING:  # at run time bodies.py stays importable by the pure translate/
+    from mitmproxy import http
 
 try:
     from compression import zstd  # Python 3.14+

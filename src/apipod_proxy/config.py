@@ -316,6 +316,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a model whose upstream quota ran out stays out of alias rotation when "
         "the upstream names no reset time.",
     ),
+    # An upstream's reset time is believed up to this long; a longer one (8760 h has been
+    # seen accepted) is cut short and logged.
+    Setting(
+        "QUOTA_COOLDOWN_MAX",
+        "21600",
+        _parse_positive_float,
+        "The longest a model whose upstream quota ran out stays out of alias rotation, in "
+        "seconds (6 h); a longer reset time named by the upstream is cut to it and logged.",
+    ),
     Setting(
         "DATABASE_URL",
         "",
@@ -408,6 +417,7 @@ class Settings:
     routes_file: str | None = _default("ROUTES_FILE")
     upstream_api: str = _default("UPSTREAM_API")
     quota_cooldown: float = _default("QUOTA_COOLDOWN")
+    quota_cooldown_max: float = _default("QUOTA_COOLDOWN_MAX")
     database_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = _default("REDIS_PREFIX")

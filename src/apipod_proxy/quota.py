@@ -10,6 +10,12 @@ body arrives as `event: error` inside a 200 response. The model in the message i
 its first dot (`gemini-2.5-flash` reads `gemini-2`), so callers cool down the model they
 sent, never the one named in the message.
 
+Only a structured error is a quota signal (`quota_answer`, `quota_in_stream`): a JSON error
+object whose status and type are those of a quota answer (`QUOTA_ANSWERS`) and whose
+message *starts* with the sentence above. Upstream error messages often quote the
+client's own fields, so a substring anywhere would let one customer switch a model off
+for everyone. The cooldown is capped as well (`QuotaExhausted.cooldown`, QUOTA_COOLDOWN_MAX).
+
 Everything here is pure: no I/O, and the clock is passed in, so tests control time.
 """
 
@@ -23,10 +29,22 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-#: Words that mark a quota answer, whatever the version.
-_QUOTA = re.compile(r"RESOURCE_EXHAUSTED|exhausted your capacity", re.IGNORECASE)
-#: "Quota will reset after 1h2m3s." The duration is Go's time.Duration text.
-_RESET = re.compile(r"reset after\s+([0-9][0-9.a-zµ]*)", re.IGNORECASE)
+#: The upstream's quota sentence, at the very start of the message:
+#: "[RESOURCE_EXHAUSTED: ]You have exhausted your capacity on <model>.[ Quota will reset
+#: after <Go duration>.]" The model may itself hold dots (`gemini-2.5-flash`).
+_SIGNAL = re.compile(
+    r"(?:RESOURCE_EXHAUSTED: ?)?You have exhausted your capacity on \S+?\.(?=\s|\Z)"
+    r"(?:\s+Quota will reset after (?P<reset>\S+?)\.?(?=\s|\Z))?"
+)
+#: Which upstream error answers may report a used-up quota: HTTP status -> error types.
+#: antigravity-claude-proxy answers 400 `invalid_request_error` on purpose (so that its
+#: clients do not retry); OpenAI-shaped gateways answer 429.
+QUOTA_ANSWERS: dict[int, frozenset[str]] = {
+    400: frozenset({"invalid_request_error"}),
+    429: frozenset({"rate_limit_error", "insufficient_quota"}),
+}
+#: Inside a 200 stream there is no status to read: the error's type alone.
+STREAM_QUOTA_TYPES = frozenset().union(*QUOTA_ANSWERS.values())
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 #: The machine-readable code every client sees for a quota answer, in JSON and in streams.
@@ -38,6 +56,15 @@ class QuotaExhausted:
     """An upstream quota answer; `reset_seconds` is None when it named no reset time."""
 
     reset_seconds: float | None
+
+    def cooldown(self, default: float, cap: float = math.inf) -> float:
+        """Seconds to cool the model: the reset named (`default` when none), at most `cap`."""
+        seconds = default if self.reset_seconds is None else max(0.0, self.reset_seconds)
+        return min(seconds, cap)
+
+    def exceeds(self, cap: float) -> bool:
+        """The reset named is longer than `cap` (QUOTA_COOLDOWN_MAX), so it is cut short."""
+        return self.reset_seconds is not None and self.reset_seconds > cap
 
 
 def parse_duration(text: str) -> float | None:
@@ -54,12 +81,31 @@ def parse_duration(text: str) -> float | None:
     return total if position == len(text) and position else None
 
 
-def detect(message: str) -> QuotaExhausted | None:
-    """A quota answer's reset time, from an upstream error message; None: not a quota error."""
-    if not isinstance(message, str) or not _QUOTA.search(message):
+def detect(message: object) -> QuotaExhausted | None:
+    """The reset time of a message that starts with the upstream's quota sentence; None
+    when it does not start so (the sentence quoted later in the message does not count)."""
+    if not isinstance(message, str):
         return None
-    found = _RESET.search(message)
-    return QuotaExhausted(parse_duration(found.group(1)) if found else None)
+    found = _SIGNAL.match(message.lstrip())
+    if found is None:
+        return None
+    reset = found.group("reset")
+    return QuotaExhausted(parse_duration(reset) if reset else None)
+
+
+def quota_answer(status: int, kind: object, message: object) -> QuotaExhausted | None:
+    """A quota signal from a whole upstream error answer: its HTTP status, its error type
+    and its message, read from a JSON error object (never from raw text)."""
+    if not isinstance(kind, str) or kind not in QUOTA_ANSWERS.get(status, ()):
+        return None
+    return detect(message)
+
+
+def quota_in_stream(kind: object, message: object) -> QuotaExhausted | None:
+    """A quota signal from an error event inside a 200 stream: its type and message."""
+    if not isinstance(kind, str) or kind not in STREAM_QUOTA_TYPES:
+        return None
+    return detect(message)
 
 
 def retry_after(seconds: float) -> str:
@@ -86,9 +132,12 @@ class Cooldowns:
             self._until[model] = until = max(until, self._until.get(model, until))
         return until
 
-    def mark_for(self, model: str, seconds: float | None, default: float) -> float:
-        """Cool `model` for `seconds` from now (`default` when the answer named no time)."""
-        return self.mark(model, self._clock() + (default if seconds is None else max(0.0, seconds)))
+    def mark_for(
+        self, model: str, seconds: float | None, default: float, cap: float = math.inf
+    ) -> float:
+        """Cool `model` for `seconds` from now (`default` when the answer named no time),
+        at most `cap` seconds."""
+        return self.mark(model, self._clock() + QuotaExhausted(seconds).cooldown(default, cap))
 
     def active(self, now: float | None = None) -> dict[str, float]:
         """{model: until} for every model still cooling; expired entries are forgotten."""

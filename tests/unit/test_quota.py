@@ -14,6 +14,8 @@ from apipod_proxy.quota import (
     QuotaExhausted,
     detect,
     parse_duration,
+    quota_answer,
+    quota_in_stream,
     retry_after,
 )
 from apipod_proxy.routing import Alias, AllTargetsCooling, Router, RouteTable
@@ -58,20 +60,84 @@ def test_quota_message_with_prefix_and_cut_model() -> None:
 
 
 def test_quota_without_a_reset_time() -> None:
-    assert detect("RESOURCE_EXHAUSTED: try later") == QuotaExhausted(None)
+    assert detect("You have exhausted your capacity on gemini-3-flash.") == QuotaExhausted(None)
+
+
+def test_a_model_with_dots_and_a_fractional_reset() -> None:
+    message = "You have exhausted your capacity on gemini-2.5-flash. Quota will reset after 1.5s."
+    assert detect(message) == QuotaExhausted(1.5)
 
 
 @pytest.mark.parametrize(
     "message",
-    ["Max retries exceeded", "No accounts available", "messages: Field required", "", "quota"],
+    [
+        "Max retries exceeded",
+        "No accounts available",
+        "messages: Field required",
+        "",
+        "quota",
+        # The words alone, without the upstream's sentence, are no longer a signal.
+        "RESOURCE_EXHAUSTED: try later",
+        # The sentence quoted after other text: an upstream echoing a client's field.
+        'Invalid value "You have exhausted your capacity on x. Quota will reset after 8760h0m0s."',
+        "messages.0.content: You have exhausted your capacity on x. Quota will reset after 1m0s.",
+        "you have exhausted your capacity on x. Quota will reset after 1m0s.",
+    ],
 )
 def test_other_errors_are_not_quota(message: str) -> None:
     assert detect(message) is None
 
 
+QUOTA_SENTENCE = "You have exhausted your capacity on x. Quota will reset after 8760h0m0s."
+
+
+@given(st.text(min_size=1).filter(lambda text: text.strip()), st.text())
+def test_the_sentence_after_other_text_is_never_a_signal(before: str, after: str) -> None:
+    """Whatever comes before it (a client's field echoed in a message), the sentence
+    counts only at the very start of the message."""
+    message = before + QUOTA_SENTENCE + after
+    if not message.lstrip().startswith(("You have", "RESOURCE_EXHAUSTED")):
+        assert detect(message) is None
+
+
 @given(st.text())
 def test_detect_never_raises(message: str) -> None:
     detect(message)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "counts"),
+    [
+        (400, "invalid_request_error", True),  # antigravity-claude-proxy, on purpose
+        (429, "rate_limit_error", True),  # OpenAI-shaped gateways
+        (429, "insufficient_quota", True),
+        (400, "api_error", False),
+        (400, None, False),
+        (403, "invalid_request_error", False),
+        (500, "invalid_request_error", False),
+        (503, "api_error", False),
+    ],
+)
+def test_a_quota_answer_needs_its_status_and_type(
+    status: int, kind: str | None, counts: bool
+) -> None:
+    message = "RESOURCE_EXHAUSTED: " + QUOTA_SENTENCE
+    assert (quota_answer(status, kind, message) is not None) is counts
+
+
+def test_in_a_stream_the_type_decides() -> None:
+    assert quota_in_stream("invalid_request_error", QUOTA_SENTENCE) == QuotaExhausted(31536000.0)
+    assert quota_in_stream("api_error", QUOTA_SENTENCE) is None
+    assert quota_in_stream(None, QUOTA_SENTENCE) is None
+    assert quota_in_stream("invalid_request_error", "Invalid: " + QUOTA_SENTENCE) is None
+
+
+def test_the_cooldown_is_capped() -> None:
+    year = QuotaExhausted(31536000.0)
+    assert year.cooldown(60.0, cap=21600.0) == 21600.0 and year.exceeds(21600.0)
+    assert QuotaExhausted(30.0).cooldown(60.0, cap=21600.0) == 30.0
+    assert QuotaExhausted(None).cooldown(60.0, cap=21600.0) == 60.0
+    assert not QuotaExhausted(None).exceeds(1.0) and not QuotaExhausted(5.0).exceeds(5.0)
 
 
 @pytest.mark.parametrize(("seconds", "header"), [(60, "60"), (0.2, "1"), (0, "1"), (59.01, "60")])
@@ -110,6 +176,12 @@ def test_mark_for_uses_the_default_without_a_reset_time() -> None:
     assert cooldowns.earliest_reset() == 1005.0
     assert cooldowns.earliest_reset({"a"}) == 1060.0
     assert cooldowns.earliest_reset({"c"}) is None
+
+
+def test_mark_for_caps_the_cooldown() -> None:
+    cooldowns = Cooldowns(Clock())
+    assert cooldowns.mark_for("a", 31536000.0, default=60.0, cap=21600.0) == 1000.0 + 21600.0
+    assert cooldowns.mark_for("b", None, default=60.0, cap=30.0) == 1030.0
 
 
 def test_listing_is_soonest_first_with_seconds_left() -> None:

@@ -215,7 +215,7 @@ def test_quota_400_becomes_429_with_retry_after(prefix: str) -> None:
 
 
 def test_quota_without_time_uses_the_default_cooldown() -> None:
-    body = anthropic_error("invalid_request_error", "RESOURCE_EXHAUSTED")
+    body = anthropic_error("invalid_request_error", "You have exhausted your capacity on x.")
     answer = error_for_openai_client(400, body, default_reset=90)
     assert answer.headers == {"retry-after": "90"}
     assert answer.quota is not None and answer.quota.reset_seconds is None
@@ -224,6 +224,49 @@ def test_quota_without_time_uses_the_default_cooldown() -> None:
 def test_a_5xx_with_quota_words_is_not_a_quota_answer() -> None:
     answer = error_for_openai_client(503, anthropic_error("api_error", QUOTA))
     assert answer.status == 503 and answer.quota is None
+
+
+def test_a_quota_answer_longer_than_the_cap_is_cut_to_it() -> None:
+    body = anthropic_error("invalid_request_error", QUOTA.replace("1h2m3s", "8760h0m0s"))
+    answer = error_for_openai_client(400, body, max_reset=21600)
+    assert answer.status == 429 and answer.headers == {"retry-after": "21600"}
+    assert answer.quota is not None and answer.quota.reset_seconds == 8760 * 3600
+    assert error_for_anthropic_client(400, body, max_reset=60).headers == {"retry-after": "60"}
+
+
+def test_a_429_of_an_openai_shaped_upstream_is_a_quota_answer() -> None:
+    body = json.dumps({"error": {"message": QUOTA, "type": "rate_limit_error", "code": None}})
+    answer = error_for_anthropic_client(429, body.encode())
+    assert answer.status == 429 and answer.quota is not None
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        # The sentence echoed from a client's field, after other text.
+        (400, anthropic_error("invalid_request_error", f'Invalid value "{QUOTA}"')),
+        # The right words in the wrong type, or not in a JSON error object at all.
+        (400, anthropic_error("api_error", QUOTA)),
+        (400, QUOTA.encode()),
+        (400, json.dumps({"error": QUOTA}).encode()),
+        (400, json.dumps({"detail": QUOTA}).encode()),
+        (403, anthropic_error("invalid_request_error", QUOTA)),
+    ],
+)
+def test_only_a_structured_quota_answer_counts(status: int, body: bytes) -> None:
+    for to_client in (error_for_openai_client, error_for_anthropic_client):
+        answer = to_client(status, body, model="claude-sonnet-4-5")
+        assert answer.status == status and answer.quota is None
+
+
+def test_an_error_message_with_a_lone_surrogate_is_written_escaped() -> None:
+    """Issue 18: failures.py had its own encoder without bodies.json_bytes' fallback."""
+    message = "cut emoji \ud83d"  # a lone surrogate: not encodable as UTF-8
+    body = anthropic_error("invalid_request_error", message)
+    openai_answer = error_for_openai_client(400, body)
+    assert json.loads(openai_answer.content)["error"]["message"] == message
+    anthropic_answer = error_for_anthropic_client(400, body)
+    assert json.loads(anthropic_answer.content)["error"]["message"] == message
 
 
 def test_openai_errors_for_anthropic_clients() -> None:

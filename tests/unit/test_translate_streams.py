@@ -414,7 +414,9 @@ def test_reverse_any_split_gives_the_same_output(data: st.DataObject) -> None:
 def test_reverse_error_chunk_and_quota() -> None:
     error = (
         b"data: "
-        + json.dumps({"error": {"message": QUOTA, "type": "x", "code": None}}).encode()
+        + json.dumps(
+            {"error": {"message": QUOTA, "type": "rate_limit_error", "code": None}}
+        ).encode()
         + b"\n\n"
     )
     translator = OpenAIToAnthropicStream("m")
@@ -493,6 +495,38 @@ def test_passthrough_leaves_other_errors_alone() -> None:
     assert feed(translator, [error]) == error
     assert translator.error == {"type": "overloaded_error", "message": "busy"}
     assert translator.quota is None
+
+
+ECHOED = f'Invalid value "{QUOTA.replace("1m0s", "8760h0m0s")}"'
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        # an upstream quoting the client's field after other text, in the quota's own type
+        (AnthropicPassthroughStream, {"type": "invalid_request_error", "message": ECHOED}),
+        (
+            lambda: AnthropicToOpenAIStream("m"),
+            {"type": "invalid_request_error", "message": ECHOED},
+        ),
+        (lambda: OpenAIToAnthropicStream("m"), {"type": "rate_limit_error", "message": ECHOED}),
+        # the quota sentence in a type that is not a quota answer's
+        (AnthropicPassthroughStream, {"type": "api_error", "message": QUOTA}),
+        (lambda: AnthropicToOpenAIStream("m"), {"type": "overloaded_error", "message": QUOTA}),
+        (lambda: OpenAIToAnthropicStream("m"), {"message": QUOTA}),
+    ],
+)
+def test_only_a_structured_in_stream_error_is_a_quota_signal(
+    make: Callable[[], Any], error: dict[str, Any]
+) -> None:
+    translator = make()
+    if isinstance(translator, OpenAIToAnthropicStream):
+        event = b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+    else:
+        event = sse("error", {"type": "error", "error": error})
+    out = feed(translator, [event])
+    assert translator.quota is None
+    assert QUOTA_CODE.encode() not in out
 
 
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])

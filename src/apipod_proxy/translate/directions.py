@@ -17,10 +17,12 @@ these at startup (see `api_from_probe`).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from ..bodies import json_bytes
 from ..quota import QuotaExhausted
 from .failures import error_for_anthropic_client, error_for_openai_client
 from .requests import anthropic_request_to_openai, openai_request_to_anthropic
@@ -54,13 +56,6 @@ class TranslatedAnswer:
     quota: QuotaExhausted | None = None
 
 
-def _dumps(payload: Any) -> bytes:
-    try:
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:
-        return json.dumps(payload, separators=(",", ":")).encode()
-
-
 class Direction(Enum):
     """client API -> upstream API."""
 
@@ -90,13 +85,18 @@ class Direction(Enum):
         return OpenAIToAnthropicStream(model)
 
     def answer(
-        self, status: int, content: bytes, model: str | None = None, default_reset: float = 60.0
+        self,
+        status: int,
+        content: bytes,
+        model: str | None = None,
+        default_reset: float = 60.0,
+        max_reset: float = math.inf,
     ) -> TranslatedAnswer:
         """A whole upstream answer (success or error) in the client's API.
 
         `model` is the model the client asked for (shown in the answer) and the one the
         quota message is about; `default_reset` is the cooldown when a quota answer names
-        no reset time.
+        no reset time, `max_reset` the longest one (QUOTA_COOLDOWN_MAX).
         """
         if status >= 400:
             to_client = (
@@ -104,7 +104,7 @@ class Direction(Enum):
                 if self is Direction.OPENAI_TO_ANTHROPIC
                 else error_for_anthropic_client
             )
-            error = to_client(status, content, model, default_reset)
+            error = to_client(status, content, model, default_reset, max_reset)
             return TranslatedAnswer(error.status, error.content, error.headers, error.quota)
         try:
             body = json.loads(content)
@@ -113,8 +113,8 @@ class Direction(Enum):
         if not isinstance(body, dict):
             return self.answer(502, b"The upstream sent an answer that is not a JSON object")
         if self is Direction.OPENAI_TO_ANTHROPIC:
-            return TranslatedAnswer(status, _dumps(anthropic_response_to_openai(body, model)))
-        return TranslatedAnswer(status, _dumps(openai_response_to_anthropic(body, model)))
+            return TranslatedAnswer(status, json_bytes(anthropic_response_to_openai(body, model)))
+        return TranslatedAnswer(status, json_bytes(openai_response_to_anthropic(body, model)))
 
 
 def direction_for(method: str, path: str, upstream_api: str) -> Direction | None:

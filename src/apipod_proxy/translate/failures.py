@@ -5,16 +5,19 @@ Anthropic's `{"type": "error", "error": {"type", "message"}}` becomes OpenAI's
 `{"error": {"message", "type", "param", "code"}}` and back. The exception is an
 exhausted upstream quota (see quota.py), which antigravity-claude-proxy reports as 400:
 every client gets 429 with code `upstream_quota_exhausted` and a Retry-After, so clients
-back off instead of treating their request as malformed.
+back off instead of treating their request as malformed. Only a JSON error object is read
+for that, by its status, type and the start of its message (quota.quota_answer).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..quota import QUOTA_CODE, QuotaExhausted, detect, retry_after
+from ..bodies import json_bytes
+from ..quota import QUOTA_CODE, QuotaExhausted, quota_answer, retry_after
 
 #: What a client reads of an error body that is not JSON.
 MAX_RAW_MESSAGE = 500
@@ -40,11 +43,17 @@ class ErrorAnswer:
 
     @property
     def content(self) -> bytes:
-        return json.dumps(self.payload, ensure_ascii=False, separators=(",", ":")).encode()
+        return json_bytes(self.payload)
 
 
 def read_error(status: int, body: bytes) -> tuple[str, str]:
     """(type, message) of an upstream error body in either API's shape, or of raw text."""
+    kind, message, _ = _read(status, body)
+    return kind, message
+
+
+def _read(status: int, body: bytes) -> tuple[str, str, QuotaExhausted | None]:
+    """(type, message, quota signal): only a JSON error object can be a quota signal."""
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError, UnicodeDecodeError):
@@ -56,11 +65,12 @@ def read_error(status: int, body: bytes) -> tuple[str, str]:
         return (
             kind if isinstance(kind, str) and kind else _default_type(status),
             message if isinstance(message, str) else json.dumps(error)[:MAX_RAW_MESSAGE],
+            quota_answer(status, kind, message),
         )
     if isinstance(error, str):  # {"error": "text"}, as some servers answer
-        return _default_type(status), error
+        return _default_type(status), error, None
     text = body.decode("utf-8", "replace").strip()[:MAX_RAW_MESSAGE]
-    return _default_type(status), text or f"Upstream error (HTTP {status})"
+    return _default_type(status), text or f"Upstream error (HTTP {status})", None
 
 
 def _default_type(status: int) -> str:
@@ -75,9 +85,9 @@ def quota_message(model: str | None, seconds: float) -> str:
 
 
 def quota_for_openai_client(
-    quota: QuotaExhausted, model: str | None, default_reset: float
+    quota: QuotaExhausted, model: str | None, default_reset: float, max_reset: float = math.inf
 ) -> ErrorAnswer:
-    seconds = default_reset if quota.reset_seconds is None else quota.reset_seconds
+    seconds = quota.cooldown(default_reset, max_reset)
     payload = {
         "error": {
             "message": quota_message(model, seconds),
@@ -90,9 +100,9 @@ def quota_for_openai_client(
 
 
 def quota_for_anthropic_client(
-    quota: QuotaExhausted, model: str | None, default_reset: float
+    quota: QuotaExhausted, model: str | None, default_reset: float, max_reset: float = math.inf
 ) -> ErrorAnswer:
-    seconds = default_reset if quota.reset_seconds is None else quota.reset_seconds
+    seconds = quota.cooldown(default_reset, max_reset)
     payload = {
         "type": "error",
         "error": {
@@ -105,23 +115,32 @@ def quota_for_anthropic_client(
 
 
 def error_for_openai_client(
-    status: int, body: bytes, model: str | None = None, default_reset: float = 60.0
+    status: int,
+    body: bytes,
+    model: str | None = None,
+    default_reset: float = 60.0,
+    max_reset: float = math.inf,
 ) -> ErrorAnswer:
-    """An upstream error (either shape) as an OpenAI error; `model` is the one sent."""
-    kind, message = read_error(status, body)
-    if 400 <= status < 500 and (quota := detect(message)) is not None:
-        return quota_for_openai_client(quota, model, default_reset)
+    """An upstream error (either shape) as an OpenAI error; `model` is the one sent.
+    A quota answer's cooldown is `default_reset` when it names none, at most `max_reset`."""
+    kind, message, quota = _read(status, body)
+    if quota is not None:
+        return quota_for_openai_client(quota, model, default_reset, max_reset)
     payload = {"error": {"message": message, "type": kind, "param": None, "code": kind}}
     return ErrorAnswer(status, payload)
 
 
 def error_for_anthropic_client(
-    status: int, body: bytes, model: str | None = None, default_reset: float = 60.0
+    status: int,
+    body: bytes,
+    model: str | None = None,
+    default_reset: float = 60.0,
+    max_reset: float = math.inf,
 ) -> ErrorAnswer:
     """An upstream error (either shape) as an Anthropic error; `model` is the one sent."""
-    kind, message = read_error(status, body)
-    if 400 <= status < 500 and (quota := detect(message)) is not None:
-        return quota_for_anthropic_client(quota, model, default_reset)
+    kind, message, quota = _read(status, body)
+    if quota is not None:
+        return quota_for_anthropic_client(quota, model, default_reset, max_reset)
     return ErrorAnswer(status, {"type": "error", "error": {"type": kind, "message": message}})
 
 

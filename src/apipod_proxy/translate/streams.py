@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..quota import QUOTA_CODE, QuotaExhausted, detect
+from ..quota import QUOTA_CODE, QuotaExhausted, quota_in_stream
 from ..usage import Usage
 from .responses import (
     TokenUsage,
@@ -296,7 +296,7 @@ class AnthropicToOpenAIStream(_SseTranslator):
 
     def _fail(self, message: str, kind: str, code: str | None = None) -> None:
         """An OpenAI stream error chunk, then the end (the SDK raises APIError on it)."""
-        quota = detect(message)
+        quota = quota_in_stream(kind, message)
         if quota is not None:
             self._note_quota(quota)
             kind, code = "rate_limit_error", QUOTA_CODE
@@ -450,7 +450,7 @@ class OpenAIToAnthropicStream(_SseTranslator):
 
     def _fail(self, message: str, kind: str, code: str | None = None) -> None:
         self.error = {"type": kind, "message": message}
-        quota = detect(message)
+        quota = quota_in_stream(kind, message)
         if quota is not None:
             self._note_quota(quota)
             self.error = {"type": "rate_limit_error", "message": message, "code": QUOTA_CODE}
@@ -488,7 +488,7 @@ class AnthropicPassthroughStream(_SseTranslator):
             self.finished = True
         elif kind == "error" and isinstance(payload.get("error"), dict):
             message = payload["error"].get("message")
-            quota = detect(message) if isinstance(message, str) else None
+            quota = quota_in_stream(payload["error"].get("type"), message)
             self.error = payload["error"]
             if quota is not None:
                 self._note_quota(quota)
