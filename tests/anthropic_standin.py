@@ -24,7 +24,10 @@ It behaves as the shared notes on wire formats measured (version 2.0.4):
   answer with zero usage.
 
 Per-request steering headers: `x-standin-status: CODE` (an error answer),
-`x-standin-mode: text|tool` (ignore or force tools), `x-standin-cache-read: N`.
+`x-standin-mode: text|tool` (ignore or force tools), `x-standin-cache-read: N`,
+`x-standin-echo-error: 1` (a 400 `invalid_request_error` whose message quotes the last
+user text, `Invalid value "<text>"`, as upstreams quote a client's field; inside a 200
+stream when the request streams).
 """
 
 from __future__ import annotations
@@ -99,6 +102,14 @@ def compact(payload: Any) -> str:
 
 def error_body(kind: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The text of the last user message (its text blocks joined)."""
+    content = [m for m in body["messages"] if m.get("role") == "user"][-1]["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(b.get("text", "") for b in content if b.get("type") == "text")
 
 
 def quota_message(model: str, reset: str, prefixed: bool) -> str:
@@ -233,6 +244,11 @@ class AnthropicStandIn(ThreadedServer):
             return reply(error_body("invalid_request_error", str(exc)), status=400)
         model = body["model"]
         stream = body.get("stream") is True
+        if request.headers.get("x-standin-echo-error"):
+            echoed = f'Invalid value "{last_user_text(body)}"'
+            if not stream:
+                return reply(error_body("invalid_request_error", echoed), status=400)
+            return await self._stream_error(request, echoed)
         if (exhaustion := self._exhaustion(model)) is not None:
             message = quota_message(model, exhaustion.reset, exhaustion.prefixed)
             if not (stream and exhaustion.in_stream):
