@@ -40,6 +40,7 @@ from .config import ConfigError, Settings
 from .keycache import KeyCache
 from .models import ModelList
 from .pgstore import KeyVersionWatcher, PgKeyStore
+from .pricing import open_routes_file
 from .requestlog import PRUNE_SECONDS, RequestLog
 from .routing import RoutesError, RoutesFile
 from .sharedlimit import SharedLimiter, SharedSpend
@@ -142,8 +143,7 @@ class Lifecycle:
             store.open()
             routes = None
             if settings.routes_file:
-                routes = RoutesFile(settings.routes_file, gateway.router, [gateway.plans])
-                routes.load()
+                routes = open_routes_file(settings.routes_file, gateway.router, gateway.plans)
             gateway.ledger.base = store.current_spend()  # every key's spend, at start
         except (ConfigError, RoutesError) as exc:
             # Logged at ERROR during startup: mitmdump prints the line and exits.

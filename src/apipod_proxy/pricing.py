@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .routing import RoutesError, only, read_toml, table_of
+from .routing import Router, RoutesError, RoutesFile, only, read_toml, table_of
 
 log = logging.getLogger("apipod")
 
@@ -172,3 +172,14 @@ class Plans:
                 )
             return 0.0
         return price.cost(prompt_tokens, cached_tokens, completion_tokens)
+
+
+def open_routes_file(
+    path: str, router: Router | None = None, plans: Plans | None = None
+) -> RoutesFile:
+    """ROUTES_FILE read and checked whole, routes, prices and tiers, and put in force in
+    `router` and `plans`. The proxy loads it so at startup and `make run`'s pre-check
+    (serve.py) calls the same, so both refuse the same files. RoutesError names the file."""
+    routes = RoutesFile(path, router or Router(), [plans if plans is not None else Plans()])
+    routes.load()
+    return routes

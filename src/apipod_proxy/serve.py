@@ -28,7 +28,8 @@ from .config import (
     load_settings,
 )
 from .lifecycle import listen_problem
-from .routing import Router, RoutesError, RoutesFile
+from .pricing import open_routes_file
+from .routing import RoutesError
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "addons" / "apipod.py"
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> None:
     try:
         settings = load_settings()
         if settings.routes_file:
-            RoutesFile(settings.routes_file, Router()).load()
+            open_routes_file(settings.routes_file)  # as the proxy will: routes and [prices]
     except (ConfigError, RoutesError) as exc:
         print(f"apipod: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)

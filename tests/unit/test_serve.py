@@ -11,6 +11,8 @@ from dotenv import dotenv_values
 
 from apipod_proxy import serve
 from apipod_proxy.config import PLACEHOLDER_ADMIN_SECRET, load_settings
+from apipod_proxy.pricing import open_routes_file
+from apipod_proxy.routing import RoutesError
 
 
 def settings(**env: str):
@@ -62,3 +64,30 @@ def test_init_env_never_overwrites(tmp_path: Path) -> None:
     target.write_text("ANTIGRAVITY_KEY=mine\n")
     serve.init_env(target)
     assert target.read_text() == "ANTIGRAVITY_KEY=mine\n"
+
+
+def test_the_pre_check_refuses_bad_prices_as_the_proxy_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 18: the pre-check read only the routes, so `make run` started a proxy that
+    then refused the same file at load for its [prices]."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[prices."claude-sonnet-4-5"]\ninput = -1\noutput = 15\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ANTIGRAVITY_KEY", "k")
+    monkeypatch.setenv("ROUTES_FILE", str(routes))
+
+    def started(*args: object) -> None:
+        raise AssertionError(f"the proxy was started: {args}")
+
+    monkeypatch.setattr(serve, "listen_problem", lambda *args: None)
+    monkeypatch.setattr(serve.os, "execv", started)
+    with pytest.raises(SystemExit) as stopped:
+        serve.main([])
+    assert stopped.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"apipod: configuration error: ROUTES_FILE {routes}: ")
+    assert "input must be zero or more" in line
+    # The proxy's own load refuses it with the same words.
+    with pytest.raises(RoutesError, match="input must be zero or more"):
+        open_routes_file(str(routes))
