@@ -18,6 +18,9 @@
   little text and then the error chunk `data: {"error": {...}}` inside a 200 stream;
   `x-standin-mode: text` answers text even when given tools (for agents such as Claude
   Code, which send dozens of tools with every turn).
+- `x-standin-quota: DURATION` answers 429 `rate_limit_error` "You have exhausted your
+  capacity on <model>. Quota will reset after DURATION.", as an OpenAI-shaped
+  Antigravity gateway reports a used-up quota.
 """
 
 from __future__ import annotations
@@ -117,6 +120,9 @@ class OpenAIStandIn(ThreadedServer):
         except Invalid as exc:
             return error(400, str(exc), "invalid_request_error", None, exc.param)
         model = body["model"]
+        if reset := request.headers.get("x-standin-quota"):
+            quota = f"You have exhausted your capacity on {model}. Quota will reset after {reset}."
+            return error(429, quota, "rate_limit_error", None)
         message = self._answer(body, request.headers.get("x-standin-mode") == "text")
         words = [message.get("reasoning_content") or "", message.get("content") or ""]
         for call in message.get("tool_calls") or []:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from anthropic_standin import AnthropicStandIn
 from harness import Proxy
+from openai_standin import OpenAIStandIn
 
 ALIAS = "cursor-pro-sonnet"  # 20 % claude, 80 % gemini in the built-in table
 CLAUDE, GEMINI = "claude-sonnet-4-5", "gemini-3-flash"
@@ -152,3 +153,19 @@ def test_an_upstream_error_with_a_lone_surrogate_is_translated(
         "code": "invalid_request_error",
     }
     assert "internal error translating" not in proxy.log()
+
+
+def test_an_openai_shaped_upstreams_429_is_a_quota_answer_and_capped(
+    make_proxy: Callable[..., Proxy], gpt_upstream: OpenAIStandIn
+) -> None:
+    """The other accepted shape: 429 `rate_limit_error` from an OpenAI-only gateway, for an
+    Anthropic client (translated); its year-long reset is cut to QUOTA_COOLDOWN_MAX."""
+    proxy = make_proxy(gpt_upstream.url, UPSTREAM_API="openai", QUOTA_COOLDOWN_MAX="600")
+    key = proxy.create_key()
+    answer = messages(proxy, key, "gpt-4o-mini", "hi", stream=False, **{"x-standin-quota": YEAR})
+    assert answer.status_code == 429, answer.text
+    assert answer.json()["error"]["code"] == "upstream_quota_exhausted"
+    assert answer.headers["retry-after"] == "600"
+    [cooling] = health(proxy)["cooldowns"]
+    assert cooling["model"] == "gpt-4o-mini" and 300 < cooling["seconds_left"] <= 600
+    assert "QUOTA_COOLDOWN_MAX: cooled for 600 s instead" in proxy.log()
