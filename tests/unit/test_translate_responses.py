@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -257,6 +259,17 @@ def test_only_a_structured_quota_answer_counts(status: int, body: bytes) -> None
     for to_client in (error_for_openai_client, error_for_anthropic_client):
         answer = to_client(status, body, model="claude-sonnet-4-5")
         assert answer.status == status and answer.quota is None
+
+
+def test_translate_stays_free_of_mitmproxy() -> None:
+    """failures.py writes JSON with bodies.json_bytes; bodies.py imports mitmproxy only for
+    type checking, so the translation package still loads without it."""
+    code = (
+        "import sys, apipod_proxy.translate\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] == 'mitmproxy']\n"
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_an_error_message_with_a_lone_surrogate_is_written_escaped() -> None:
