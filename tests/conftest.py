@@ -17,8 +17,10 @@ from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anthropic_standin import AnthropicStandIn
+from google_fake import GoogleFake
 from harness import UPSTREAM_KEY, Proxy, start_proxy
 from openai_standin import OpenAIStandIn
+from real_upstream import Antigravity, npm_package, start_antigravity
 from services import SKIP_LINE, UNREACHABLE, RedisSpace, fresh_database, fresh_redis_space
 from standin import SilentUpstream, StandIn
 
@@ -186,3 +188,42 @@ def make_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
 @pytest.fixture
 def api_key(proxy: Proxy) -> str:
     return proxy.create_key()
+
+
+# --- the real tier: antigravity-claude-proxy from npm, offline, before a fake Google -------
+
+
+@pytest.fixture(scope="session")
+def google_backend() -> Iterator[GoogleFake]:
+    server = GoogleFake().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def antigravity_session(
+    google_backend: GoogleFake, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Antigravity]:
+    """One real antigravity-claude-proxy for the session (it starts in about a second,
+    but npm installs it once into ~/.cache/apipod-antigravity). Skips without npm."""
+    running = start_antigravity(tmp_path_factory.mktemp("antigravity"), google_backend)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def antigravity(antigravity_session: Antigravity) -> Antigravity:
+    """The real package, its fake Google backend reset: default answers, no record."""
+    antigravity_session.fake.reset()
+    return antigravity_session
+
+
+#: Claude Code from the npm registry (its test and the real tier's share the install).
+CLAUDE_CODE_VERSION = "2"
+
+
+@pytest.fixture(scope="session")
+def claude_code() -> Path:
+    """`claude`, installed once into ~/.cache/apipod-claude-code (skips without npm)."""
+    spec = f"@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}"
+    return npm_package(spec, "node_modules/.bin/claude", "apipod-claude-code")
