@@ -15,9 +15,12 @@ It behaves as the shared notes on wire formats measured (version 2.0.4):
   a `tool_use` whose `input_json_delta` comes in several pieces; given tool results, the
   answer quotes them. Non-streamed tool calls carry `stop_reason: "end_turn"`, streamed
   ones `tool_use`, as upstream does.
-- Usage: `input_tokens` (the prompt minus cached tokens, default 25), and
+- Usage: `input_tokens` (the prompt minus cached tokens, `input_tokens`, default 25),
   `cache_read_input_tokens` (`cache_read_tokens`, default 0, or the
-  `x-standin-cache-read` header). Every answer's counts are appended to `reported`.
+  `x-standin-cache-read` header) and `cache_creation_input_tokens` (always 0). Streamed,
+  `message_delta.usage` carries `output_tokens` and both cache figures but **no
+  `input_tokens`**, as upstream does. Every answer's counts are appended to `reported`.
+  tests/e2e/test_e2e_standin_differential.py checks all this against the real package.
 - Streamed events are split across TCP writes (`split_writes`).
 - `exhaust(model, reset, in_stream)` makes a model answer the quota error: HTTP 400,
   or inside a 200 stream; `answer_empty(model)` gives the "[No response after retries]"
@@ -46,6 +49,10 @@ MODELS = [
     "gemini-2.5-flash",
 ]
 EMPTY_ANSWER = "[No response after retries - please try again]"
+COUNT_TOKENS_MESSAGE = (
+    "Token counting is not implemented. Use /v1/messages with max_tokens or configure "
+    "your client to skip token counting."
+)
 INPUT_TOKENS = 25
 TOP_LEVEL = {
     "model",
@@ -116,6 +123,8 @@ class AnthropicStandIn(ThreadedServer):
     def __init__(self, key: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.key = key
+        #: The prompt minus its cached part (`input_tokens`), and the cached part.
+        self.input_tokens = INPUT_TOKENS
         self.cache_read_tokens = 0
         self.exhausted: dict[str, Exhaustion] = {}
         self.empty_models: set[str] = set()
@@ -188,7 +197,7 @@ class AnthropicStandIn(ThreadedServer):
         if request.method == "POST" and path.startswith("/_standin/"):
             return self.control(path.removeprefix("/_standin/"), entry.json())
         if request.method == "POST" and path == "/v1/messages/count_tokens":
-            return reply(error_body("api_error", "Token counting is not implemented"), status=501)
+            return reply(error_body("not_implemented", COUNT_TOKENS_MESSAGE), status=501)
         if request.method == "POST" and path == "/v1/messages":
             return await self.messages(request, entry.body)
         if request.method == "GET" and path == "/health":
@@ -251,7 +260,7 @@ class AnthropicStandIn(ThreadedServer):
             answer = Answer(model, 0, 0, text=EMPTY_ANSWER)
             answer.zero_usage = True
             return answer
-        answer = Answer(model, INPUT_TOKENS, cache_read, number=len(self.reported))
+        answer = Answer(model, self.input_tokens, cache_read, number=len(self.reported))
         if model.endswith("-thinking") or model.startswith("gemini-3"):
             answer.thinking = f"The user wants an answer from {model}."
             answer.signature = "sig_" + model.replace("-", "_") + "_0123456789"
@@ -338,8 +347,26 @@ class Answer:
         tool = json.dumps(self.tool["input"]) if self.tool else ""
         return output_tokens(self.text, self.thinking, tool)
 
-    def input_usage(self) -> dict[str, int]:
-        return {"input_tokens": self.input_tokens, "cache_read_input_tokens": self.cache_read}
+    def usage(self, output_tokens: int) -> dict[str, int]:
+        """message_start's and a non-streamed answer's usage, in upstream's order."""
+        if self.zero_usage:  # upstream's "[No response after retries]" answer
+            return {"input_tokens": 0, "output_tokens": 0}
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": self.cache_read,
+            "cache_creation_input_tokens": 0,
+        }
+
+    def final_usage(self) -> dict[str, int]:
+        """message_delta's usage: cumulative output and cache figures, no input_tokens."""
+        if self.zero_usage:
+            return {"output_tokens": 0}
+        return {
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read,
+            "cache_creation_input_tokens": 0,
+        }
 
     def message(self, stream: bool) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -361,7 +388,7 @@ class Answer:
             "content": content,
             "stop_reason": stop,
             "stop_sequence": None,
-            "usage": {**self.input_usage(), "output_tokens": self.output_tokens},
+            "usage": self.usage(self.output_tokens),
         }
 
 
@@ -369,11 +396,11 @@ def stream_events(answer: Answer, json_piece: int = 7) -> list[bytes]:
     """The SSE events of a streamed answer, in the upstream's order."""
     message = answer.message(stream=True)
     start = {**message, "content": [], "stop_reason": None}
-    start["usage"] = {**answer.input_usage(), "output_tokens": 0}
+    start["usage"] = answer.usage(0)
     events = [sse("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message["content"]):
         kind = block["type"]
-        empty = {"text": {"text": ""}, "thinking": {"thinking": "", "signature": ""}}.get(
+        empty = {"text": {"text": ""}, "thinking": {"thinking": ""}}.get(
             kind, {"id": block.get("id"), "name": block.get("name"), "input": {}}
         )
         events.append(
@@ -397,7 +424,7 @@ def stream_events(answer: Answer, json_piece: int = 7) -> list[bytes]:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                "usage": {"output_tokens": answer.output_tokens},
+                "usage": answer.final_usage(),
             },
         )
     )
