@@ -42,9 +42,9 @@ def npm_package(spec: str, binary: str, cache: str) -> Path:
     cache folder `cache`. Skips (fails under CI=true) when npm or node is missing."""
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
-        message = (
-            f"{' and '.join(missing)} not installed: {spec} needs it (apt-get install nodejs npm)"
-        )
+        them = "them" if len(missing) > 1 else "it"
+        message = f"{' and '.join(missing)} not installed: {spec} needs {them}"
+        message += " (apt-get install nodejs npm)"
         if in_ci():
             pytest.fail(f"CI=true: {message}", pytrace=False)
         pytest.skip(message)
