@@ -19,8 +19,10 @@ It behaves as the shared notes on wire formats measured (version 2.0.4):
   `cache_read_input_tokens` (`cache_read_tokens`, default 0, or the
   `x-standin-cache-read` header) and `cache_creation_input_tokens` (always 0). Streamed,
   `message_delta.usage` carries `output_tokens` and both cache figures but **no
-  `input_tokens`**, as upstream does. Every answer's counts are appended to `reported`.
-  tests/e2e/test_e2e_standin_differential.py checks all this against the real package.
+  `input_tokens`**, as upstream does. `output_tokens` counts the text and tool input,
+  never the thinking (upstream's is Google's candidatesTokenCount). Every answer's counts
+  are appended to `reported`. tests/e2e/test_e2e_standin_differential.py checks all this
+  against the real package.
 - Streamed events are split across TCP writes (`split_writes`).
 - `exhaust(model, reset, in_stream)` makes a model answer the quota error: HTTP 400,
   or inside a 200 stream; `answer_empty(model)` gives the "[No response after retries]"
@@ -345,7 +347,8 @@ class Answer:
         if self.zero_usage:
             return 0
         tool = json.dumps(self.tool["input"]) if self.tool else ""
-        return output_tokens(self.text, self.thinking, tool)
+        # Google's candidatesTokenCount, which upstream reports, leaves the thinking out.
+        return output_tokens(self.text, tool)
 
     def usage(self, output_tokens: int) -> dict[str, int]:
         """message_start's and a non-streamed answer's usage, in upstream's order."""

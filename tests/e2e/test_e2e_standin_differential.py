@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,16 @@ def headline_google(google: GoogleFake) -> None:
     )
 
 
+def thinking_google(google: GoogleFake) -> None:
+    # The stand-in's answer; output_tokens is Google's candidatesTokenCount, which
+    # leaves the thinking out: 3 tokens for the 3 words of the text.
+    google.default = Script(
+        text="Hello from claude-sonnet-4-5-thinking.",
+        thinking="The user wants an answer from claude-sonnet-4-5-thinking.",
+        completion_tokens=3,
+    )
+
+
 def tool_google(google: GoogleFake) -> None:
     google.default = Script(
         text="Let me call get_weather.", tool={"name": "get_weather", "args": {"city": "x"}}
@@ -81,8 +92,17 @@ SCENARIOS = {
     "streamed": Scenario(
         "POST", "/v1/messages", messages(stream=True), None, headline_standin, headline_google, True
     ),
-    "thinking": Scenario("POST", "/v1/messages", messages(THINKING)),
-    "thinking-streamed": Scenario("POST", "/v1/messages", messages(THINKING, stream=True)),
+    "thinking": Scenario(
+        "POST", "/v1/messages", messages(THINKING), None, google=thinking_google, values=True
+    ),
+    "thinking-streamed": Scenario(
+        "POST",
+        "/v1/messages",
+        messages(THINKING, stream=True),
+        None,
+        google=thinking_google,
+        values=True,
+    ),
     "tool": Scenario("POST", "/v1/messages", messages(**TOOLS), google=tool_google),
     "tool-streamed": Scenario(
         "POST", "/v1/messages", messages(stream=True, **TOOLS), google=tool_google
@@ -97,6 +117,13 @@ SCENARIOS = {
     "bad-key": Scenario("POST", "/v1/messages", messages(), {"x-api-key": "wrong"}),
     "unknown-path": Scenario("GET", "/v1/nothing-here"),
 }
+
+
+def timeless(error: dict[str, Any]) -> dict[str, Any]:
+    """An error body with its reset delay's digits masked: upstream counts down the time
+    left ("10s", then "9s" a moment later)."""
+    message = re.sub(r"(reset after )\d[\dhms]*", r"\1<duration>", error["error"]["message"])
+    return {**error, "error": {**error["error"], "message": message}}
 
 
 def keys(value: Any) -> list[str]:
@@ -118,7 +145,7 @@ def observe(url: str, scenario: Scenario) -> dict[str, Any]:
         return seen
     body = response.json()
     if body.get("type") == "error":
-        seen["error"] = body
+        seen["error"] = timeless(body)
     elif body.get("object") == "list":
         seen["list"] = {
             "keys": keys(body),
@@ -150,7 +177,7 @@ def stream_shape(text: str, values: bool) -> list[Any]:
         if "usage" in data:
             item["usage"] = data["usage"] if values else keys(data["usage"])
         if data.get("type") == "error":
-            item["error"] = data["error"]
+            item["error"] = timeless(data)["error"]
         if not shape or shape[-1] != item:  # a run of the same delta counts once
             shape.append(item)
     return shape
