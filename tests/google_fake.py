@@ -15,7 +15,9 @@ the package's source (src/cloudcode/*.js, src/auth/oauth.js) calls:
   `cachedContentTokenCount`, `candidatesTokenCount`, `thoughtsTokenCount`.
 - Parts: text, thought parts (`"thought": true`) with a `thoughtSignature`, and
   `functionCall` parts.
-- A quota error: 429 `RESOURCE_EXHAUSTED` with `quotaResetDelay` in its details.
+- A quota error: 429 `RESOURCE_EXHAUSTED` with `quotaResetDelay` in its details (the
+  package turns it into 400 `invalid_request_error`, or an `event: error` in a stream).
+- A stream that breaks off after some events (`cut_after`).
 
 Each answer follows a `Script`: the default one, or the one registered with `on(match,
 script)` whose `match` is the request's model or appears in its last user text (so
@@ -64,6 +66,8 @@ class Script:
     quota_reset: str | None = None
     #: Text pieces per stream event (words of `text` per `data:` event).
     words_per_event: int = 2
+    #: Streamed: drop the connection after this many events, before the usage is final.
+    cut_after: int | None = None
 
 
 @dataclass
@@ -199,7 +203,11 @@ class GoogleFake(ThreadedServer):
             return web.json_response({"response": merged(chunks), "traceId": secrets.token_hex(8)})
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        for chunk in chunks:
+        for number, chunk in enumerate(chunks):
+            if script.cut_after is not None and number >= script.cut_after:
+                if request.transport is not None:
+                    request.transport.abort()  # Google's stream breaks off mid-answer
+                return response
             await response.write(f"data: {json.dumps({'response': chunk})}\r\n\r\n".encode())
         await response.write_eof()
         return response

@@ -342,3 +342,33 @@ def test_a_customer_key_does_not_reach_the_packages_own_pages(
     assert ACCOUNT_EMAIL not in body, f"{path} shows the upstream's account: {body[:300]}"
     assert "Antigravity Console" not in body and "maxWaitBeforeErrorMs" not in body, body[:300]
     assert antigravity.log().count(f"[GET] {path}\n") == before, f"{path} reached the upstream"
+
+
+# --- a Google stream that breaks off ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("client_api", ["anthropic", "openai"])
+def test_a_stream_google_breaks_off_ends_in_an_error_and_bills_what_was_delivered(
+    real_proxy: Proxy, antigravity: Antigravity, client_api: str
+) -> None:
+    """Google drops the stream after two events. The package then retries on its next
+    endpoint inside the same response (a second message_start: the client sees the
+    answer begin twice), and ends with `event: error` "terminated", without usage. The
+    client gets the error; the proxy logs the prompt and bills the text delivered."""
+    antigravity.fake.default = Script(text="one two three four five six seven eight", cut_after=2)
+    key_id, key = real_proxy.new_key(f"cut-{client_api}")
+    if client_api == "anthropic":
+        body = {"model": CLAUDE, "max_tokens": 100, "messages": HI, "stream": True}
+        headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+        response = httpx.post(f"{real_proxy.url}/v1/messages", headers=headers, json=body)
+        assert response.status_code == 200
+        names = [line for line in response.text.splitlines() if line.startswith("event: ")]
+        assert names.count("event: message_start") == 2, response.text
+        assert names[-1] == "event: error"
+    else:
+        client = openai_client(real_proxy, key)
+        with pytest.raises(openai.APIError):
+            list(client.chat.completions.create(model=CLAUDE, messages=HI, stream=True))  # type: ignore[arg-type]
+    [row] = logged(real_proxy, key_id)
+    assert row["prompt_tokens"] == 25
+    assert row["completion_tokens"] > 0, f"the delivered text was not billed: {row}"
