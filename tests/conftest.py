@@ -20,7 +20,7 @@ from anthropic_standin import AnthropicStandIn
 from google_fake import GoogleFake
 from harness import UPSTREAM_KEY, Proxy, start_proxy
 from openai_standin import OpenAIStandIn
-from real_upstream import Antigravity, npm_package, start_antigravity
+from real_upstream import Antigravity, claude_code_binary, start_antigravity
 from services import SKIP_LINE, UNREACHABLE, RedisSpace, fresh_database, fresh_redis_space
 from standin import SilentUpstream, StandIn
 
@@ -218,12 +218,7 @@ def antigravity(antigravity_session: Antigravity) -> Antigravity:
     return antigravity_session
 
 
-#: Claude Code from the npm registry (its test and the real tier's share the install).
-CLAUDE_CODE_VERSION = "2"
-
-
 @pytest.fixture(scope="session")
 def claude_code() -> Path:
     """`claude`, installed once into ~/.cache/apipod-claude-code (skips without npm)."""
-    spec = f"@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}"
-    return npm_package(spec, "node_modules/.bin/claude", "apipod-claude-code")
+    return claude_code_binary()

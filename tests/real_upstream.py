@@ -9,6 +9,10 @@ antigravity-claude-proxy run offline in front of the fake Google backend.
   its HOME in `workdir` (so its config dir, `~/.config/antigravity-proxy/`, holds a
   pre-seeded OAuth account and needs no browser), under `node --import offline.mjs`
   so that every Google host goes to `fake` and nothing reaches the internet.
+
+`python tests/real_upstream.py` installs both packages into their caches ahead of the
+tests (`make test` does, so that a first install does not count against a test's
+timeout); without npm it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from services import in_ci
 
 ANTIGRAVITY_VERSION = "2.0.4"
 ANTIGRAVITY = f"antigravity-claude-proxy@{ANTIGRAVITY_VERSION}"
+#: Claude Code from the npm registry (a major version: its tests follow the newest 2.x).
+CLAUDE_CODE = "@anthropic-ai/claude-code@2"
 OFFLINE = Path(__file__).parent / "node" / "offline.mjs"
 ACCOUNT_EMAIL = "fake-account@example.com"
 
@@ -65,6 +71,11 @@ def npm_package(spec: str, binary: str, cache: str) -> Path:
         stamp.write_text(spec)
     assert target.exists(), f"npm installed {spec} but {target} is missing"
     return target
+
+
+def claude_code_binary() -> Path:
+    """`claude` (its tests and the real tier's share the install)."""
+    return npm_package(CLAUDE_CODE, "node_modules/.bin/claude", "apipod-claude-code")
 
 
 def antigravity_package() -> Path:
@@ -168,3 +179,15 @@ def claude_code_env(home: Path, base_url: str, key: str, model: str) -> dict[str
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1",
     }
+
+
+def main() -> None:
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        print("real_upstream: node/npm not found; the real-upstream tests will skip")
+        return
+    for install in (antigravity_package, claude_code_binary):
+        print(f"real_upstream: {install()}")
+
+
+if __name__ == "__main__":
+    main()
