@@ -24,9 +24,10 @@ It behaves as the shared notes on wire formats measured (version 2.0.4):
   are appended to `reported`. tests/e2e/test_e2e_standin_differential.py checks all this
   against the real package.
 - Streamed events are split across TCP writes (`split_writes`).
-- `exhaust(model, reset, in_stream)` makes a model answer the quota error: HTTP 400,
-  or inside a 200 stream; `answer_empty(model)` gives the "[No response after retries]"
-  answer with zero usage.
+- `exhaust(model, reset, in_stream)` makes a model answer the quota error: HTTP 400 to
+  a plain request, `event: error` inside a 200 stream to a streamed one (2.0.4 sends its
+  headers before it asks Google); `in_stream=False` answers a streamed request 400 too.
+  `answer_empty(model)` gives the "[No response after retries]" answer, zero usage.
 
 Per-request steering headers: `x-standin-status: CODE` (an error answer),
 `x-standin-mode: text|tool` (ignore or force tools), `x-standin-cache-read: N`.
@@ -92,7 +93,7 @@ class Invalid(Exception):
 @dataclass
 class Exhaustion:
     reset: str
-    in_stream: bool
+    in_stream: bool | None  # None: in the stream when the request streams
     prefixed: bool
     until: float | None
 
@@ -141,7 +142,7 @@ class AnthropicStandIn(ThreadedServer):
         self,
         model: str,
         reset: str = "1m0s",
-        in_stream: bool = False,
+        in_stream: bool | None = None,
         prefixed: bool = False,
         seconds: float | None = None,
     ) -> None:
@@ -161,7 +162,7 @@ class AnthropicStandIn(ThreadedServer):
             self.exhaust(
                 body["model"],
                 body.get("reset", "1m0s"),
-                body.get("in_stream", False),
+                body.get("in_stream"),
                 body.get("prefixed", False),
                 body.get("seconds"),
             )
@@ -246,7 +247,7 @@ class AnthropicStandIn(ThreadedServer):
         stream = body.get("stream") is True
         if (exhaustion := self._exhaustion(model)) is not None:
             message = quota_message(model, exhaustion.reset, exhaustion.prefixed)
-            if not (stream and exhaustion.in_stream):
+            if not stream or exhaustion.in_stream is False:
                 return reply(error_body("invalid_request_error", message), status=400)
             return await self._stream_error(request, message)
         answer = self._answer(body, request)

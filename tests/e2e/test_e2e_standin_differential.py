@@ -77,7 +77,7 @@ def tool_google(google: GoogleFake) -> None:
 
 
 def quota_standin(standin: AnthropicStandIn) -> None:
-    standin.exhaust(CLAUDE, reset="10s", in_stream=True)
+    standin.exhaust(CLAUDE, reset="10s")
 
 
 def quota_google(google: GoogleFake) -> None:
