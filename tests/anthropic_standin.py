@@ -27,7 +27,8 @@ It behaves as the shared notes on wire formats measured (version 2.0.4):
 - `exhaust(model, reset, in_stream)` makes a model answer the quota error: HTTP 400 to
   a plain request, `event: error` inside a 200 stream to a streamed one (2.0.4 sends its
   headers before it asks Google); `in_stream=False` answers a streamed request 400 too.
-  `answer_empty(model)` gives the "[No response after retries]" answer, zero usage.
+  `answer_empty(model)` gives the "[No response after retries]" stream (a plain request:
+  one empty text block), with zero usage.
 
 Per-request steering headers: `x-standin-status: CODE` (an error answer),
 `x-standin-mode: text|tool` (ignore or force tools), `x-standin-cache-read: N`.
@@ -260,7 +261,9 @@ class AnthropicStandIn(ThreadedServer):
         model = body["model"]
         cache_read = int(request.headers.get("x-standin-cache-read", self.cache_read_tokens))
         if model in self.empty_models:
-            answer = Answer(model, 0, 0, text=EMPTY_ANSWER)
+            # Upstream makes up this text for a stream; a plain answer is one empty text.
+            text = EMPTY_ANSWER if body.get("stream") is True else ""
+            answer = Answer(model, 0, 0, text=text)
             answer.zero_usage = True
             return answer
         answer = Answer(model, self.input_tokens, cache_read, number=len(self.reported))
@@ -351,9 +354,9 @@ class Answer:
         # Google's candidatesTokenCount, which upstream reports, leaves the thinking out.
         return output_tokens(self.text, tool)
 
-    def usage(self, output_tokens: int) -> dict[str, int]:
-        """message_start's and a non-streamed answer's usage, in upstream's order."""
-        if self.zero_usage:  # upstream's "[No response after retries]" answer
+    def usage(self, output_tokens: int, start: bool = False) -> dict[str, int]:
+        """A non-streamed answer's usage, or message_start's, in upstream's order."""
+        if self.zero_usage and start:  # upstream's made-up "[No response]" stream
             return {"input_tokens": 0, "output_tokens": 0}
         return {
             "input_tokens": self.input_tokens,
@@ -378,7 +381,7 @@ class Answer:
             content.append(
                 {"type": "thinking", "thinking": self.thinking, "signature": self.signature}
             )
-        if self.text:
+        if self.text or self.zero_usage:  # the empty answer is one empty text block
             content.append({"type": "text", "text": self.text})
         if self.tool:
             content.append({"type": "tool_use", **self.tool})
@@ -400,7 +403,7 @@ def stream_events(answer: Answer, json_piece: int = 7) -> list[bytes]:
     """The SSE events of a streamed answer, in the upstream's order."""
     message = answer.message(stream=True)
     start = {**message, "content": [], "stop_reason": None}
-    start["usage"] = answer.usage(0)
+    start["usage"] = answer.usage(0, start=True)
     events = [sse("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message["content"]):
         kind = block["type"]

@@ -68,6 +68,8 @@ class Script:
     words_per_event: int = 2
     #: Streamed: drop the connection after this many events, before the usage is final.
     cut_after: int | None = None
+    #: An answer without any part (the package retries, then makes up its own answer).
+    empty: bool = False
 
 
 @dataclass
@@ -251,8 +253,8 @@ def answer_chunks(model: str, script: Script) -> list[dict[str, Any]]:
         if model.startswith("gemini"):
             call["thoughtSignature"] = SIGNATURE
         parts.append([call])
-    if not parts:
-        parts.append([{"text": ""}])
+    if script.empty or not parts:
+        parts = [[]]
     chunks = []
     for number, chunk_parts in enumerate(parts):
         final = number == len(parts) - 1

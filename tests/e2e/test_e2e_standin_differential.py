@@ -76,6 +76,14 @@ def tool_google(google: GoogleFake) -> None:
     )
 
 
+def empty_standin(standin: AnthropicStandIn) -> None:
+    standin.answer_empty(CLAUDE)
+
+
+def empty_google(google: GoogleFake) -> None:
+    google.default = Script(text="", empty=True, prompt_tokens=0, completion_tokens=0)
+
+
 def quota_standin(standin: AnthropicStandIn) -> None:
     standin.exhaust(CLAUDE, reset="10s")
 
@@ -110,6 +118,10 @@ SCENARIOS = {
     "quota": Scenario("POST", "/v1/messages", messages(), None, quota_standin, quota_google),
     "quota-streamed": Scenario(
         "POST", "/v1/messages", messages(stream=True), None, quota_standin, quota_google
+    ),
+    "empty": Scenario("POST", "/v1/messages", messages(), None, empty_standin, empty_google, True),
+    "empty-streamed": Scenario(
+        "POST", "/v1/messages", messages(stream=True), None, empty_standin, empty_google, True
     ),
     "count-tokens": Scenario("POST", "/v1/messages/count_tokens", messages()),
     "chat-completions": Scenario("POST", "/v1/chat/completions", {"model": CLAUDE, "messages": HI}),
@@ -156,6 +168,8 @@ def observe(url: str, scenario: Scenario) -> dict[str, Any]:
         seen["blocks"] = [(b["type"], keys(b)) for b in body["content"]]
         seen["stop_reason"] = body["stop_reason"]
         seen["usage"] = body["usage"] if scenario.values else keys(body["usage"])
+        if scenario.values:
+            seen["text"] = [b.get("text") for b in body["content"] if b["type"] == "text"]
     return seen
 
 
