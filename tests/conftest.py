@@ -212,10 +212,13 @@ def antigravity_session(
 
 
 @pytest.fixture
-def antigravity(antigravity_session: Antigravity) -> Antigravity:
-    """The real package, its fake Google backend reset: default answers, no record."""
+def antigravity(antigravity_session: Antigravity) -> Iterator[Antigravity]:
+    """The real package, its fake Google backend reset: default answers, no record.
+    Afterwards, the package must have called only routes the fake knows."""
     antigravity_session.fake.reset()
-    return antigravity_session
+    yield antigravity_session
+    unknown = antigravity_session.fake.unknown
+    assert not unknown, f"the package called routes the fake Google backend lacks: {unknown}"
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ the package's source (src/cloudcode/*.js, src/auth/oauth.js) calls:
 - `POST /token` (oauth2.googleapis.com): a refresh-token grant gets an access token.
 - `POST /v1internal:loadCodeAssist`: the project and the subscription tier.
 - `POST /v1internal:fetchAvailableModels`: the models with their quota fractions.
+  (2.0.4 never calls `onboardUser`; any route the fake does not know is recorded in
+  `unknown`, and the `antigravity` fixture fails a test that caused one.)
 - `POST /v1internal:generateContent`: one `{"response": {candidates, usageMetadata}}`.
 - `POST /v1internal:streamGenerateContent?alt=sse`: the same, as `data:` events;
   thinking models (`*-thinking`, `gemini-3*`) are asked this way even when the client
@@ -105,6 +107,8 @@ class GoogleFake(ThreadedServer):
         self.scripts: dict[str, Script] = {}
         self.answered: list[Answered] = []
         self.refreshed = 0
+        #: Requests for routes the fake does not know: the package changed, or a test did.
+        self.unknown: list[str] = []
 
     # --- steering ----------------------------------------------------------------
 
@@ -116,6 +120,7 @@ class GoogleFake(ThreadedServer):
         super().reset()
         self.scripts.clear()
         self.answered.clear()
+        self.unknown.clear()
         self.default = Script()
 
     def script_for(self, payload: dict[str, Any]) -> Script:
@@ -148,10 +153,6 @@ class GoogleFake(ThreadedServer):
                     "paidTier": {"id": "g1-pro-tier"},
                 }
             )
-        if path == "/v1internal:onboardUser":
-            return web.json_response(
-                {"done": True, "response": {"cloudaicompanionProject": {"id": PROJECT}}}
-            )
         if path == "/v1internal:fetchAvailableModels":
             return web.json_response(
                 {
@@ -166,8 +167,9 @@ class GoogleFake(ThreadedServer):
             )
         if path in ("/v1internal:generateContent", "/v1internal:streamGenerateContent"):
             return await self.generate(
-                request, entry.json(), path.endswith("stream" + "GenerateContent")
+                request, entry.json(), path.endswith(":streamGenerateContent")
             )
+        self.unknown.append(f"{request.method} {request.path_qs}")
         return google_error(404, "NOT_FOUND", f"fake Google backend: no route {path}")
 
     def token(self, body: bytes) -> web.Response:
