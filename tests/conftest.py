@@ -20,12 +20,13 @@ from anthropic_standin import AnthropicStandIn
 from google_fake import GoogleFake
 from harness import UPSTREAM_KEY, Proxy, start_proxy
 from openai_standin import OpenAIStandIn
-from real_upstream import Antigravity, claude_code_binary, start_antigravity
+from real_upstream import NO_NPM, NPM_SKIP_LINE, Antigravity, claude_code_binary, start_antigravity
 from services import SKIP_LINE, UNREACHABLE, RedisSpace, fresh_database, fresh_redis_space
 from standin import SilentUpstream, StandIn
 
 E2E_DIR = Path(__file__).parent / "e2e"
 SERVICES_FILE = str(Path(__file__).parent / "services.py")
+REAL_UPSTREAM_FILE = str(Path(__file__).parent / "real_upstream.py")
 
 
 #: What `backend` takes in a module that sets `BOTH_BACKENDS = True`.
@@ -51,6 +52,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         reason = str(report.longrepr[2])
         if UNREACHABLE in reason:
             report.longrepr = (SERVICES_FILE, SKIP_LINE, reason)
+        elif NO_NPM in reason:
+            report.longrepr = (REAL_UPSTREAM_FILE, NPM_SKIP_LINE, reason)
     return report
 
 

@@ -38,6 +38,10 @@ OFFLINE = Path(__file__).parent / "node" / "offline.mjs"
 ACCOUNT_EMAIL = "fake-account@example.com"
 
 
+#: The words of the skip without Node or npm, by which conftest folds them into one line.
+NO_NPM = "not installed: the real-upstream and Claude Code tests need Node and npm"
+
+
 def npm_cache(name: str) -> Path:
     root = os.environ.get("APIPOD_NPM_CACHE")
     return Path(root) / name if root else Path.home() / ".cache" / name
@@ -48,9 +52,7 @@ def npm_package(spec: str, binary: str, cache: str) -> Path:
     cache folder `cache`. Skips (fails under CI=true) when npm or node is missing."""
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
-        them = "them" if len(missing) > 1 else "it"
-        message = f"{' and '.join(missing)} not installed: {spec} needs {them}"
-        message += " (apt-get install nodejs npm)"
+        message = f"{' and '.join(missing)} {NO_NPM}; to run them, apt-get install nodejs npm"
         if in_ci():
             pytest.fail(f"CI=true: {message}", pytrace=False)
         pytest.skip(message)
@@ -179,6 +181,10 @@ def claude_code_env(home: Path, base_url: str, key: str, model: str) -> dict[str
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1",
     }
+
+
+#: The line conftest points every skip for a missing npm at.
+NPM_SKIP_LINE = npm_package.__code__.co_firstlineno
 
 
 def main() -> None:
