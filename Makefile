@@ -50,13 +50,17 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 
 # curl runs the README's examples; wrk the bench smoke test, chromium the browser tests
-# of the dashboard, HAProxy the many-replicas tests (each skipped without it, except
-# chromium and HAProxy under CI=true).
+# of the dashboard, HAProxy the many-replicas tests, npm (Debian's npm brings nodejs)
+# the real-upstream tier; tests/real_upstream.py installs antigravity-claude-proxy
+# (pinned) and Claude Code from the npm registry into ~/.cache (each skipped without
+# it, except chromium, HAProxy and npm under CI=true).
 test: lint
 	@$(call need,curl)
 	-@$(call need,wrk)
 	-@$(call need,chromium)
 	-@$(call need,haproxy)
+	-@$(call need,npm)
+	$(BIN)/python tests/real_upstream.py
 	$(BIN)/pytest
 
 # Retake the README's screenshots (docs/*.png) with the dashboard's browser tests.

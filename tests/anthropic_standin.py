@@ -15,13 +15,20 @@ It behaves as the shared notes on wire formats measured (version 2.0.4):
   a `tool_use` whose `input_json_delta` comes in several pieces; given tool results, the
   answer quotes them. Non-streamed tool calls carry `stop_reason: "end_turn"`, streamed
   ones `tool_use`, as upstream does.
-- Usage: `input_tokens` (the prompt minus cached tokens, default 25), and
+- Usage: `input_tokens` (the prompt minus cached tokens, `input_tokens`, default 25),
   `cache_read_input_tokens` (`cache_read_tokens`, default 0, or the
-  `x-standin-cache-read` header). Every answer's counts are appended to `reported`.
+  `x-standin-cache-read` header) and `cache_creation_input_tokens` (always 0). Streamed,
+  `message_delta.usage` carries `output_tokens` and both cache figures but **no
+  `input_tokens`**, as upstream does. `output_tokens` counts the text and tool input,
+  never the thinking (upstream's is Google's candidatesTokenCount). Every answer's counts
+  are appended to `reported`. tests/e2e/test_e2e_standin_differential.py checks all this
+  against the real package.
 - Streamed events are split across TCP writes (`split_writes`).
-- `exhaust(model, reset, in_stream)` makes a model answer the quota error: HTTP 400,
-  or inside a 200 stream; `answer_empty(model)` gives the "[No response after retries]"
-  answer with zero usage.
+- `exhaust(model, reset, in_stream)` makes a model answer the quota error: HTTP 400 to
+  a plain request, `event: error` inside a 200 stream to a streamed one (2.0.4 sends its
+  headers before it asks Google); `in_stream=False` answers a streamed request 400 too.
+  `answer_empty(model)` gives the "[No response after retries]" stream (a plain request:
+  one empty text block), with zero usage.
 
 Per-request steering headers: `x-standin-status: CODE` (an error answer),
 `x-standin-mode: text|tool` (ignore or force tools), `x-standin-cache-read: N`,
@@ -49,6 +56,10 @@ MODELS = [
     "gemini-2.5-flash",
 ]
 EMPTY_ANSWER = "[No response after retries - please try again]"
+COUNT_TOKENS_MESSAGE = (
+    "Token counting is not implemented. Use /v1/messages with max_tokens or configure "
+    "your client to skip token counting."
+)
 INPUT_TOKENS = 25
 TOP_LEVEL = {
     "model",
@@ -86,7 +97,7 @@ class Invalid(Exception):
 @dataclass
 class Exhaustion:
     reset: str
-    in_stream: bool
+    in_stream: bool | None  # None: in the stream when the request streams
     prefixed: bool
     until: float | None
 
@@ -127,6 +138,8 @@ class AnthropicStandIn(ThreadedServer):
     def __init__(self, key: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.key = key
+        #: The prompt minus its cached part (`input_tokens`), and the cached part.
+        self.input_tokens = INPUT_TOKENS
         self.cache_read_tokens = 0
         self.exhausted: dict[str, Exhaustion] = {}
         self.empty_models: set[str] = set()
@@ -141,7 +154,7 @@ class AnthropicStandIn(ThreadedServer):
         self,
         model: str,
         reset: str = "1m0s",
-        in_stream: bool = False,
+        in_stream: bool | None = None,
         prefixed: bool = False,
         seconds: float | None = None,
     ) -> None:
@@ -161,7 +174,7 @@ class AnthropicStandIn(ThreadedServer):
             self.exhaust(
                 body["model"],
                 body.get("reset", "1m0s"),
-                body.get("in_stream", False),
+                body.get("in_stream"),
                 body.get("prefixed", False),
                 body.get("seconds"),
             )
@@ -199,7 +212,7 @@ class AnthropicStandIn(ThreadedServer):
         if request.method == "POST" and path.startswith("/_standin/"):
             return self.control(path.removeprefix("/_standin/"), entry.json())
         if request.method == "POST" and path == "/v1/messages/count_tokens":
-            return reply(error_body("api_error", "Token counting is not implemented"), status=501)
+            return reply(error_body("not_implemented", COUNT_TOKENS_MESSAGE), status=501)
         if request.method == "POST" and path == "/v1/messages":
             return await self.messages(request, entry.body)
         if request.method == "GET" and path == "/health":
@@ -251,7 +264,7 @@ class AnthropicStandIn(ThreadedServer):
             return await self._stream_error(request, echoed)
         if (exhaustion := self._exhaustion(model)) is not None:
             message = quota_message(model, exhaustion.reset, exhaustion.prefixed)
-            if not (stream and exhaustion.in_stream):
+            if not stream or exhaustion.in_stream is False:
                 return reply(error_body("invalid_request_error", message), status=400)
             return await self._stream_error(request, message)
         answer = self._answer(body, request)
@@ -264,10 +277,12 @@ class AnthropicStandIn(ThreadedServer):
         model = body["model"]
         cache_read = int(request.headers.get("x-standin-cache-read", self.cache_read_tokens))
         if model in self.empty_models:
-            answer = Answer(model, 0, 0, text=EMPTY_ANSWER)
+            # Upstream makes up this text for a stream; a plain answer is one empty text.
+            text = EMPTY_ANSWER if body.get("stream") is True else ""
+            answer = Answer(model, 0, 0, text=text)
             answer.zero_usage = True
             return answer
-        answer = Answer(model, INPUT_TOKENS, cache_read, number=len(self.reported))
+        answer = Answer(model, self.input_tokens, cache_read, number=len(self.reported))
         if model.endswith("-thinking") or model.startswith("gemini-3"):
             answer.thinking = f"The user wants an answer from {model}."
             answer.signature = "sig_" + model.replace("-", "_") + "_0123456789"
@@ -352,10 +367,29 @@ class Answer:
         if self.zero_usage:
             return 0
         tool = json.dumps(self.tool["input"]) if self.tool else ""
-        return output_tokens(self.text, self.thinking, tool)
+        # Google's candidatesTokenCount, which upstream reports, leaves the thinking out.
+        return output_tokens(self.text, tool)
 
-    def input_usage(self) -> dict[str, int]:
-        return {"input_tokens": self.input_tokens, "cache_read_input_tokens": self.cache_read}
+    def usage(self, output_tokens: int, start: bool = False) -> dict[str, int]:
+        """A non-streamed answer's usage, or message_start's, in upstream's order."""
+        if self.zero_usage and start:  # upstream's made-up "[No response]" stream
+            return {"input_tokens": 0, "output_tokens": 0}
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": self.cache_read,
+            "cache_creation_input_tokens": 0,
+        }
+
+    def final_usage(self) -> dict[str, int]:
+        """message_delta's usage: cumulative output and cache figures, no input_tokens."""
+        if self.zero_usage:
+            return {"output_tokens": 0}
+        return {
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read,
+            "cache_creation_input_tokens": 0,
+        }
 
     def message(self, stream: bool) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -363,7 +397,7 @@ class Answer:
             content.append(
                 {"type": "thinking", "thinking": self.thinking, "signature": self.signature}
             )
-        if self.text:
+        if self.text or self.zero_usage:  # the empty answer is one empty text block
             content.append({"type": "text", "text": self.text})
         if self.tool:
             content.append({"type": "tool_use", **self.tool})
@@ -377,7 +411,7 @@ class Answer:
             "content": content,
             "stop_reason": stop,
             "stop_sequence": None,
-            "usage": {**self.input_usage(), "output_tokens": self.output_tokens},
+            "usage": self.usage(self.output_tokens),
         }
 
 
@@ -385,11 +419,11 @@ def stream_events(answer: Answer, json_piece: int = 7) -> list[bytes]:
     """The SSE events of a streamed answer, in the upstream's order."""
     message = answer.message(stream=True)
     start = {**message, "content": [], "stop_reason": None}
-    start["usage"] = {**answer.input_usage(), "output_tokens": 0}
+    start["usage"] = answer.usage(0, start=True)
     events = [sse("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message["content"]):
         kind = block["type"]
-        empty = {"text": {"text": ""}, "thinking": {"thinking": "", "signature": ""}}.get(
+        empty = {"text": {"text": ""}, "thinking": {"thinking": ""}}.get(
             kind, {"id": block.get("id"), "name": block.get("name"), "input": {}}
         )
         events.append(
@@ -413,7 +447,7 @@ def stream_events(answer: Answer, json_piece: int = 7) -> list[bytes]:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                "usage": {"output_tokens": answer.output_tokens},
+                "usage": answer.final_usage(),
             },
         )
     )

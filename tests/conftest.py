@@ -17,13 +17,16 @@ from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anthropic_standin import AnthropicStandIn
+from google_fake import GoogleFake
 from harness import UPSTREAM_KEY, Proxy, start_proxy
 from openai_standin import OpenAIStandIn
+from real_upstream import NO_NPM, NPM_SKIP_LINE, Antigravity, claude_code_binary, start_antigravity
 from services import SKIP_LINE, UNREACHABLE, RedisSpace, fresh_database, fresh_redis_space
 from standin import SilentUpstream, StandIn
 
 E2E_DIR = Path(__file__).parent / "e2e"
 SERVICES_FILE = str(Path(__file__).parent / "services.py")
+REAL_UPSTREAM_FILE = str(Path(__file__).parent / "real_upstream.py")
 
 
 #: What `backend` takes in a module that sets `BOTH_BACKENDS = True`.
@@ -49,6 +52,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         reason = str(report.longrepr[2])
         if UNREACHABLE in reason:
             report.longrepr = (SERVICES_FILE, SKIP_LINE, reason)
+        elif NO_NPM in reason:
+            report.longrepr = (REAL_UPSTREAM_FILE, NPM_SKIP_LINE, reason)
     return report
 
 
@@ -186,3 +191,40 @@ def make_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
 @pytest.fixture
 def api_key(proxy: Proxy) -> str:
     return proxy.create_key()
+
+
+# --- the real tier: antigravity-claude-proxy from npm, offline, before a fake Google -------
+
+
+@pytest.fixture(scope="session")
+def google_backend() -> Iterator[GoogleFake]:
+    server = GoogleFake().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def antigravity_session(
+    google_backend: GoogleFake, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Antigravity]:
+    """One real antigravity-claude-proxy for the session (it starts in about a second,
+    but npm installs it once into ~/.cache/apipod-antigravity). Skips without npm."""
+    running = start_antigravity(tmp_path_factory.mktemp("antigravity"), google_backend)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def antigravity(antigravity_session: Antigravity) -> Iterator[Antigravity]:
+    """The real package, its fake Google backend reset: default answers, no record.
+    Afterwards, the package must have called only routes the fake knows."""
+    antigravity_session.fake.reset()
+    yield antigravity_session
+    unknown = antigravity_session.fake.unknown
+    assert not unknown, f"the package called routes the fake Google backend lacks: {unknown}"
+
+
+@pytest.fixture(scope="session")
+def claude_code() -> Path:
+    """`claude`, installed once into ~/.cache/apipod-claude-code (skips without npm)."""
+    return claude_code_binary()

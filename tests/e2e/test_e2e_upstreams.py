@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -24,6 +22,7 @@ from anthropic_standin import AnthropicStandIn
 from harness import ADMIN_SECRET, Proxy
 from harness import WEATHER_TOOL as WEATHER
 from openai_standin import OpenAIStandIn
+from real_upstream import claude_code_env
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
@@ -293,30 +292,6 @@ def test_routing_targets_the_upstream_does_not_list_are_warned_about(
 
 # --- Claude Code over an OpenAI-only upstream ------------------------------------------------
 
-CLAUDE_CODE_VERSION = "2"
-
-
-@pytest.fixture(scope="session")
-def claude_code(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`claude` from the npm registry, installed once into a cache folder."""
-    if shutil.which("npm") is None:
-        pytest.skip("npm is not installed: the Claude Code test needs it (apt-get install npm)")
-    cache = Path(os.environ.get("APIPOD_NPM_CACHE", Path.home() / ".cache" / "apipod-claude-code"))
-    binary = cache / "node_modules" / ".bin" / "claude"
-    if not binary.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            [
-                *("npm", "install", "--no-audit", "--no-fund", "--prefix", str(cache)),
-                f"@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-    return binary
-
 
 def test_claude_code_works_over_an_openai_only_upstream(
     make_proxy: Callable[..., Proxy],
@@ -327,18 +302,9 @@ def test_claude_code_works_over_an_openai_only_upstream(
     proxy = make_proxy(gpt_upstream.url, UPSTREAM_API="openai")
     home = tmp_path / "home"
     home.mkdir()
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "ANTHROPIC_BASE_URL": proxy.url,
-        "ANTHROPIC_API_KEY": proxy.create_key("claude-code"),
-        "ANTHROPIC_MODEL": "claude-sonnet-4-5",
-        "ANTHROPIC_SMALL_FAST_MODEL": "claude-sonnet-4-5",
-        # The stand-in answers text although Claude Code sends its tools.
-        "ANTHROPIC_CUSTOM_HEADERS": "x-standin-mode: text",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_AUTOUPDATER": "1",
-    }
+    env = claude_code_env(home, proxy.url, proxy.create_key("claude-code"), "claude-sonnet-4-5")
+    # The stand-in answers text although Claude Code sends its tools.
+    env["ANTHROPIC_CUSTOM_HEADERS"] = "x-standin-mode: text"
     done = subprocess.run(
         [str(claude_code), "-p", "Say hello"],
         capture_output=True,
