@@ -231,7 +231,6 @@ def prompt_chars(body: dict[str, Any]) -> int:
                 total += len(value)
         elif isinstance(value, dict):
             stack.extend(v for k, v in value.items() if k != "data")
-            total += sum(len(k) for k in value if isinstance(k, str))
         elif isinstance(value, list):
             stack.extend(value)
     return total
