@@ -240,7 +240,8 @@ class Apipod:
         if budget is None or period is None:
             return None
         now, amount = keys.now_text(), state.hold_estimate
-        if refusal := budgets.budget_refusal(record, self.plans, self.ledger, now, amount):
+        refusal = budgets.budget_refusal(record, self.plans, self.ledger, now, amount)
+        if refusal is not None or amount <= 0:  # nothing to hold: no priced model
             return refusal
         hold_id = secrets.token_hex(8)
         if (shared := self.rt.shared_spend) is not None:

@@ -257,10 +257,11 @@ def hold_estimate(body: dict[str, Any], price: Price | None) -> float:
 def admits(budget: float, spent: float, held: float, amount: float) -> bool:
     """Whether a request holding `amount` fits: the budget is not spent, and either it
     fits next to what is held, or nothing is held (a request alone is admitted while
-    anything is left). sharedlimit.HOLD_LUA decides the same in Redis."""
+    anything is left), or it holds nothing (no priced model: a GET, a body without one).
+    sharedlimit.HOLD_LUA decides the same in Redis."""
     if spent >= budget:
         return False
-    return held <= 0 or spent + held + amount <= budget + EPSILON
+    return held <= 0 or amount <= 0 or spent + held + amount <= budget + EPSILON
 
 
 def budget_refusal(

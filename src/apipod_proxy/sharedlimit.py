@@ -184,8 +184,8 @@ Slot = tuple[int, str, str]
 #: all time) then goes on from the database's figure, which the ledger also reads.
 SPEND_TTL_SECONDS: Final = 40 * 86400
 #: A budget hold (budgets.py) lapses this long after admission if it is never settled
-#: (a replica that crashed mid-request): longer than any request, short enough not to
-#: block a key for long.
+#: (a replica that crashed mid-request): short enough not to block a key for long. A
+#: request running longer loses its hold in Redis (not in its own replica) early.
 HOLD_TTL_SECONDS: Final = 900
 
 #: KEYS[1] the spend counter of the key's budget slot, KEYS[2] the key's holds (a hash:
@@ -210,7 +210,7 @@ for i = 1, #holds, 2 do
   end
 end
 local admitted = 0
-if spent < budget and (held <= 0 or spent + held + amount <= budget + 1e-9) then
+if spent < budget and (held <= 0 or amount <= 0 or spent + held + amount <= budget + 1e-9) then
   admitted = 1
   redis.call('HSET', KEYS[2], ARGV[3], string.format('%.17g %d', amount, now + ttl))
   redis.call('EXPIRE', KEYS[2], ttl)

@@ -314,6 +314,7 @@ def test_a_hold_is_the_prompt_at_input_and_max_tokens_at_output() -> None:
         (0.2, 0.2, 0.2, False),
         (0.4, 0.0, 5.0, True),  # alone: admitted while anything is left
         (0.4, 0.05, 5.0, False),
+        (0.4, 0.3, 0.0, True),  # holds nothing (a GET): only a spent budget refuses it
         (0.5, 0.0, 0.0, False),  # spent
         (0.6, 0.0, 0.01, False),
     ],
