@@ -220,8 +220,6 @@ class Apipod:
             return await self.rt.db(self.rt.account.answer, flow.request, state.user)
         # Swap first: whatever happens next, the client's key never goes upstream.
         auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
-        if state.user is not None and (shared := self.rt.shared_spend) is not None:
-            await self._refresh_shared_spend(shared, state.user)
         is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
         if is_api_post:
             api = await self.rt.upstream.current_api()
@@ -239,18 +237,21 @@ class Apipod:
         budget, period = budgets.budget_of(record, self.plans)
         if budget is None or period is None:
             return None
-        now, amount = keys.now_text(), state.hold_estimate
+        shared, amount = self.rt.shared_spend, state.hold_estimate
+        if shared is not None and amount <= 0:  # no hold script to read the spend with
+            await self._refresh_shared_spend(shared, record)
+        now = keys.now_text()
         refusal = budgets.budget_refusal(record, self.plans, self.ledger, now, amount)
         if refusal is not None or amount <= 0:  # nothing to hold: no priced model
             return refusal
         hold_id = secrets.token_hex(8)
-        if (shared := self.rt.shared_spend) is not None:
+        if shared is not None:
             slot = (record.id, period, budgets.period_start(period, now))
             try:
                 known = self.ledger.spent(record.id, period, now)
                 admitted, spent, held = await shared.hold(slot, budget, amount, hold_id, known)
-            except (RedisError, OSError, TimeoutError):
-                pass  # this process's holds decide; _share_spend reports the outage
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._redis_away(exc)  # this process's holds decide meanwhile
             else:
                 self.ledger.note_shared({slot: spent})
                 if not admitted:
@@ -602,11 +603,18 @@ class Apipod:
         try:
             self.ledger.note_shared(await shared.add(added, SPEND_TTL_SECONDS, release))
         except (RedisError, OSError, TimeoutError) as exc:
-            # The database still shares spend with every flush; say so once a minute.
-            now = time.monotonic()
-            if now - self._spend_warned >= 60:
-                self._spend_warned = now
-                log.warning("Redis unreachable, spend is shared by the database only: %s", exc)
+            self._redis_away(exc)
+
+    def _redis_away(self, exc: BaseException) -> None:
+        # The database still shares spend with every flush; say so once a minute.
+        now = time.monotonic()
+        if now - self._spend_warned >= 60:
+            self._spend_warned = now
+            log.warning(
+                "Redis unreachable, spend is shared by the database only and budget holds"
+                " are per process: %s",
+                f"{type(exc).__name__}: {exc}".strip().rstrip(":"),
+            )
 
     @staticmethod
     def _usage_of(flow: http.HTTPFlow, state: FlowState) -> Usage:

@@ -11,7 +11,6 @@ is its cost: $0.20.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -193,7 +192,7 @@ def test_a_failed_requests_hold_is_released(
     key_id, key = proxy.new_key("fails", budget=SMALL_BUDGET)
     with ThreadPoolExecutor(1) as pool:
         failing = pool.submit(small, proxy.url, key, failure)
-        time.sleep(0.5)
+        wait_for(lambda: [r for r in upstream.received if r.path == "/v1/chat/completions"])
         refused_while_in_flight(proxy, key)  # the failing request holds the budget
         assert failing.result().status_code == status
     # The failure cost nothing and its hold is gone: the next request is admitted.

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from gateway import Gateway
+from gateway import Gateway, captured_log
 from mitmproxy import http
 from mitmproxy.flow import Error
 from test_addon import chat_body, error_of
@@ -182,3 +182,25 @@ def test_a_budgeted_key_is_refused_an_unpriced_model_before_forwarding(priced: G
     flow = priced.authed(free, body=chat_body("GEMINI-3-FLASH"))
     assert flow.response is None
     assert priced.addon.ledger.held(free_id) == 0
+
+
+def test_with_redis_away_holds_are_per_process_and_it_is_said_once(priced: Gateway) -> None:
+    class Away:
+        calls = 0
+
+        async def hold(self, *args: Any) -> Any:
+            Away.calls += 1
+            raise ConnectionError("Redis failed less than RETRY_SECONDS ago")
+
+        async def add(self, *args: Any) -> Any:
+            raise ConnectionError("Redis failed less than RETRY_SECONDS ago")
+
+    priced.addon.rt.shared_spend = Away()  # type: ignore[assignment]
+    key, key_id = key_with(priced, budget=0.012)
+    with captured_log() as records:
+        assert priced.authed(key, body=chat_body(GEMINI, **HELD)).response is None
+        second = priced.authed(key, body=chat_body(GEMINI, **HELD))
+    assert error_of(second.response)["code"] == "insufficient_quota"  # refused locally
+    assert Away.calls == 1 and priced.addon.ledger.held(key_id) > 0
+    (warning,) = records.warnings()
+    assert "budget holds are per process" in warning and "ConnectionError" in warning
