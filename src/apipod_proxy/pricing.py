@@ -76,7 +76,7 @@ class PriceTable:
     prices: dict[str, Price] = field(default_factory=dict)
     tiers: dict[str, Tier] = field(default_factory=dict)
     #: `[default_price]`: the price of a model not under `[prices]` (None: unpriced).
-    default: Price | None = None
+    default_price: Price | None = None
 
 
 def parse_plans(text: str) -> PriceTable:
@@ -171,7 +171,7 @@ class Plans:
     def price_of(self, model: str) -> Price | None:
         """`model`'s price (exact name), else `[default_price]`; None: unpriced."""
         price = self.table.prices.get(model)
-        return self.table.default if price is None else price
+        return self.table.default_price if price is None else price
 
     def cost_of(self, model: str, usage: Counted) -> float:
         """USD for a request's counted usage (usage.Usage) at `model`'s price."""

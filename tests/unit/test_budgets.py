@@ -350,5 +350,5 @@ def test_a_budgeted_key_is_refused_an_unpriced_model() -> None:
     assert json.loads(refusal.content or b"")["error"]["code"] == "model_not_priced"
     assert budgets.price_refusal(KEY, "m", plans) is None
     assert budgets.price_refusal(replace(KEY, tier="nobudget"), "M", plans) is None
-    priced = Plans(replace(plans.table, default=Price(2, 2, 2)))
+    priced = Plans(replace(plans.table, default_price=Price(2, 2, 2)))
     assert budgets.price_refusal(KEY, "M", priced) is None
