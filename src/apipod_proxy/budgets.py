@@ -15,7 +15,7 @@ process's requests since. No request waits for the database.
 
 Holds. Admission also reserves each request's estimated cost (`hold_estimate`): the
 prompt at one token per `CHARS_PER_TOKEN` characters of the request's text (the
-strings under messages, system, tools, prompt and input; inline base64 data left
+strings under messages, system, tools, prompt, input and instructions; inline data left
 out) at the input price, plus `max_tokens` (`max_completion_tokens`; without either
 `DEFAULT_MAX_TOKENS`) at the output price of the routed model. A request is admitted
 while spend + holds in progress + its hold fit in the budget (`admits`); one whose
@@ -24,7 +24,7 @@ progress and the budget is not spent, so a small budget is never locked out by a
 large `max_tokens`. When the request ends its hold is replaced by its real cost (an
 upstream failure's is 0). So concurrent requests overshoot a budget by at most what
 their real costs exceed their holds (a denser prompt, output past `max_tokens`),
-plus, for a request admitted alone, its hold beyond what was left.
+plus, for a request admitted alone, its cost beyond what was left.
 """
 
 from __future__ import annotations
