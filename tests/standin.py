@@ -18,6 +18,7 @@ through like any other header:
                                 OpenAI-compatible servers send it)
     x-standin-prompt-tokens: N  report N prompt tokens (default 11)
     x-standin-cached-tokens: N  report N of them as cached (prompt_tokens_details)
+    x-standin-completion-tokens: N  report N completion tokens (default: the chunks sent)
     x-standin-error-usage: 1    with x-standin-status, put a usage object in the error body
 
 `open_streams` counts streaming responses still being written, so tests can see that
@@ -291,6 +292,7 @@ class StandIn(ThreadedServer):
 def usage_of(request: web.Request, completion: int) -> dict[str, Any]:
     """OpenAI usage: 11 prompt tokens unless the request's headers say otherwise."""
     prompt = int(request.headers.get("x-standin-prompt-tokens", "11"))
+    completion = int(request.headers.get("x-standin-completion-tokens", completion))
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,

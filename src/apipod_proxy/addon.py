@@ -221,17 +221,45 @@ class Apipod:
             return await self.rt.db(self.rt.account.answer, flow.request, state.user)
         # Swap first: whatever happens next, the client's key never goes upstream.
         auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
-        if state.user is not None and (shared := self.rt.shared_spend) is not None:
-            await self._refresh_shared_spend(shared, state.user)
         is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
         if is_api_post:
             api = await self.rt.upstream.current_api()
             state.direction = direction_for("POST", flow.request.path, api)
         refusal = self._rewrite_body(flow, state) if is_api_post else None
         if refusal is None and state.user is not None:
-            refusal = budgets.budget_refusal(state.user, self.plans, self.ledger, keys.now_text())
+            refusal = await self._hold_budget(state.user, state)
         state.answered_by_proxy = refusal is not None
         return refusal
+
+    async def _hold_budget(self, record: KeyRecord, state: FlowState) -> http.Response | None:
+        """Hold the request's estimated cost against a budgeted key's budget, here and
+        (REDIS_URL) for every replica; the refusal when it does not fit (budgets.py).
+        From memory and Redis only, never the database."""
+        budget, period = budgets.budget_of(record, self.plans)
+        if budget is None or period is None:
+            return None
+        shared, amount = self.rt.shared_spend, state.hold_estimate
+        if shared is not None and amount <= 0:  # no hold script to read the spend with
+            await self._refresh_shared_spend(shared, record)
+        now = keys.now_text()
+        refusal = budgets.budget_refusal(record, self.plans, self.ledger, now, amount)
+        if refusal is not None or amount <= 0:  # nothing to hold: no priced model
+            return refusal
+        hold_id = secrets.token_hex(8)
+        if shared is not None:
+            slot = (record.id, period, budgets.period_start(period, now))
+            try:
+                known = self.ledger.spent(record.id, period, now)
+                admitted, spent, held = await shared.hold(slot, budget, amount, hold_id, known)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._redis_away(exc)  # this process's holds decide meanwhile
+            else:
+                self.ledger.note_shared({slot: spent})
+                if not admitted:
+                    return budgets.quota_refusal(budget, period, spent, held, amount, now)
+        self.ledger.hold(record.id, hold_id, amount)
+        state.hold_id = hold_id
+        return None
 
     def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
         """Route the body's `model`, translate it to the upstream's API or ask for stream
@@ -272,6 +300,8 @@ class Apipod:
                 )
             except AllTargetsCooling as cooling:
                 return self._all_cooling(flow, model, cooling.targets)
+            if state.user is not None and (refusal := self._price_check(state, body)):
+                return refusal
             if state.routed_model != model:
                 body["model"] = state.routed_model
                 changed = True
@@ -288,6 +318,18 @@ class Apipod:
                 return errors.error_response(
                     400, "A number in the body is out of range", "invalid_json"
                 )
+        return None
+
+    def _price_check(self, state: FlowState, body: dict[str, Any]) -> http.Response | None:
+        """A budgeted key: 403 `model_not_priced` for an unpriced routed model, else the
+        request's estimated cost, which admission holds against the budget."""
+        assert state.user is not None and state.routed_model is not None
+        if budgets.budget_of(state.user, self.plans)[0] is None:
+            return None
+        if refusal := budgets.price_refusal(state.user, state.routed_model, self.plans):
+            return refusal
+        price = self.plans.price_of(state.routed_model)
+        state.hold_estimate = budgets.hold_estimate(body, price)
         return None
 
     def _translate(
@@ -523,16 +565,14 @@ class Apipod:
         label = self.metrics.model_label(model)
         self.metrics.requests.labels(label, str(status)).inc()
         self.metrics.duration.observe(time.perf_counter() - state.started)
+        # The budget hold is settled to the cost below (0 for a failure) in any case.
+        release = self._release_hold(state)
+        added: SpendRows = {}
         if state.user is not None and state.forwarded_at is not None:
             usage = self._usage_of(flow, state)
             # What the upstream failed (5xx, unreachable, timeout) costs nothing.
             cost = self.plans.cost_of(model, usage) if status < 500 else 0.0
             added = self.ledger.add(state.user.id, cost, keys.now_text())
-            if added and (shared := self.rt.shared_spend) is not None:
-                task = asyncio.get_running_loop().create_task(self._share_spend(shared, added))
-                self._spend_tasks.add(task)  # a reference until done
-                task.add_done_callback(self._spend_tasks.discard)
-                state.charging = task
             self.usage.add(state.user.id, model, status, usage, cost)
             self.rt.request_log.add(
                 state.request_id,
@@ -547,6 +587,11 @@ class Apipod:
             if usage.prompt_tokens or usage.completion_tokens:
                 self.metrics.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
                 self.metrics.tokens.labels(label, "completion").inc(usage.completion_tokens)
+        if (added or release) and (shared := self.rt.shared_spend) is not None:
+            task = asyncio.get_running_loop().create_task(self._share_spend(shared, added, release))
+            self._spend_tasks.add(task)  # a reference until done
+            task.add_done_callback(self._spend_tasks.discard)
+            state.charging = task
 
     async def _refresh_shared_spend(self, shared: SharedSpend, record: KeyRecord) -> None:
         """Read a budgeted key's spend fresh from Redis before admitting it: the ledger only
@@ -563,16 +608,35 @@ class Apipod:
         except Exception:  # never let a bug here forward or fail the request
             log.exception("internal error reading shared spend")
 
-    async def _share_spend(self, shared: SharedSpend, added: SpendRows) -> None:
-        """Add a request's cost in Redis; every replica's total goes into the ledger."""
+    def _release_hold(self, state: FlowState) -> tuple[int, str] | None:
+        """Drop the request's budget hold here; (key id, hold id) to drop in Redis."""
+        if state.hold_id is None or state.user is None:
+            return None
+        release = (state.user.id, state.hold_id)
+        self.ledger.release(*release)
+        state.hold_id = None
+        return release
+
+    async def _share_spend(
+        self, shared: SharedSpend, added: SpendRows, release: tuple[int, str] | None = None
+    ) -> None:
+        """Add a request's cost in Redis and drop its hold, at once; every replica's
+        total goes into the ledger. A hold Redis does not hear of lapses (HOLD_TTL)."""
         try:
-            self.ledger.note_shared(await shared.add(added, SPEND_TTL_SECONDS))
+            self.ledger.note_shared(await shared.add(added, SPEND_TTL_SECONDS, release))
         except (RedisError, OSError, TimeoutError) as exc:
-            # The database still shares spend with every flush; say so once a minute.
-            now = time.monotonic()
-            if now - self._spend_warned >= 60:
-                self._spend_warned = now
-                log.warning("Redis unreachable, spend is shared by the database only: %s", exc)
+            self._redis_away(exc)
+
+    def _redis_away(self, exc: BaseException) -> None:
+        # The database still shares spend with every flush; say so once a minute.
+        now = time.monotonic()
+        if now - self._spend_warned >= 60:
+            self._spend_warned = now
+            log.warning(
+                "Redis unreachable, spend is shared by the database only and budget holds"
+                " are per process: %s",
+                f"{type(exc).__name__}: {exc}".strip().rstrip(":"),
+            )
 
     @staticmethod
     def _usage_of(flow: http.HTTPFlow, state: FlowState) -> Usage:

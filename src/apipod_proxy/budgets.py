@@ -11,9 +11,20 @@ key's period can change at any time.
 
 The admission check reads a `SpendLedger` in memory: the spend the database held at
 the last usage flush (every proxy process's, re-read with each flush) plus this
-process's requests since. No request waits for the database. A request's cost is
-added when it completes, so one request admitted just under the budget can overshoot
-it by its own cost.
+process's requests since. No request waits for the database.
+
+Holds. Admission also reserves each request's estimated cost (`hold_estimate`): the
+prompt at one token per `CHARS_PER_TOKEN` characters of the request's text (the
+strings under messages, system, tools, prompt, input and instructions; inline data left
+out) at the input price, plus `max_tokens` (`max_completion_tokens`; without either
+`DEFAULT_MAX_TOKENS`) at the output price of the routed model. A request is admitted
+while spend + holds in progress + its hold fit in the budget (`admits`); one whose
+hold alone does not fit is admitted only when nothing else of the key is in
+progress and the budget is not spent, so a small budget is never locked out by a
+large `max_tokens`. When the request ends its hold is replaced by its real cost (an
+upstream failure's is 0). So concurrent requests overshoot a budget by at most what
+their real costs exceed their holds (a denser prompt, output past `max_tokens`),
+plus, for a request admitted alone, its cost beyond what was left.
 """
 
 from __future__ import annotations
@@ -28,13 +39,22 @@ from mitmproxy import http
 from . import keys
 from .config import Settings
 from .errors import error_payload, error_response, json_response
-from .pricing import DEFAULT_PERIOD, PERIODS, Plans
+from .pricing import DEFAULT_PERIOD, PER_TOKENS, PERIODS, Plans, Price
 from .store import KEY_FIELDS, KeyRecord, SpendRows, period_start
+from .translate import DEFAULT_MAX_TOKENS
 
 #: Largest budget accepted, in USD (enough for any plan, small enough to print).
 MAX_BUDGET = 1e9
 MAX_MODELS = 200
 MAX_MODEL_NAME = 200
+#: The prompt estimate of a hold: characters of the request's text per token.
+CHARS_PER_TOKEN = 4
+#: A hold's output without `max_tokens`: what the translation asks the upstream for.
+HOLD_DEFAULT_MAX_TOKENS = DEFAULT_MAX_TOKENS
+#: Spend + holds may exceed the budget by this much (float sums), in USD.
+EPSILON = 1e-9
+#: Fields of a request body whose strings are prompt text, at any depth.
+_PROMPT_FIELDS = ("messages", "system", "tools", "prompt", "input", "instructions")
 
 
 # --- what applies to a key -----------------------------------------------------------
@@ -99,6 +119,22 @@ class SpendLedger:
         self.pending: SpendRows = {}
         self.flushing: SpendRows = {}
         self.shared: SpendRows = {}
+        #: This process's holds in progress: key id -> hold id -> USD.
+        self.holds: dict[int, dict[str, float]] = {}
+
+    def held(self, key_id: int) -> float:
+        """USD held by the key's requests in progress in this process."""
+        return sum(self.holds.get(key_id, {}).values())
+
+    def hold(self, key_id: int, hold_id: str, amount: float) -> None:
+        self.holds.setdefault(key_id, {})[hold_id] = amount
+
+    def release(self, key_id: int, hold_id: str) -> None:
+        held = self.holds.get(key_id)
+        if held is not None:
+            held.pop(hold_id, None)
+            if not held:
+                del self.holds[key_id]
 
     def add(self, key_id: int, cost: float, now: str) -> SpendRows:
         """Count `cost`; return what was added per slot (for SharedSpend)."""
@@ -169,20 +205,96 @@ def model_refusal(record: KeyRecord, model: str, plans: Plans) -> http.Response 
     )
 
 
+def price_refusal(record: KeyRecord, model: str, plans: Plans) -> http.Response | None:
+    """403 `model_not_priced`: a budgeted key asks for a routed model without a price
+    (neither under `[prices]` by its exact name nor by `[default_price]`)."""
+    if budget_of(record, plans)[0] is None or plans.price_of(model) is not None:
+        return None
+    return error_response(
+        403,
+        f"This API key has a budget and the model {model[:MAX_MODEL_NAME]!r} has no price;"
+        " ask for a priced model",
+        "model_not_priced",
+        {"x-should-retry": "false"},
+    )
+
+
+def prompt_chars(body: dict[str, Any]) -> int:
+    """Characters of the prompt text in a request body: the strings under its prompt
+    fields at any depth, except inline base64 data (`"data"` fields, `data:` URLs)."""
+    total = 0
+    stack: list[object] = [body.get(name) for name in _PROMPT_FIELDS]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if not value.startswith("data:"):
+                total += len(value)
+        elif isinstance(value, dict):
+            stack.extend(v for k, v in value.items() if k != "data")
+        elif isinstance(value, list):
+            stack.extend(value)
+    return total
+
+
+def output_allowance(body: dict[str, Any]) -> int:
+    """`max_tokens` (or `max_completion_tokens`), else HOLD_DEFAULT_MAX_TOKENS."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return HOLD_DEFAULT_MAX_TOKENS
+
+
+def hold_estimate(body: dict[str, Any], price: Price | None) -> float:
+    """USD a request may cost, estimated before it is sent (see the module's notes);
+    0 for an unpriced model."""
+    if price is None:
+        return 0.0
+    prompt = math.ceil(prompt_chars(body) / CHARS_PER_TOKEN)
+    return (prompt * price.input + output_allowance(body) * price.output) / PER_TOKENS
+
+
+def admits(budget: float, spent: float, held: float, amount: float) -> bool:
+    """Whether a request holding `amount` fits: the budget is not spent, and either it
+    fits next to what is held, or nothing is held (a request alone is admitted while
+    anything is left), or it holds nothing (no priced model: a GET, a body without one).
+    sharedlimit.HOLD_LUA decides the same in Redis."""
+    if spent >= budget:
+        return False
+    return held <= 0 or amount <= 0 or spent + held + amount <= budget + EPSILON
+
+
 def budget_refusal(
-    record: KeyRecord, plans: Plans, ledger: SpendLedger, now: str
+    record: KeyRecord, plans: Plans, ledger: SpendLedger, now: str, amount: float = 0.0
 ) -> http.Response | None:
-    """429 `insufficient_quota` when the key's spend has reached its budget."""
+    """429 `insufficient_quota` unless a request holding `amount` `admits` next to the
+    key's spend and this process's holds."""
     budget, period = budget_of(record, plans)
     if budget is None or period is None:
         return None
     spent = ledger.spent(record.id, period, now)
-    if spent < budget:
+    held = ledger.held(record.id)
+    if admits(budget, spent, held, amount):
         return None
+    return quota_refusal(budget, period, spent, held, amount, now)
+
+
+def quota_refusal(
+    budget: float, period: str, spent: float, held: float, amount: float, now: str
+) -> http.Response:
+    """The 429 `insufficient_quota` of a budget that is spent or held by requests in
+    progress."""
     moment = datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     reset = resets_at(period, moment)
     per = {"day": "per day", "month": "per month", "total": "in total"}[period]
-    message = f"This API key's budget of ${budget:.2f} {per} is used up (${spent:.4f} spent)"
+    if spent >= budget:
+        message = f"This API key's budget of ${budget:.2f} {per} is used up (${spent:.4f} spent)"
+    else:
+        message = (
+            f"This API key's budget of ${budget:.2f} {per} cannot cover this request"
+            f" (${spent:.4f} spent, ${held:.4f} held by requests in progress, this one"
+            f" estimated at up to ${amount:.4f}); retry when they finish"
+        )
     # Clients retry a 429 on their own; this one stays until the period ends.
     headers = {"x-should-retry": "false"}
     if reset is None:

@@ -47,6 +47,10 @@ class FlowState:
     finished: bool = False
     #: Adding this request's cost to the spend every replica reads (REDIS_URL).
     charging: asyncio.Task[None] | None = None
+    #: A budgeted request's estimated cost (budgets.hold_estimate), and the id of its
+    #: hold on the budget while it is in progress (settled in `_account`).
+    hold_estimate: float = 0.0
+    hold_id: str | None = None
 
 
 def state_of(flow: http.HTTPFlow) -> FlowState | None:

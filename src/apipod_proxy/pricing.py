@@ -14,6 +14,14 @@ re-read with it:
     budget_period = "month"        # "day" | "month" | "total"; calendar periods in UTC
     models = ["cursor-pro-sonnet", "gemini-3-flash"]   # omit for all models
 
+    [default_price]                # optional: the price of every routed model not listed
+    input = 1.00                   # under [prices] (same fields)
+    output = 5.00
+
+Names match exactly, as the routing table matches them: `CLAUDE-X`, `"claude-x "` and
+`claude-x-20250101` are three other models than `claude-x`, priced by `[default_price]`
+or not at all. A budgeted key may use only priced models (budgets.price_refusal).
+
 Without a file there are no prices and no tiers: everything is free and unlimited.
 Pure: no mitmproxy, no database.
 """
@@ -67,6 +75,8 @@ class Tier:
 class PriceTable:
     prices: dict[str, Price] = field(default_factory=dict)
     tiers: dict[str, Tier] = field(default_factory=dict)
+    #: `[default_price]`: the price of a model not under `[prices]` (None: unpriced).
+    default_price: Price | None = None
 
 
 def parse_plans(text: str) -> PriceTable:
@@ -78,7 +88,10 @@ def plans_from(document: dict[str, Any]) -> PriceTable:
     """`[prices]` and `[tiers]` of a routing file's document (routing.read_toml)."""
     prices = {name: _price(name, spec) for name, spec in table_of(document, "prices").items()}
     tiers = {name: _tier(name, spec) for name, spec in table_of(document, "tiers").items()}
-    return PriceTable(prices, tiers)
+    default = None
+    if "default_price" in document:
+        default = _price("", document["default_price"], "[default_price]")
+    return PriceTable(prices, tiers, default)
 
 
 def _where(section: str, name: str) -> str:
@@ -93,8 +106,8 @@ def _number(value: object, where: str, field_name: str) -> float:
     return float(value)
 
 
-def _price(name: str, spec: object) -> Price:
-    where = _where("prices", name)
+def _price(name: str, spec: object, where: str | None = None) -> Price:
+    where = where or _where("prices", name)
     if not isinstance(spec, dict):
         raise RoutesError(f"{where} must be a table with input and output")
     only(spec, ("input", "output", "cached_input"), where)
@@ -155,6 +168,11 @@ class Plans:
     def tier(self, name: str) -> Tier | None:
         return self.table.tiers.get(name)
 
+    def price_of(self, model: str) -> Price | None:
+        """`model`'s price (exact name), else `[default_price]`; None: unpriced."""
+        price = self.table.prices.get(model)
+        return self.table.default_price if price is None else price
+
     def cost_of(self, model: str, usage: Counted) -> float:
         """USD for a request's counted usage (usage.Usage) at `model`'s price."""
         return self.cost(model, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
@@ -163,7 +181,7 @@ class Plans:
         self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int
     ) -> float:
         """USD for one request's tokens at `model`'s price; an unpriced model costs 0."""
-        price = self.table.prices.get(model)
+        price = self.price_of(model)
         if price is None:
             if model and model not in self._warned and len(self._warned) < 1000:
                 self._warned.add(model)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import redis.asyncio as redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from .ratelimit import IDLE_SECONDS, RateLimiter
@@ -182,6 +183,40 @@ Slot = tuple[int, str, str]
 #: Spend counters expire this long after their last update; a longer period (a month,
 #: all time) then goes on from the database's figure, which the ledger also reads.
 SPEND_TTL_SECONDS: Final = 40 * 86400
+#: A budget hold (budgets.py) lapses this long after admission if it is never settled
+#: (a replica that crashed mid-request): short enough not to block a key for long. A
+#: request running longer loses its hold in Redis (not in its own replica) early.
+HOLD_TTL_SECONDS: Final = 900
+
+#: KEYS[1] the spend counter of the key's budget slot, KEYS[2] the key's holds (a hash:
+#: hold id -> "USD expiry"); ARGV budget, amount, hold id, ttl, the spend the caller
+#: knows of (its ledger's, which may be ahead of the counter). Drops lapsed holds, then
+#: decides as budgets.admits and, if admitted, adds the hold. Returns
+#: {admitted, spent, held}.
+HOLD_LUA: Final = """
+local budget = tonumber(ARGV[1])
+local amount = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[4])
+local spent = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[5]))
+local now = tonumber(redis.call('TIME')[1])
+local held = 0
+local holds = redis.call('HGETALL', KEYS[2])
+for i = 1, #holds, 2 do
+  local usd, expiry = string.match(holds[i + 1], '^(%S+) (%S+)$')
+  if usd == nil or tonumber(expiry) <= now then
+    redis.call('HDEL', KEYS[2], holds[i])
+  else
+    held = held + tonumber(usd)
+  end
+end
+local admitted = 0
+if spent < budget and (held <= 0 or amount <= 0 or spent + held + amount <= budget + 1e-9) then
+  admitted = 1
+  redis.call('HSET', KEYS[2], ARGV[3], string.format('%.17g %d', amount, now + ttl))
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+return {admitted, string.format('%.17g', spent), string.format('%.17g', held)}
+"""
 
 
 class SharedSpend:
@@ -191,6 +226,10 @@ class SharedSpend:
     and answers every slot's new total for all replicas together, which the caller
     puts in its in-memory ledger; `totals` reads slots (one MGET). A counter expires
     `ttl` seconds after its last update, once its period is over.
+
+    `hold` reserves a request's estimated cost for every replica (HOLD_LUA, atomic);
+    `add(..., release=...)` settles it: the cost is added and the hold dropped in one
+    transaction, so no replica sees neither.
 
     budgets.SpendLedger also re-reads every replica's spend from the database with
     each flush (about a second behind); the addon adds each priced request here and
@@ -203,6 +242,7 @@ class SharedSpend:
         self.redis = client
         self.prefix = prefix
         self._clock = clock
+        self._hold_script: AsyncScript | None = None  # registered on first use
         #: After a failure Redis is not asked again for RETRY_SECONDS: admission and the
         #: charge at a request's end then cost nothing while it is away.
         self._down_until = 0.0
@@ -211,8 +251,33 @@ class SharedSpend:
         key_id, period, start = slot
         return f"{self.prefix}spend:{key_id}:{period}:{start}"
 
-    async def add(self, amounts: dict[Slot, float], ttl: int) -> dict[Slot, float]:
-        if not amounts:
+    def holds(self, key_id: int) -> str:
+        return f"{self.prefix}hold:{key_id}"
+
+    async def hold(
+        self, slot: Slot, budget: float, amount: float, hold_id: str, known_spent: float
+    ) -> tuple[bool, float, float]:
+        """Hold `amount` against the key's budget in `slot` unless it does not fit:
+        (admitted, every replica's spend, every replica's holds before this one)."""
+        self._check_up()
+        if self._hold_script is None:
+            self._hold_script = self.redis.register_script(HOLD_LUA)
+        args = [repr(budget), repr(amount), hold_id, HOLD_TTL_SECONDS, repr(known_spent)]
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                admitted, spent, held = await self._hold_script(
+                    keys=[self.counter(slot), self.holds(slot[0])], args=args
+                )
+        except (RedisError, OSError, TimeoutError):
+            self._down_until = self._clock() + RETRY_SECONDS
+            raise
+        return bool(int(admitted)), float(spent), float(held)
+
+    async def add(
+        self, amounts: dict[Slot, float], ttl: int, release: tuple[int, str] | None = None
+    ) -> dict[Slot, float]:
+        """Add spend per slot and drop the hold `release` (key id, hold id) at once."""
+        if not amounts and release is None:
             return {}
         self._check_up()
         try:
@@ -220,11 +285,14 @@ class SharedSpend:
                 for slot, amount in amounts.items():
                     pipe.incrbyfloat(self.counter(slot), amount)
                     pipe.expire(self.counter(slot), ttl)
+                if release is not None:
+                    pipe.hdel(self.holds(release[0]), release[1])
                 answers = await pipe.execute()
         except (RedisError, OSError, TimeoutError):
             self._down_until = self._clock() + RETRY_SECONDS
             raise
-        return {slot: float(total) for slot, total in zip(amounts, answers[::2], strict=True)}
+        totals = answers[: 2 * len(amounts) : 2]
+        return {slot: float(total) for slot, total in zip(amounts, totals, strict=True)}
 
     async def totals(self, slots: list[Slot]) -> dict[Slot, float]:
         if not slots:

@@ -76,11 +76,11 @@ class Cluster:
         return sum(row["requests"] for row in rows if row["key_id"] == key_id)
 
 
-def chat(client: httpx.Client, url: str, key: str) -> httpx.Response:
+def chat(client: httpx.Client, url: str, key: str, **extra: object) -> httpx.Response:
     return client.post(
         f"{url}/v1/chat/completions",
         headers=bearer(key),
-        json={"model": "gemini-3-flash", "messages": [{"role": "user", "content": "hi"}]},
+        json={"model": "gemini-3-flash", "messages": [{"role": "user", "content": "hi"}], **extra},
     )
 
 
@@ -244,7 +244,9 @@ def test_a_budget_is_shared_spend_stops_at_it_give_or_take_the_requests_in_fligh
     def client_loop() -> None:
         with httpx.Client(timeout=30) as client:
             for _ in range(40):
-                response = chat(client, cluster.url, key)
+                # max_tokens 5: a hold ($0.0022) under the cost ($0.0031), so requests
+                # run side by side rather than one at a time (budgets.py).
+                response = chat(client, cluster.url, key, max_tokens=5)
                 with lock:
                     if response.status_code == 200:
                         served[response.headers["x-served-by"]] += 1
@@ -260,9 +262,10 @@ def test_a_budget_is_shared_spend_stops_at_it_give_or_take_the_requests_in_fligh
     print(f"budget of {budget_requests} answers: served {dict(served)}, refused {dict(refused)}")
     assert set(refused) == {"insufficient_quota"}
     assert len(served) == REPLICAS  # every replica served some: the budget is theirs together
-    # Admission checks every replica's spend so far (near the budget, read fresh from
-    # Redis). A request is charged when it ends, in Redis a moment after its answer, so
-    # each client's request in flight, or just answered, may still pass: up to `clients`.
+    # Admission holds each request's estimate against every replica's spend and holds
+    # (one Lua script in Redis). A request costs more than its hold here, so each client's
+    # request in flight may take the spend past the budget by the difference: at most
+    # `clients` answers over.
     assert budget_requests <= total <= budget_requests + clients
     deadline = time.monotonic() + 10
     while cluster.usage_total(key_id) != total and time.monotonic() < deadline:

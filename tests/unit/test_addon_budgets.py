@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from gateway import Gateway
+from gateway import Gateway, captured_log
 from mitmproxy import http
+from mitmproxy.flow import Error
 from test_addon import chat_body, error_of
 
 from apipod_proxy import keys
@@ -127,3 +128,79 @@ def test_flush_writes_spend_and_log_and_settles_the_ledger(priced: Gateway) -> N
     (logged,) = priced.addon.rt.store.requests(key_id)
     assert logged["cost"] == pytest.approx(COST)
     assert priced.addon.rt.store.usage()[0]["cost"] == pytest.approx(COST)
+
+
+# --- holds and unpriced models -----------------------------------------------------------
+
+#: max_tokens 20 at $400 per million output, a short prompt at $100 input: $0.0082.
+HELD = {"max_tokens": 20}
+
+
+@pytest.mark.parametrize("ending", ["answer", "failure", "abort"])
+def test_a_hold_refuses_what_does_not_fit_until_it_is_settled_or_released(
+    priced: Gateway, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    key, key_id = key_with(priced, budget=0.012)
+    first = priced.authed(key, body=chat_body(GEMINI, **HELD))
+    assert first.response is None  # forwarded, holding its estimate
+    held = priced.addon.ledger.held(key_id)
+    # "user" and "hi": 6 characters, 2 tokens at $100; 20 output tokens at $400 per million.
+    assert held == pytest.approx((2 * 100 + 20 * 400) / 1e6)
+    hops: list[Any] = []
+    original = Runtime.db
+
+    async def counting(self: Runtime, fn: Any, *args: Any) -> Any:
+        hops.append(fn)
+        return await original(self, fn, *args)
+
+    monkeypatch.setattr(Runtime, "db", counting)
+    second = priced.authed(key, body=chat_body(GEMINI, **HELD))
+    assert hops == []  # held and refused from memory
+    assert error_of(second.response)["code"] == "insufficient_quota"
+    if ending == "answer":
+        answer(priced, first)
+        spent = COST
+    elif ending == "failure":
+        answer(priced, first, 503)
+        spent = 0.0
+    else:
+        first.error = Error("Client disconnected.")  # the client hung up
+        priced.addon.error(first)
+        spent = 0.0
+    assert priced.addon.ledger.held(key_id) == 0
+    assert priced.addon.ledger.spent(key_id, "month", keys.now_text()) == pytest.approx(spent)
+    assert priced.authed(key, body=chat_body(GEMINI, **HELD)).response is None
+
+
+def test_a_budgeted_key_is_refused_an_unpriced_model_before_forwarding(priced: Gateway) -> None:
+    key, _ = key_with(priced, budget=5)
+    for model in ("GEMINI-3-FLASH", "gemini-3-flash ", "gemini-3-flash-20250101"):
+        flow = priced.authed(key, body=chat_body(model))
+        assert flow.response is not None and flow.response.status_code == 403
+        assert error_of(flow.response)["code"] == "model_not_priced"
+    free, free_id = key_with(priced)  # no budget: served, for free
+    flow = priced.authed(free, body=chat_body("GEMINI-3-FLASH"))
+    assert flow.response is None
+    assert priced.addon.ledger.held(free_id) == 0
+
+
+def test_with_redis_away_holds_are_per_process_and_it_is_said_once(priced: Gateway) -> None:
+    class Away:
+        calls = 0
+
+        async def hold(self, *args: Any) -> Any:
+            Away.calls += 1
+            raise ConnectionError("Redis failed less than RETRY_SECONDS ago")
+
+        async def add(self, *args: Any) -> Any:
+            raise ConnectionError("Redis failed less than RETRY_SECONDS ago")
+
+    priced.addon.rt.shared_spend = Away()  # type: ignore[assignment]
+    key, key_id = key_with(priced, budget=0.012)
+    with captured_log() as records:
+        assert priced.authed(key, body=chat_body(GEMINI, **HELD)).response is None
+        second = priced.authed(key, body=chat_body(GEMINI, **HELD))
+    assert error_of(second.response)["code"] == "insufficient_quota"  # refused locally
+    assert Away.calls == 1 and priced.addon.ledger.held(key_id) > 0
+    (warning,) = records.warnings()
+    assert "budget holds are per process" in warning and "ConnectionError" in warning

@@ -15,7 +15,7 @@ from harness import KEY_OBJECT_FIELDS as KEY_FIELDS
 
 from apipod_proxy import budgets, keys
 from apipod_proxy.budgets import SpendLedger
-from apipod_proxy.pricing import Plans, PriceTable, Tier
+from apipod_proxy.pricing import Plans, Price, PriceTable, Tier
 from apipod_proxy.store import KeyRecord, KeyStore, UsageCounts
 
 KEY = KeyRecord(1, "alice", "elite", True, "2026-01-01T00:00:00Z", None, "apk_abcdef")
@@ -258,3 +258,97 @@ def test_periods_and_models_validation() -> None:
             budgets.validate_models(bad)
     with pytest.raises(ValueError, match="at most 200"):
         budgets.validate_models([f"m{i}" for i in range(201)])
+
+
+# --- holds -----------------------------------------------------------------------------
+
+
+def test_prompt_chars_count_the_prompt_text_but_not_inline_base64() -> None:
+    body = {
+        "model": "m" * 50,  # not prompt text
+        "system": "abcd",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "x" * 100}]},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:a"}}]},
+            {"type": "image", "source": {"type": "base64", "data": "A" * 10_000}},
+        ],
+        "tools": [{"name": "t"}],
+    }
+    # Every string value: "abcd", "user" twice, "text", the 100 x, "image_url", "image",
+    # "base64", "t"; not the data URL, not the base64 data.
+    assert budgets.prompt_chars(body) == 4 + 8 + 4 + 100 + 9 + 5 + 6 + 1
+    assert budgets.prompt_chars({"model": "m"}) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "tokens"),
+    [
+        ({"max_tokens": 100}, 100),
+        ({"max_completion_tokens": 70}, 70),
+        ({}, budgets.HOLD_DEFAULT_MAX_TOKENS),
+        ({"max_tokens": True}, budgets.HOLD_DEFAULT_MAX_TOKENS),
+        ({"max_tokens": -5}, budgets.HOLD_DEFAULT_MAX_TOKENS),
+        ({"max_tokens": "9"}, budgets.HOLD_DEFAULT_MAX_TOKENS),
+    ],
+)
+def test_output_allowance_is_max_tokens_or_the_default(
+    body: dict[str, object], tokens: int
+) -> None:
+    assert budgets.output_allowance(body) == tokens
+
+
+def test_a_hold_is_the_prompt_at_input_and_max_tokens_at_output() -> None:
+    body = {"messages": [{"content": "x" * 3997}], "max_tokens": 2000}  # 1000 tokens, rounded up
+    assert budgets.hold_estimate(body, Price(3.0, 15.0, 0.3)) == pytest.approx(
+        (1000 * 3 + 2000 * 15) / 1e6
+    )
+    assert budgets.hold_estimate(body, None) == 0
+
+
+@pytest.mark.parametrize(
+    ("spent", "held", "amount", "admitted"),
+    [
+        (0.0, 0.0, 0.2, True),
+        (0.2, 0.2, 0.1, True),  # exactly fits
+        (0.1, 0.2, 0.2, True),  # 0.1 + 0.2 + 0.2 = 0.5000000000000001: float sums tolerated
+        (0.2, 0.2, 0.2, False),
+        (0.4, 0.0, 5.0, True),  # alone: admitted while anything is left
+        (0.4, 0.05, 5.0, False),
+        (0.4, 0.3, 0.0, True),  # holds nothing (a GET): only a spent budget refuses it
+        (0.5, 0.0, 0.0, False),  # spent
+        (0.6, 0.0, 0.01, False),
+    ],
+)
+def test_admits(spent: float, held: float, amount: float, admitted: bool) -> None:
+    assert budgets.admits(0.5, spent, held, amount) is admitted
+
+
+def test_the_ledger_keeps_holds_per_key_and_the_refusal_says_what_is_held() -> None:
+    ledger, now = SpendLedger(), "2026-03-15T10:00:00Z"
+    record = replace(KEY, budget=1.0, budget_period="day")
+    ledger.hold(1, "a", 0.6)
+    ledger.hold(2, "b", 5.0)
+    assert (ledger.held(1), ledger.held(2), ledger.held(3)) == (0.6, 5.0, 0)
+    assert budgets.budget_refusal(record, PLANS, ledger, now, 0.4) is None
+    refusal = budgets.budget_refusal(record, PLANS, ledger, now, 0.5)
+    assert refusal is not None and refusal.status_code == 429
+    error = json.loads(refusal.content or b"")["error"]
+    assert (error["code"], error["type"]) == ("insufficient_quota", "insufficient_quota")
+    assert "$0.6000 held by requests in progress" in error["message"]
+    assert "up to $0.5000" in error["message"] and "resets at" in error["message"]
+    assert refusal.headers["x-should-retry"] == "false" and int(refusal.headers["retry-after"]) > 0
+    ledger.release(1, "a")
+    ledger.release(1, "a")  # twice is harmless
+    assert ledger.held(1) == 0 and 1 not in ledger.holds
+    assert budgets.budget_refusal(record, PLANS, ledger, now, 0.5) is None
+
+
+def test_a_budgeted_key_is_refused_an_unpriced_model() -> None:
+    plans = Plans(PriceTable(prices={"m": Price(1, 1, 1)}, tiers=PLANS.table.tiers))
+    refusal = budgets.price_refusal(KEY, "M", plans)  # elite: $50 a month
+    assert refusal is not None and refusal.status_code == 403
+    assert json.loads(refusal.content or b"")["error"]["code"] == "model_not_priced"
+    assert budgets.price_refusal(KEY, "m", plans) is None
+    assert budgets.price_refusal(replace(KEY, tier="nobudget"), "M", plans) is None
+    priced = Plans(replace(plans.table, default_price=Price(2, 2, 2)))
+    assert budgets.price_refusal(KEY, "M", priced) is None

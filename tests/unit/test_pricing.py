@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from apipod_proxy.pricing import Plans, Price, PriceTable, Tier, parse_plans
-from apipod_proxy.routing import Router, RoutesError, RoutesFile
+from apipod_proxy.routing import Router, RoutesError, RoutesFile, read_toml, routes_from
 
 EXAMPLE = """
 [aliases.cursor-pro-sonnet]
@@ -71,6 +71,10 @@ def test_no_prices_and_no_tiers_is_an_empty_table() -> None:
         ("[tiers.t]\nbudgets = 1\n", 'unknown keys in [tiers."t"]: budgets'),
         ("[tiers]\nt = 1\n", '[tiers."t"] must be a table'),
         ("[tiers.t\n", "not valid TOML"),
+        ("default_price = 3", "[default_price] must be a table"),
+        ("[default_price]\ninput = 1\n", "[default_price] needs output"),
+        ("[default_price]\ninput = 1\noutput = -2\n", "[default_price] output must be zero"),
+        ("[default_price]\ninput = 1\noutput = 1\nx = 1\n", "unknown keys in [default_price]"),
     ],
 )
 def test_invalid_plans_say_where(text: str, message: str) -> None:
@@ -136,3 +140,24 @@ def test_the_example_routes_file_has_valid_plans() -> None:
     table = parse_plans(text)
     assert table.prices["claude-sonnet-4-5"] == Price(3.0, 15.0, 0.3)
     assert table.tiers["trial"] == Tier(20, 1.0, "total", ("gemini-3-flash",))
+
+
+def test_default_price_prices_every_unlisted_name_and_names_match_exactly() -> None:
+    plans = Plans(
+        parse_plans(
+            '[prices."claude-x"]\ninput = 1\noutput = 2\n'
+            "[default_price]\ninput = 10\noutput = 20\ncached_input = 5\n"
+        )
+    )
+    assert plans.price_of("claude-x") == Price(1.0, 2.0, 1.0)
+    for variant in ("CLAUDE-X", "claude-x ", "claude-x-20250101"):
+        assert plans.price_of(variant) == Price(10.0, 20.0, 5.0)
+    assert plans.cost("claude-x-20250101", 1_000_000, 0, 0) == 10.0
+    assert (
+        Plans(parse_plans('[prices."claude-x"]\ninput = 1\noutput = 2\n')).price_of("CLAUDE-X")
+        is None
+    )
+
+
+def test_the_routing_table_accepts_default_price_at_the_top_level() -> None:
+    routes_from(read_toml("[default_price]\ninput = 1\noutput = 1\n"))

@@ -254,3 +254,40 @@ def test_spend_skips_redis_for_a_while_after_a_failure() -> None:
     with pytest.raises(sharedlimit.RedisError):
         asyncio.run(read())
     assert Failing.calls == 2
+
+
+def test_holds_are_shared_atomic_settled_and_lapse(redis_space: RedisSpace) -> None:
+    """HOLD_LUA decides as budgets.admits, across replicas; a settle adds the cost and
+    drops the hold in one transaction; a hold never settled lapses."""
+
+    async def main() -> None:
+        import redis.asyncio as redis
+
+        a = SharedSpend(redis.Redis.from_url(redis_space.url), redis_space.prefix)
+        b = SharedSpend(redis.Redis.from_url(redis_space.url), redis_space.prefix)
+        slot = (7, "month", "2030-01")
+        assert await a.hold(slot, 0.5, 0.2, "h1", 0.0) == (True, 0.0, 0.0)
+        assert await b.hold(slot, 0.5, 0.2, "h2", 0.0) == (True, 0.0, pytest.approx(0.2))
+        assert await a.hold(slot, 0.5, 0.2, "h3", 0.0) == (False, 0.0, pytest.approx(0.4))
+        # Settled: h1 cost 0.25 (more than its hold); its hold is gone, the cost counts.
+        assert await a.add({slot: 0.25}, ttl=3600, release=(7, "h1")) == {slot: pytest.approx(0.25)}
+        assert await b.hold(slot, 0.5, 0.1, "h4", 0.0) == (False, 0.25, pytest.approx(0.2))
+        assert await b.add({}, ttl=3600, release=(7, "h2")) == {}  # a failure: no cost
+        # Alone, a hold larger than what is left is admitted while anything is left ...
+        assert await b.hold(slot, 0.5, 3.0, "h5", 0.0) == (True, 0.25, 0.0)
+        await b.add({}, ttl=3600, release=(7, "h5"))
+        # ... but not once the spend the caller knows of (its ledger) reaches the budget.
+        assert await b.hold(slot, 0.5, 0.01, "h6", 0.5) == (False, 0.5, 0.0)
+        # A crashed replica's hold lapses at its expiry; the hash itself expires too.
+        client = redis_space.client()
+        client.hset(a.holds(7), "crashed", "0.4 1")
+        assert await a.hold(slot, 0.5, 0.2, "h7", 0.0) == (True, 0.25, 0.0)
+        assert client.hkeys(a.holds(7)) == ["h7"]
+        usd, expiry = client.hget(a.holds(7), "h7").split()
+        assert float(usd) == 0.2
+        assert 0 < int(expiry) - time.time() <= sharedlimit.HOLD_TTL_SECONDS + 1
+        assert 0 < client.ttl(a.holds(7)) <= sharedlimit.HOLD_TTL_SECONDS
+        await a.redis.aclose()
+        await b.redis.aclose()
+
+    asyncio.run(main())

@@ -413,7 +413,8 @@ async function loadRoutes() {
   ];
   for (const [name, value] of Object.entries(table)) {
     if (["aliases", "renames", "source", "rate_limits"].includes(name) || !value || typeof value !== "object") continue;
-    const title = name === "prices" ? "Prices (USD per million tokens)" : name[0].toUpperCase() + name.slice(1);
+    const titles = { prices: "Prices (USD per million tokens)", default_price: "Default price (USD per million tokens; every model not under Prices)" };
+    const title = titles[name] || name[0].toUpperCase() + name.slice(1);
     tables.push(objectTable(title, Object.entries(value), name === "prices" ? "Model" : "Name"));
   }
   const limits = table.rate_limits || {};
