@@ -142,7 +142,8 @@ class Lifecycle:
             store.open()
             routes = None
             if settings.routes_file:
-                routes = RoutesFile(settings.routes_file, gateway.router, [gateway.plans])
+                sections = [gateway.plans, gateway.forwarding]
+                routes = RoutesFile(settings.routes_file, gateway.router, sections)
                 routes.load()
             gateway.ledger.base = store.current_spend()  # every key's spend, at start
         except (ConfigError, RoutesError) as exc:
