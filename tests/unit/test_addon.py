@@ -642,6 +642,25 @@ def test_only_the_forwarding_table_reaches_the_upstream(
     assert flow.request.headers["authorization"] == f"Bearer {key}"  # never swapped
 
 
+@pytest.mark.parametrize(
+    ("path", "headers", "anthropic"),
+    [
+        ("/api/config", [], False),
+        ("/api/config", [("anthropic-version", "2023-06-01")], True),
+        ("/v1/messages/batches", [], True),
+    ],
+)
+def test_an_unknown_path_is_404_in_the_callers_shape(
+    gateway: Gateway, path: str, headers: list[tuple[str, str]], anthropic: bool
+) -> None:
+    flow = gateway.send(make_flow("GET", path, b"", headers))
+    assert flow.response is not None
+    gateway.addon.responseheaders(flow)
+    payload = json.loads(flow.response.content)
+    assert payload["error"]["code"] == "not_found"
+    assert (payload.get("type") == "error") is anthropic
+
+
 def test_an_operator_row_is_forwarded_as_sent(gateway: Gateway) -> None:
     key, _ = gateway.new_key()
     forward_also(gateway, "/v2/x", ["post"])
