@@ -42,6 +42,7 @@ OUR_CODES = {
         "invalid_request_headers",
         "invalid_field",
         "unknown_field",
+        "invalid_request_target",
     },
     401: {"missing_api_key", "invalid_admin_secret"},
     403: {"invalid_api_key", "inactive_api_key", "expired_api_key"},
