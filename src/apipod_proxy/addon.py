@@ -1,7 +1,9 @@
 """The mitmproxy addon: one object whose hooks walk each request through the proxy.
 
-requestheaders  request id; authenticate and rate-limit before the body is read
-                (a refused request never opens an upstream connection)
+requestheaders  request id; refuse what the forwarding table (forwarding.py) and
+                the proxy's own endpoints do not serve; authenticate and rate-limit,
+                all before the body is read (a refused request never opens an
+                upstream connection)
 request         answer internal endpoints, route the model (around models out of
                 quota), translate the body to the upstream's API (UPSTREAM_API), ask
                 upstream for usage, swap credentials, start the upstream timeout
@@ -83,7 +85,8 @@ class Apipod:
         self.router = router or Router()
         self.plans = Plans()  # prices and tiers, from ROUTES_FILE too
         #: What reaches the upstream (forwarding.py); [forward] rows from ROUTES_FILE too.
-        self.forwarding = forwarding.Forwarding(own=[*ROUTES, *ACCOUNT_PATHS, MODELS_PATH])
+        own = [*ROUTES, "/admin", "/portal", *ACCOUNT_PATHS, MODELS_PATH]
+        self.forwarding = forwarding.Forwarding(own)
         self.ledger = budgets.SpendLedger()
         self._spend_warned = -60.0
         self._spend_tasks: set[asyncio.Task[None]] = set()
