@@ -2,7 +2,9 @@
 
 It behaves as the shared notes on wire formats measured (version 2.0.4):
 - `POST /v1/messages`, streamed or not; `GET /v1/models` answers an OpenAI-shaped list;
-  `POST /v1/messages/count_tokens` answers 501; every other path, `/v1/chat/completions`
+  `POST /v1/messages/count_tokens` answers 501; like the real one it serves its config
+  (with its key), accounts, quotas and console at `/api/config`, `/api/accounts`,
+  `/account-limits` and `/` (upstream_console.py); every other path, `/v1/chat/completions`
   included, answers 404 `not_found_error` "Endpoint <METHOD> <path> not found".
 - With a `key`, `/v1/*` needs it: `Authorization: Bearer` is read first, then
   `x-api-key`; a mismatch is 401 `authentication_error`.
@@ -46,6 +48,7 @@ from typing import Any
 
 from aiohttp import web
 from standin_base import Reported, SplitWriter, ThreadedServer
+from upstream_console import add_console_routes
 
 MODELS = [
     "claude-sonnet-4-5",
@@ -196,6 +199,7 @@ class AnthropicStandIn(ThreadedServer):
     # --- routes ------------------------------------------------------------------
 
     def routes(self, app: web.Application) -> None:
+        add_console_routes(app, self.record, self.key)  # the upstream's own, for leak tests
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:

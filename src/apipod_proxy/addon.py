@@ -1,7 +1,9 @@
 """The mitmproxy addon: one object whose hooks walk each request through the proxy.
 
-requestheaders  request id; authenticate and rate-limit before the body is read
-                (a refused request never opens an upstream connection)
+requestheaders  request id; refuse what the forwarding table (forwarding.py) and
+                the proxy's own endpoints do not serve; authenticate and rate-limit,
+                all before the body is read (a refused request never opens an
+                upstream connection)
 request         answer internal endpoints, route the model (around models out of
                 quota), translate the body to the upstream's API (UPSTREAM_API), ask
                 upstream for usage, swap credentials, start the upstream timeout
@@ -29,9 +31,9 @@ from typing import Any, cast
 from mitmproxy import http
 from redis.exceptions import RedisError
 
-from . import auth, budgets, errors, keys, logs, mitm_compat
+from . import auth, budgets, errors, forwarding, keys, logs, mitm_compat
 from .account import is_account_path
-from .admin import HEALTH_PATH, is_internal
+from .admin import HEALTH_PATH, is_internal, own_paths
 from .backend import DB_ERRORS, error_text
 from .bodies import BodyError, BodyTooLarge, decoded, json_bytes, parse_json
 from .config import Settings
@@ -82,6 +84,8 @@ class Apipod:
         self.given_settings = settings
         self.router = router or Router()
         self.plans = Plans()  # prices and tiers, from ROUTES_FILE too
+        #: What reaches the upstream (forwarding.py); [forward] rows from ROUTES_FILE too.
+        self.forwarding = forwarding.Forwarding(own_paths())
         self.ledger = budgets.SpendLedger()
         self._spend_warned = -60.0
         self._spend_tasks: set[asyncio.Task[None]] = set()
@@ -126,10 +130,43 @@ class Apipod:
         if has_forbidden_header_bytes(flow.request.headers):
             message = "Header values must not contain CR, LF or NUL"
             return errors.error_response(400, message, "invalid_request_headers")
+        if (refused := self._refuse_target(flow, state)) is not None:
+            return refused
         if is_internal(flow.request.path.partition("?")[0]):
             state.internal = True
             return None
         return await self._authenticate(flow.request.headers, state)
+
+    # --- what is forwarded, and who the client is (forwarding.py) ---------------------
+
+    def _refuse_target(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
+        """The refusal of a target that neither the proxy nor the forwarding table serves
+        (before any key check: nothing there to protect), or None. Resolves the client's
+        address (TRUSTED_PROXIES) for the admin throttle and X-Forwarded-For."""
+        request, settings = flow.request, self.rt.settings
+        peer = flow.client_conn.peername
+        state.client, state.client_proto = forwarding.resolve_client(
+            str(peer[0]) if peer else "",
+            flow.client_conn.tls_established,
+            request.headers,
+            settings.trusted_proxies,
+        )
+        if forwarding.is_absolute_form(request):
+            message = "Absolute-form request targets (GET http://host/path) are refused"
+            return errors.error_response(400, message, "invalid_request_target")
+        path = request.path.partition("?")[0]
+        own = (
+            is_internal(path)
+            or is_account_path(path)
+            or (path == MODELS_PATH and request.method == "GET")
+        )
+        found = forwarding.refusal(request.method, path, self.forwarding.routes, own)
+        if not isinstance(found, forwarding.Refusal):
+            return None
+        message = logs.redact(found.message)
+        return errors.error_response(found.status, message, found.code, dict(found.headers or {}))
+
+    # --- keys ----------------------------------------------------------------------------
 
     async def _authenticate(self, headers: http.Headers, state: FlowState) -> http.Response | None:
         """Put the caller's key record on `state`, or return the refusal."""
@@ -211,7 +248,7 @@ class Apipod:
         path = flow.request.path.partition("?")[0]
         if state.internal:
             run = self.rt.health if path == HEALTH_PATH else self.rt.db
-            return await run(self.rt.admin.handle, flow.request)
+            return await run(self.rt.admin.handle, flow.request, state.client)
         if flow.request.method == "GET" and path == MODELS_PATH:
             # Fetched on the loop, bounded; never on the database threads (models.py).
             listing = await self.rt.models.listing(self.router.table.names())
@@ -221,6 +258,7 @@ class Apipod:
             return await self.rt.db(self.rt.account.answer, flow.request, state.user)
         # Swap first: whatever happens next, the client's key never goes upstream.
         auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
+        forwarding.set_forwarding_headers(flow.request.headers, state.client, state.client_proto)
         is_api_post = flow.request.method == "POST" and flow.request.path.startswith("/v1/")
         if is_api_post:
             api = await self.rt.upstream.current_api()
@@ -663,7 +701,10 @@ def _client_speaks_anthropic(flow: http.HTTPFlow, state: FlowState) -> bool:
     """Whether the client uses the Messages API (the path may have been translated)."""
     if state.direction is not None:
         return state.direction is Direction.ANTHROPIC_TO_OPENAI
-    return errors.is_anthropic_path(flow.request.path)
+    # An unknown path (a 404) says nothing: the Anthropic SDKs send anthropic-version.
+    return (
+        errors.is_anthropic_path(flow.request.path) or "anthropic-version" in flow.request.headers
+    )
 
 
 def _is_api_call(request: http.Request, *paths: str) -> bool:

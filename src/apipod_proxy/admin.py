@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 from . import budgets, dashboard, keys, pages
+from .account import PATHS as ACCOUNT_PATHS
 from .auth import bearer_token
 from .backend import DB_ERRORS, error_text
 from .bodies import BodyError, decoded, parse_json
@@ -23,7 +25,9 @@ from .config import Settings
 from .errors import error_response, json_response
 from .logs import printable
 from .metrics import CONTENT_TYPE, Metrics
+from .models import MODELS_PATH
 from .pricing import Plans
+from .ratelimit import RateLimiter
 from .requestlog import DEFAULT_LIMIT, parse_limit
 from .routing import Router, RoutesFile
 from .store import KeyStore
@@ -128,6 +132,26 @@ def validate_changes(fields: dict[str, Any], expires_name: str = "expires_in") -
     return changes
 
 
+class GuessLimiter:
+    """Failed admin authentications per client address: a token bucket of `limit` per
+    minute each (ratelimit.py), shared by the database threads the handlers run on."""
+
+    def __init__(self) -> None:
+        self._buckets = RateLimiter()
+        self._lock = threading.Lock()
+
+    def waiting(self, client: str, limit: int) -> float:
+        """0, or the seconds until `client` may try a secret again."""
+        with self._lock:
+            return self._buckets.peek(client, limit)
+
+    def failed(self, client: str, limit: int) -> bool:
+        """Count one failure; True when it used up the address's allowance."""
+        with self._lock:
+            self._buckets.acquire(client, limit)
+            return self._buckets.peek(client, limit) > 0
+
+
 @dataclass
 class AdminApi:
     settings: Settings
@@ -141,13 +165,16 @@ class AdminApi:
     upstream: Upstream | None = None
     #: Models out of upstream quota (the dashboard reads them here too).
     cooldowns: Cooldowns | None = None
+    #: Failed admin authentications per client address (ADMIN_AUTH_LIMIT).
+    guesses: GuessLimiter = field(default_factory=GuessLimiter)
 
-    def handle(self, request: http.Request) -> http.Response:
-        response = self._answer(request)
+    def handle(self, request: http.Request, client: str = "") -> http.Response:
+        """The answer to an internal path; `client` is the caller's address (forwarding.py)."""
+        response = self._answer(request, client)
         self.live.count_internal(response.status_code)  # kept out of the live API figures
         return response
 
-    def _answer(self, request: http.Request) -> http.Response:
+    def _answer(self, request: http.Request, client: str) -> http.Response:
         path = request.path.partition("?")[0]
         route = ROUTES.get(path)
         if route is None:
@@ -160,7 +187,7 @@ class AdminApi:
             return error_response(
                 405, f"{path} only accepts {method}", "method_not_allowed", {"allow": method}
             )
-        if needs_secret and (denied := self._check_secret(request)) is not None:
+        if needs_secret and (denied := self._check_secret(request, client)) is not None:
             return denied
         try:
             return handler(self, request)
@@ -171,7 +198,7 @@ class AdminApi:
             log.exception("internal error on %s", printable(path))
             return error_response(500, "Internal proxy error", "internal_error")
 
-    def _check_secret(self, request: http.Request) -> http.Response | None:
+    def _check_secret(self, request: http.Request, client: str) -> http.Response | None:
         secret = self.settings.admin_secret
         if secret is None:
             return error_response(
@@ -179,11 +206,33 @@ class AdminApi:
                 "The admin API is disabled because ADMIN_SECRET is not set",
                 "admin_disabled",
             )
+        limit = self.settings.admin_auth_limit
+        # Refused before the compare, right or wrong: a guesser learns nothing more.
+        if wait := self.guesses.waiting(client, limit):
+            return error_response(
+                429,
+                "Too many failed admin authentications from this address; retry later",
+                "admin_auth_throttled",
+                {"retry-after": RateLimiter.retry_after(wait)},
+            )
         # x-admin-secret, or Authorization: Bearer (what Prometheus scrape configs send).
         given = request.headers.get("x-admin-secret") or bearer_token(request.headers) or ""
         if not hmac.compare_digest(
             given.encode("utf-8", "surrogateescape"), secret.encode("utf-8")
         ):
+            if self.guesses.failed(client, limit):
+                log.warning(
+                    "admin: %s used up its %d failed admin authentications a minute "
+                    "(ADMIN_AUTH_LIMIT); it gets 429 admin_auth_throttled until it slows down",
+                    client or "?",
+                    limit,
+                )
+            else:
+                log.warning(
+                    "admin: wrong or missing admin secret from %s on %s",
+                    client or "?",
+                    printable(request.path.partition("?")[0])[:100],
+                )
             return error_response(
                 401,
                 "Missing or wrong admin secret: send ADMIN_SECRET as the x-admin-secret "
@@ -327,3 +376,9 @@ ROUTES: dict[str, tuple[str, Handler, bool]] = {
     METRICS_PATH: ("GET", AdminApi.metrics_page, True),
     **dashboard.ROUTES,
 }
+
+
+def own_paths() -> list[str]:
+    """The paths the proxy answers itself, which a `[forward]` row may not take: the
+    addon and `make run`'s pre-check (pricing.open_routes_file) use the same list."""
+    return [*ROUTES, "/admin", "/portal", *ACCOUNT_PATHS, MODELS_PATH]

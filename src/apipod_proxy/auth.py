@@ -15,7 +15,11 @@ CLIENT_CREDENTIAL_HEADERS = (
     "x-api-key",
     "x-goog-api-key",
     "x-admin-secret",
+    "api-key",  # Azure OpenAI's header
+    "cookie",
 )
+#: Whole families: `Proxy-Authorization` and whatever else a client meant for a proxy.
+CLIENT_CREDENTIAL_PREFIXES = ("proxy-",)
 
 
 def bearer_token(headers: http.Headers) -> str | None:
@@ -79,4 +83,7 @@ def swap_credentials(headers: http.Headers, upstream_key: str) -> None:
     """Drop every client credential, then add the upstream key (never the client's)."""
     for name in CLIENT_CREDENTIAL_HEADERS:
         headers.pop(name, None)
+    for name in {name.lower() for name in headers}:
+        if name.startswith(CLIENT_CREDENTIAL_PREFIXES):
+            del headers[name]
     headers.update(upstream_credentials(upstream_key))

@@ -25,6 +25,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -186,6 +187,19 @@ def _service_url(*schemes: str) -> Callable[[str, str], str | None]:
         return value
 
     return parse
+
+
+def _parse_networks(name: str, value: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """`10.0.0.1, 192.168.0.0/16, ::1` -> the networks (an address is a /32 or /128)."""
+    networks = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            networks.append(ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list addresses or networks like 10.0.0.1,192.168.0.0/16, got {item!r}"
+            ) from None
+    return tuple(networks)
 
 
 def _parse_path(name: str, value: str) -> Path:
@@ -388,6 +402,23 @@ SETTINGS: tuple[Setting, ...] = (
         "Days the per-request log (`keys.py requests`, `GET /admin/requests`) is kept, pruned "
         'hourly; `0` turns it off. See "Plans and budgets".',
     ),
+    # --- security (forwarding.py, admin.py) ---
+    Setting(
+        "TRUSTED_PROXIES",
+        "",
+        _parse_networks,
+        "Addresses or networks (`10.0.0.5,192.168.0.0/16`) of front proxies whose "
+        "`X-Forwarded-For` and `X-Forwarded-Proto` name the client; from others they are "
+        'dropped. See "Security".',
+        shown_default="(none)",
+    ),
+    Setting(
+        "ADMIN_AUTH_LIMIT",
+        "10",
+        _parse_rpm,
+        "Failed admin authentications per minute per client address; past it 429 "
+        "`admin_auth_throttled` (a burst of this many, then one per 60/N s); `0` is unlimited.",
+    ),
 )
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 #: The raw defaults, by variable.
@@ -427,6 +458,9 @@ class Settings:
     idle_timeout: float = _default("IDLE_TIMEOUT")
     max_connections: int | None = _default("MAX_CONNECTIONS")  # None: from the file limit
     request_log_days: int = _default("REQUEST_LOG_DAYS")
+    # --- security (forwarding.py, admin.py) ---
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    admin_auth_limit: int = _default("ADMIN_AUTH_LIMIT")
 
     @property
     def admin_enabled(self) -> bool:

@@ -29,6 +29,9 @@ class FlowState:
 
     request_id: str
     started: float = field(default_factory=time.perf_counter)
+    #: The client's address and scheme, past trusted front proxies (forwarding.py).
+    client: str = ""
+    client_proto: str = "http"
     internal: bool = False
     user: KeyRecord | None = None
     requested_model: str | None = None

@@ -143,7 +143,9 @@ class Lifecycle:
             store.open()
             routes = None
             if settings.routes_file:
-                routes = open_routes_file(settings.routes_file, gateway.router, gateway.plans)
+                routes = open_routes_file(
+                    settings.routes_file, gateway.router, gateway.plans, gateway.forwarding
+                )
             gateway.ledger.base = store.current_spend()  # every key's spend, at start
         except (ConfigError, RoutesError) as exc:
             # Logged at ERROR during startup: mitmdump prints the line and exits.

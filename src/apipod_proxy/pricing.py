@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .forwarding import Forwarding
 from .routing import Router, RoutesError, RoutesFile, only, read_toml, table_of
 
 log = logging.getLogger("apipod")
@@ -193,11 +194,19 @@ class Plans:
 
 
 def open_routes_file(
-    path: str, router: Router | None = None, plans: Plans | None = None
+    path: str,
+    router: Router | None = None,
+    plans: Plans | None = None,
+    forwarding: Forwarding | None = None,
 ) -> RoutesFile:
-    """ROUTES_FILE read and checked whole, routes, prices and tiers, and put in force in
-    `router` and `plans`. The proxy loads it so at startup and `make run`'s pre-check
-    (serve.py) calls the same, so both refuse the same files. RoutesError names the file."""
-    routes = RoutesFile(path, router or Router(), [plans if plans is not None else Plans()])
+    """ROUTES_FILE read and checked whole, routes, prices, tiers and [forward] rows, and
+    put in force in `router`, `plans` and `forwarding`. The proxy loads it so at startup
+    and `make run`'s pre-check (serve.py) calls the same, so both refuse the same files.
+    RoutesError names the file."""
+    sections = [
+        plans if plans is not None else Plans(),
+        forwarding if forwarding is not None else Forwarding(),
+    ]
+    routes = RoutesFile(path, router or Router(), sections)
     routes.load()
     return routes

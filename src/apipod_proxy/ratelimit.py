@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 #: Buckets untouched this long are full again and can be forgotten.
@@ -25,11 +25,18 @@ class _Bucket:
 class RateLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._buckets: dict[int, _Bucket] = {}
+        self._buckets: dict[Hashable, _Bucket] = {}
         self._last_sweep = clock()
 
-    def acquire(self, key_id: int, rpm: int) -> float:
+    def acquire(self, key_id: Hashable, rpm: int) -> float:
         """Take one request's token; return 0, or the seconds to wait when over the limit."""
+        return self._take(key_id, rpm, 1.0)
+
+    def peek(self, key_id: Hashable, rpm: int) -> float:
+        """What `acquire` would return, without taking a token."""
+        return self._take(key_id, rpm, 0.0)
+
+    def _take(self, key_id: Hashable, rpm: int, cost: float) -> float:
         if rpm <= 0:
             return 0.0
         now = self._clock()
@@ -41,7 +48,7 @@ class RateLimiter:
         bucket.tokens = min(float(rpm), bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+            bucket.tokens -= cost
             return 0.0
         return (1.0 - bucket.tokens) / rate
 

@@ -136,9 +136,13 @@ def parse_routes(text: str) -> RouteTable:
 
 def routes_from(document: dict[str, Any]) -> RouteTable:
     """The routing table of a routing file's document (`read_toml`)."""
-    # [prices], [default_price] and [tiers] belong to pricing.py, which RoutesFile also
-    # hands the document.
-    only(document, ("aliases", "renames", "prices", "default_price", "tiers"), "the top level")
+    # [prices], [default_price] and [tiers] belong to pricing.py, [forward] to
+    # forwarding.py; RoutesFile hands them the document too.
+    only(
+        document,
+        ("aliases", "renames", "prices", "default_price", "tiers", "forward"),
+        "the top level",
+    )
     aliases: dict[str, Alias] = {}
     for name, spec in table_of(document, "aliases").items():
         if not isinstance(spec, dict):

@@ -20,6 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .admin import own_paths
 from .config import (
     PLACEHOLDER_ADMIN_SECRET,
     PLACEHOLDER_UPSTREAM_KEY,
@@ -27,6 +28,7 @@ from .config import (
     Settings,
     load_settings,
 )
+from .forwarding import Forwarding
 from .lifecycle import listen_problem
 from .pricing import open_routes_file
 from .routing import RoutesError
@@ -71,7 +73,9 @@ def main(argv: list[str]) -> None:
     try:
         settings = load_settings()
         if settings.routes_file:
-            open_routes_file(settings.routes_file)  # as the proxy will: routes and [prices]
+            open_routes_file(
+                settings.routes_file, forwarding=Forwarding(own_paths())
+            )  # as the proxy will: routes and [prices]
     except (ConfigError, RoutesError) as exc:
         print(f"apipod: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)

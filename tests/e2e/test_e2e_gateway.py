@@ -159,8 +159,11 @@ def test_upstream_key_never_reaches_the_client(proxy: Proxy, api_key: str) -> No
 def test_non_streaming_response_is_forwarded_unchanged(
     proxy: Proxy, standin: StandIn, api_key: str
 ) -> None:
-    direct = httpx.get(f"{standin.url}/v1/models/gemini-3-flash")
-    proxied = httpx.get(f"{proxy.url}/v1/models/gemini-3-flash", headers=bearer(api_key))
+    # (The stand-in's /v1/completions echoes; no model in the body, nothing rewritten.)
+    direct = httpx.post(f"{standin.url}/v1/completions", json={"prompt": "hi"})
+    proxied = httpx.post(
+        f"{proxy.url}/v1/completions", json={"prompt": "hi"}, headers=bearer(api_key)
+    )
     assert proxied.status_code == 200
     assert proxied.content == direct.content
 
@@ -277,7 +280,7 @@ def test_down_upstream_is_a_fast_502_json(make_proxy) -> None:
     assert_openai_error(response, 502, "upstream_unreachable")
     assert time.monotonic() - started < 2
     # The connection was answered, and the next request is served just the same.
-    response = httpx.get(f"{down.url}/v1/models/gemini-3-flash", headers=bearer(key))
+    response = httpx.post(f"{down.url}/v1/completions", headers=bearer(key), json={"prompt": "x"})
     assert_openai_error(response, 502, "upstream_unreachable")
 
 
@@ -331,9 +334,11 @@ def test_admin_create_key_returns_a_working_key(proxy: Proxy, upstream: StandIn)
     assert set(created) == {"api_key", "id", "name", "tier", "created_at", "expires_at"}
     assert (created["name"], created["tier"]) == ("dana", "pro")
     assert created["expires_at"] > created["created_at"]
-    models = httpx.get(f"{proxy.url}/v1/models/gemini-3-flash", headers=bearer(created["api_key"]))
-    assert models.status_code == 200
-    assert [r.path for r in upstream.received] == ["/v1/models/gemini-3-flash"]
+    answer = httpx.post(
+        f"{proxy.url}/v1/completions", json={"prompt": "hi"}, headers=bearer(created["api_key"])
+    )
+    assert answer.status_code == 200
+    assert [r.path for r in upstream.received] == ["/v1/completions"]
 
 
 @pytest.mark.parametrize(

@@ -201,12 +201,13 @@ def test_rate_limit_answers_429_with_retry_after_and_does_not_forward(
     proxy: Proxy, upstream: StandIn
 ) -> None:
     _, key = proxy.new_key("limited", rpm=3)
-    statuses = [
-        httpx.get(f"{proxy.url}/v1/models/gemini-3-flash", headers=bearer(key)).status_code
-        for _ in range(3)
-    ]
+
+    def call() -> httpx.Response:  # a forwarded request (the stand-in echoes it)
+        return httpx.post(f"{proxy.url}/v1/completions", json={"prompt": "x"}, headers=bearer(key))
+
+    statuses = [call().status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
-    response = httpx.get(f"{proxy.url}/v1/models/gemini-3-flash", headers=bearer(key))
+    response = call()
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
     assert 1 <= int(response.headers["retry-after"]) <= 20
@@ -260,12 +261,13 @@ def test_request_id_is_kept_or_generated_and_seen_by_both_sides(
     proxy: Proxy, upstream: StandIn
 ) -> None:
     _, key = proxy.new_key("traced")
-    given = httpx.get(
-        f"{proxy.url}/v1/models/gemini-3-flash",
+    given = httpx.post(
+        f"{proxy.url}/v1/completions",
+        json={"prompt": "x"},
         headers={**bearer(key), "x-request-id": "trace-abc-123"},
     )
     assert given.headers["x-request-id"] == "trace-abc-123"
-    made = httpx.get(f"{proxy.url}/v1/models/gemini-3-flash", headers=bearer(key))
+    made = httpx.post(f"{proxy.url}/v1/completions", json={"prompt": "x"}, headers=bearer(key))
     generated = made.headers["x-request-id"]
     assert generated.startswith("req_") and generated != "trace-abc-123"
     assert [r.headers["x-request-id"] for r in upstream.received] == ["trace-abc-123", generated]

@@ -42,6 +42,7 @@ OUR_CODES = {
         "invalid_request_headers",
         "invalid_field",
         "unknown_field",
+        "invalid_request_target",
     },
     401: {"missing_api_key", "invalid_admin_secret"},
     403: {"invalid_api_key", "inactive_api_key", "expired_api_key"},
@@ -456,17 +457,17 @@ def test_oversized_truncated_and_broken_requests(small: Proxy, standin: StandIn)
             "malformed_request",
         ),
         (b"POST /v1/chat HTTP/1.1\r\n Folded: first\r\n\r\n", 400, "malformed_request"),
-        # Odd but parseable request lines: refused for want of a key.
+        # Odd but parseable request lines: refused as targets, before any key check.
         (
             b"GET /v1/\xff\xfe HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
-            401,
-            "missing_api_key",
+            400,
+            "invalid_request_target",
         ),
         (
             b"GET http://evil.example/v1/models HTTP/1.1\r\nHost: evil.example\r\n"
             b"Connection: close\r\n\r\n",
-            401,
-            "missing_api_key",
+            400,
+            "invalid_request_target",
         ),
         (
             b"GET /v1/models HTTP/1.1\r\nHost: p\r\nConnection: close\r\n"

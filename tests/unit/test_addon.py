@@ -32,7 +32,7 @@ from mitmproxy import http
 from mitmproxy.proxy.layers.http import HttpRequestHook, _http1
 from mitmproxy.test import tflow, tutils
 
-from apipod_proxy import keys, mitm_compat
+from apipod_proxy import forwarding, keys, mitm_compat
 from apipod_proxy.addon import Apipod
 from apipod_proxy.flowstate import STATE, FlowState, state_of
 from apipod_proxy.lifecycle import GATEWAY_OPTIONS, runs_in_front_of
@@ -343,6 +343,7 @@ def test_a_logged_path_carries_no_query_and_no_key(
 
     monkeypatch.setattr(gateway.addon.rt.upstream, "current_api", bug)
     key, _ = gateway.new_key()
+    forward_also(gateway, f"/v1/{key}/chat/completions", ["POST"])
     path = f"/v1/{key}/chat/completions?key={key}"
     gateway.send(make_flow("POST", path, chat_body(), [("authorization", f"Bearer {key}")]))
     logged = [line for line in gateway.lines() if "internal error handling" in line]
@@ -494,9 +495,16 @@ def test_client_key_is_nowhere_in_the_forwarded_request(gateway: Gateway) -> Non
     assert key.encode() not in flow.request.raw_content
 
 
+def forward_also(gateway: Gateway, path: str, methods: list[str]) -> None:
+    """Add a row to the forwarding table, as ROUTES_FILE's `[forward]` does."""
+    forwarding_table = gateway.addon.forwarding
+    forwarding_table.apply({**forwarding_table.routes, **forwarding.extra_routes({path: methods})})
+
+
 def test_get_requests_are_swapped_too(gateway: Gateway) -> None:
     key, _ = gateway.new_key()
-    flow = gateway.authed(key, method="GET", path="/v1/models/gemini-3-flash")
+    forward_also(gateway, "/v1/batches", ["GET"])
+    flow = gateway.authed(key, method="GET", path="/v1/batches")
     assert flow.response is None
     assert flow.request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert flow.request.headers["x-api-key"] == UPSTREAM_KEY
@@ -506,21 +514,33 @@ def test_every_spelling_of_a_client_credential_is_removed(gateway: Gateway) -> N
     key, _ = gateway.new_key()
     flow = gateway.authed(
         key,
-        method="GET",
-        path="/v1/models/gemini-3-flash",
+        body=chat_body(),
         headers=[
             ("X-Api-Key", "c1"),
             ("x-api-key", "c2"),
             ("X-Goog-Api-Key", "d"),
             ("Proxy-Authorization", "e"),
+            ("Proxy-Foo", "f"),
+            ("Api-Key", "g"),
+            ("Cookie", "session=h"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Host", "admin.internal"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
             ("Accept", "*/*"),
         ],
     )
+    assert flow.response is None
     sent = flow.request.headers
     assert sent.get_all("x-api-key") == [UPSTREAM_KEY]
     assert sent.get_all("authorization") == [f"Bearer {UPSTREAM_KEY}"]
-    for name in ("x-goog-api-key", "proxy-authorization"):
+    for name in ("x-goog-api-key", "proxy-authorization", "proxy-foo", "api-key", "cookie"):
         assert name not in sent
+    for name in ("x-forwarded-host", "forwarded", "x-real-ip"):
+        assert name not in sent
+    # Ours, from the connection (mitmproxy's test client: 127.0.0.1 over TLS).
+    assert sent.get_all("x-forwarded-for") == [flow.client_conn.peername[0]]
+    assert sent.get_all("x-forwarded-proto") == ["https"]
     assert sent["accept"] == "*/*"
 
 
@@ -603,15 +623,52 @@ def test_bodies_without_a_string_model_pass_unchanged(gateway: Gateway, body: by
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
-    [("POST", "/chat/completions"), ("PUT", "/v1/chat/completions"), ("POST", "/v2/x")],
+    ("method", "path", "status"),
+    [
+        ("POST", "/chat/completions", 404),
+        ("PUT", "/v1/chat/completions", 405),
+        ("POST", "/v2/x", 404),
+        ("POST", "//v1/chat/completions", 400),
+        ("POST", "/v1/chat/completions/", 404),
+    ],
 )
-def test_only_posts_under_v1_are_routed(gateway: Gateway, method: str, path: str) -> None:
+def test_only_the_forwarding_table_reaches_the_upstream(
+    gateway: Gateway, method: str, path: str, status: int
+) -> None:
     key, _ = gateway.new_key()
+    flow = gateway.authed(key, method=method, path=path, body=chat_body("cursor-pro-sonnet"))
+    assert flow.response is not None
+    assert flow.response.status_code == status
+    assert flow.request.headers["authorization"] == f"Bearer {key}"  # never swapped
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "anthropic"),
+    [
+        ("/api/config", [], False),
+        ("/api/config", [("anthropic-version", "2023-06-01")], True),
+        ("/v1/messages/batches", [], True),
+    ],
+)
+def test_an_unknown_path_is_404_in_the_callers_shape(
+    gateway: Gateway, path: str, headers: list[tuple[str, str]], anthropic: bool
+) -> None:
+    flow = gateway.send(make_flow("GET", path, b"", headers))
+    assert flow.response is not None
+    gateway.addon.responseheaders(flow)
+    payload = json.loads(flow.response.content)
+    assert payload["error"]["code"] == "not_found"
+    assert (payload.get("type") == "error") is anthropic
+
+
+def test_an_operator_row_is_forwarded_as_sent(gateway: Gateway) -> None:
+    key, _ = gateway.new_key()
+    forward_also(gateway, "/v2/x", ["post"])
     body = chat_body("cursor-pro-sonnet")
-    flow = gateway.authed(key, method=method, path=path, body=body)
+    flow = gateway.authed(key, path="/v2/x", body=body)
     assert flow.response is None
     assert flow.request.raw_content == body
+    assert flow.request.headers["x-api-key"] == UPSTREAM_KEY
 
 
 @pytest.mark.parametrize(
@@ -630,6 +687,7 @@ def test_malformed_json_to_v1_is_400(gateway: Gateway, body: bytes) -> None:
 
 def test_malformed_json_outside_v1_is_forwarded(gateway: Gateway) -> None:
     key, _ = gateway.new_key()
+    forward_also(gateway, "/other", ["POST"])
     flow = gateway.authed(key, path="/other", body=b"{not json")
     assert flow.response is None
 
@@ -670,6 +728,7 @@ def test_multipart_passes_untouched(gateway: Gateway) -> None:
         b'cursor-pro-sonnet\r\n--xyz\r\nContent-Disposition: form-data; name="file"; '
         b'filename="a.wav"\r\n\r\n\xff\xfe\x00garbage\r\n--xyz--\r\n'
     )
+    forward_also(gateway, "/v1/audio/transcriptions", ["POST"])
     flow = gateway.authed(
         key,
         path="/v1/audio/transcriptions",
@@ -937,10 +996,12 @@ def test_access_line_for_a_refusal(gateway: Gateway) -> None:
 
 def test_access_line_redacts_a_key_in_the_path(gateway: Gateway) -> None:
     key, _ = gateway.new_key()
-    complete(gateway, gateway.send(make_flow("GET", f"/v1/files/{key}?k={key}")))
+    flow = gateway.send(make_flow("GET", f"/v1/files/{key}?k={key}"))
+    complete(gateway, flow)
     [line] = access_lines(gateway)
-    assert line.startswith("GET /v1/files/[redacted] 401 ")
+    assert line.startswith("GET /v1/files/[redacted] 404 ")  # no such endpoint
     assert key not in "".join(gateway.lines())
+    assert flow.response is not None and key.encode() not in flow.response.content
 
 
 def test_access_line_for_an_internal_request(gateway: Gateway) -> None:

@@ -382,3 +382,40 @@ def test_create_key_rejects_lone_surrogates(api: AdminApi, store: KeyStore, body
     response = create(api, None, raw=body)
     assert response.status_code == 400
     assert count_keys(store) == 0
+
+
+# --- admin secret guesses (ADMIN_AUTH_LIMIT) -----------------------------------------------
+
+
+def keys_as(api: AdminApi, secret: str, client: str) -> http.Response:
+    return api.handle(
+        request("GET", "/admin/keys", None, [(b"x-admin-secret", secret.encode())]), client
+    )
+
+
+def test_guesses_are_throttled_per_address(
+    tmp_path: Path, store: KeyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = AdminApi(make_settings(tmp_path, admin_auth_limit=3), store)
+    statuses = [keys_as(api, f"guess-{n}-abcdefghij", "198.51.100.7").status_code for n in range(6)]
+    assert statuses == [401, 401, 401, 429, 429, 429]
+    throttled = keys_as(api, ADMIN_SECRET, "198.51.100.7")  # right, but from the guesser
+    assert throttled.status_code == 429
+    assert error_of(throttled)["code"] == "admin_auth_throttled"
+    assert 1 <= int(throttled.headers["retry-after"]) <= 20  # one try per 60/3 s
+    assert keys_as(api, ADMIN_SECRET, "203.0.113.9").status_code == 200  # another address
+    assert "guess-" not in caplog.text
+    assert caplog.text.count("wrong or missing admin secret from 198.51.100.7") == 2
+    assert "198.51.100.7 used up its 3 failed admin authentications" in caplog.text
+
+
+def test_right_secrets_are_never_counted(tmp_path: Path, store: KeyStore) -> None:
+    api = AdminApi(make_settings(tmp_path, admin_auth_limit=2), store)
+    assert {keys_as(api, ADMIN_SECRET, "198.51.100.7").status_code for _ in range(20)} == {200}
+
+
+def test_limit_zero_turns_the_throttle_off(tmp_path: Path, store: KeyStore) -> None:
+    api = AdminApi(make_settings(tmp_path, admin_auth_limit=0), store)
+    assert {
+        keys_as(api, "wrong-secret-0123456", "198.51.100.7").status_code for _ in range(50)
+    } == {401}

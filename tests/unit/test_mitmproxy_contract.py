@@ -190,3 +190,18 @@ def test_held_errors_filter_the_proxyserver_logger() -> None:
     finally:
         held.release(replay=False)
     assert held not in proxyserver.logger.filters
+
+
+def test_an_absolute_form_target_sets_the_authority() -> None:
+    """forwarding.is_absolute_form tells `GET http://host/x` from `GET /x` by
+    `Request.authority`, which mitmproxy fills from the request line (HTTP/1)."""
+    from mitmproxy.net.http.http1 import read_request_head
+
+    from apipod_proxy.forwarding import is_absolute_form
+
+    absolute = read_request_head([b"GET http://internal.example/v1/x HTTP/1.1\r\n", b"Host: a\r\n"])
+    assert (absolute.authority, absolute.path) == ("internal.example", "/v1/x")
+    assert is_absolute_form(absolute)
+    origin = read_request_head([b"GET /v1/x HTTP/1.1\r\n", b"Host: internal.example\r\n"])
+    assert origin.authority == ""
+    assert not is_absolute_form(origin)

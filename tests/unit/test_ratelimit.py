@@ -163,3 +163,17 @@ def test_default_clock_is_monotonic_and_works() -> None:
     limiter = RateLimiter()
     assert limiter.acquire(1, 1) == 0.0
     assert 0 < limiter.acquire(1, 1) <= 60.0
+
+
+def test_peek_says_what_acquire_would_without_taking(
+    limiter: RateLimiter, clock: FakeClock
+) -> None:
+    assert limiter.peek("198.51.100.7", 2) == 0.0
+    limiter.acquire("198.51.100.7", 2)
+    limiter.acquire("198.51.100.7", 2)
+    wait = limiter.peek("198.51.100.7", 2)
+    assert wait == pytest.approx(30.0)
+    assert limiter.peek("198.51.100.7", 2) == pytest.approx(wait)  # nothing taken
+    clock.advance(30.0)
+    assert limiter.peek("198.51.100.7", 2) == 0.0
+    assert limiter.peek("203.0.113.9", 2) == 0.0  # keys of any hashable kind, apart

@@ -20,6 +20,7 @@ from harness import UPSTREAM_KEY, WEATHER_TOOL_ANTHROPIC
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai_standin import OpenAIStandIn
+from upstream_console import WEBUI_PASSWORD
 
 from apipod_proxy.translate import (
     AnthropicToOpenAIStream,
@@ -517,3 +518,20 @@ def test_openai_streamed_text_equals_the_plain_answer(gpt: OpenAIStandIn) -> Non
     chunks = client.chat.completions.create(model="m", messages=HI, stream=True)  # type: ignore[arg-type]
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == plain.choices[0].message.content
+
+
+def test_the_upstream_console_is_served_to_anyone_and_recorded(claude: AnthropicStandIn) -> None:
+    """Like antigravity-claude-proxy 2.0.4: its config (with its key), accounts, quotas
+    and console need no key at all, which is why the proxy must never forward there."""
+    claude.reset()
+    config = httpx.get(claude.url + "/api/config").json()["config"]
+    assert config["apiKey"] == KEY and config["webuiPassword"] == WEBUI_PASSWORD
+    assert httpx.get(claude.url + "/api/accounts").json()["accounts"]
+    assert httpx.get(claude.url + "/account-limits").json()["accounts"]
+    assert "Antigravity Console" in httpx.get(claude.url + "/").text
+    assert [(r.method, r.path) for r in claude.received] == [
+        ("GET", "/api/config"),
+        ("GET", "/api/accounts"),
+        ("GET", "/account-limits"),
+        ("GET", "/"),
+    ]
