@@ -248,6 +248,7 @@ class Apipod:
             return errors.error_response(400, message, "invalid_encoding")
         if not raw:
             return self._untranslatable(flow, state)
+        state.request_chars = len(raw)
         try:
             body = parse_json(raw)
         except BodyError as exc:
@@ -405,8 +406,11 @@ class Apipod:
         elif state.direction is None and _is_api_call(flow.request, MESSAGES_PATH):
             stream = AnthropicPassthroughStream()
         else:
-            return SseWatcher(state.strip_usage_chunk)
+            watcher = SseWatcher(state.strip_usage_chunk)
+            watcher.meter.request_chars = state.request_chars
+            return watcher
         stream.on_quota = partial(self._quota_ran_out, state.routed_model)
+        stream.meter.request_chars = state.request_chars
         return stream
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -502,9 +506,11 @@ class Apipod:
         self.metrics.requests.labels(label, str(status)).inc()
         self.metrics.duration.observe(time.perf_counter() - state.started)
         if state.user is not None and state.forwarded_at is not None:
+            # A stream's figures are its watcher's, also when the client hung up (`error`):
+            # estimated from what was delivered if its usage never came (metering.py).
             usage = self._usage_of(flow, state)
             # What the upstream failed (5xx, unreachable, timeout) costs nothing.
-            cost = self.plans.cost_of(model, usage) if status < 500 else 0.0
+            cost = self._cost(model, usage) if status < 500 else 0.0
             added = self.ledger.add(state.user.id, cost, keys.now_text())
             if added and (shared := self.rt.shared_spend) is not None:
                 task = asyncio.get_running_loop().create_task(self._share_spend(shared, added))
@@ -525,6 +531,13 @@ class Apipod:
             if usage.prompt_tokens or usage.completion_tokens:
                 self.metrics.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
                 self.metrics.tokens.labels(label, "completion").inc(usage.completion_tokens)
+
+    def _cost(self, model: str, usage: Usage) -> float:
+        """USD for `usage` at `model`'s price; estimated reasoning tokens at the output
+        price too with BILL_REASONING_ESTIMATE=on."""
+        extra = usage.billable_reasoning(self.rt.settings.bill_reasoning_estimate == "on")
+        completion = usage.completion_tokens + extra
+        return self.plans.cost(model, usage.prompt_tokens, usage.cached_tokens, completion)
 
     async def _refresh_shared_spend(self, shared: SharedSpend, record: KeyRecord) -> None:
         """Read a budgeted key's spend fresh from Redis before admitting it: the ledger only

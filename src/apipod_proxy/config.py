@@ -379,6 +379,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Days the per-request log (`keys.py requests`, `GET /admin/requests`) is kept, pruned "
         'hourly; `0` turns it off. See "Plans and budgets".',
     ),
+    Setting(
+        "BILL_REASONING_ESTIMATE",
+        "off",
+        _choice("on", "off"),
+        "`on` bills reasoning tokens estimated from the thinking delivered (characters / 4) "
+        "at the model's output price, when the upstream does not report them. "
+        '`off` records them apart, unbilled. See "Usage accounting".',
+    ),
 )
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 #: The raw defaults, by variable.
@@ -417,6 +425,7 @@ class Settings:
     idle_timeout: float = _default("IDLE_TIMEOUT")
     max_connections: int | None = _default("MAX_CONNECTIONS")  # None: from the file limit
     request_log_days: int = _default("REQUEST_LOG_DAYS")
+    bill_reasoning_estimate: str = _default("BILL_REASONING_ESTIMATE")
 
     @property
     def admin_enabled(self) -> bool:

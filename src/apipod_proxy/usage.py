@@ -148,6 +148,11 @@ class UsageRecorder:
         counts.prompt_tokens += usage.prompt_tokens
         counts.completion_tokens += usage.completion_tokens
         counts.cached_tokens += usage.cached_tokens
+        if usage.reasoning_estimated:
+            counts.estimated_reasoning_tokens += usage.reasoning_tokens
+        else:
+            counts.reasoning_tokens += usage.reasoning_tokens
+        counts.estimated_requests += usage.estimated
         counts.cost += cost
         self._last_used[key_id] = now
 

@@ -153,7 +153,7 @@ def test_request_log_rows_and_off_switch() -> None:
     buffer = RequestLog(30)
     buffer.add("req_1", 7, "alias", "m", 200, 0.0123, Usage(11, 5, 3), 0.5)
     (row,) = buffer.take()
-    assert row[1:] == ("req_1", 7, "alias", "m", 200, 12, 11, 3, 5, 0.5)
+    assert row[1:] == ("req_1", 7, "alias", "m", 200, 12, 11, 3, 5, 0.5, 0, False, False)
     assert buffer.take() == []
     off = RequestLog(0)
     off.add("req_1", 7, None, None, 502, 1.0, Usage(), 0.0)

@@ -130,7 +130,8 @@ def test_requests_lists_the_log_newest_first(
     b = create(capsys, "--name", "b")
     now = keys.now_text()
     rows = [
-        (now, f"r{i}", k["id"], "m", "m", 200, 1, 1, 0, 1, 0.0) for i, k in enumerate([a, b, a])
+        (now, f"r{i}", k["id"], "m", "m", 200, 1, 1, 0, 1, 0.0, 0, False, False)
+        for i, k in enumerate([a, b, a])
     ]
     store.record_usage({}, {}, rows)
     code, out, _ = main(capsys, "requests", "--key", str(a["id"]), "--since", "1h", "--json")

@@ -31,7 +31,7 @@ def store(tmp_path: Path) -> KeyStore:
 
 
 def log_row(key_id: int, time: str, request_id: str, cost: float = 0.0) -> tuple:
-    return (time, request_id, key_id, "m", "m", 200, 12, 11, 0, 5, cost)
+    return (time, request_id, key_id, "m", "m", 200, 12, 11, 0, 5, cost, 0, False, False)
 
 
 # --- the upgrade ---------------------------------------------------------------------
@@ -170,6 +170,9 @@ def test_request_log_is_newest_first_filtered_and_pruned(store: KeyStore) -> Non
         "cached_tokens": 0,
         "completion_tokens": 5,
         "cost": 0.5,
+        "reasoning_tokens": 0,
+        "reasoning_estimated": False,
+        "estimated": False,
     }
     assert store.prune_requests("2026-01-02T00:00:00Z") == 1
     assert [r["request_id"] for r in store.requests(a.id)] == ["a2", "a1"]
