@@ -24,11 +24,18 @@ It behaves as the shared notes on wire formats measured (version 2.0.4):
   answer with zero usage.
 
 Per-request steering headers: `x-standin-status: CODE` (an error answer),
-`x-standin-mode: text|tool` (ignore or force tools), `x-standin-cache-read: N`.
+`x-standin-mode: text|tool` (ignore or force tools), `x-standin-cache-read: N`,
+`x-standin-input-tokens: N` (the uncached prompt, default 25),
+`x-standin-usage-shape: real` (`message_delta.usage` as antigravity-claude-proxy 2.0.4
+sends it: `output_tokens` and both cache fields, no `input_tokens`; independent of the
+default shape), and `x-standin-pause: S` with `x-standin-pause-before: EVENT` (wait S
+seconds before sending that event, `message_delta` by default: a client can hang up
+before the usage arrives).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -251,7 +258,9 @@ class AnthropicStandIn(ThreadedServer):
             answer = Answer(model, 0, 0, text=EMPTY_ANSWER)
             answer.zero_usage = True
             return answer
-        answer = Answer(model, INPUT_TOKENS, cache_read, number=len(self.reported))
+        input_tokens = int(request.headers.get("x-standin-input-tokens", INPUT_TOKENS))
+        answer = Answer(model, input_tokens, cache_read, number=len(self.reported))
+        answer.real_usage_shape = request.headers.get("x-standin-usage-shape") == "real"
         if model.endswith("-thinking") or model.startswith("gemini-3"):
             answer.thinking = f"The user wants an answer from {model}."
             answer.signature = "sig_" + model.replace("-", "_") + "_0123456789"
@@ -302,7 +311,14 @@ class AnthropicStandIn(ThreadedServer):
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         writer = SplitWriter(response, self.split_writes)
+        pause = float(request.headers.get("x-standin-pause", "0"))
+        before = (
+            b"event: " + request.headers.get("x-standin-pause-before", "message_delta").encode()
+        )
         for event in stream_events(answer, self.json_piece):
+            if pause and event.startswith(before + b"\n"):
+                await writer.flush()
+                await asyncio.sleep(pause)
             await writer.send(event)
         await writer.close()
         return response
@@ -330,13 +346,27 @@ class Answer:
     tool: dict[str, Any] | None = None
     zero_usage: bool = False
     number: int = 0
+    #: message_delta's usage as the real upstream sends it (x-standin-usage-shape: real).
+    real_usage_shape: bool = False
 
     @property
     def output_tokens(self) -> int:
         if self.zero_usage:
             return 0
         tool = json.dumps(self.tool["input"]) if self.tool else ""
+        if self.real_usage_shape:  # Google's candidatesTokenCount: thinking left out
+            return output_tokens(self.text, tool)
         return output_tokens(self.text, self.thinking, tool)
+
+    def delta_usage(self) -> dict[str, int]:
+        """message_delta's usage: output only, or the real upstream's three fields."""
+        if self.real_usage_shape:
+            return {
+                "output_tokens": self.output_tokens,
+                "cache_read_input_tokens": self.cache_read,
+                "cache_creation_input_tokens": 0,
+            }
+        return {"output_tokens": self.output_tokens}
 
     def input_usage(self) -> dict[str, int]:
         return {"input_tokens": self.input_tokens, "cache_read_input_tokens": self.cache_read}
@@ -397,7 +427,7 @@ def stream_events(answer: Answer, json_piece: int = 7) -> list[bytes]:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                "usage": {"output_tokens": answer.output_tokens},
+                "usage": answer.delta_usage(),
             },
         )
     )
