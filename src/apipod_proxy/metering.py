@@ -35,6 +35,18 @@ from typing import Any
 CHARS_PER_TOKEN = 4
 
 _ANTHROPIC_PROMPT = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+#: Fields only OpenAI's usage objects have.
+_OPENAI_ONLY = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+)
+
+
+def _is_openai(found: dict[str, Any]) -> bool:
+    return any(name in found for name in _OPENAI_ONLY)
 
 
 def estimate(characters: int) -> int:
@@ -78,6 +90,7 @@ class Meter:
 
     __slots__ = (
         "_fields",
+        "_openai",
         "delivered_chars",
         "output_final",
         "request_chars",
@@ -86,6 +99,7 @@ class Meter:
 
     def __init__(self) -> None:
         self._fields: dict[str, int] = {}
+        self._openai = False  # the usage objects are OpenAI's
         #: The output count is the upstream's last word (message_delta, the OpenAI usage
         #: chunk, a whole answer); message_start's `output_tokens` is only a start.
         self.output_final = False
@@ -115,6 +129,7 @@ class Meter:
         """Merge an OpenAI usage object (Chat Completions, or Responses' names)."""
         if not isinstance(found, dict):
             return
+        self._openai = True
         for name in ("prompt_tokens", "completion_tokens"):
             if name in found:
                 self._merge(name, found[name])
@@ -142,11 +157,13 @@ class Meter:
 
     @property
     def _openai_shaped(self) -> bool:
-        return "prompt_tokens" in self._fields or "completion_tokens" in self._fields
+        return self._openai
 
     @property
     def has_prompt(self) -> bool:
-        return self._openai_shaped or any(name in self._fields for name in _ANTHROPIC_PROMPT)
+        if self._openai:
+            return "prompt_tokens" in self._fields
+        return any(name in self._fields for name in _ANTHROPIC_PROMPT)
 
     @property
     def prompt(self) -> int:
@@ -219,7 +236,7 @@ def meter_of_body(payload: Any) -> Meter:
     meter = Meter()
     found = payload.get("usage") if isinstance(payload, dict) else None
     if isinstance(found, dict):
-        if "prompt_tokens" in found or "completion_tokens" in found:
+        if _is_openai(found):
             meter.add_openai(found)
         else:
             meter.add_anthropic(found)
@@ -238,7 +255,7 @@ def merge_event(meter: Meter, payload: Any) -> None:
     found = payload.get("usage")
     if not isinstance(found, dict):
         return
-    if "prompt_tokens" in found or "completion_tokens" in found:
+    if _is_openai(found):
         meter.add_openai(found)
     else:
         meter.add_anthropic(found)
