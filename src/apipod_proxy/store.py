@@ -636,14 +636,21 @@ def daily_usage(conn: sqlite3.Connection, key_id: int, since: str) -> list[dict[
     rows = conn.execute(
         """
         SELECT substr(hour, 1, 10) AS day, model, sum(requests), sum(prompt_tokens),
-               sum(completion_tokens), sum(cost)
+               sum(completion_tokens), sum(cost), sum(reasoning_tokens),
+               sum(estimated_reasoning_tokens), sum(estimated_requests)
         FROM usage WHERE key_id = ? AND hour >= ?
         GROUP BY substr(hour, 1, 10), model ORDER BY day, model
         """,
         (key_id, since[:10]),
     ).fetchall()
-    names = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "cost"]
-    return [{**dict(zip(names, row, strict=True)), "cost": round(row[5], 10)} for row in rows]
+    return [
+        {**dict(zip(DAILY_FIELDS, row, strict=True)), "cost": round(row[5], 10)} for row in rows
+    ]
+
+
+#: The fields of `daily_usage` rows (`/account`'s `usage`).
+DAILY_FIELDS = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "cost",
+                "reasoning_tokens", "estimated_reasoning_tokens", "estimated_requests"]  # fmt: skip
 
 
 def cost_between(conn: sqlite3.Connection, key_id: int, start: str, end: str) -> float:

@@ -51,7 +51,12 @@ def test_account_shows_what_applies_spend_and_daily_usage(
     _, record = store.create("alice", "trial", 30 * 86400)
     now = keys.now_text()
     store.record_usage(
-        {(record.id, "m", keys.hour_of(now)): UsageCounts(2, 2, 0, 0, 20, 10, cost=0.5)}, {}
+        {
+            (record.id, "m", keys.hour_of(now)): UsageCounts(
+                2, 2, 0, 0, 20, 10, cost=0.5, estimated_reasoning_tokens=7, estimated_requests=1
+            )
+        },
+        {},
     )
     account.ledger.add(record.id, 0.25, now)  # not flushed yet: counted all the same
     account.ledger.base = store.current_spend()
@@ -77,6 +82,9 @@ def test_account_shows_what_applies_spend_and_daily_usage(
                 "prompt_tokens": 20,
                 "completion_tokens": 10,
                 "cost": 0.5,
+                "reasoning_tokens": 0,
+                "estimated_reasoning_tokens": 7,
+                "estimated_requests": 1,
             }
         ],
     }

@@ -191,7 +191,9 @@ def test_daily_usage_groups_by_utc_day_and_model(store: KeyStore) -> None:
     )
     assert store.daily_usage(a.id, "2026-01-01T12:00:00Z") == [
         {"date": "2026-01-01", "model": "m", "requests": 3, "prompt_tokens": 3,
-         "completion_tokens": 0, "cost": pytest.approx(0.3)},
+         "completion_tokens": 0, "cost": pytest.approx(0.3), "reasoning_tokens": 0,
+         "estimated_reasoning_tokens": 0, "estimated_requests": 0},
         {"date": "2026-01-02", "model": "n", "requests": 1, "prompt_tokens": 0,
-         "completion_tokens": 4, "cost": 0},
+         "completion_tokens": 4, "cost": 0, "reasoning_tokens": 0,
+         "estimated_reasoning_tokens": 0, "estimated_requests": 0},
     ]  # fmt: skip
