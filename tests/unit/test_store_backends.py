@@ -407,3 +407,45 @@ def test_pool_is_safe_from_many_threads(pg_store: PgKeyStore) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_a_v3_postgresql_schema_upgrades_in_place(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """m004 through pgstore's rewrites: a v3 database keeps its rows, with zeros in the
+    new columns, and takes reasoning and estimated counts."""
+    with monkeypatch.context() as v3:
+        v3.setattr(store, "MIGRATIONS", store.MIGRATIONS[:3])
+        v3.setattr(store, "SCHEMA_VERSION", 3)
+        old = PgKeyStore(pg_url)
+        old.open()
+        _, carol = old.create("carol", "elite", None)
+        with psycopg.connect(pg_url) as conn:
+            conn.execute(
+                "INSERT INTO request_log (time, request_id, key_id, status, duration_ms)"
+                " VALUES ('2026-11-30T10:00:00Z', 'req_v3', %s, 200, 5)",
+                (carol.id,),
+            )
+        old.close()
+    upgraded = PgKeyStore(pg_url)
+    upgraded.open()
+    try:
+        (row,) = upgraded.requests()
+        assert (row["request_id"], row["reasoning_tokens"], row["estimated"]) == (
+            "req_v3",
+            0,
+            False,
+        )
+        hour = keys.hour_of(keys.now_text())
+        upgraded.record_usage(
+            {(carol.id, "m", hour): UsageCounts(1, 1, reasoning_tokens=4, estimated_requests=1)},
+            {},
+        )
+        (usage,) = upgraded.usage()
+        assert (usage["reasoning_tokens"], usage["estimated_requests"]) == (4, 1)
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT version FROM apipod_schema").fetchone() == (
+                store.SCHEMA_VERSION,
+            )
+    finally:
+        upgraded.close()
