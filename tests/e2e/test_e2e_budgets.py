@@ -390,6 +390,9 @@ def test_request_log_holds_exactly_the_requests_served(priced: Proxy, upstream: 
         "cached_tokens": 0,
         "completion_tokens": 5,
         "cost": pytest.approx(PLAIN_COST),
+        "reasoning_tokens": 0,
+        "reasoning_estimated": False,
+        "estimated": False,
     }
     printed = json.loads(keys_cli(priced, "requests", "--key", str(key_id), "--json"))
     assert [row["request_id"] for row in printed] == ["served-2", "served-1", "served-0"]
