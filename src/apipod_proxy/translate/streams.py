@@ -469,8 +469,9 @@ class AnthropicPassthroughStream(_SseTranslator):
 
     Events are forwarded as they complete, unchanged, except an in-stream quota error,
     which gets type `rate_limit_error` and code `upstream_quota_exhausted` like the 429
-    answer, and sets `quota` so the model can be cooled down. Usage is counted as in the
-    translating streams. Only events that may hold usage or an error are parsed.
+    answer, and sets `quota` so the model can be cooled down. Usage is merged and what
+    passes through is counted as in the translating streams. Only events that may hold
+    usage, an error or delivered content are parsed (pings are not).
     """
 
     def _event(self, raw: bytes) -> None:
