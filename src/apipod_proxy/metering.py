@@ -28,6 +28,8 @@ Pure: no mitmproxy, no I/O; `translate/` uses it.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,3 +296,31 @@ def meter_event(meter: Meter, payload: Any) -> None:
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
                 meter.delivered(function.get("arguments"))
+
+
+#: A string field holding delivered content, in either API's stream events: OpenAI's
+#: `content`, `reasoning_content` and tool `arguments`; Anthropic's `text`, `thinking`
+#: and `partial_json`. Matched in the raw event, so an event without usage need not be
+#: parsed to be counted.
+_DELIVERED = re.compile(
+    rb'"(content|reasoning_content|arguments|text|thinking|partial_json)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+)
+_THOUGHT = (b"reasoning_content", b"thinking")
+
+
+def count_raw(meter: Meter, event: bytes) -> None:
+    """Count what one raw SSE event delivers, without parsing it as JSON (an escaped
+    string is decoded, so `\\u4e2d` counts as the one character it is)."""
+    for match in _DELIVERED.finditer(event):
+        value = match.group(2)
+        if b"\\" in value:
+            try:
+                chars = len(json.loads(b'"' + value + b'"'))
+            except ValueError:
+                chars = len(value)
+        else:
+            chars = len(value.decode("utf-8", "replace"))
+        if match.group(1) in _THOUGHT:
+            meter.thinking_chars += chars
+        else:
+            meter.delivered_chars += chars

@@ -18,7 +18,7 @@ import logging
 import re
 
 from . import keys
-from .metering import Meter, Usage, meter_event, meter_of_body
+from .metering import Meter, Usage, count_raw, meter_event, meter_of_body
 from .store import UsageCounts
 
 log = logging.getLogger("apipod")
@@ -92,6 +92,9 @@ class SseWatcher:
 
     def _observe(self, event: bytes) -> bytes | None:
         """Meter the event; return what the client gets (None: nothing)."""
+        if not _USAGE_OBJECT.search(event):
+            count_raw(self.meter, event)  # content only: counted without parsing
+            return event
         lines = event.splitlines(keepends=True)
         for index, line in enumerate(lines):
             if not line.startswith(b"data:"):
@@ -101,7 +104,7 @@ class SseWatcher:
             except (ValueError, RecursionError):
                 continue
             meter_event(self.meter, payload)
-            if not (self.strip and isinstance(payload, dict) and _USAGE_OBJECT.search(line)):
+            if not (self.strip and isinstance(payload, dict)):
                 continue
             found, choices = payload.get("usage"), payload.get("choices")
             if not isinstance(found, dict) or not isinstance(choices, list):

@@ -12,10 +12,11 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apipod_proxy.metering import Meter, Usage, estimate, meter_event, meter_of_body
+from apipod_proxy.metering import Meter, Usage, count_raw, estimate, meter_event, meter_of_body
 from apipod_proxy.translate.responses import anthropic_response_to_openai
 from apipod_proxy.translate.streams import AnthropicPassthroughStream, AnthropicToOpenAIStream
 from apipod_proxy.usage import SseWatcher, usage_from_body
@@ -279,3 +280,44 @@ def test_a_whole_answer_and_a_complete_stream_are_never_estimated() -> None:
     meter.delivered(TEXT)
     meter_event(meter, REAL_DELTA)
     assert meter.usage() == Usage(25, 3, 5)
+
+
+def chunk(delta: dict[str, Any]) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta}]}
+
+
+def block_delta(delta: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "content_block_delta", "index": 0, "delta": delta}
+
+
+@pytest.mark.parametrize(
+    ("payload", "delivered", "thought"),
+    [
+        (chunk({"content": 'Hi "you"\n'}), 9, 0),
+        (chunk({"content": "中文"}), 2, 0),
+        (chunk({"reasoning_content": "hmm"}), 0, 3),
+        (chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a":1}'}}]}), 7, 0),
+        (chunk({"content": None, "role": "assistant"}), 0, 0),
+        (block_delta({"type": "text_delta", "text": "abc"}), 3, 0),
+        (block_delta({"type": "thinking_delta", "thinking": "ab"}), 0, 2),
+        (block_delta({"type": "input_json_delta", "partial_json": '{"x'}), 3, 0),
+        ({"type": "content_block_start", "content_block": {"type": "text", "text": ""}}, 0, 0),
+    ],
+)
+@pytest.mark.parametrize("ascii_only", [True, False])
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")])
+def test_raw_events_are_counted_as_their_parsed_content(
+    payload: dict[str, Any],
+    delivered: int,
+    thought: int,
+    ascii_only: bool,
+    separators: tuple[str, str],
+) -> None:
+    """count_raw (no JSON parse) counts the characters the parsed event holds, however
+    the upstream writes its JSON (escaped non-ASCII or not, spaces or not)."""
+    text = json.dumps(payload, ensure_ascii=ascii_only, separators=separators)
+    raw, parsed = Meter(), Meter()
+    count_raw(raw, b"data: " + text.encode() + b"\n\n")
+    meter_event(parsed, payload)
+    assert (raw.delivered_chars, raw.thinking_chars) == (delivered, thought)
+    assert (parsed.delivered_chars, parsed.thinking_chars) == (delivered, thought)

@@ -600,8 +600,8 @@ def _fields(counts: UsageCounts) -> dict[str, int]:
 
 
 def test_each_event_is_parsed_once_whatever_the_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Events are parsed when complete, once each (what they deliver is counted), never
-    once per chunk: an event split over many chunks costs one parse."""
+    """Only an event holding a usage object is parsed, once, when complete, however many
+    chunks it came in; what the others deliver is counted without parsing them."""
     parsed: list[bytes] = []
     real_loads = usage.json.loads
     monkeypatch.setattr(usage.json, "loads", lambda raw: parsed.append(raw) or real_loads(raw))
@@ -612,9 +612,10 @@ def test_each_event_is_parsed_once_whatever_the_chunks(monkeypatch: pytest.Monke
     stream = chunk + final + b"data: [DONE]\n\n"
     out = [watcher(stream[i : i + 5]) for i in range(0, len(stream), 5)]
     assert b"".join(b"".join(piece) for piece in out) == chunk + b"data: [DONE]\n\n"
-    assert len(parsed) == 4  # two content chunks, the usage chunk, [DONE]
+    assert len(parsed) == 1  # the usage chunk
     assert (watcher.usage.prompt_tokens, watcher.usage.completion_tokens) == (3, 4)
     assert not watcher.usage.estimated
+    assert watcher.meter.delivered_chars == 2  # "x", twice
 
 
 def test_pending_usage_is_bounded_and_keeps_every_request(monkeypatch) -> None:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..metering import Meter, Usage, meter_anthropic_delta
+from ..metering import Meter, Usage, count_raw
 from ..quota import QUOTA_CODE, QuotaExhausted, detect
 from .responses import (
     anthropic_id,
@@ -471,11 +471,13 @@ class AnthropicPassthroughStream(_SseTranslator):
     which gets type `rate_limit_error` and code `upstream_quota_exhausted` like the 429
     answer, and sets `quota` so the model can be cooled down. Usage is merged and what
     passes through is counted as in the translating streams. Only events that may hold
-    usage, an error or delivered content are parsed (pings are not).
+    usage or an error are parsed; delivered content is counted in the raw event.
     """
 
     def _event(self, raw: bytes) -> None:
         if not any(word in raw for word in _PASSTHROUGH_PARSED):
+            if b"content_block_" in raw:
+                count_raw(self.meter, raw)  # delivered content: counted without parsing
             self._out.append(raw + b"\n\n")
             return
         name, data = _parse_event(raw)
@@ -489,12 +491,8 @@ class AnthropicPassthroughStream(_SseTranslator):
         kind = payload.get("type") or name
         if kind == "message_start" and isinstance(payload.get("message"), dict):
             self.meter.add_anthropic(payload["message"].get("usage"), final=False)
-        elif kind == "content_block_delta" and isinstance(payload.get("delta"), dict):
-            meter_anthropic_delta(self.meter, payload["delta"])
-        elif kind == "content_block_start" and isinstance(payload.get("content_block"), dict):
-            block = payload["content_block"]
-            self.meter.delivered(block.get("text"))
-            self.meter.thought(block.get("thinking"))
+        elif kind in ("content_block_delta", "content_block_start"):
+            count_raw(self.meter, raw)  # an event that merely mentions "usage" or "error"
         elif kind == "message_delta":
             self.meter.add_anthropic(payload.get("usage"))
         elif kind == "message_stop":
@@ -524,6 +522,5 @@ class AnthropicPassthroughStream(_SseTranslator):
         self.done = True
 
 
-#: Events the passthrough parses: those that may hold usage, an error, the end, or
-#: delivered text (counted for a stream cut before its usage).
-_PASSTHROUGH_PARSED = (b"usage", b"error", b"message_stop", b"content_block_")
+#: Events the passthrough parses: those that may hold usage, an error or the end.
+_PASSTHROUGH_PARSED = (b"usage", b"error", b"message_stop")
