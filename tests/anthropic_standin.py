@@ -37,10 +37,16 @@ Per-request steering headers: `x-standin-status: CODE` (an error answer),
 `x-standin-echo-error: 1` (a 400 `invalid_request_error` whose message quotes the last
 user text, `Invalid value "<text>"`, as upstreams quote a client's field; inside a 200
 stream when the request streams).
+`x-standin-input-tokens: N` (the uncached prompt), and `x-standin-pause: S` with
+`x-standin-pause-before: EVENT` (wait S seconds before sending that event, `message_delta`
+by default: a client can hang up before the usage arrives). `message_delta.usage` is
+always the real upstream's shape (`x-standin-usage-shape: real` is accepted and changes
+nothing).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -286,7 +292,8 @@ class AnthropicStandIn(ThreadedServer):
             answer = Answer(model, 0, 0, text=text)
             answer.zero_usage = True
             return answer
-        answer = Answer(model, self.input_tokens, cache_read, number=len(self.reported))
+        input_tokens = int(request.headers.get("x-standin-input-tokens", self.input_tokens))
+        answer = Answer(model, input_tokens, cache_read, number=len(self.reported))
         if model.endswith("-thinking") or model.startswith("gemini-3"):
             answer.thinking = f"The user wants an answer from {model}."
             answer.signature = "sig_" + model.replace("-", "_") + "_0123456789"
@@ -337,7 +344,14 @@ class AnthropicStandIn(ThreadedServer):
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         writer = SplitWriter(response, self.split_writes)
+        pause = float(request.headers.get("x-standin-pause", "0"))
+        before = (
+            b"event: " + request.headers.get("x-standin-pause-before", "message_delta").encode()
+        )
         for event in stream_events(answer, self.json_piece):
+            if pause and event.startswith(before + b"\n"):
+                await writer.flush()
+                await asyncio.sleep(pause)
             await writer.send(event)
         await writer.close()
         return response

@@ -70,6 +70,9 @@ USAGE_ROW_FIELDS = [
     "prompt_tokens",
     "completion_tokens",
     "cost",
+    "reasoning_tokens",
+    "estimated_reasoning_tokens",
+    "estimated_requests",
 ]
 REQUEST_ROW_FIELDS = [
     "time",
@@ -83,6 +86,9 @@ REQUEST_ROW_FIELDS = [
     "cached_tokens",
     "completion_tokens",
     "cost",
+    "reasoning_tokens",
+    "reasoning_estimated",
+    "estimated",
 ]
 
 #: The content encodings the proxy decodes in request bodies, and how to make and read them.

@@ -20,6 +20,8 @@ through like any other header:
     x-standin-cached-tokens: N  report N of them as cached (prompt_tokens_details)
     x-standin-completion-tokens: N  report N completion tokens (default: the chunks sent)
     x-standin-error-usage: 1    with x-standin-status, put a usage object in the error body
+    x-standin-usage-pause: S    wait S seconds after the finish chunk, before the usage
+                                chunk (a client can hang up in between)
 
 `open_streams` counts streaming responses still being written, so tests can see that
 the proxy closes the upstream side when a client goes away.
@@ -238,6 +240,7 @@ class StandIn(ThreadedServer):
                 include_usage,
                 usage_on_finish,
                 usage_of(request, chunks),
+                float(request.headers.get("x-standin-usage-pause", "0")),
             )
         finally:
             self.open_streams -= 1
@@ -252,6 +255,7 @@ class StandIn(ThreadedServer):
         include_usage: bool,
         usage_on_finish: bool = False,
         usage: dict[str, Any] | None = None,
+        usage_pause: float = 0.0,
     ) -> web.StreamResponse:
         if usage is None:
             usage = {"prompt_tokens": 11, "completion_tokens": chunks, "total_tokens": 11 + chunks}
@@ -274,6 +278,8 @@ class StandIn(ThreadedServer):
             # The content carries the send time, so tests can measure each chunk's lag.
             await response.write(event({"content": f"{i}@{time.time():.6f} "}))
         await response.write(event({}, "stop"))
+        if usage_pause:
+            await asyncio.sleep(usage_pause)
         if include_usage and not usage_on_finish:
             final = {
                 "id": stream_id,

@@ -138,7 +138,11 @@ class SplitWriter:
         self._tail = event[cut:]
         await asyncio.sleep(SPLIT_PAUSE)
 
-    async def close(self) -> None:
+    async def flush(self) -> None:
+        """Send the held tail now (before a pause, so the client has every event so far)."""
         await self._write(self._tail)
         self._tail = b""
+
+    async def close(self) -> None:
+        await self.flush()
         await self.response.write_eof()

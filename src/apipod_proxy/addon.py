@@ -315,6 +315,7 @@ class Apipod:
             return errors.error_response(400, message, "invalid_encoding")
         if not raw:
             return self._untranslatable(flow, state)
+        state.request_chars = len(raw)
         try:
             body = parse_json(raw)
         except BodyError as exc:
@@ -494,8 +495,11 @@ class Apipod:
         elif state.direction is None and _is_api_call(flow.request, MESSAGES_PATH):
             stream = AnthropicPassthroughStream()
         else:
-            return SseWatcher(state.strip_usage_chunk)
+            watcher = SseWatcher(state.strip_usage_chunk)
+            watcher.meter.request_chars = state.request_chars
+            return watcher
         stream.on_quota = partial(self._quota_ran_out, state.routed_model)
+        stream.meter.request_chars = state.request_chars
         return stream
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -607,9 +611,11 @@ class Apipod:
         release = self._release_hold(state)
         added: SpendRows = {}
         if state.user is not None and state.forwarded_at is not None:
+            # A stream's figures are its watcher's, also when the client hung up (`error`):
+            # estimated from what was delivered if its usage never came (metering.py).
             usage = self._usage_of(flow, state)
             # What the upstream failed (5xx, unreachable, timeout) costs nothing.
-            cost = self.plans.cost_of(model, usage) if status < 500 else 0.0
+            cost = self._cost(model, usage) if status < 500 else 0.0
             added = self.ledger.add(state.user.id, cost, keys.now_text())
             self.usage.add(state.user.id, model, status, usage, cost)
             self.rt.request_log.add(
@@ -630,6 +636,13 @@ class Apipod:
             self._spend_tasks.add(task)  # a reference until done
             task.add_done_callback(self._spend_tasks.discard)
             state.charging = task
+
+    def _cost(self, model: str, usage: Usage) -> float:
+        """USD for `usage` at `model`'s price; estimated reasoning tokens at the output
+        price too with BILL_REASONING_ESTIMATE=on."""
+        extra = usage.billable_reasoning(self.rt.settings.bill_reasoning_estimate == "on")
+        completion = usage.completion_tokens + extra
+        return self.plans.cost(model, usage.prompt_tokens, usage.cached_tokens, completion)
 
     async def _refresh_shared_spend(self, shared: SharedSpend, record: KeyRecord) -> None:
         """Read a budgeted key's spend fresh from Redis before admitting it: the ledger only

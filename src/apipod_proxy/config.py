@@ -419,6 +419,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Failed admin authentications per minute per client address; past it 429 "
         "`admin_auth_throttled` (a burst of this many, then one per 60/N s); `0` is unlimited.",
     ),
+    # --- usage accounting (metering.py) ---
+    Setting(
+        "BILL_REASONING_ESTIMATE",
+        "off",
+        _choice("on", "off"),
+        "`on` bills reasoning tokens estimated from the thinking delivered (characters / 4) "
+        "at the model's output price, when the upstream does not report them. "
+        '`off` records them apart, unbilled. See "Usage accounting".',
+    ),
 )
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 #: The raw defaults, by variable.
@@ -461,6 +470,7 @@ class Settings:
     # --- security (forwarding.py, admin.py) ---
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     admin_auth_limit: int = _default("ADMIN_AUTH_LIMIT")
+    bill_reasoning_estimate: str = _default("BILL_REASONING_ESTIMATE")
 
     @property
     def admin_enabled(self) -> bool:

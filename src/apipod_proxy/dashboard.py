@@ -238,6 +238,9 @@ SERIES_FIELDS = [
     "prompt_tokens",
     "completion_tokens",
     "cost",
+    "reasoning_tokens",
+    "estimated_reasoning_tokens",
+    "estimated_requests",
 ]
 TOP_FIELDS = ["key_id", "name", "prefix", "requests", "tokens", "cost"]
 
@@ -250,7 +253,9 @@ def usage_series(conn: sqlite3.Connection, bucket: str, start: str) -> dict[str,
         f"""
         SELECT substr(g.hour, 1, {width}) AS bucket, g.model, sum(g.requests),
                sum(g.client_errors + g.server_errors), sum(g.server_errors),
-               sum(g.prompt_tokens), sum(g.completion_tokens), coalesce(sum(g.cost), 0)
+               sum(g.prompt_tokens), sum(g.completion_tokens), coalesce(sum(g.cost), 0),
+               sum(g.reasoning_tokens), sum(g.estimated_reasoning_tokens),
+               sum(g.estimated_requests)
         FROM usage g WHERE g.hour >= ?
         GROUP BY bucket, g.model ORDER BY bucket, g.model
         """,

@@ -48,6 +48,8 @@ class FlowState:
     #: What watches (and maybe translates) an SSE answer; it holds the stream's usage.
     watcher: SseWatcher | _SseTranslator | None = None
     finished: bool = False
+    #: The request body's size, for a prompt estimate when a stream reports no usage.
+    request_chars: int = 0
     #: Adding this request's cost to the spend every replica reads (REDIS_URL).
     charging: asyncio.Task[None] | None = None
     #: A budgeted request's estimated cost (budgets.hold_estimate), and the id of its

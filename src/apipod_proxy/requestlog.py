@@ -65,6 +65,9 @@ class RequestLog:
                 usage.cached_tokens,
                 usage.completion_tokens,
                 cost,
+                usage.reasoning_tokens,
+                usage.reasoning_estimated,
+                usage.estimated,
             )
         )
 

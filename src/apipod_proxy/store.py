@@ -148,10 +148,22 @@ def m003_budgets_and_request_log(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX request_log_key_time ON request_log (key_id, time)")
 
 
+def m004_reasoning_and_estimates(conn: sqlite3.Connection) -> None:
+    # Reasoning tokens apart from the reported ones (metering.py): the upstream's own
+    # figure (inside completion_tokens), or estimated from the thinking delivered (not
+    # inside it). `estimated_requests` / `estimated`: requests whose prompt or completion
+    # is an estimate, because their stream ended before its usage.
+    for column in ("reasoning_tokens", "estimated_reasoning_tokens", "estimated_requests"):
+        conn.execute(f"ALTER TABLE usage ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+    for column in ("reasoning_tokens", "reasoning_estimated", "estimated"):
+        conn.execute(f"ALTER TABLE request_log ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_create_users,
     m002_rate_limits_and_usage,
     m003_budgets_and_request_log,
+    m004_reasoning_and_estimates,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -355,6 +367,12 @@ USAGE_FIELDS = [
     "prompt_tokens",
     "completion_tokens",
     "cost",
+    # Reasoning tokens the upstream reported (part of completion_tokens), those estimated
+    # from the thinking delivered (not part of it), and the requests whose counts are
+    # estimates (their stream ended before its usage): see metering.py.
+    "reasoning_tokens",
+    "estimated_reasoning_tokens",
+    "estimated_requests",
 ]
 #: What `list_keys` reads besides the KEY_FIELDS up to `last_used_at`: the key's own plan
 #: settings and its spend in today's, this month's and all time's periods.
@@ -406,7 +424,9 @@ def usage_report(conn: sqlite3.Connection, since: str | None = None) -> list[dic
     rows = conn.execute(
         """
         SELECT g.key_id, u.name, g.model, sum(g.requests), sum(g.client_errors + g.server_errors),
-               sum(g.prompt_tokens), sum(g.completion_tokens), sum(g.cost)
+               sum(g.prompt_tokens), sum(g.completion_tokens), sum(g.cost),
+               sum(g.reasoning_tokens), sum(g.estimated_reasoning_tokens),
+               sum(g.estimated_requests)
         FROM usage g JOIN users u ON u.id = g.key_id
         WHERE g.hour >= ?
         GROUP BY g.key_id, u.name, g.model ORDER BY g.key_id, g.model
@@ -428,6 +448,9 @@ class UsageCounts:
     completion_tokens: int = 0
     cached_tokens: int = 0
     cost: float = 0.0
+    reasoning_tokens: int = 0
+    estimated_reasoning_tokens: int = 0
+    estimated_requests: int = 0
 
 
 def period_start(period: str, now: str) -> str:
@@ -442,7 +465,9 @@ def period_start(period: str, now: str) -> str:
 
 
 #: A request log row, in `request_log`'s column order (see requestlog.py).
-LogRow = tuple[str, str, int, str | None, str | None, int, int, int, int, int, float]
+LogRow = tuple[
+    str, str, int, str | None, str | None, int, int, int, int, int, float, int, bool, bool
+]
 #: Spend per (key_id, period, start), as kept in the `spend` table.
 SpendRows = dict[tuple[int, str, str], float]
 
@@ -462,8 +487,9 @@ def record_usage(
         conn.executemany(
             """
             INSERT INTO usage (key_id, model, hour, requests, ok, client_errors, server_errors,
-                               prompt_tokens, completion_tokens, cached_tokens, cost)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               prompt_tokens, completion_tokens, cached_tokens, cost,
+                               reasoning_tokens, estimated_reasoning_tokens, estimated_requests)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (key_id, model, hour) DO UPDATE SET -- usage.: PostgreSQL needs it
                 requests = usage.requests + excluded.requests,
                 ok = usage.ok + excluded.ok,
@@ -472,7 +498,11 @@ def record_usage(
                 prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens,
                 completion_tokens = usage.completion_tokens + excluded.completion_tokens,
                 cached_tokens = usage.cached_tokens + excluded.cached_tokens,
-                cost = usage.cost + excluded.cost
+                cost = usage.cost + excluded.cost,
+                reasoning_tokens = usage.reasoning_tokens + excluded.reasoning_tokens,
+                estimated_reasoning_tokens =
+                    usage.estimated_reasoning_tokens + excluded.estimated_reasoning_tokens,
+                estimated_requests = usage.estimated_requests + excluded.estimated_requests
             """,
             [
                 (
@@ -487,6 +517,9 @@ def record_usage(
                     c.completion_tokens,
                     c.cached_tokens,
                     c.cost,
+                    c.reasoning_tokens,
+                    c.estimated_reasoning_tokens,
+                    c.estimated_requests,
                 )
                 for (key_id, model, hour), c in counts.items()
             ],
@@ -509,10 +542,11 @@ def record_usage(
                 """
                 INSERT INTO request_log (time, request_id, key_id, model, routed_model, status,
                                          duration_ms, prompt_tokens, cached_tokens,
-                                         completion_tokens, cost)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                         completion_tokens, cost, reasoning_tokens,
+                                         reasoning_estimated, estimated)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
-                requests,
+                [(*row[:12], int(row[12]), int(row[13])) for row in requests],
             )
         spend = current_spend(conn)
         conn.execute("COMMIT")
@@ -560,7 +594,14 @@ REQUEST_FIELDS = [
     "cached_tokens",
     "completion_tokens",
     "cost",
+    # Reasoning tokens (reported by the upstream, or estimated when reasoning_estimated),
+    # and whether the prompt or completion is an estimate (the stream ended before its
+    # usage): see metering.py.
+    "reasoning_tokens",
+    "reasoning_estimated",
+    "estimated",
 ]
+_BOOLEAN_REQUEST_FIELDS = ("reasoning_estimated", "estimated")
 
 
 def query_requests(
@@ -576,7 +617,13 @@ def query_requests(
         """,
         (*params, since or "", limit),
     ).fetchall()
-    return [dict(zip(REQUEST_FIELDS, row, strict=True)) for row in rows]
+    result = []
+    for row in rows:
+        fields = dict(zip(REQUEST_FIELDS, row, strict=True))
+        for name in _BOOLEAN_REQUEST_FIELDS:
+            fields[name] = bool(fields[name])
+        result.append(fields)
+    return result
 
 
 def prune_requests(conn: sqlite3.Connection, before: str) -> int:
@@ -589,14 +636,21 @@ def daily_usage(conn: sqlite3.Connection, key_id: int, since: str) -> list[dict[
     rows = conn.execute(
         """
         SELECT substr(hour, 1, 10) AS day, model, sum(requests), sum(prompt_tokens),
-               sum(completion_tokens), sum(cost)
+               sum(completion_tokens), sum(cost), sum(reasoning_tokens),
+               sum(estimated_reasoning_tokens), sum(estimated_requests)
         FROM usage WHERE key_id = ? AND hour >= ?
         GROUP BY substr(hour, 1, 10), model ORDER BY day, model
         """,
         (key_id, since[:10]),
     ).fetchall()
-    names = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "cost"]
-    return [{**dict(zip(names, row, strict=True)), "cost": round(row[5], 10)} for row in rows]
+    return [
+        {**dict(zip(DAILY_FIELDS, row, strict=True)), "cost": round(row[5], 10)} for row in rows
+    ]
+
+
+#: The fields of `daily_usage` rows (`/account`'s `usage`).
+DAILY_FIELDS = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "cost",
+                "reasoning_tokens", "estimated_reasoning_tokens", "estimated_requests"]  # fmt: skip
 
 
 def cost_between(conn: sqlite3.Connection, key_id: int, start: str, end: str) -> float:

@@ -16,70 +16,28 @@ import contextlib
 import json
 import logging
 import re
-from dataclasses import dataclass
-from typing import Any
 
 from . import keys
+from .metering import Meter, Usage, count_raw, meter_event, meter_of_body
 from .store import UsageCounts
 
 log = logging.getLogger("apipod")
 
 #: An SSE event ends at a blank line; servers may use CRLF.
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
-_WHOLE = (b"\n\n", b"\r\n\r\n")
 #: Usage as an object (not `"usage": null`, which every chunk of a stream that asked
-#: for usage carries): only events holding it are parsed.
+#: for usage carries): only events holding it can need stripping.
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 #: A stream whose events never end is not watched past this many buffered bytes.
 MAX_EVENT_BYTES = 1 << 20
 
 
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0  # cached input included
-    completion_tokens: int = 0
-    cached_tokens: int = 0  # the part of prompt_tokens read from the upstream's cache
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _read_usage(payload: Any, usage: Usage) -> None:
-    """Update `usage` from one JSON object: a response body or a stream event."""
-    if not isinstance(payload, dict):
-        return
-    if payload.get("type") == "message_start":  # Anthropic stream: input tokens up front
-        payload = payload.get("message")
-        if not isinstance(payload, dict):
-            return
-    found = payload.get("usage")
-    if not isinstance(found, dict):
-        return
-    if "prompt_tokens" in found or "completion_tokens" in found:  # OpenAI
-        usage.prompt_tokens = _int(found.get("prompt_tokens"))
-        usage.completion_tokens = _int(found.get("completion_tokens"))
-        details = found.get("prompt_tokens_details")
-        usage.cached_tokens = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-        return
-    # Anthropic: cached input is input too; output_tokens is cumulative in message_delta.
-    prompt = sum(
-        _int(found.get(name))
-        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
-    if prompt:
-        usage.prompt_tokens = prompt
-        usage.cached_tokens = _int(found.get("cache_read_input_tokens"))
-    if "output_tokens" in found:
-        usage.completion_tokens = _int(found.get("output_tokens"))
-
-
 def usage_from_body(body: bytes) -> Usage:
-    usage = Usage()
+    """The usage of a whole JSON answer (metering.py merges it)."""
     if b'"usage"' in body:
         with contextlib.suppress(ValueError, RecursionError):
-            _read_usage(json.loads(body), usage)
-    return usage
+            return meter_of_body(json.loads(body)).usage()
+    return Usage()
 
 
 class SseWatcher:
@@ -89,14 +47,21 @@ class SseWatcher:
     is only observed. With `strip_usage_chunk` (the proxy asked for usage the client did
     not ask for), whole events are forwarded as soon as they are complete, minus OpenAI's
     usage-only chunk; a usage object that rides on another chunk (the finish chunk, with
-    some OpenAI-compatible servers) is replaced by `null`. Either way it is counted.
+    some OpenAI-compatible servers) is replaced by `null`. Either way it is counted, and
+    so is what each event delivers (`meter`), for a stream cut before its usage.
+    Events are parsed once each, when their last byte arrives; a chunk is only scanned
+    for event ends.
     """
 
     def __init__(self, strip_usage_chunk: bool = False) -> None:
-        self.usage = Usage()
+        self.meter = Meter()
         self.strip = strip_usage_chunk
         self._buffer = b""
         self._watching = True
+
+    @property
+    def usage(self) -> Usage:
+        return self.meter.usage()
 
     def __call__(self, data: bytes) -> bytes | list[bytes]:
         # mitmproxy sends each returned item as one chunk; an empty bytes object would be
@@ -106,12 +71,11 @@ class SseWatcher:
         if not data:  # end of stream: let through whatever is left
             rest, self._buffer = self._buffer, b""
             return [rest] if rest and self.strip else []
-        if not self._buffer and data.endswith(_WHOLE) and not _USAGE_OBJECT.search(data):
-            return [data] if self.strip else data  # whole events, no usage: nothing to do
+        scan_from = max(0, len(self._buffer) - 3)  # a terminator begun before `data`
         self._buffer += data
         events: list[bytes] = []
         start = 0
-        for boundary in _EVENT_END.finditer(self._buffer):
+        for boundary in _EVENT_END.finditer(self._buffer, scan_from):
             event = self._buffer[start : boundary.end()]
             start = boundary.end()
             if (forwarded := self._observe(event)) is not None:
@@ -127,8 +91,9 @@ class SseWatcher:
         return events if self.strip else data
 
     def _observe(self, event: bytes) -> bytes | None:
-        """Note the event's usage; return what the client gets (None: nothing)."""
+        """Meter the event; return what the client gets (None: nothing)."""
         if not _USAGE_OBJECT.search(event):
+            count_raw(self.meter, event)  # content only: counted without parsing
             return event
         lines = event.splitlines(keepends=True)
         for index, line in enumerate(lines):
@@ -138,7 +103,7 @@ class SseWatcher:
                 payload = json.loads(line[5:])
             except (ValueError, RecursionError):
                 continue
-            _read_usage(payload, self.usage)
+            meter_event(self.meter, payload)
             if not (self.strip and isinstance(payload, dict)):
                 continue
             found, choices = payload.get("usage"), payload.get("choices")
@@ -186,6 +151,11 @@ class UsageRecorder:
         counts.prompt_tokens += usage.prompt_tokens
         counts.completion_tokens += usage.completion_tokens
         counts.cached_tokens += usage.cached_tokens
+        if usage.reasoning_estimated:
+            counts.estimated_reasoning_tokens += usage.reasoning_tokens
+        else:
+            counts.reasoning_tokens += usage.reasoning_tokens
+        counts.estimated_requests += usage.estimated
         counts.cost += cost
         self._last_used[key_id] = now
 

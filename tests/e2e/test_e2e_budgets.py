@@ -343,6 +343,7 @@ def test_account_shows_only_the_callers_key_and_refuses_revoked_keys(priced: Pro
     assert (seen["id"], seen["name"], seen["budget"], seen["models"]) == (a_id, "alice", None, None)
     assert set(seen["usage"][0]) == {  # type: ignore[index]
         "date", "model", "requests", "prompt_tokens", "completion_tokens", "cost",
+        "reasoning_tokens", "estimated_reasoning_tokens", "estimated_requests",
     }  # fmt: skip
     other = account(priced, b_key)
     assert (other["id"], other["spend"], other["usage"]) == (b_id, 0, [])
@@ -389,6 +390,9 @@ def test_request_log_holds_exactly_the_requests_served(priced: Proxy, upstream: 
         "cached_tokens": 0,
         "completion_tokens": 5,
         "cost": pytest.approx(PLAIN_COST),
+        "reasoning_tokens": 0,
+        "reasoning_estimated": False,
+        "estimated": False,
     }
     printed = json.loads(keys_cli(priced, "requests", "--key", str(key_id), "--json"))
     assert [row["request_id"] for row in printed] == ["served-2", "served-1", "served-0"]

@@ -63,6 +63,9 @@ def test_non_streaming_usage_is_counted_per_key_and_model(proxy: Proxy) -> None:
         "prompt_tokens": 22,
         "completion_tokens": 10,
         "cost": 0,  # the built-in table has no prices
+        "reasoning_tokens": 0,
+        "estimated_reasoning_tokens": 0,
+        "estimated_requests": 0,
     }
     assert rows["claude-sonnet-4-5"]["requests"] == 1
     [listed] = [

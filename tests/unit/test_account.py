@@ -51,7 +51,12 @@ def test_account_shows_what_applies_spend_and_daily_usage(
     _, record = store.create("alice", "trial", 30 * 86400)
     now = keys.now_text()
     store.record_usage(
-        {(record.id, "m", keys.hour_of(now)): UsageCounts(2, 2, 0, 0, 20, 10, cost=0.5)}, {}
+        {
+            (record.id, "m", keys.hour_of(now)): UsageCounts(
+                2, 2, 0, 0, 20, 10, cost=0.5, estimated_reasoning_tokens=7, estimated_requests=1
+            )
+        },
+        {},
     )
     account.ledger.add(record.id, 0.25, now)  # not flushed yet: counted all the same
     account.ledger.base = store.current_spend()
@@ -77,6 +82,9 @@ def test_account_shows_what_applies_spend_and_daily_usage(
                 "prompt_tokens": 20,
                 "completion_tokens": 10,
                 "cost": 0.5,
+                "reasoning_tokens": 0,
+                "estimated_reasoning_tokens": 7,
+                "estimated_requests": 1,
             }
         ],
     }
@@ -153,7 +161,7 @@ def test_request_log_rows_and_off_switch() -> None:
     buffer = RequestLog(30)
     buffer.add("req_1", 7, "alias", "m", 200, 0.0123, Usage(11, 5, 3), 0.5)
     (row,) = buffer.take()
-    assert row[1:] == ("req_1", 7, "alias", "m", 200, 12, 11, 3, 5, 0.5)
+    assert row[1:] == ("req_1", 7, "alias", "m", 200, 12, 11, 3, 5, 0.5, 0, False, False)
     assert buffer.take() == []
     off = RequestLog(0)
     off.add("req_1", 7, None, None, 502, 1.0, Usage(), 0.0)

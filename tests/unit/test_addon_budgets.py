@@ -60,7 +60,7 @@ def test_a_completed_request_is_charged_from_memory_and_logged(priced: Gateway) 
     assert priced.addon.ledger.spent(key_id, "month", now) == pytest.approx(COST)
     (row,) = priced.addon.rt.request_log.take()
     assert row[1:6] == ("r-1", key_id, GEMINI, GEMINI, 200)
-    assert row[7:] == (11, 3, 5, pytest.approx(COST))
+    assert row[7:] == (11, 3, 5, pytest.approx(COST), 0, False, False)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])

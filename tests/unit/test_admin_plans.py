@@ -135,7 +135,7 @@ def test_rotate_key_answers_a_new_secret_for_the_same_record(
 def test_requests_endpoint_filters_and_validates(api: AdminApi, store: KeyStore) -> None:
     _, a = store.create("a", "t", None)
     now = keys.now_text()
-    rows = [(now, f"r{i}", a.id, "m", "m", 200, 1, 1, 0, 1, 0.0) for i in range(3)]
+    rows = [(now, f"r{i}", a.id, "m", "m", 200, 1, 1, 0, 1, 0.0, 0, False, False) for i in range(3)]
     store.record_usage({}, {}, rows)
     status, answer = call(api, "GET", f"/admin/requests?key_id={a.id}&since=1h&limit=2")
     assert status == 200

@@ -381,7 +381,7 @@ def test_usage_table_has_the_usage_columns(
     header, row = out.rstrip("\n").split("\n")
     assert header.split() == USAGE_COLUMNS
     assert header.split()[3:5] == ["requests", "errors"]
-    assert row.split() == [str(alice["id"]), "alice", "m", "3", "2", "2", "3", "0"]
+    assert row.split() == [str(alice["id"]), "alice", "m", "3", "2", "2", "3", "0", "0", "0", "0"]
 
 
 @pytest.mark.parametrize("since", ["yesterday", "24x", "-1h", "0h", "1.5h", "h"])

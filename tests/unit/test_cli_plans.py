@@ -130,7 +130,8 @@ def test_requests_lists_the_log_newest_first(
     b = create(capsys, "--name", "b")
     now = keys.now_text()
     rows = [
-        (now, f"r{i}", k["id"], "m", "m", 200, 1, 1, 0, 1, 0.0) for i, k in enumerate([a, b, a])
+        (now, f"r{i}", k["id"], "m", "m", 200, 1, 1, 0, 1, 0.0, 0, False, i == 2)
+        for i, k in enumerate([a, b, a])
     ]
     store.record_usage({}, {}, rows)
     code, out, _ = main(capsys, "requests", "--key", str(a["id"]), "--since", "1h", "--json")
@@ -141,6 +142,8 @@ def test_requests_lists_the_log_newest_first(
     code, out, _ = main(capsys, "requests", "--limit", "1")
     header, line = out.strip().split("\n")
     assert header.split() == REQUEST_FIELDS and "r2" in line
+    assert line.split()[-1] == "yes"  # r2's figures are estimated (a cut stream)
+    assert [r["estimated"] for r in printed] == [True, False]
     code, err = main_exit(capsys, "requests", "--limit", "0")
     assert code == 2 and "--limit must be a whole number" in err
 

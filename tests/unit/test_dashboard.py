@@ -186,11 +186,12 @@ def test_series_by_hour_and_day(api: AdminApi, store: KeyStore) -> None:
     assert status == 200
     assert len(hourly["buckets"]) == 24
     assert hourly["buckets"][-1] == this_hour
+    none = {"reasoning_tokens": 0, "estimated_reasoning_tokens": 0, "estimated_requests": 0}
     assert hourly["data"] == [
         {"bucket": two_hours_ago, "model": "claude-sonnet-4-5", "requests": 5, "errors": 1,
-         "server_errors": 0, "prompt_tokens": 50, "completion_tokens": 20, "cost": 0.0},
+         "server_errors": 0, "prompt_tokens": 50, "completion_tokens": 20, "cost": 0.0, **none},
         {"bucket": this_hour, "model": "gemini-3-flash", "requests": 3, "errors": 1,
-         "server_errors": 1, "prompt_tokens": 30, "completion_tokens": 12, "cost": 0.0},
+         "server_errors": 1, "prompt_tokens": 30, "completion_tokens": 12, "cost": 0.0, **none},
     ]  # fmt: skip
     assert [k["name"] for k in hourly["top_keys"]] == ["bob", "alice"]
 

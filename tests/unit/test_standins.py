@@ -414,7 +414,7 @@ def test_two_turn_tool_conversation_over_the_anthropic_only_upstream(
         out, translator = first
         first = accumulate(out).model_dump()
         assert translator.usage.prompt_tokens == 65
-        assert translator.tokens.cached == 40
+        assert translator.usage.cached_tokens == 40
         assert b'"prompt_tokens":65' in out
     ChatCompletion.model_validate(first)
     message = first["choices"][0]["message"]

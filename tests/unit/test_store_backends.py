@@ -70,7 +70,18 @@ def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeySt
     for _ in range(3):
         key_store.record_usage(
             {
-                (alice.id, "m1", hour): UsageCounts(2, 1, 1, 0, 10, 20, cost=0.5),
+                (alice.id, "m1", hour): UsageCounts(
+                    2,
+                    1,
+                    1,
+                    0,
+                    10,
+                    20,
+                    cost=0.5,
+                    reasoning_tokens=4,
+                    estimated_reasoning_tokens=1,
+                    estimated_requests=1,
+                ),
                 (bob.id, "m2", hour): UsageCounts(1, 0, 0, 1, 0, 0),
             },
             {alice.id: keys.now_text()},
@@ -78,9 +89,11 @@ def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeySt
     rows = key_store.usage()
     assert rows == [
         {"key_id": alice.id, "name": "alice", "model": "m1", "requests": 6, "errors": 3,
-         "prompt_tokens": 30, "completion_tokens": 60, "cost": 1.5},
+         "prompt_tokens": 30, "completion_tokens": 60, "cost": 1.5, "reasoning_tokens": 12,
+         "estimated_reasoning_tokens": 3, "estimated_requests": 3},
         {"key_id": bob.id, "name": "bob", "model": "m2", "requests": 3, "errors": 3,
-         "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0},
+         "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "reasoning_tokens": 0,
+         "estimated_reasoning_tokens": 0, "estimated_requests": 0},
     ]  # fmt: skip
     # Plain ints (PostgreSQL's sum() is numeric), so JSON output is identical.
     assert json.dumps(rows)
@@ -95,7 +108,7 @@ def test_spend_request_log_and_rotation(key_store: KeyStore) -> None:
     old_key, alice = key_store.create("alice", "elite", None)
     now = keys.now_text()
     hour = keys.hour_of(now)
-    row = (now, "req_1", alice.id, "m", "m", 200, 12, 10, 0, 20, 0.25)
+    row = (now, "req_1", alice.id, "m", "m", 200, 12, 10, 0, 20, 0.25, 0, False, False)
     spend = key_store.record_usage(
         {(alice.id, "m", hour): UsageCounts(1, 1, cost=0.25)}, {alice.id: now}, [row]
     )
@@ -307,9 +320,28 @@ def test_migrate_to_copies_hashes_usage_and_ids(
     alice_key, alice = source.create("alice", "basic", 3600, rpm=7)
     _, bob = source.create("bob", "elite", None)
     source.set_active(bob.id, False)
-    logged = ("2030-01-01T00:10:00Z", "req_1", alice.id, "m", "m", 200, 9, 11, 0, 22, 0.5)
+    logged = (
+        "2030-01-01T00:10:00Z",
+        "req_1",
+        alice.id,
+        "m",
+        "m",
+        200,
+        9,
+        11,
+        0,
+        22,
+        0.5,
+        0,
+        False,
+        True,
+    )
     source.record_usage(
-        {(alice.id, "m", "2030-01-01T00"): UsageCounts(3, 2, 1, 0, 11, 22, cost=0.5)},
+        {
+            (alice.id, "m", "2030-01-01T00"): UsageCounts(
+                3, 2, 1, 0, 11, 22, cost=0.5, estimated_reasoning_tokens=4, estimated_requests=1
+            )
+        },
         {alice.id: "2030-01-01T00:10:00Z"},
         [logged],
     )
@@ -375,3 +407,45 @@ def test_pool_is_safe_from_many_threads(pg_store: PgKeyStore) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_a_v3_postgresql_schema_upgrades_in_place(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """m004 through pgstore's rewrites: a v3 database keeps its rows, with zeros in the
+    new columns, and takes reasoning and estimated counts."""
+    with monkeypatch.context() as v3:
+        v3.setattr(store, "MIGRATIONS", store.MIGRATIONS[:3])
+        v3.setattr(store, "SCHEMA_VERSION", 3)
+        old = PgKeyStore(pg_url)
+        old.open()
+        _, carol = old.create("carol", "elite", None)
+        with psycopg.connect(pg_url) as conn:
+            conn.execute(
+                "INSERT INTO request_log (time, request_id, key_id, status, duration_ms)"
+                " VALUES ('2026-11-30T10:00:00Z', 'req_v3', %s, 200, 5)",
+                (carol.id,),
+            )
+        old.close()
+    upgraded = PgKeyStore(pg_url)
+    upgraded.open()
+    try:
+        (row,) = upgraded.requests()
+        assert (row["request_id"], row["reasoning_tokens"], row["estimated"]) == (
+            "req_v3",
+            0,
+            False,
+        )
+        hour = keys.hour_of(keys.now_text())
+        upgraded.record_usage(
+            {(carol.id, "m", hour): UsageCounts(1, 1, reasoning_tokens=4, estimated_requests=1)},
+            {},
+        )
+        (usage,) = upgraded.usage()
+        assert (usage["reasoning_tokens"], usage["estimated_requests"]) == (4, 1)
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT version FROM apipod_schema").fetchone() == (
+                store.SCHEMA_VERSION,
+            )
+    finally:
+        upgraded.close()

@@ -31,7 +31,7 @@ def store(tmp_path: Path) -> KeyStore:
 
 
 def log_row(key_id: int, time: str, request_id: str, cost: float = 0.0) -> tuple:
-    return (time, request_id, key_id, "m", "m", 200, 12, 11, 0, 5, cost)
+    return (time, request_id, key_id, "m", "m", 200, 12, 11, 0, 5, cost, 0, False, False)
 
 
 # --- the upgrade ---------------------------------------------------------------------
@@ -170,6 +170,9 @@ def test_request_log_is_newest_first_filtered_and_pruned(store: KeyStore) -> Non
         "cached_tokens": 0,
         "completion_tokens": 5,
         "cost": 0.5,
+        "reasoning_tokens": 0,
+        "reasoning_estimated": False,
+        "estimated": False,
     }
     assert store.prune_requests("2026-01-02T00:00:00Z") == 1
     assert [r["request_id"] for r in store.requests(a.id)] == ["a2", "a1"]
@@ -188,7 +191,53 @@ def test_daily_usage_groups_by_utc_day_and_model(store: KeyStore) -> None:
     )
     assert store.daily_usage(a.id, "2026-01-01T12:00:00Z") == [
         {"date": "2026-01-01", "model": "m", "requests": 3, "prompt_tokens": 3,
-         "completion_tokens": 0, "cost": pytest.approx(0.3)},
+         "completion_tokens": 0, "cost": pytest.approx(0.3), "reasoning_tokens": 0,
+         "estimated_reasoning_tokens": 0, "estimated_requests": 0},
         {"date": "2026-01-02", "model": "n", "requests": 1, "prompt_tokens": 0,
-         "completion_tokens": 4, "cost": 0},
+         "completion_tokens": 4, "cost": 0, "reasoning_tokens": 0,
+         "estimated_reasoning_tokens": 0, "estimated_requests": 0},
     ]  # fmt: skip
+
+
+# --- m004: reasoning tokens and estimates ----------------------------------------------
+
+#: Written by the code of schema v3 (commit d43ed4f): carol (id 1) with 2 requests on
+#: claude-sonnet-4-5 in 2026-11-30T10 (50 prompt, 6 completion, 5 cached, $0.25) and one
+#: request log row `req_v3` (25 prompt, 5 cached, 3 completion, $0.125).
+V3_FIXTURE = Path(__file__).parents[1] / "fixtures" / "schema_v3.db"
+V3_CAROL_KEY = "apk_XlO_R83rtjaYIn6NGinBuPLPfvD1SqNZ9OdyCHTs3GE"
+
+
+def test_a_v3_database_upgrades_in_place_with_reasoning_and_estimates(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.db"
+    shutil.copy(V3_FIXTURE, path)
+    with sqlite3.connect(path) as old:
+        assert old.execute("PRAGMA user_version").fetchone()[0] == 3
+    store = KeyStore(path)
+    assert store.find(keys.hash_key(V3_CAROL_KEY)) is not None
+    (usage,) = store.usage()
+    assert (usage["requests"], usage["prompt_tokens"], usage["cost"]) == (2, 50, 0.25)
+    assert (usage["reasoning_tokens"], usage["estimated_reasoning_tokens"]) == (0, 0)
+    assert usage["estimated_requests"] == 0
+    (old_row,) = store.requests()
+    assert old_row["request_id"] == "req_v3"
+    assert (old_row["prompt_tokens"], old_row["cached_tokens"]) == (25, 5)
+    assert (old_row["reasoning_tokens"], old_row["reasoning_estimated"]) == (0, False)
+    assert old_row["estimated"] is False
+    # The new columns take new counts on the upgraded file.
+    hour = "2026-11-30T10"
+    store.record_usage(
+        {(1, "claude-sonnet-4-5", hour): UsageCounts(1, 1, estimated_reasoning_tokens=9,
+                                                      estimated_requests=1)},
+        {},
+        [("2026-11-30T10:06:00Z", "req_v4", 1, "m", "m", 499, 5, 25, 5, 8, 0.1, 9, True, True)],
+    )  # fmt: skip
+    (usage,) = store.usage()
+    assert (usage["requests"], usage["estimated_reasoning_tokens"]) == (3, 9)
+    assert usage["estimated_requests"] == 1
+    new_row = store.requests()[0]
+    assert new_row["request_id"] == "req_v4"
+    assert (new_row["reasoning_tokens"], new_row["reasoning_estimated"]) == (9, True)
+    assert new_row["estimated"] is True
+    with sqlite3.connect(path) as upgraded:
+        assert upgraded.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 4

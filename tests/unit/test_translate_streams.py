@@ -115,7 +115,7 @@ def test_usage_is_exposed_for_accounting() -> None:
     translator = AnthropicToOpenAIStream("m", include_usage=False)
     feed(translator, [upstream(cache_read=100)])
     assert (translator.usage.prompt_tokens, translator.usage.completion_tokens) == (125, 3)
-    assert translator.tokens.cached == 100
+    assert translator.usage.cached_tokens == 100
 
 
 def test_thinking_goes_to_reasoning_content_never_content() -> None:
@@ -464,7 +464,7 @@ def test_passthrough_forwards_events_unchanged_and_counts_usage(data: st.DataObj
     pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     translator = AnthropicPassthroughStream()
     assert feed(translator, pieces) == stream
-    assert (translator.usage.prompt_tokens, translator.tokens.cached) == (32, 7)
+    assert (translator.usage.prompt_tokens, translator.usage.cached_tokens) == (32, 7)
     assert translator.usage.completion_tokens == answer(thinking="Hmm.", tool=TOOL).output_tokens
     assert translator.finished and translator.quota is None
 

@@ -221,18 +221,20 @@ def test_observer_handles_crlf_event_endings_at_any_offset() -> None:
         assert watcher.usage == Usage(12, 34), chunks
 
 
-def test_observer_without_a_usage_chunk_counts_nothing() -> None:
+def test_observer_without_a_usage_chunk_estimates_what_it_delivered() -> None:
+    """No usage chunk (the client hung up first, or the upstream sent none): the output
+    is the text delivered ("Hello": ceil(5 / 4) = 2 tokens), marked estimated."""
     _, stream = openai_stream()
     watcher = SseWatcher()
     assert sent(feed(watcher, stream)) == stream
-    assert watcher.usage == Usage(0, 0)
+    assert watcher.usage == Usage(0, 2, estimated=True)
 
 
 def test_observer_ignores_an_unterminated_final_event() -> None:
     """Usage is read from complete events only; a cut-off stream's tail is not guessed."""
     watcher = SseWatcher()
     feed(watcher, sse(content_chunk("x")) + sse(usage_chunk(3, 4)).rstrip(b"\n"))
-    assert watcher.usage == Usage(0, 0)
+    assert watcher.usage == Usage(0, 1, estimated=True)  # "x" was delivered
 
 
 # --- SseWatcher: stripping the usage chunk ---------------------------------------------------
@@ -349,7 +351,7 @@ def test_strip_keeps_events_that_merely_mention_usage() -> None:
     stream = sse(content_chunk('the word "usage" in text')) + b': comment "usage"\n\n'
     watcher = SseWatcher(strip_usage_chunk=True)
     assert sent(feed(watcher, stream)) == stream
-    assert watcher.usage == Usage(0, 0)
+    assert watcher.usage == Usage(0, 6, estimated=True)  # 24 characters delivered, no usage
 
 
 # --- SseWatcher: Anthropic events --------------------------------------------------------------
@@ -597,9 +599,9 @@ def _fields(counts: UsageCounts) -> dict[str, int]:
     return {name: getattr(counts, name) for name in UsageCounts.__slots__}
 
 
-def test_chunks_with_null_usage_are_not_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stream that asked for usage carries `"usage": null` in every chunk; only the
-    final usage object is worth parsing."""
+def test_each_event_is_parsed_once_whatever_the_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only an event holding a usage object is parsed, once, when complete, however many
+    chunks it came in; what the others deliver is counted without parsing them."""
     parsed: list[bytes] = []
     real_loads = usage.json.loads
     monkeypatch.setattr(usage.json, "loads", lambda raw: parsed.append(raw) or real_loads(raw))
@@ -607,9 +609,13 @@ def test_chunks_with_null_usage_are_not_parsed(monkeypatch: pytest.MonkeyPatch) 
     chunk = b'data: {"choices": [{"delta": {"content": "x"}}], "usage": null}\n\n'
     final = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}\n\n'
     assert watcher(chunk) == [chunk]
-    assert watcher(chunk + final + b"data: [DONE]\n\n") == [chunk, b"data: [DONE]\n\n"]
-    assert len(parsed) == 1
+    stream = chunk + final + b"data: [DONE]\n\n"
+    out = [watcher(stream[i : i + 5]) for i in range(0, len(stream), 5)]
+    assert b"".join(b"".join(piece) for piece in out) == chunk + b"data: [DONE]\n\n"
+    assert len(parsed) == 1  # the usage chunk
     assert (watcher.usage.prompt_tokens, watcher.usage.completion_tokens) == (3, 4)
+    assert not watcher.usage.estimated
+    assert watcher.meter.delivered_chars == 2  # "x", twice
 
 
 def test_pending_usage_is_bounded_and_keeps_every_request(monkeypatch) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
+
+from ..metering import meter_of_body
 
 #: Anthropic stop_reason -> OpenAI finish_reason.
 FINISH_REASONS = {
@@ -30,62 +31,6 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
-
-
-@dataclass(slots=True)
-class TokenUsage:
-    """Counts in OpenAI's terms: `prompt` includes the cached part."""
-
-    prompt: int = 0
-    cached: int = 0
-    completion: int = 0
-
-    def openai(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.prompt,
-            "completion_tokens": self.completion,
-            "total_tokens": self.prompt + self.completion,
-            "prompt_tokens_details": {"cached_tokens": self.cached},
-        }
-
-    def anthropic(self) -> dict[str, Any]:
-        return {
-            "input_tokens": max(0, self.prompt - self.cached),
-            "cache_read_input_tokens": self.cached,
-            "output_tokens": self.completion,
-        }
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def usage_from_anthropic(found: Any, into: TokenUsage | None = None) -> TokenUsage:
-    """Read Anthropic usage; fields absent from `found` keep their value in `into`."""
-    usage = into or TokenUsage()
-    if not isinstance(found, dict):
-        return usage
-    names = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-    if any(name in found for name in names):
-        prompt = sum(_count(found.get(name)) for name in names)
-        # message_delta may repeat the input counts; a zero there never erases a known count
-        if prompt or not usage.prompt:
-            usage.prompt = prompt
-            usage.cached = _count(found.get("cache_read_input_tokens"))
-    if "output_tokens" in found:
-        usage.completion = _count(found.get("output_tokens"))
-    return usage
-
-
-def usage_from_openai(found: Any, into: TokenUsage | None = None) -> TokenUsage:
-    usage = into or TokenUsage()
-    if not isinstance(found, dict):
-        return usage
-    usage.prompt = _count(found.get("prompt_tokens"))
-    usage.completion = _count(found.get("completion_tokens"))
-    details = found.get("prompt_tokens_details")
-    usage.cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    return usage
 
 
 def finish_reason(stop_reason: Any, has_tool_calls: bool) -> str:
@@ -133,7 +78,6 @@ def anthropic_response_to_openai(
         message["tool_calls"] = calls
     if thinking:
         message["reasoning_content"] = "".join(thinking)
-    usage = usage_from_anthropic(body.get("usage"))
     return {
         "id": openai_id(body.get("id")),
         "object": "chat.completion",
@@ -147,7 +91,7 @@ def anthropic_response_to_openai(
                 "finish_reason": finish_reason(body.get("stop_reason"), bool(calls)),
             }
         ],
-        "usage": usage.openai(),
+        "usage": meter_of_body(body).openai(),
     }
 
 
@@ -204,5 +148,5 @@ def openai_response_to_anthropic(body: dict[str, Any], model: str | None = None)
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": usage_from_openai(body.get("usage")).anthropic(),
+        "usage": meter_of_body(body).anthropic(),
     }

@@ -9,8 +9,9 @@ kept. The end of the stream is a call with b"".
 The return value is a list holding at most one bytes object: mitmproxy sends each item
 as one chunk, and an empty bytes object would end a chunked body, so "nothing yet" is [].
 
-`usage` (prompt and completion tokens, the shape accounting reads) and `tokens` (with
-the cached part) hold what the stream reported so far. `quota` is set when the upstream
+`meter` (metering.py) merges the usage the stream reported so far, per field, and counts
+the text, tool arguments and thinking that passed through; `usage` is its reading for
+accounting (estimated when the stream was cut before its usage). `quota` is set when the upstream
 reported an exhausted quota inside the stream (and `on_quota`, when set, is called at
 once), and `error` holds any in-stream error.
 """
@@ -24,16 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..metering import Meter, Usage, count_raw
 from ..quota import QUOTA_CODE, QuotaExhausted, quota_in_stream
-from ..usage import Usage
 from .responses import (
-    TokenUsage,
     anthropic_id,
     finish_reason,
     openai_id,
     stop_reason_for,
-    usage_from_anthropic,
-    usage_from_openai,
 )
 
 log = logging.getLogger("apipod")
@@ -76,7 +74,7 @@ class _SseTranslator:
     """The carry-over buffer and the output contract; subclasses translate one event."""
 
     def __init__(self) -> None:
-        self.tokens = TokenUsage()
+        self.meter = Meter()
         self.quota: QuotaExhausted | None = None
         self.error: dict[str, Any] | None = None
         self.done = False
@@ -93,7 +91,7 @@ class _SseTranslator:
 
     @property
     def usage(self) -> Usage:
-        return Usage(self.tokens.prompt, self.tokens.completion, self.tokens.cached)
+        return self.meter.usage()
 
     def __call__(self, data: bytes) -> list[bytes]:
         if self.done:
@@ -202,14 +200,14 @@ class AnthropicToOpenAIStream(_SseTranslator):
                     self.id = openai_id(message["id"])
                 if self.model is None and isinstance(message.get("model"), str):
                     self.model = message["model"]
-                usage_from_anthropic(message.get("usage"), self.tokens)
+                self.meter.add_anthropic(message.get("usage"), final=False)
             self._start()
         elif kind == "content_block_start":
             self._block_start(payload)
         elif kind == "content_block_delta":
             self._block_delta(payload)
         elif kind == "message_delta":
-            usage_from_anthropic(payload.get("usage"), self.tokens)
+            self.meter.add_anthropic(payload.get("usage"))
             delta = payload.get("delta")
             if isinstance(delta, dict) and delta.get("stop_reason"):
                 self._stop_reason = delta["stop_reason"]
@@ -243,11 +241,14 @@ class AnthropicToOpenAIStream(_SseTranslator):
             if isinstance(block.get("input"), dict) and block["input"]:  # not streamed in pieces
                 self._arguments(tool, json.dumps(block["input"], ensure_ascii=False))
         elif block.get("type") == "text" and block.get("text"):
+            self.meter.delivered(block["text"])
             self._chunk({"content": block["text"]})
         elif block.get("type") == "thinking" and block.get("thinking"):
+            self.meter.thought(block["thinking"])
             self._chunk({"reasoning_content": block["thinking"]})
 
     def _arguments(self, tool: int, piece: str) -> None:
+        self.meter.delivered(piece)
         self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": piece}}]})
 
     def _block_delta(self, payload: dict[str, Any]) -> None:
@@ -257,9 +258,11 @@ class AnthropicToOpenAIStream(_SseTranslator):
         self._start()
         kind = delta.get("type")
         if kind == "text_delta" and isinstance(delta.get("text"), str) and delta["text"]:
+            self.meter.delivered(delta["text"])
             self._chunk({"content": delta["text"]})
         elif kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
             if delta["thinking"]:
+                self.meter.thought(delta["thinking"])
                 self._chunk({"reasoning_content": delta["thinking"]})
         elif kind == "input_json_delta" and isinstance(delta.get("partial_json"), str):
             tool = self._tool_index.get(_index(payload.get("index")))
@@ -282,7 +285,7 @@ class AnthropicToOpenAIStream(_SseTranslator):
                 "created": self.created,
                 "model": self.model,
                 "choices": [],
-                "usage": self.tokens.openai(),
+                "usage": self.meter.openai(),
             }
             self._out.append(b"data: " + _dumps(chunk) + b"\n\n")
         self._out.append(b"data: [DONE]\n\n")
@@ -383,7 +386,7 @@ class OpenAIToAnthropicStream(_SseTranslator):
                 self.model = payload["model"]
             self._start()
         if isinstance(payload.get("usage"), dict):
-            usage_from_openai(payload["usage"], self.tokens)
+            self.meter.add_openai(payload["usage"])
         choices = payload.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else None
         if not isinstance(choice, dict):
@@ -398,12 +401,14 @@ class OpenAIToAnthropicStream(_SseTranslator):
     def _translate_delta(self, delta: dict[str, Any]) -> None:
         reasoning = delta.get("reasoning_content")
         if isinstance(reasoning, str) and reasoning:
+            self.meter.thought(reasoning)
             if self._open is None or self._open[0] != "thinking":
                 self._open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
             assert self._open is not None
             self._delta(self._open[1], {"type": "thinking_delta", "thinking": reasoning})
         content = delta.get("content")
         if isinstance(content, str) and content:
+            self.meter.delivered(content)
             if self._open is None or self._open[0] != "text":
                 self._open_block("text", {"type": "text", "text": ""})
             assert self._open is not None
@@ -425,6 +430,7 @@ class OpenAIToAnthropicStream(_SseTranslator):
                 index = self._tool_blocks[tool] = self._open_block("tool", block)
             piece = function.get("arguments")
             if isinstance(piece, str) and piece:
+                self.meter.delivered(piece)
                 self._delta(index, {"type": "input_json_delta", "partial_json": piece})
 
     def _on_done(self) -> None:
@@ -436,7 +442,7 @@ class OpenAIToAnthropicStream(_SseTranslator):
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": reason, "stop_sequence": None},
-                "usage": self.tokens.anthropic(),
+                "usage": self.meter.anthropic(),
             },
         )
         self._emit("message_stop", {"type": "message_stop"})
@@ -463,12 +469,15 @@ class AnthropicPassthroughStream(_SseTranslator):
 
     Events are forwarded as they complete, unchanged, except an in-stream quota error,
     which gets type `rate_limit_error` and code `upstream_quota_exhausted` like the 429
-    answer, and sets `quota` so the model can be cooled down. Usage is counted as in the
-    translating streams. Only events that may hold usage or an error are parsed.
+    answer, and sets `quota` so the model can be cooled down. Usage is merged and what
+    passes through is counted as in the translating streams. Only events that may hold
+    usage or an error are parsed; delivered content is counted in the raw event.
     """
 
     def _event(self, raw: bytes) -> None:
-        if b"usage" not in raw and b"error" not in raw and b"message_stop" not in raw:
+        if not any(word in raw for word in _PASSTHROUGH_PARSED):
+            if b"content_block_" in raw:
+                count_raw(self.meter, raw)  # delivered content: counted without parsing
             self._out.append(raw + b"\n\n")
             return
         name, data = _parse_event(raw)
@@ -481,9 +490,11 @@ class AnthropicPassthroughStream(_SseTranslator):
             return
         kind = payload.get("type") or name
         if kind == "message_start" and isinstance(payload.get("message"), dict):
-            usage_from_anthropic(payload["message"].get("usage"), self.tokens)
+            self.meter.add_anthropic(payload["message"].get("usage"), final=False)
+        elif kind in ("content_block_delta", "content_block_start"):
+            count_raw(self.meter, raw)  # an event that merely mentions "usage" or "error"
         elif kind == "message_delta":
-            usage_from_anthropic(payload.get("usage"), self.tokens)
+            self.meter.add_anthropic(payload.get("usage"))
         elif kind == "message_stop":
             self.finished = True
         elif kind == "error" and isinstance(payload.get("error"), dict):
@@ -509,3 +520,7 @@ class AnthropicPassthroughStream(_SseTranslator):
         self.error = {"type": kind, "message": message}
         self._out.append(_anthropic_event("error", {"type": "error", "error": self.error}))
         self.done = True
+
+
+#: Events the passthrough parses: those that may hold usage, an error or the end.
+_PASSTHROUGH_PARSED = (b"usage", b"error", b"message_stop")

@@ -343,6 +343,8 @@ async function loadUsage() {
     panel("usage-requests", "Requests by routed model", (r) => r.requests, formats.requests),
     panel("usage-errors", "Errors by routed model", (r) => r.errors, formats.requests),
     panel("usage-tokens", "Tokens by routed model", (r) => r.prompt_tokens + r.completion_tokens, formats.tokens),
+    panel("usage-reasoning", "Estimated reasoning tokens by routed model (apart from the tokens above)", (r) => r.estimated_reasoning_tokens || 0, formats.tokens),
+    panel("usage-estimated", "Requests billed on estimates (stream cut before its usage)", (r) => r.estimated_requests || 0, formats.requests),
     panel("usage-cost", "Cost by routed model (USD)", (r) => r.cost, formats.cost),
     h(
       "div",

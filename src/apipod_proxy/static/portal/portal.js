@@ -74,6 +74,7 @@ function show(account) {
     panel("account-cost", "Cost by model (USD)", (r) => r.cost, formats.cost),
     panel("account-requests", "Requests by model", (r) => r.requests, formats.requests),
     panel("account-tokens", "Tokens by model", (r) => (r.prompt_tokens || 0) + (r.completion_tokens || 0), formats.tokens),
+    panel("account-reasoning", "Reasoning tokens by model (reported + estimated, apart from the tokens above)", (r) => (r.reasoning_tokens || 0) + (r.estimated_reasoning_tokens || 0), formats.tokens),
   );
 }
 
