@@ -22,6 +22,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable, Container
 from functools import partial
 from http import HTTPStatus
 from typing import Any, cast
@@ -33,7 +34,17 @@ from . import auth, budgets, errors, keys, logs, mitm_compat
 from .account import is_account_path
 from .admin import HEALTH_PATH, is_internal
 from .backend import DB_ERRORS, error_text
-from .bodies import BodyError, BodyTooLarge, decoded, json_bytes, parse_json
+from .bodies import (
+    BodyError,
+    BodyTooLarge,
+    InvalidJson,
+    decoded,
+    is_json_type,
+    is_model_endpoint,
+    json_bytes,
+    model_body_refusal,
+    parse_json_strict,
+)
 from .config import Settings
 from .connections import ConnectionPolicy
 from .flowstate import STATE, FlowState, state_of
@@ -71,6 +82,9 @@ MAX_TRANSLATED_BODY = 32 << 20
 #: Words of an upstream quota answer (quota.py), looked for before parsing an error body.
 _QUOTA_HINTS = (b"xhausted", b"RESOURCE_EXHAUSTED")
 _REQUEST_ID = re.compile(r"[\w.:/+=-]{1,128}")
+#: Request bodies larger than this are decoded, parsed, translated and written on a
+#: thread, so one large body does not stall every other connection's event loop.
+OFF_LOOP_BODY = 1 << 20
 
 
 class Apipod:
@@ -226,35 +240,40 @@ class Apipod:
         if is_api_post:
             api = await self.rt.upstream.current_api()
             state.direction = direction_for("POST", flow.request.path, api)
-        refusal = self._rewrite_body(flow, state) if is_api_post else None
+        refusal = await self._rewrite_body(flow, state) if is_api_post else None
         if refusal is None and state.user is not None:
             refusal = budgets.budget_refusal(state.user, self.plans, self.ledger, keys.now_text())
         state.answered_by_proxy = refusal is not None
         return refusal
 
-    def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
-        """Route the body's `model`, translate it to the upstream's API or ask for stream
-        usage; refuse malformed JSON and what cannot be translated."""
-        content_type = flow.request.headers.get("content-type", "").lower()
-        if content_type.startswith("multipart/"):
+    async def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
+        """Check the body, route its `model`, translate it to the upstream's API or ask for
+        stream usage; refuse malformed JSON, a model that cannot be read as one id, and
+        what cannot be translated. What is forwarded is written from the object checked."""
+        content_type = flow.request.headers.get("content-type", "")
+        model_bearing = is_model_endpoint(flow.request.path)
+        if model_bearing and not is_json_type(content_type):
+            message = "The request body must be JSON (Content-Type: application/json)"
+            return errors.error_response(400, message, "unsupported_content_type")
+        if content_type.lower().startswith("multipart/"):
             return self._untranslatable(flow, state)
+        size = len(flow.request.raw_content or b"")
+        limit = self.rt.settings.max_body_size
         try:
-            raw = decoded(flow.request, self.rt.settings.max_body_size)
+            body = await _off_loop_if_large(size, _parse_request, flow.request, limit)
         except BodyTooLarge:
             message = "Decoded request body is larger than the proxy accepts (MAX_BODY_SIZE)"
             return errors.error_response(413, message, "request_too_large")
+        except InvalidJson as exc:
+            return errors.error_response(400, str(exc), "invalid_json")
         except BodyError as exc:
             message = f"Request body cannot be decoded: {exc}"
             return errors.error_response(400, message, "invalid_encoding")
-        if not raw:
-            return self._untranslatable(flow, state)
-        try:
-            body = parse_json(raw)
-        except BodyError as exc:
-            return errors.error_response(400, str(exc), "invalid_json")
+        names_model = model_bearing or (isinstance(body, dict) and "model" in body)
+        if names_model and (refused := model_body_refusal(body)):
+            return errors.error_response(400, refused.message, refused.code)
         if not isinstance(body, dict):
             return self._untranslatable(flow, state)
-        changed = False
         if isinstance(model := body.get("model"), str):
             state.requested_model = model
             if state.user is not None and (
@@ -271,32 +290,29 @@ class Apipod:
                 )
             except AllTargetsCooling as cooling:
                 return self._all_cooling(flow, model, cooling.targets)
-            if state.routed_model != model:
-                body["model"] = state.routed_model
-                changed = True
+            body["model"] = state.routed_model
         if state.direction is not None:
-            return self._translate(flow, state, body)
+            return await self._translate(flow, state, body, size)
         if _wants_usage_injected(flow.request.path, body):
             options = body.get("stream_options")
             body["stream_options"] = {**(options or {}), "include_usage": True}
-            state.strip_usage_chunk = changed = True
-        if changed:
-            try:
-                flow.request.content = json_bytes(body, strict=True)
-            except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
-                return errors.error_response(
-                    400, "A number in the body is out of range", "invalid_json"
-                )
+            state.strip_usage_chunk = True
+        # Always written from `body`: the bytes forwarded are the object checked.
+        try:
+            content = await _off_loop_if_large(size, json_bytes, body, True)
+        except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
+            message = "A number in the body is out of range"
+            return errors.error_response(400, message, "invalid_json")
+        _set_body(flow.request, content)
         return None
 
-    def _translate(
-        self, flow: http.HTTPFlow, state: FlowState, body: dict[str, Any]
+    async def _translate(
+        self, flow: http.HTTPFlow, state: FlowState, body: dict[str, Any], size: int
     ) -> http.Response | None:
         """Rewrite the request into the upstream's API (path, body, headers)."""
         assert state.direction is not None
         try:
-            translated = state.direction.request(body)
-            content = json_bytes(translated.body, strict=True)
+            translated, content = await _off_loop_if_large(size, _translated, state.direction, body)
         except TranslationError as exc:
             return self._translation_refusal(flow, exc)
         except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
@@ -308,7 +324,7 @@ class Apipod:
         for name, value in translated.headers.items():
             if name not in flow.request.headers:
                 flow.request.headers[name] = value
-        flow.request.content = content
+        _set_body(flow.request, content)
         return None
 
     def _untranslatable(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
@@ -498,7 +514,7 @@ class Apipod:
 
     def _account(self, flow: http.HTTPFlow, state: FlowState, status: int) -> None:
         model = printable(state.routed_model or "")
-        label = self.metrics.model_label(model)
+        label = self.metrics.model_label(model, self._known_models(model))
         self.metrics.requests.labels(label, str(status)).inc()
         self.metrics.duration.observe(time.perf_counter() - state.started)
         if state.user is not None and state.forwarded_at is not None:
@@ -525,6 +541,13 @@ class Apipod:
             if usage.prompt_tokens or usage.completion_tokens:
                 self.metrics.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
                 self.metrics.tokens.labels(label, "completion").inc(usage.completion_tokens)
+
+    def _known_models(self, model: str) -> Container[str]:
+        """Model names that may be metric labels: the routing table's, the upstream's list."""
+        table = self.router.table
+        if model in self.rt.models.ids or model in table.aliases or model in table.renames:
+            return (model,)
+        return table.targets()
 
     async def _refresh_shared_spend(self, shared: SharedSpend, record: KeyRecord) -> None:
         """Read a budgeted key's spend fresh from Redis before admitting it: the ledger only
@@ -563,6 +586,32 @@ class Apipod:
             return usage_from_body(decoded(response, MAX_USAGE_BODY))
         except BodyError:  # too large or oddly encoded: forwarded all the same, not counted
             return Usage()
+
+
+async def _off_loop_if_large[T](size: int, func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)`, on a thread when the body is over OFF_LOOP_BODY bytes. The GIL
+    still serialises the work, but the loop gets a turn every switch interval (5 ms)
+    instead of waiting for the whole parse."""
+    if size > OFF_LOOP_BODY:
+        return await asyncio.to_thread(func, *args)
+    return func(*args)
+
+
+def _parse_request(request: http.Request, limit: int) -> Any:
+    """The request body decoded and parsed strictly; `None` when there is none."""
+    raw = decoded(request, limit)
+    return parse_json_strict(raw) if raw else None
+
+
+def _translated(direction: Direction, body: dict[str, Any]) -> tuple[Any, bytes]:
+    translated = direction.request(body)
+    return translated, json_bytes(translated.body, strict=True)
+
+
+def _set_body(request: http.Request, content: bytes) -> None:
+    """Forward `content`, written from the decoded body: it goes out uncompressed."""
+    request.headers.pop("content-encoding", None)
+    request.content = content
 
 
 def has_forbidden_header_bytes(headers: http.Headers) -> bool:
