@@ -28,6 +28,7 @@ from http import HTTPStatus
 from typing import Any, cast
 
 from mitmproxy import http
+from mitmproxy.net.http import http1
 from redis.exceptions import RedisError
 
 from . import auth, budgets, errors, keys, logs, mitm_compat
@@ -46,7 +47,7 @@ from .bodies import (
     parse_json_strict,
 )
 from .config import Settings
-from .connections import ConnectionPolicy
+from .connections import ConnectionPolicy, expects_body
 from .flowstate import STATE, FlowState, state_of
 from .keycache import MISS
 from .lifecycle import Lifecycle, Runtime
@@ -132,6 +133,19 @@ class Apipod:
             log.exception("internal error authenticating %s", logs.shown_path(flow))
             flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
         state.answered_by_proxy = flow.response is not None
+        if flow.response is not None and expects_body(flow.request):
+            self._answer_unread(flow)
+
+    def _answer_unread(self, flow: http.HTTPFlow) -> None:
+        """A request refused on its headers: answered and closed now, its body never read,
+        so a slow or large body holds neither a connection nor memory. Logged here: the
+        flow mitmproxy goes on with ends as a client disconnect."""
+        response = flow.response
+        assert response is not None
+        self.responseheaders(flow)  # request id, the caller's error shape
+        response.headers["connection"] = "close"
+        if self.connections.close_unread(flow.client_conn, http1.assemble_response(response)):
+            self._finish(flow, response.status_code)
 
     async def _admit(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
         """The refusal of a request by its headers, or None: an internal path (answered in

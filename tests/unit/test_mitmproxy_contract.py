@@ -190,3 +190,12 @@ def test_held_errors_filter_the_proxyserver_logger() -> None:
     finally:
         held.release(replay=False)
     assert held not in proxyserver.logger.filters
+
+
+def test_freed_memory_can_be_handed_back() -> None:
+    """glibc's malloc_trim, which connections.py calls after large bodies (Linux only)."""
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    assert mitm_compat.trim_memory() is True
