@@ -263,7 +263,8 @@ class Apipod:
     async def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
         """Check the body, route its `model`, translate it to the upstream's API or ask for
         stream usage; refuse malformed JSON, a model that cannot be read as one id, and
-        what cannot be translated. What is forwarded is written from the object checked."""
+        what cannot be translated. What is forwarded is the object checked: its very bytes
+        when nothing changed (`_forwardable_as_is`), else written again from it."""
         content_type = flow.request.headers.get("content-type", "")
         model_bearing = is_model_endpoint(flow.request.path)
         if model_bearing and not is_json_type(content_type):
@@ -288,6 +289,7 @@ class Apipod:
             return errors.error_response(400, refused.message, refused.code)
         if not isinstance(body, dict):
             return self._untranslatable(flow, state)
+        changed = not _forwardable_as_is(flow.request)
         if isinstance(model := body.get("model"), str):
             state.requested_model = model
             if state.user is not None and (
@@ -304,14 +306,17 @@ class Apipod:
                 )
             except AllTargetsCooling as cooling:
                 return self._all_cooling(flow, model, cooling.targets)
-            body["model"] = state.routed_model
+            if state.routed_model != model:
+                body["model"] = state.routed_model
+                changed = True
         if state.direction is not None:
             return await self._translate(flow, state, body, size)
         if _wants_usage_injected(flow.request.path, body):
             options = body.get("stream_options")
             body["stream_options"] = {**(options or {}), "include_usage": True}
-            state.strip_usage_chunk = True
-        # Always written from `body`: the bytes forwarded are the object checked.
+            state.strip_usage_chunk = changed = True
+        if not changed:
+            return None  # the very bytes the strict parse read: the object checked
         try:
             content = await _off_loop_if_large(size, json_bytes, body, True)
         except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
@@ -620,6 +625,16 @@ def _parse_request(request: http.Request, limit: int) -> Any:
 def _translated(direction: Direction, body: dict[str, Any]) -> tuple[Any, bytes]:
     translated = direction.request(body)
     return translated, json_bytes(translated.body, strict=True)
+
+
+def _forwardable_as_is(request: http.Request) -> bool:
+    """Whether the raw bytes, once strictly parsed, are the object checked to any reader:
+    not compressed (decoders differ, e.g. on gzip members after the first) and without a
+    BOM (which some readers refuse or keep). Only such bodies may go out unchanged; every
+    other one is written again from the object."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    raw = request.raw_content or b""
+    return encoding in ("", "identity") and not raw.startswith(b"\xef\xbb\xbf")
 
 
 def _set_body(request: http.Request, content: bytes) -> None:
