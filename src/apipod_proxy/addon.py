@@ -43,6 +43,7 @@ from .bodies import (
     is_json_type,
     is_model_endpoint,
     json_bytes,
+    json_bytes_in_parts,
     model_body_refusal,
     parse_json_strict,
 )
@@ -318,7 +319,7 @@ class Apipod:
         if not changed:
             return None  # the very bytes the strict parse read: the object checked
         try:
-            content = await _off_loop_if_large(size, json_bytes, body, True)
+            content = await _off_loop_if_large(size, _written, body, size)
         except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
             message = "A number in the body is out of range"
             return errors.error_response(400, message, "invalid_json")
@@ -331,7 +332,9 @@ class Apipod:
         """Rewrite the request into the upstream's API (path, body, headers)."""
         assert state.direction is not None
         try:
-            translated, content = await _off_loop_if_large(size, _translated, state.direction, body)
+            translated, content = await _off_loop_if_large(
+                size, _translated, state.direction, body, size
+            )
         except TranslationError as exc:
             return self._translation_refusal(flow, exc)
         except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
@@ -622,9 +625,14 @@ def _parse_request(request: http.Request, limit: int) -> Any:
     return parse_json_strict(raw) if raw else None
 
 
-def _translated(direction: Direction, body: dict[str, Any]) -> tuple[Any, bytes]:
+def _written(body: Any, size: int) -> bytes:
+    """Strict compact JSON; in parts for a large body (it is being written on a thread)."""
+    return json_bytes_in_parts(body) if size > OFF_LOOP_BODY else json_bytes(body, strict=True)
+
+
+def _translated(direction: Direction, body: dict[str, Any], size: int) -> tuple[Any, bytes]:
     translated = direction.request(body)
-    return translated, json_bytes(translated.body, strict=True)
+    return translated, _written(translated.body, size)
 
 
 def _forwardable_as_is(request: http.Request) -> bool:
