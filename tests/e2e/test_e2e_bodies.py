@@ -216,6 +216,9 @@ def test_a_request_refused_on_its_headers_is_closed_without_reading_its_body(
     assert len(closed) == 40, "every unauthenticated slow body is closed"
     assert max(closed) < 10
     assert httpx.get(f"{proxy.url}/health", timeout=5).status_code == 200
+    # Each is still logged once, with the status it was answered.
+    lines = [line for line in proxy.log().splitlines() if "POST /v1/chat/completions" in line]
+    assert len(lines) == 40 and all(" 401 " in line for line in lines), lines[:3]
 
 
 def test_a_slow_body_is_timed_out(make_proxy, upstream: StandIn) -> None:
