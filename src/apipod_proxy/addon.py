@@ -24,20 +24,34 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable, Container
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from http import HTTPStatus
 from typing import Any, cast
 
 from mitmproxy import http
+from mitmproxy.net.http import http1
 from redis.exceptions import RedisError
 
 from . import auth, budgets, errors, forwarding, keys, logs, mitm_compat
 from .account import is_account_path
 from .admin import HEALTH_PATH, is_internal, own_paths
 from .backend import DB_ERRORS, error_text
-from .bodies import BodyError, BodyTooLarge, decoded, json_bytes, parse_json
+from .bodies import (
+    BodyError,
+    BodyTooLarge,
+    InvalidJson,
+    decoded,
+    is_json_type,
+    is_model_endpoint,
+    json_bytes,
+    json_bytes_in_parts,
+    model_body_refusal,
+    parse_json_strict,
+)
 from .config import Settings
-from .connections import ConnectionPolicy
+from .connections import ConnectionPolicy, expects_body
 from .flowstate import STATE, FlowState, state_of
 from .keycache import MISS
 from .lifecycle import Lifecycle, Runtime
@@ -74,6 +88,9 @@ MAX_TRANSLATED_BODY = 32 << 20
 #: body; the parse then decides (status, error type, and the start of the message).
 _QUOTA_HINTS = (b"exhausted your capacity",)
 _REQUEST_ID = re.compile(r"[\w.:/+=-]{1,128}")
+#: Request bodies larger than this are decoded, parsed, translated and written on a
+#: thread, so one large body does not stall every other connection's event loop.
+OFF_LOOP_BODY = 1 << 20
 
 
 class Apipod:
@@ -123,6 +140,19 @@ class Apipod:
             log.exception("internal error authenticating %s", logs.shown_path(flow))
             flow.response = errors.error_response(500, "Internal proxy error", "internal_error")
         state.answered_by_proxy = flow.response is not None
+        if flow.response is not None and expects_body(flow.request):
+            self._answer_unread(flow)
+
+    def _answer_unread(self, flow: http.HTTPFlow) -> None:
+        """A request refused on its headers: answered and closed now, its body never read,
+        so a slow or large body holds neither a connection nor memory. Logged here: the
+        flow mitmproxy goes on with ends as a client disconnect."""
+        response = flow.response
+        assert response is not None
+        self.responseheaders(flow)  # request id, the caller's error shape
+        response.headers["connection"] = "close"
+        if self.connections.close_unread(flow.client_conn, http1.assemble_response(response)):
+            self._finish(flow, response.status_code)
 
     async def _admit(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
         """The refusal of a request by its headers, or None: an internal path (answered in
@@ -263,7 +293,7 @@ class Apipod:
         if is_api_post:
             api = await self.rt.upstream.current_api()
             state.direction = direction_for("POST", flow.request.path, api)
-        refusal = self._rewrite_body(flow, state) if is_api_post else None
+        refusal = await self._rewrite_body(flow, state) if is_api_post else None
         if refusal is None and state.user is not None:
             refusal = await self._hold_budget(state.user, state)
         state.answered_by_proxy = refusal is not None
@@ -299,30 +329,38 @@ class Apipod:
         state.hold_id = hold_id
         return None
 
-    def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
-        """Route the body's `model`, translate it to the upstream's API or ask for stream
-        usage; refuse malformed JSON and what cannot be translated."""
-        content_type = flow.request.headers.get("content-type", "").lower()
-        if content_type.startswith("multipart/"):
+    async def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
+        """Check the body, route its `model`, translate it to the upstream's API or ask for
+        stream usage; refuse malformed JSON, a model that cannot be read as one id, and
+        what cannot be translated. What is forwarded is the object checked: its very bytes
+        when nothing changed (`_forwardable_as_is`), else written again from it."""
+        content_type = flow.request.headers.get("content-type", "")
+        model_bearing = is_model_endpoint(flow.request.path)
+        if model_bearing and not is_json_type(content_type):
+            message = "The request body must be JSON (Content-Type: application/json)"
+            return errors.error_response(400, message, "unsupported_content_type")
+        if content_type.lower().startswith("multipart/"):
             return self._untranslatable(flow, state)
+        size = len(flow.request.raw_content or b"")
+        limit = self.rt.settings.max_body_size
         try:
-            raw = decoded(flow.request, self.rt.settings.max_body_size)
+            body, state.request_chars = await _off_loop_if_large(
+                size, _parse_request, flow.request, limit
+            )
         except BodyTooLarge:
             message = "Decoded request body is larger than the proxy accepts (MAX_BODY_SIZE)"
             return errors.error_response(413, message, "request_too_large")
+        except InvalidJson as exc:
+            return errors.error_response(400, str(exc), "invalid_json")
         except BodyError as exc:
             message = f"Request body cannot be decoded: {exc}"
             return errors.error_response(400, message, "invalid_encoding")
-        if not raw:
-            return self._untranslatable(flow, state)
-        state.request_chars = len(raw)
-        try:
-            body = parse_json(raw)
-        except BodyError as exc:
-            return errors.error_response(400, str(exc), "invalid_json")
+        names_model = model_bearing or (isinstance(body, dict) and "model" in body)
+        if names_model and (refused := model_body_refusal(body)):
+            return errors.error_response(400, refused.message, refused.code)
         if not isinstance(body, dict):
             return self._untranslatable(flow, state)
-        changed = False
+        changed = not _forwardable_as_is(flow.request)
         if isinstance(model := body.get("model"), str):
             state.requested_model = model
             if state.user is not None and (
@@ -345,18 +383,19 @@ class Apipod:
                 body["model"] = state.routed_model
                 changed = True
         if state.direction is not None:
-            return self._translate(flow, state, body)
+            return await self._translate(flow, state, body, size)
         if _wants_usage_injected(flow.request.path, body):
             options = body.get("stream_options")
             body["stream_options"] = {**(options or {}), "include_usage": True}
             state.strip_usage_chunk = changed = True
-        if changed:
-            try:
-                flow.request.content = json_bytes(body, strict=True)
-            except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
-                return errors.error_response(
-                    400, "A number in the body is out of range", "invalid_json"
-                )
+        if not changed:
+            return None  # the very bytes the strict parse read: the object checked
+        try:
+            content = await _off_loop_if_large(size, _written, body, size)
+        except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
+            message = "A number in the body is out of range"
+            return errors.error_response(400, message, "invalid_json")
+        _set_body(flow.request, content)
         return None
 
     def _price_check(self, state: FlowState, body: dict[str, Any]) -> http.Response | None:
@@ -371,14 +410,15 @@ class Apipod:
         state.hold_estimate = budgets.hold_estimate(body, price)
         return None
 
-    def _translate(
-        self, flow: http.HTTPFlow, state: FlowState, body: dict[str, Any]
+    async def _translate(
+        self, flow: http.HTTPFlow, state: FlowState, body: dict[str, Any], size: int
     ) -> http.Response | None:
         """Rewrite the request into the upstream's API (path, body, headers)."""
         assert state.direction is not None
         try:
-            translated = state.direction.request(body)
-            content = json_bytes(translated.body, strict=True)
+            translated, content = await _off_loop_if_large(
+                size, _translated, state.direction, body, size
+            )
         except TranslationError as exc:
             return self._translation_refusal(flow, exc)
         except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
@@ -390,7 +430,7 @@ class Apipod:
         for name, value in translated.headers.items():
             if name not in flow.request.headers:
                 flow.request.headers[name] = value
-        flow.request.content = content
+        _set_body(flow.request, content)
         return None
 
     def _untranslatable(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
@@ -604,7 +644,7 @@ class Apipod:
 
     def _account(self, flow: http.HTTPFlow, state: FlowState, status: int) -> None:
         model = printable(state.routed_model or "")
-        label = self.metrics.model_label(model)
+        label = self.metrics.model_label(model, self._known_models(model))
         self.metrics.requests.labels(label, str(status)).inc()
         self.metrics.duration.observe(time.perf_counter() - state.started)
         # The budget hold is settled to the cost below (0 for a failure) in any case.
@@ -643,6 +683,13 @@ class Apipod:
         extra = usage.billable_reasoning(self.rt.settings.bill_reasoning_estimate == "on")
         completion = usage.completion_tokens + extra
         return self.plans.cost(model, usage.prompt_tokens, usage.cached_tokens, completion)
+
+    def _known_models(self, model: str) -> Container[str]:
+        """Model names that may be metric labels: the routing table's, the upstream's list."""
+        table = self.router.table
+        if model in self.rt.models.ids or model in table.aliases or model in table.renames:
+            return (model,)
+        return table.targets()
 
     async def _refresh_shared_spend(self, shared: SharedSpend, record: KeyRecord) -> None:
         """Read a budgeted key's spend fresh from Redis before admitting it: the ledger only
@@ -700,6 +747,54 @@ class Apipod:
             return usage_from_body(decoded(response, MAX_USAGE_BODY))
         except BodyError:  # too large or oddly encoded: forwarded all the same, not counted
             return Usage()
+
+
+async def _off_loop_if_large[T](size: int, func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)`, on the body thread when the body is over OFF_LOOP_BODY bytes.
+
+    The GIL still serialises the work, but the loop gets a turn at every switch interval
+    (5 ms) instead of waiting for the whole parse. One thread, not a pool: with four
+    threads wanting the GIL, each turn of the loop waited for all of them (a 0.03 s
+    request took 0.3-0.7 s during four 29 MB bodies; with one, see test_e2e_bodies)."""
+    if size > OFF_LOOP_BODY:
+        return await asyncio.get_running_loop().run_in_executor(_BODY_THREAD, func, *args)
+    return func(*args)
+
+
+_BODY_THREAD = ThreadPoolExecutor(1, thread_name_prefix="apipod body")
+
+
+def _parse_request(request: http.Request, limit: int) -> tuple[Any, int]:
+    """The request body decoded and parsed strictly (`None` when there is none), and its
+    decoded length (what a cut stream's prompt is estimated from, metering.py)."""
+    raw = decoded(request, limit)
+    return (parse_json_strict(raw) if raw else None), len(raw)
+
+
+def _written(body: Any, size: int) -> bytes:
+    """Strict compact JSON; in parts for a large body (it is being written on a thread)."""
+    return json_bytes_in_parts(body) if size > OFF_LOOP_BODY else json_bytes(body, strict=True)
+
+
+def _translated(direction: Direction, body: dict[str, Any], size: int) -> tuple[Any, bytes]:
+    translated = direction.request(body)
+    return translated, _written(translated.body, size)
+
+
+def _forwardable_as_is(request: http.Request) -> bool:
+    """Whether the raw bytes, once strictly parsed, are the object checked to any reader:
+    not compressed (decoders differ, e.g. on gzip members after the first) and without a
+    BOM (which some readers refuse or keep). Only such bodies may go out unchanged; every
+    other one is written again from the object."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    raw = request.raw_content or b""
+    return encoding in ("", "identity") and not raw.startswith(b"\xef\xbb\xbf")
+
+
+def _set_body(request: http.Request, content: bytes) -> None:
+    """Forward `content`, written from the decoded body: it goes out uncompressed."""
+    request.headers.pop("content-encoding", None)
+    request.content = content
 
 
 def has_forbidden_header_bytes(headers: http.Headers) -> bool:

@@ -9,14 +9,19 @@ encodings HTTP clients send are accepted, and decoding stops past the limit.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import brotli
 
 if TYPE_CHECKING:  # at run time bodies.py stays importable by the pure translate/
     from mitmproxy import http
+
+from .forwarding import FORWARDED
+from .keys import looks_keyish
 
 try:
     from compression import zstd  # Python 3.14+
@@ -107,6 +112,44 @@ def parse_json(raw: bytes) -> Any:
         raise BodyError("Request body is not valid JSON") from exc
 
 
+class InvalidJson(BodyError):
+    """The (decoded) body is not strict JSON."""
+
+
+class DuplicateKey(InvalidJson):
+    """An object names the same key twice (readers disagree on which one counts)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise DuplicateKey("A JSON object in the request body names the same key twice")
+    return result
+
+
+def parse_json_strict(raw: bytes) -> Any:
+    """`parse_json`, refusing an object (at any depth) that names a key twice.
+
+    Python's reader keeps the last of duplicate keys, others keep the first: a body the
+    proxy checks must read the same to every reader, so it has no duplicates at all.
+    """
+    try:
+        text = raw.decode("utf-8-sig")
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_pairs)
+    except DuplicateKey:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidJson("Request body is not valid JSON") from exc
+
+
+def is_json_type(content_type: str) -> bool:
+    """`application/json`, a `+json` type, or none given (parameters aside)."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media in ("", "application/json") or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 def json_bytes(payload: Any, strict: bool = False) -> bytes:
     """Compact UTF-8 JSON. `strict` refuses NaN and infinities (ValueError), as JSON does.
 
@@ -120,5 +163,83 @@ def json_bytes(payload: Any, strict: bool = False) -> bytes:
         return json.dumps(payload, separators=(",", ":"), allow_nan=not strict).encode()
 
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def json_bytes_in_parts(payload: Any) -> bytes:
+    """`json_bytes(payload, strict=True)`, written a top-level item (and a list's element)
+    at a time. The C encoder holds the GIL for a whole call (0.2-0.4 s for a 29 MB body):
+    on a thread, writing in parts gives the event loop a turn between them."""
+    if not isinstance(payload, dict):
+        return json_bytes(payload, strict=True)
+    encode = _COMPACT.encode
+    parts = []
+    for key, value in payload.items():
+        if isinstance(value, list):
+            parts.append(f"{encode(key)}:[{','.join(encode(item) for item in value)}]")
+        else:
+            parts.append(f"{encode(key)}:{encode(value)}")
+    try:
+        return ("{" + ",".join(parts) + "}").encode()
+    except UnicodeEncodeError:  # a lone surrogate: json_bytes writes \u escapes
+        return json_bytes(payload, strict=True)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# --- model-bearing bodies --------------------------------------------------------------
+
+#: Paths whose body names the model that the allow-list, routing and billing act on.
+#: The one predicate the body check keys off (`is_model_endpoint`): every built-in row
+#: of the forwarding table (forwarding.py) names one.
+MODEL_ENDPOINTS = frozenset(route.path for route in FORWARDED)
+#: A model id: what providers use (`claude-sonnet-4-5`, `models/gemini-3-pro`,
+#: `claude-3-5-sonnet@20240620`, `ft:gpt-4o:org:x`), at most 128 characters.
+MAX_MODEL_ID = 128
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
+
+
+def is_model_endpoint(path: str) -> bool:
+    """Whether a POST to `path` (a query string and a trailing slash aside) names a model."""
+    return path.partition("?")[0].rstrip("/") in MODEL_ENDPOINTS
+
+
+def is_model_id(name: str) -> bool:
+    """A plausible model id: short, of the characters ids use, and nothing key-shaped."""
+    return (
+        len(name) <= MAX_MODEL_ID
+        and _MODEL_ID.fullmatch(name) is not None
+        and not looks_keyish(name)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRefusal:
+    """Why a model-bearing body is refused: always a 400 with this message and code."""
+
+    message: str
+    code: str
+
+
+def model_body_refusal(body: Any) -> BodyRefusal | None:
+    """Refuse a parsed model-bearing body whose model cannot be read as exactly one
+    plausible id, or whose `stream` / `stream_options` another reader could take
+    differently (`"stream": 1` streams on a lenient upstream, uncounted). None: it may pass."""
+    if not isinstance(body, dict):
+        return BodyRefusal("The request body must be a JSON object", "invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str):
+        return BodyRefusal("The request body must name its `model` as one string", "invalid_model")
+    if not is_model_id(model):
+        return BodyRefusal(
+            f"`model` is not a model id (at most {MAX_MODEL_ID} letters, digits and ._:/@+-)",
+            "invalid_model",
+        )
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        return BodyRefusal("`stream` must be true or false", "invalid_stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        return BodyRefusal("`stream_options` must be an object", "invalid_stream")
+    return None

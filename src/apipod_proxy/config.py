@@ -381,6 +381,21 @@ SETTINGS: tuple[Setting, ...] = (
         '`request_timeout` (or a plain close if nothing was sent). See "Reliability".',
     ),
     Setting(
+        "CLIENT_BODY_TIMEOUT",
+        "30",
+        _parse_positive_float,
+        "Seconds a client may pause between reads of a request body; then 408 "
+        '`request_timeout` and a close. See "Limits".',
+    ),
+    Setting(
+        "UNAUTHENTICATED_BODY_BUFFER",
+        "4m",
+        _parse_size,
+        "Bytes of request bodies without a customer key (the admin API, the dashboard) held "
+        "in memory at once, all connections together; past it 413 `request_too_large` and a "
+        'close. See "Limits".',
+    ),
+    Setting(
         "IDLE_TIMEOUT",
         "120",
         _parse_positive_float,
@@ -464,6 +479,8 @@ class Settings:
     trim_addons: bool = _default("TRIM_ADDONS")
     # --- client connections (connections.py) ---
     client_header_timeout: float = _default("CLIENT_HEADER_TIMEOUT")
+    client_body_timeout: float = _default("CLIENT_BODY_TIMEOUT")
+    unauthenticated_body_buffer: int = _default("UNAUTHENTICATED_BODY_BUFFER")
     idle_timeout: float = _default("IDLE_TIMEOUT")
     max_connections: int | None = _default("MAX_CONNECTIONS")  # None: from the file limit
     request_log_days: int = _default("REQUEST_LOG_DAYS")

@@ -7,7 +7,7 @@ test that builds several addons never registers a metric twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -72,13 +72,15 @@ class Metrics:
         """Export `apipod_model_cooldown{model}`, read from `cooldowns` at each scrape."""
         self.registry.register(CooldownCollector(cooldowns))
 
-    def model_label(self, model: str) -> str:
-        """The label for `model`: itself, "-" for none, or "other" past MAX_MODEL_LABELS."""
+    def model_label(self, model: str, known: Container[str] | None = None) -> str:
+        """The label for `model`: itself, "-" for none, or "other" when it is not `known`
+        (clients choose model names: only those of the routing table or the upstream's
+        list earn a series) or past MAX_MODEL_LABELS."""
         if not model:
             return "-"
         if model in self._models:
             return model
-        if len(self._models) >= MAX_MODEL_LABELS:
+        if (known is not None and model not in known) or len(self._models) >= MAX_MODEL_LABELS:
             return "other"
         self._models.add(model)
         return model

@@ -18,6 +18,8 @@ raising the `mitmproxy<13` pin means running that one test file.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import importlib
 import inspect
 import logging
@@ -321,6 +323,27 @@ def close_forgotten_client(client: connection.Client) -> bool:
         return False
     writer.close()
     return True
+
+
+def trim_memory() -> bool:
+    """Give freed heap back to the system (glibc's `malloc_trim`); False where there is
+    none. Not mitmproxy's, but like the rest here it reaches below the public API.
+
+    mitmproxy holds a request body in several copies while reading it; once freed, glibc
+    keeps most of those pages. Run on a thread: ctypes releases the GIL for the call."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim is False:
+        return False
+    _malloc_trim(0)
+    return True
+
+
+_malloc_trim: Any = None
 
 
 # --- default addons ------------------------------------------------------------------------

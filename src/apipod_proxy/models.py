@@ -43,6 +43,7 @@ class ModelList:
         self._url = upstream_url + MODELS_PATH
         self._key = upstream_key
         self._good: Models | None = None  # the last list the upstream gave
+        self.ids: frozenset[str] = frozenset()  # the model ids of that list
         self._fetched_at = self._failed_at = float("-inf")
         self._fetch: asyncio.Task[Models] | None = None
         # Made once, here (at load): building a client loads CA certificates, tens of
@@ -93,7 +94,7 @@ class ModelList:
                 reason,
             )
             return self._good
-        self._good, self._fetched_at = models, time.monotonic()
+        self._keep(models)
         return models
 
     async def served_ids(self) -> set[str] | None:
@@ -107,8 +108,12 @@ class ModelList:
             reason = str(exc) or f"no answer within {FETCH_TIMEOUT:g}s"
             log.warning("model check: GET %s failed: %s", self._url, reason)
             return None
+        self._keep(models)
+        return set(self.ids)
+
+    def _keep(self, models: Models) -> None:
         self._good, self._fetched_at = models, time.monotonic()
-        return {m["id"] for m in models}
+        self.ids = frozenset(m["id"] for m in models)
 
     async def _get(self) -> Models:
         body = bytearray()

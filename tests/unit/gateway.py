@@ -193,7 +193,7 @@ class Gateway:
         key: str,
         method: str = "POST",
         path: str = "/v1/chat/completions",
-        body: bytes = b"",
+        body: bytes = b'{"model":"gpt-4o","messages":[]}',
         headers: list[tuple[str, str]] | None = None,
     ) -> http.HTTPFlow:
         all_headers = [("authorization", f"Bearer {key}"), *(headers or [])]

@@ -174,10 +174,14 @@ def test_a_hold_refuses_what_does_not_fit_until_it_is_settled_or_released(
 
 def test_a_budgeted_key_is_refused_an_unpriced_model_before_forwarding(priced: Gateway) -> None:
     key, _ = key_with(priced, budget=5)
-    for model in ("GEMINI-3-FLASH", "gemini-3-flash ", "gemini-3-flash-20250101"):
+    for model in ("GEMINI-3-FLASH", "gemini-3-flash-20250101"):
         flow = priced.authed(key, body=chat_body(model))
         assert flow.response is not None and flow.response.status_code == 403
         assert error_of(flow.response)["code"] == "model_not_priced"
+    # A name with a space is no model id at all: refused before pricing (bodies.py).
+    flow = priced.authed(key, body=chat_body("gemini-3-flash "))
+    assert flow.response is not None and flow.response.status_code == 400
+    assert error_of(flow.response)["code"] == "invalid_model"
     free, free_id = key_with(priced)  # no budget: served, for free
     flow = priced.authed(free, body=chat_body("GEMINI-3-FLASH"))
     assert flow.response is None

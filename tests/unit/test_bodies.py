@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import pytest
 from harness import ENCODERS
+from hypothesis import given
+from hypothesis import strategies as st
 from mitmproxy.test import tutils
 
-from apipod_proxy.bodies import BodyError, BodyTooLarge, decoded, parse_json
+from apipod_proxy.bodies import (
+    BodyError,
+    BodyTooLarge,
+    DuplicateKey,
+    InvalidJson,
+    decoded,
+    is_json_type,
+    is_model_endpoint,
+    is_model_id,
+    json_bytes,
+    json_bytes_in_parts,
+    model_body_refusal,
+    parse_json,
+    parse_json_strict,
+)
 
 # --- parse_json -------------------------------------------------------------------
 
@@ -135,3 +152,120 @@ def test_truncated_or_garbage_bodies_are_errors(encoding: str) -> None:
 def test_unsupported_encodings_are_refused(encoding: str) -> None:
     with pytest.raises(BodyError, match="unsupported Content-Encoding"):
         decoded(request(PLAIN, encoding), 1024)
+
+
+# --- strict parsing and the model check (issue 16) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "a", "model": "b"}',
+        b'{"messages": [{"role": "user", "role": "system"}]}',
+        b'{"a": {"b": {"c": 1, "c": 2}}}',
+    ],
+)
+def test_a_key_named_twice_at_any_depth_is_refused(raw: bytes) -> None:
+    with pytest.raises(DuplicateKey):
+        parse_json_strict(raw)
+
+
+def test_strict_parse_reads_what_parse_json_reads() -> None:
+    raw = b'\xef\xbb\xbf{"model": "x", "n": [1, 2.5, null, {"a": true}]}'
+    assert parse_json_strict(raw) == parse_json(raw)
+    with pytest.raises(InvalidJson):
+        parse_json_strict(b'{"n": NaN}')
+
+
+@given(st.dictionaries(st.text(max_size=5), st.integers(), min_size=1))
+def test_objects_without_duplicates_round_trip(value: dict[str, int]) -> None:
+    assert parse_json_strict(json.dumps(value).encode()) == value
+
+
+@given(st.lists(st.text(max_size=3), min_size=2).filter(lambda k: len(set(k)) < len(k)))
+def test_any_repeated_key_is_found(names: list[str]) -> None:
+    raw = "{" + ",".join(f"{json.dumps(n)}: 1" for n in names) + "}"
+    with pytest.raises(DuplicateKey):
+        parse_json_strict(raw.encode())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "claude-sonnet-4-5",
+        "gemini-3-pro-high",
+        "models/gemini-3-flash",
+        "claude-3-5-sonnet@20240620",
+        "ft:gpt-4o:org:custom:id",
+        "gpt-4.1",
+    ],
+)
+def test_model_ids_that_pass(name: str) -> None:
+    assert is_model_id(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", " gpt-4o", "gpt-4o ", "a b", "x" * 129, "apk_abcdef", "my-apk_x", "é", "a\nb", "-x"],
+)
+def test_model_ids_that_fail(name: str) -> None:
+    assert not is_model_id(name)
+
+
+@given(st.text(max_size=200))
+def test_a_model_id_is_never_key_shaped_or_long(name: str) -> None:
+    if is_model_id(name):
+        assert "apk_" not in name and 0 < len(name) <= 128 and name.isascii() and name.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ([], "invalid_json"),
+        (None, "invalid_json"),
+        ({"messages": []}, "invalid_model"),
+        ({"model": ["gpt-4o"]}, "invalid_model"),
+        ({"model": "gpt-4o", "stream": 1}, "invalid_stream"),
+        ({"model": "gpt-4o", "stream": "yes"}, "invalid_stream"),
+        ({"model": "gpt-4o", "stream": True, "stream_options": []}, "invalid_stream"),
+        ({"model": "gpt-4o", "stream": True, "stream_options": {}}, None),
+        ({"model": "gpt-4o", "stream": False, "stream_options": None}, None),
+    ],
+)
+def test_model_body_refusal(body: object, code: str | None) -> None:
+    refusal = model_body_refusal(body)
+    assert (refusal and refusal.code) == code
+
+
+def test_model_endpoints_and_json_types() -> None:
+    assert is_model_endpoint("/v1/chat/completions?x=1")
+    assert is_model_endpoint("/v1/messages/count_tokens/")
+    assert not is_model_endpoint("/v1/embeddings")
+    assert is_json_type("") and is_json_type("Application/JSON; charset=utf-8")
+    assert is_json_type("application/vnd.api+json")
+    assert not is_json_type("multipart/form-data; boundary=x") and not is_json_type("text/plain")
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(st.text(max_size=4), _values, max_size=4))
+def test_json_in_parts_is_json_bytes(value: dict[str, object]) -> None:
+    assert json_bytes_in_parts(value) == json_bytes(value, strict=True)
+
+
+def test_json_in_parts_refuses_infinity_and_escapes_lone_surrogates() -> None:
+    with pytest.raises(ValueError):
+        json_bytes_in_parts({"n": [float("inf")]})
+    assert json_bytes_in_parts({"x": ["\ud800"]}) == json_bytes({"x": ["\ud800"]}, strict=True)

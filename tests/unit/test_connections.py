@@ -19,6 +19,7 @@ from mitmproxy.test import taddons, tflow
 
 from apipod_proxy.config import ConfigError, Settings, load_settings
 from apipod_proxy.connections import (
+    BODY,
     BUSY,
     HEADERS,
     IDLE,
@@ -143,8 +144,10 @@ def test_a_connection_moves_between_headers_busy_and_idle(tmp_path: Path) -> Non
         conn.received(b"GET / HTTP/1.1\r\n")
         note()  # headers, partial, header timer
         policy.requestheaders(flow)
+        note()  # body (tflow's request has one): the body timer
+        policy.request(flow)
         note()  # busy: no timer at all, however long the upstream or the stream takes
-        conn.received(b"GET / HTTP/1.1\r\n")  # body bytes change nothing
+        conn.received(b"GET / HTTP/1.1\r\n")  # a pipelined request changes nothing
         note()
         policy.response(flow)
         note()  # idle, idle timer
@@ -160,6 +163,7 @@ def test_a_connection_moves_between_headers_busy_and_idle(tmp_path: Path) -> Non
 
     assert asyncio.run(go()) == [
         (HEADERS, True, True),
+        (BODY, False, True),
         (BUSY, False, False),
         (BUSY, False, False),
         (IDLE, False, True),
@@ -197,10 +201,52 @@ def test_expiry_while_busy_does_nothing(tmp_path: Path) -> None:
         flow = tflow.tflow()
         conn = policy.conns[flow.client_conn.id] = Conn(policy, flow.client_conn)
         policy.requestheaders(flow)
+        policy.request(flow)  # the body is in
         policy.expired(conn)
         return conn.phase
 
     assert asyncio.run(go()) == BUSY
+
+
+def test_a_body_pause_is_timed_from_the_last_read(tmp_path: Path) -> None:
+    async def go() -> list[str]:
+        policy = ConnectionPolicy()
+        policy.setup(settings(tmp_path, client_body_timeout=0.2))
+        flow = tflow.tflow()
+        conn = policy.conns[flow.client_conn.id] = Conn(policy, flow.client_conn)
+        policy.requestheaders(flow)
+        seen = [conn.phase]
+        for _ in range(4):  # a byte every 0.1 s is no pause
+            await asyncio.sleep(0.1)
+            conn.received(b"x")
+        seen.append(conn.phase)
+        with taddons.context():  # no proxyserver: no socket to close
+            await asyncio.sleep(0.35)
+        seen.append("timer" if conn.timer is not None else "expired")
+        return seen
+
+    assert asyncio.run(go()) == [BODY, BODY, "expired"]
+
+
+def test_unauthenticated_bodies_share_one_budget(tmp_path: Path) -> None:
+    async def go() -> list[int]:
+        policy = ConnectionPolicy()
+        policy.setup(settings(tmp_path, unauthenticated_body_buffer=1000))
+        conns = []
+        for _ in range(2):
+            flow = tflow.tflow()
+            flow.request.headers["content-length"] = "700"
+            conn = policy.conns[flow.client_conn.id] = Conn(policy, flow.client_conn)
+            with taddons.context():
+                policy.requestheaders(flow)  # no FlowState: no key
+                conn.received(b"x" * 400)
+            conns.append(conn)
+        held = [policy.unauthenticated_bytes, conns[0].held, conns[1].held]
+        conns[0].request_done()
+        return [*held, policy.unauthenticated_bytes]
+
+    # The second announces 700 more than the 600 left: refused before reading.
+    assert asyncio.run(go()) == [400, 400, 0, 0]
 
 
 # --- accept errors -------------------------------------------------------------------------

@@ -205,3 +205,12 @@ def test_an_absolute_form_target_sets_the_authority() -> None:
     origin = read_request_head([b"GET /v1/x HTTP/1.1\r\n", b"Host: internal.example\r\n"])
     assert origin.authority == ""
     assert not is_absolute_form(origin)
+
+
+def test_freed_memory_can_be_handed_back() -> None:
+    """glibc's malloc_trim, which connections.py calls after large bodies (Linux only)."""
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    assert mitm_compat.trim_memory() is True
