@@ -45,6 +45,8 @@ FLUSH_WAIT = 1.6  # usage is written about once a second
 HOSTILE = "<img src=x onerror=alert(1)>"
 HOSTILE_TIER = "<script>alert(2)</script>"
 HOSTILE_MODEL = '"><svg onload=alert(3)>'
+#: A model id the upstream does not list: served, and shown by name.
+KNOWN_MODEL = "claude-x-unlisted"
 
 try:
     from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
@@ -290,7 +292,11 @@ def test_create_copy_use_and_revoke_a_key_in_the_ui(
 def test_hostile_names_are_shown_as_text(dash: Proxy, open_page) -> None:
     """A key name and a tier from the operator, a model name from any client: all text."""
     key = dash.create_key(HOSTILE, tier=HOSTILE_TIER)
-    chat(dash, key, HOSTILE_MODEL)  # unknown models pass through, and are counted by name
+    # A client's model name that is no model id never gets as far as a usage row...
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat(dash, key, HOSTILE_MODEL)
+    assert refused.value.code == "invalid_model"
+    chat(dash, key, KNOWN_MODEL)  # ...a plausible one is counted by name, as text
     time.sleep(FLUSH_WAIT)
     watched = signed_in(open_page, dash)
     page = watched.page
@@ -299,9 +305,10 @@ def test_hostile_names_are_shown_as_text(dash: Proxy, open_page) -> None:
     expect(page.locator("#keys-table tbody tr")).to_contain_text(HOSTILE_TIER)
     expect(page.locator("#key-tier option").last).to_have_text(HOSTILE_TIER)
     requests = page.locator("#usage-requests")
-    expect(requests.locator("thead th").nth(1)).to_have_text(HOSTILE_MODEL)
-    expect(requests.locator(".legend li")).to_have_text(HOSTILE_MODEL)
-    expect(requests.locator("svg rect.bar title")).to_contain_text(HOSTILE_MODEL)
+    expect(requests.locator("thead th").nth(1)).to_have_text(KNOWN_MODEL)
+    expect(requests.locator(".legend li")).to_have_text(KNOWN_MODEL)
+    expect(requests.locator("svg rect.bar title")).to_contain_text(KNOWN_MODEL)
+    expect(page.locator("body")).not_to_contain_text(HOSTILE_MODEL)
     expect(page.locator("#usage-top tbody")).to_contain_text(HOSTILE)
     page.fill("#key-search", "onerror")
     expect(cell).to_have_text(HOSTILE)
@@ -459,9 +466,14 @@ def test_edit_and_rotate_a_key_in_the_ui(dash: Proxy, open_page) -> None:
     new = page.input_value("#secret-value")
     page.click("#secret-done")
     assert new.startswith("apk_") and new != old
-    chat(dash, new)
-    with pytest.raises(openai.PermissionDeniedError):
+    # The key now has a budget, so it may use priced models only (none are priced here):
+    # the new secret is accepted and refused for the price, the old one for the key.
+    with pytest.raises(openai.PermissionDeniedError) as unpriced:
+        chat(dash, new)
+    assert unpriced.value.code == "model_not_priced"
+    with pytest.raises(openai.PermissionDeniedError) as refused:
         chat(dash, old)
+    assert refused.value.code == "invalid_api_key"
 
 
 # --- customer portal -------------------------------------------------------------------

@@ -159,10 +159,14 @@ def test_upstream_key_never_reaches_the_client(proxy: Proxy, api_key: str) -> No
 def test_non_streaming_response_is_forwarded_unchanged(
     proxy: Proxy, standin: StandIn, api_key: str
 ) -> None:
-    # (The stand-in's /v1/completions echoes; no model in the body, nothing rewritten.)
-    direct = httpx.post(f"{standin.url}/v1/completions", json={"prompt": "hi"})
+    # (The stand-in's /v1/completions echoes; a model that is no alias: nothing rewritten.)
+    direct = httpx.post(
+        f"{standin.url}/v1/completions", json={"model": "gemini-3-flash", "prompt": "hi"}
+    )
     proxied = httpx.post(
-        f"{proxy.url}/v1/completions", json={"prompt": "hi"}, headers=bearer(api_key)
+        f"{proxy.url}/v1/completions",
+        json={"model": "gemini-3-flash", "prompt": "hi"},
+        headers=bearer(api_key),
     )
     assert proxied.status_code == 200
     assert proxied.content == direct.content
@@ -280,7 +284,11 @@ def test_down_upstream_is_a_fast_502_json(make_proxy) -> None:
     assert_openai_error(response, 502, "upstream_unreachable")
     assert time.monotonic() - started < 2
     # The connection was answered, and the next request is served just the same.
-    response = httpx.post(f"{down.url}/v1/completions", headers=bearer(key), json={"prompt": "x"})
+    response = httpx.post(
+        f"{down.url}/v1/completions",
+        headers=bearer(key),
+        json={"model": "gemini-3-flash", "prompt": "x"},
+    )
     assert_openai_error(response, 502, "upstream_unreachable")
 
 
@@ -335,7 +343,9 @@ def test_admin_create_key_returns_a_working_key(proxy: Proxy, upstream: StandIn)
     assert (created["name"], created["tier"]) == ("dana", "pro")
     assert created["expires_at"] > created["created_at"]
     answer = httpx.post(
-        f"{proxy.url}/v1/completions", json={"prompt": "hi"}, headers=bearer(created["api_key"])
+        f"{proxy.url}/v1/completions",
+        json={"model": "gemini-3-flash", "prompt": "hi"},
+        headers=bearer(created["api_key"]),
     )
     assert answer.status_code == 200
     assert [r.path for r in upstream.received] == ["/v1/completions"]

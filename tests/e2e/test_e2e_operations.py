@@ -206,7 +206,11 @@ def test_rate_limit_answers_429_with_retry_after_and_does_not_forward(
     _, key = proxy.new_key("limited", rpm=3)
 
     def call() -> httpx.Response:  # a forwarded request (the stand-in echoes it)
-        return httpx.post(f"{proxy.url}/v1/completions", json={"prompt": "x"}, headers=bearer(key))
+        return httpx.post(
+            f"{proxy.url}/v1/completions",
+            json={"model": "gemini-3-flash", "prompt": "x"},
+            headers=bearer(key),
+        )
 
     statuses = [call().status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
@@ -266,11 +270,15 @@ def test_request_id_is_kept_or_generated_and_seen_by_both_sides(
     _, key = proxy.new_key("traced")
     given = httpx.post(
         f"{proxy.url}/v1/completions",
-        json={"prompt": "x"},
+        json={"model": "gemini-3-flash", "prompt": "x"},
         headers={**bearer(key), "x-request-id": "trace-abc-123"},
     )
     assert given.headers["x-request-id"] == "trace-abc-123"
-    made = httpx.post(f"{proxy.url}/v1/completions", json={"prompt": "x"}, headers=bearer(key))
+    made = httpx.post(
+        f"{proxy.url}/v1/completions",
+        json={"model": "gemini-3-flash", "prompt": "x"},
+        headers=bearer(key),
+    )
     generated = made.headers["x-request-id"]
     assert generated.startswith("req_") and generated != "trace-abc-123"
     assert [r.headers["x-request-id"] for r in upstream.received] == ["trace-abc-123", generated]
