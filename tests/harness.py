@@ -211,6 +211,22 @@ def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
+def chat_stream_chunks(
+    proxy: Proxy, headers: dict[str, str], body: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """POST a streaming chat completion through `proxy`; the JSON of every `data:` event
+    but [DONE], in order."""
+    chunks = []
+    with httpx.stream(
+        "POST", f"{proxy.url}/v1/chat/completions", headers=headers, json=body, timeout=30
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line.removeprefix("data: ")))
+    return chunks
+
+
 def wait_for[T](condition: Callable[[], T], timeout: float = 10.0) -> T:
     """Call `condition` until it returns something true, and return that; an
     AssertionError when `timeout` seconds pass first."""

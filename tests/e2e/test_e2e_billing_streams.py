@@ -21,7 +21,7 @@ import anthropic
 import httpx
 import pytest
 from anthropic_standin import AnthropicStandIn
-from harness import ADMIN_SECRET, Proxy, bearer, start_proxy
+from harness import ADMIN_SECRET, Proxy, bearer, chat_stream_chunks, start_proxy
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
@@ -92,19 +92,7 @@ def spend(proxy: Proxy, key: str) -> float:
 def chat_chunks(
     proxy: Proxy, key: str, body: dict[str, Any], headers: dict[str, str]
 ) -> list[dict[str, Any]]:
-    chunks = []
-    with httpx.stream(
-        "POST",
-        f"{proxy.url}/v1/chat/completions",
-        headers={**bearer(key), **headers},
-        json=body,
-        timeout=30,
-    ) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                chunks.append(json.loads(line.removeprefix("data: ")))
-    return chunks
+    return chat_stream_chunks(proxy, {**bearer(key), **headers}, body)
 
 
 # --- item 1: merged per field ----------------------------------------------------------

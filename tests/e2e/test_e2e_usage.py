@@ -9,11 +9,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
-from harness import ADMIN_SECRET, Proxy
+from harness import ADMIN_SECRET, Proxy, chat_stream_chunks
 from standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
@@ -27,15 +26,7 @@ def stream_body(**extra: Any) -> dict[str, Any]:
 def stream_chunks(proxy: Proxy, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """POST a streaming chat completion; the JSON of every `data:` event but [DONE]."""
     headers = {"authorization": f"Bearer {key}", "x-standin-usage-on-finish": "1"}
-    chunks = []
-    with httpx.stream(
-        "POST", f"{proxy.url}/v1/chat/completions", headers=headers, json=body, timeout=30
-    ) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                chunks.append(json.loads(line.removeprefix("data: ")))
-    return chunks
+    return chat_stream_chunks(proxy, headers, body)
 
 
 def test_usage_on_the_finish_chunk_is_hidden_from_a_client_that_did_not_ask(
