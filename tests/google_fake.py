@@ -35,20 +35,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
+from anthropic_standin import MODELS  # the ids the package lists, as the stand-in's
 from standin_base import ThreadedServer
 
 ACCESS_TOKEN = "ya29.fake-access-token"
 PROJECT = "fake-project-0001"
 #: The package keeps a thought signature only from 50 characters on (MIN_SIGNATURE_LENGTH).
 SIGNATURE = "fake_thought_signature_" + "0123456789" * 5
-MODELS = [
-    "claude-sonnet-4-5",
-    "claude-sonnet-4-5-thinking",
-    "claude-opus-4-5-thinking",
-    "gemini-3-flash",
-    "gemini-3-pro-high",
-    "gemini-2.5-flash",
-]
 
 
 @dataclass

@@ -45,6 +45,19 @@ def key_with(gw: Gateway, tier: str = "elite", **plan: Any) -> tuple[str, int]:
     return plaintext, record.id
 
 
+def count_db_hops(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """From now on, every function the addon runs on its database threads, in order."""
+    hops: list[Any] = []
+    original = Runtime.db
+
+    async def counting(self: Runtime, fn: Any, *args: Any) -> Any:
+        hops.append(fn)
+        return await original(self, fn, *args)
+
+    monkeypatch.setattr(Runtime, "db", counting)
+    return hops
+
+
 @pytest.fixture
 def priced(make_gateway: Callable[..., Gateway]) -> Gateway:
     gw = make_gateway()
@@ -78,14 +91,7 @@ def test_over_budget_is_refused_before_forwarding_without_a_database_hop(
     key, key_id = key_with(priced, budget=0.01)
     priced.authed(key, body=chat_body(GEMINI))  # the key lookup is now cached
     priced.addon.ledger.add(key_id, 0.01, keys.now_text())
-    hops: list[Any] = []
-    original = Runtime.db
-
-    async def counting(self: Runtime, fn: Any, *args: Any) -> Any:
-        hops.append(fn)
-        return await original(self, fn, *args)
-
-    monkeypatch.setattr(Runtime, "db", counting)
+    hops = count_db_hops(monkeypatch)
     flow = priced.authed(key, body=chat_body(GEMINI))
     assert hops == []
     assert flow.response is not None and flow.response.status_code == 429
@@ -146,14 +152,7 @@ def test_a_hold_refuses_what_does_not_fit_until_it_is_settled_or_released(
     held = priced.addon.ledger.held(key_id)
     # "user" and "hi": 6 characters, 2 tokens at $100; 20 output tokens at $400 per million.
     assert held == pytest.approx((2 * 100 + 20 * 400) / 1e6)
-    hops: list[Any] = []
-    original = Runtime.db
-
-    async def counting(self: Runtime, fn: Any, *args: Any) -> Any:
-        hops.append(fn)
-        return await original(self, fn, *args)
-
-    monkeypatch.setattr(Runtime, "db", counting)
+    hops = count_db_hops(monkeypatch)
     second = priced.authed(key, body=chat_body(GEMINI, **HELD))
     assert hops == []  # held and refused from memory
     assert error_of(second.response)["code"] == "insufficient_quota"
