@@ -227,8 +227,9 @@ class ConnectionPolicy:
     def headers_too_large(self, conn: Conn) -> None:
         conn.cancel_timer()
         streams = mitm_compat.client_streams(conn.client)
-        if streams is None:
+        if streams is None or conn.answered:
             return
+        conn.answered = True
         reply = errors.error_response(
             431,
             f"The request headers are larger than the proxy accepts ({MAX_HEADER_BYTES} bytes)",
@@ -295,6 +296,9 @@ class ConnectionPolicy:
         if streams is None:
             return False
         if (conn := self.conns.get(client.id)) is not None:
+            if conn.answered:  # already answered (431: the head read on) and closing
+                return False
+            conn.answered = True
             conn.cancel_timer()
             conn.phase = BUSY
         self._linger_briefly(client, *streams)
@@ -386,6 +390,7 @@ class ConnectionPolicy:
                 {"connection": "close"},
             )
             last_words = http1.assemble_response(reply)
+        conn.answered = True
         mitm_compat.close_client(conn.client, last_words)
         self.rate_log(
             logging.INFO,
@@ -434,12 +439,15 @@ class Conn:
     """What the policy knows about one client connection."""
 
     __slots__ = (
-        "body_total", "busy", "client", "early_bytes", "head_bytes", "head_done", "held",
-        "last_read", "partial", "phase", "policy", "tail", "timer", "unauthenticated",
+        "answered", "body_total", "busy", "client", "early_bytes", "head_bytes", "head_done",
+        "held", "last_read", "partial", "phase", "policy", "tail", "timer", "unauthenticated",
     )  # fmt: skip
 
     def __init__(self, policy: ConnectionPolicy, client: connection.Client) -> None:
         self.policy, self.client = policy, client
+        #: The proxy has written its last words (431, 408, 413, a refusal) and is closing:
+        #: nothing more may be written, or the client would read a second response.
+        self.answered = False
         self.busy = 0  # requests between their headers and the end of their response
         self.timer: asyncio.TimerHandle | None = None
         self.last_read = 0.0  # loop time of the last body bytes
