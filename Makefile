@@ -51,7 +51,7 @@ lint: $(VENV)/.installed-test
 
 # curl runs the README's examples; wrk the bench smoke test, chromium the browser tests
 # of the dashboard, HAProxy the many-replicas tests, npm (Debian's npm brings nodejs)
-# the real-upstream tier; tests/real_upstream.py installs antigravity-claude-proxy
+# the real-upstream tier; tests/support/real_upstream.py installs antigravity-claude-proxy
 # (pinned) and Claude Code from the npm registry into ~/.cache (each skipped without
 # it, except chromium, HAProxy and npm under CI=true).
 test: lint
@@ -60,7 +60,7 @@ test: lint
 	-@$(call need,chromium)
 	-@$(call need,haproxy)
 	-@$(call need,npm)
-	$(BIN)/python tests/real_upstream.py
+	$(BIN)/python -m tests.support.real_upstream
 	$(BIN)/pytest
 
 # Retake the README's screenshots (docs/*.png) with the dashboard's browser tests.
@@ -71,16 +71,16 @@ screenshots: $(VENV)/.installed-test
 # Needs wrk (and HAProxy for bench-replicas); as root they are installed when missing.
 bench: $(VENV)/.installed-test
 	@$(call need,wrk)
-	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python -m bench.run $(ARGS)
 
 bench-replicas: $(VENV)/.installed-test
 	@$(call need,wrk)
 	@$(call need,haproxy)
-	$(BIN)/python bench/replicas.py $(ARGS)
+	$(BIN)/python -m bench.replicas $(ARGS)
 
 # 200 SSE streams + 2,000 plain requests while keys churn; checks nothing is lost.
 soak: $(VENV)/.installed-test
-	$(BIN)/python tests/soak.py $(ARGS)
+	$(BIN)/python -m bench.soak $(ARGS)
 
 N ?= 2
 replicas: $(VENV)/.installed .env

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from report import (
+
+from bench.report import (
     STREAM_TARGETS,
     TARGETS,
     median,
@@ -30,7 +31,7 @@ from report import (
     profile_summary,
     rounded,
 )
-from services import BENCH, CHAT_PATH, BenchError, Service
+from bench.services import BENCH, CHAT_PATH, BenchError, Service
 
 WRK_SCRIPT = BENCH / "post.lua"
 #: py-spy samples per second.

@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from load import run_wrk
-from services import (
+from bench.load import run_wrk
+from bench.services import (
     DEFAULT_MODEL,
     BenchError,
     Service,
@@ -126,8 +126,8 @@ class SharedServices:
 
 def limiter_micro(prefix: str, calls: int = 5000) -> dict[str, float]:
     """Microseconds per `acquire` in this process: local, Redis leased, Redis per request."""
-    from apipod_proxy import sharedlimit
-    from apipod_proxy.ratelimit import RateLimiter
+    from apipod_proxy.policy import shared as sharedlimit
+    from apipod_proxy.policy.ratelimit import RateLimiter
 
     async def timed(acquire) -> float:
         for _ in range(200):  # warm up: connections, script cache

@@ -61,9 +61,9 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from load import DEFAULTS, Bench, Settings, progress
-from report import SHARED_CORES_NOTE, environment, rounded, summarize, table, write_result
-from services import BENCH, DEFAULT_MODEL, BenchError, create_key, services
+from bench.load import DEFAULTS, Bench, Settings, progress
+from bench.report import SHARED_CORES_NOTE, environment, rounded, summarize, table, write_result
+from bench.services import BENCH, DEFAULT_MODEL, BenchError, create_key, services
 
 DEFAULT_RESULTS = BENCH / "results"
 

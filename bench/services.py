@@ -17,10 +17,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench"
-sys.path.insert(0, str(ROOT / "tests"))
-from harness import (  # noqa: E402  (tests/ is put on the path just above)
+from tests.support.harness import (
     SERVE,
     StartError,
     free_port,
@@ -30,6 +27,9 @@ from harness import (  # noqa: E402  (tests/ is put on the path just above)
     stop_process,
     wait_ready,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
 
 CHAT_PATH = "/v1/chat/completions"
 #: A plain model: apipod parses the body and passes it on unchanged. The
@@ -118,7 +118,8 @@ def start_upstream(workdir: Path) -> Service:
     log = workdir / "upstream.log"
     with open(log, "wb") as err:
         process = subprocess.Popen(
-            [sys.executable, str(BENCH / "upstream.py")],
+            [sys.executable, "-m", "bench.upstream"],
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=err,
         )

@@ -34,15 +34,12 @@ import argparse
 import asyncio
 import json
 import signal
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from standin import completion
+from tests.support.standin import completion
 
 JSON_TYPE = "application/json"
 

@@ -8,25 +8,35 @@ is marked `e2e`, so `pytest -m "not e2e and not slow"` is a quick local loop.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
-sys.path.insert(0, str(Path(__file__).parent))
-from anthropic_standin import AnthropicStandIn
-from google_fake import GoogleFake
-from harness import UPSTREAM_KEY, Proxy, start_proxy
-from openai_standin import OpenAIStandIn
-from real_upstream import NO_NPM, NPM_SKIP_LINE, Antigravity, claude_code_binary, start_antigravity
-from services import SKIP_LINE, UNREACHABLE, RedisSpace, fresh_database, fresh_redis_space
-from standin import SilentUpstream, StandIn
+from tests.support.anthropic_standin import AnthropicStandIn
+from tests.support.google_fake import GoogleFake
+from tests.support.harness import UPSTREAM_KEY, Proxy, start_proxy
+from tests.support.openai_standin import OpenAIStandIn
+from tests.support.real_upstream import (
+    NO_NPM,
+    NPM_SKIP_LINE,
+    Antigravity,
+    claude_code_binary,
+    start_antigravity,
+)
+from tests.support.services import (
+    SKIP_LINE,
+    UNREACHABLE,
+    RedisSpace,
+    fresh_database,
+    fresh_redis_space,
+)
+from tests.support.standin import SilentUpstream, StandIn
 
 E2E_DIR = Path(__file__).parent / "e2e"
-SERVICES_FILE = str(Path(__file__).parent / "services.py")
-REAL_UPSTREAM_FILE = str(Path(__file__).parent / "real_upstream.py")
+SERVICES_FILE = str(Path(__file__).parent / "support" / "services.py")
+REAL_UPSTREAM_FILE = str(Path(__file__).parent / "support" / "real_upstream.py")
 
 
 #: What `backend` takes in a module that sets `BOTH_BACKENDS = True`.

@@ -34,10 +34,7 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 from redis.exceptions import RedisError
 
-from . import auth, budgets, errors, forwarding, keys, logs, mitm_compat
-from .account import is_account_path
-from .admin import HEALTH_PATH, is_internal, own_paths
-from .backend import DB_ERRORS, error_text
+from . import errors, keys, logs, mitm_compat
 from .bodies import (
     BodyError,
     BodyTooLarge,
@@ -52,18 +49,22 @@ from .bodies import (
 )
 from .config import Settings
 from .connections import ConnectionPolicy, expects_body
+from .endpoints.account import is_account_path
+from .endpoints.admin import HEALTH_PATH, is_internal, own_paths
 from .flowstate import STATE, FlowState, state_of
-from .keycache import MISS
 from .lifecycle import Lifecycle, Runtime
 from .logs import printable
 from .metrics import Metrics
-from .models import MODELS_PATH
-from .pricing import Plans
-from .quota import QUOTA_ANSWERS, Cooldowns, QuotaExhausted, retry_after
-from .ratelimit import RateLimiter
-from .routing import SESSION_HEADER, AllTargetsCooling, Router, conversation_key
-from .sharedlimit import SPEND_TTL_SECONDS, SharedSpend
-from .store import KeyRecord, SpendRows
+from .pipeline import auth
+from .pipeline.usage import SseWatcher, Usage, UsageRecorder, usage_from_body
+from .policy import budgets, forwarding
+from .policy.pricing import Plans
+from .policy.ratelimit import RateLimiter
+from .policy.routing import SESSION_HEADER, AllTargetsCooling, Router, conversation_key
+from .policy.shared import SPEND_TTL_SECONDS, SharedSpend
+from .storage.backend import DB_ERRORS, error_text
+from .storage.keycache import MISS
+from .storage.sqlite import KeyRecord, SpendRows
 from .translate import Direction, TranslationError, direction_for, is_endpoint_missing
 from .translate.directions import CHAT_PATH, MESSAGES_PATH
 from .translate.failures import (
@@ -73,7 +74,8 @@ from .translate.failures import (
     error_for_openai_client,
 )
 from .translate.streams import AnthropicPassthroughStream, _SseTranslator
-from .usage import SseWatcher, Usage, UsageRecorder, usage_from_body
+from .upstream.models import MODELS_PATH
+from .upstream.quota import QUOTA_ANSWERS, Cooldowns, QuotaExhausted, retry_after
 
 log = logging.getLogger("apipod")
 

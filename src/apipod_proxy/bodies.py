@@ -20,8 +20,8 @@ import brotli
 if TYPE_CHECKING:  # at run time bodies.py stays importable by the pure translate/
     from mitmproxy import http
 
-from .forwarding import FORWARDED
 from .keys import looks_keyish
+from .policy.forwarding import FORWARDED
 
 try:
     from compression import zstd  # Python 3.14+

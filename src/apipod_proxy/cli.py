@@ -19,14 +19,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import budgets, config, keys
-from .admin import validate_changes, validate_plan
-from .backend import DB_ERRORS, describe, open_store
+from . import config, keys
 from .config import database_path, database_url, find_env_file
-from .pricing import Plans, parse_plans
-from .requestlog import DEFAULT_LIMIT, parse_limit
-from .routing import RoutesError
-from .store import KEY_FIELDS, REQUEST_FIELDS, USAGE_FIELDS, KeyStore
+from .endpoints.admin import validate_changes, validate_plan
+from .policy import budgets
+from .policy.pricing import Plans, parse_plans
+from .policy.routing import RoutesError
+from .storage.backend import DB_ERRORS, describe, open_store
+from .storage.requestlog import DEFAULT_LIMIT, parse_limit
+from .storage.sqlite import KEY_FIELDS, REQUEST_FIELDS, USAGE_FIELDS, KeyStore
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -158,8 +159,8 @@ def usage(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def migrate_to(store: KeyStore, args: argparse.Namespace) -> int:
-    from .migrate_to import copy_database
-    from .pgstore import PgKeyStore
+    from .storage.migrate import copy_database
+    from .storage.postgres import PgKeyStore
 
     url = database_url({"DATABASE_URL": args.url})
     if url is None:

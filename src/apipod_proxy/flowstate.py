@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from mitmproxy import http
 
 if TYPE_CHECKING:
-    from .store import KeyRecord
+    from .pipeline.usage import SseWatcher
+    from .storage.sqlite import KeyRecord
     from .translate import Direction
     from .translate.streams import _SseTranslator
-    from .usage import SseWatcher
 
 #: The key of the proxy's state in `flow.metadata`.
 STATE = "apipod"

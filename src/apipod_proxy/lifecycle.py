@@ -33,19 +33,19 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.utils import asyncio_utils
 
 from . import config, logs, mitm_compat
-from .account import Account
-from .admin import AdminApi
-from .backend import DB_ERRORS, describe, error_text, key_cache_for, open_store
 from .config import ConfigError, Settings
-from .keycache import KeyCache
-from .models import ModelList
-from .pgstore import KeyVersionWatcher, PgKeyStore
-from .pricing import open_routes_file
-from .requestlog import PRUNE_SECONDS, RequestLog
-from .routing import RoutesError, RoutesFile
-from .sharedlimit import SharedLimiter, SharedSpend
-from .store import KeyStore
-from .upstream import Upstream
+from .endpoints.account import Account
+from .endpoints.admin import AdminApi
+from .policy.pricing import open_routes_file
+from .policy.routing import RoutesError, RoutesFile
+from .policy.shared import SharedLimiter, SharedSpend
+from .storage.backend import DB_ERRORS, describe, error_text, key_cache_for, open_store
+from .storage.keycache import KeyCache
+from .storage.postgres import KeyVersionWatcher, PgKeyStore
+from .storage.requestlog import PRUNE_SECONDS, RequestLog
+from .storage.sqlite import KeyStore
+from .upstream.models import ModelList
+from .upstream.probe import Upstream
 
 if TYPE_CHECKING:
     from .addon import Apipod

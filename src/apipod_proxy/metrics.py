@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from .quota import Cooldowns
+from .upstream.quota import Cooldowns
 
 #: Distinct model labels kept; clients choose model names, and every label value is a
 #: time series held forever, so past this many the rest are counted as "other".

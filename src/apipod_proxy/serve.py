@@ -20,7 +20,6 @@ import shlex
 import sys
 from pathlib import Path
 
-from .admin import own_paths
 from .config import (
     PLACEHOLDER_ADMIN_SECRET,
     PLACEHOLDER_UPSTREAM_KEY,
@@ -28,10 +27,11 @@ from .config import (
     Settings,
     load_settings,
 )
-from .forwarding import Forwarding
+from .endpoints.admin import own_paths
 from .lifecycle import listen_problem
-from .pricing import open_routes_file
-from .routing import RoutesError
+from .policy.forwarding import Forwarding
+from .policy.pricing import open_routes_file
+from .policy.routing import RoutesError
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "addons" / "apipod.py"

@@ -84,7 +84,7 @@ def dig(data: dict[str, object], path: tuple[str, ...]) -> object:
 @pytest.mark.timeout(180)
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick", "--results-dir", str(tmp_path)],
+        [sys.executable, "-m", "bench.run", "--quick", "--results-dir", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

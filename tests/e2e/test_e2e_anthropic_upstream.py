@@ -17,9 +17,10 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from anthropic_standin import AnthropicStandIn
-from harness import UPSTREAM_KEY, Proxy, start_proxy
-from harness import WEATHER_TOOL as WEATHER
+
+from tests.support.anthropic_standin import AnthropicStandIn
+from tests.support.harness import UPSTREAM_KEY, Proxy, start_proxy
+from tests.support.harness import WEATHER_TOOL as WEATHER
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -20,9 +20,10 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from anthropic_standin import AnthropicStandIn
-from harness import ADMIN_SECRET, Proxy, bearer, chat_stream_chunks, start_proxy
-from standin import StandIn
+
+from tests.support.anthropic_standin import AnthropicStandIn
+from tests.support.harness import ADMIN_SECRET, Proxy, bearer, chat_stream_chunks, start_proxy
+from tests.support.standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 CLAUDE = "claude-sonnet-4-5"

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import ADMIN_SECRET, Proxy, bearer
-from standin import StandIn
+
+from tests.support.harness import ADMIN_SECRET, Proxy, bearer
+from tests.support.standin import StandIn
 
 GEMINI = "gemini-3-flash"
 CLAUDE = "claude-sonnet-4-5"

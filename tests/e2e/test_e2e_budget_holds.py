@@ -18,9 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import ADMIN_SECRET, Proxy, bearer, wait_for
-from services import RedisSpace
-from standin import StandIn
+
+from tests.support.harness import ADMIN_SECRET, Proxy, bearer, wait_for
+from tests.support.services import RedisSpace
+from tests.support.standin import StandIn
 
 GEMINI = "gemini-3-flash"
 CLAUDE = "claude-sonnet-4-5"

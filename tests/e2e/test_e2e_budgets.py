@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from harness import (
+
+from tests.support.harness import (
     ADMIN_SECRET,
     ROOT,
     Proxy,
@@ -27,7 +28,7 @@ from harness import (
     run_pasted,
     wait_for,
 )
-from standin import StandIn
+from tests.support.standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 GEMINI = "gemini-3-flash"

@@ -14,8 +14,9 @@ import anthropic
 import httpx
 import openai
 import pytest
-from harness import ROOT, UPSTREAM_KEY, Proxy, bearer, free_port, wait_for
-from standin import MODELS, StandIn
+
+from tests.support.harness import ROOT, UPSTREAM_KEY, Proxy, bearer, free_port, wait_for
+from tests.support.standin import MODELS, StandIn
 
 # --- the Anthropic SDK (and Claude Code) --------------------------------------------
 

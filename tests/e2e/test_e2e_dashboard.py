@@ -24,9 +24,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from anthropic_standin import AnthropicStandIn
-from harness import ADMIN_SECRET, ROOT, Proxy
-from standin import StandIn
+
+from tests.support.anthropic_standin import AnthropicStandIn
+from tests.support.harness import ADMIN_SECRET, ROOT, Proxy
+from tests.support.standin import StandIn
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

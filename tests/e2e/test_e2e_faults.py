@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from harness import ADMIN_SECRET, Proxy, bearer, free_port
-from standin import StandIn
+
+from tests.support.harness import ADMIN_SECRET, Proxy, bearer, free_port
+from tests.support.standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 

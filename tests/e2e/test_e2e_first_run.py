@@ -21,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from harness import ADMIN_SECRET, ROOT, UPSTREAM_KEY, Proxy, free_port
-from standin import StandIn
+
+from tests.support.harness import ADMIN_SECRET, ROOT, UPSTREAM_KEY, Proxy, free_port
+from tests.support.standin import StandIn
 
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
 ADDON = str(ROOT / "addons" / "apipod.py")

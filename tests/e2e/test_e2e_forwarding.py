@@ -18,10 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from anthropic_standin import AnthropicStandIn
-from harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy, bearer, start_proxy, wait_for
-from upstream_console import PATHS as CONSOLE_PATHS
-from upstream_console import WEBUI_PASSWORD
+
+from tests.support.anthropic_standin import AnthropicStandIn
+from tests.support.harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy, bearer, start_proxy, wait_for
+from tests.support.upstream_console import PATHS as CONSOLE_PATHS
+from tests.support.upstream_console import WEBUI_PASSWORD
 
 MESSAGES = {
     "model": "gemini-3-flash",

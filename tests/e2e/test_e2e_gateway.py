@@ -13,8 +13,9 @@ from collections import Counter
 import httpx
 import openai
 import pytest
-from harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy, bearer, free_port
-from standin import StandIn
+
+from tests.support.harness import ADMIN_SECRET, UPSTREAM_KEY, Proxy, bearer, free_port
+from tests.support.standin import StandIn
 
 
 def chat_body(model: str = "gemini-3-flash", **extra: object) -> dict[str, object]:

@@ -20,8 +20,9 @@ import anthropic
 import httpx
 import openai
 import pytest
-from harness import Proxy, bearer
-from standin import StandIn
+
+from tests.support.harness import Proxy, bearer
+from tests.support.standin import StandIn
 
 HALF_OPEN = 3000
 

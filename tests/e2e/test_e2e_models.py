@@ -13,8 +13,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from harness import ADMIN_SECRET, Proxy
-from standin import SilentUpstream
+
+from tests.support.harness import ADMIN_SECRET, Proxy
+from tests.support.standin import SilentUpstream
 
 #: The issue's bound for the list (about 2 s), with room for a loaded machine; the
 #: blocking fetch it replaces took 5 to 10 s.

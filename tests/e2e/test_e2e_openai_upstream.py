@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
-from harness import UPSTREAM_KEY, Proxy, start_proxy
-from harness import WEATHER_TOOL_ANTHROPIC as WEATHER
-from openai_standin import OpenAIStandIn
+
+from tests.support.harness import UPSTREAM_KEY, Proxy, start_proxy
+from tests.support.harness import WEATHER_TOOL_ANTHROPIC as WEATHER
+from tests.support.openai_standin import OpenAIStandIn
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -14,8 +14,16 @@ import time
 import httpx
 import openai
 import pytest
-from harness import ADMIN_SECRET, KEY_OBJECT_FIELDS, ROOT, USAGE_ROW_FIELDS, Proxy, bearer
-from standin import StandIn
+
+from tests.support.harness import (
+    ADMIN_SECRET,
+    KEY_OBJECT_FIELDS,
+    ROOT,
+    USAGE_ROW_FIELDS,
+    Proxy,
+    bearer,
+)
+from tests.support.standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 FLUSH_WAIT = 1.6  # usage is written about once a second

@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from anthropic_standin import AnthropicStandIn
-from harness import Proxy
-from openai_standin import OpenAIStandIn
+
+from tests.support.anthropic_standin import AnthropicStandIn
+from tests.support.harness import Proxy
+from tests.support.openai_standin import OpenAIStandIn
 
 ALIAS = "cursor-pro-sonnet"  # 20 % claude, 80 % gemini in the built-in table
 CLAUDE, GEMINI = "claude-sonnet-4-5", "gemini-3-flash"

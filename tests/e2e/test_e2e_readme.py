@@ -8,8 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import ADMIN_SECRET, UPSTREAM_KEY, fenced_blocks, readme_section, run_pasted
-from standin import StandIn
+from tests.support.harness import (
+    ADMIN_SECRET,
+    UPSTREAM_KEY,
+    fenced_blocks,
+    readme_section,
+    run_pasted,
+)
+from tests.support.standin import StandIn
 
 
 def test_try_it_examples_work_against_a_real_proxy(

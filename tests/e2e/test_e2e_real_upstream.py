@@ -20,8 +20,9 @@ import anthropic
 import httpx
 import openai
 import pytest
-from google_fake import SIGNATURE, Script
-from harness import (
+
+from tests.support.google_fake import SIGNATURE, Script
+from tests.support.harness import (
     ADMIN_SECRET,
     WEATHER_TOOL,
     WEATHER_TOOL_ANTHROPIC,
@@ -30,7 +31,7 @@ from harness import (
     start_proxy,
     wait_for,
 )
-from real_upstream import ACCOUNT_EMAIL, Antigravity, claude_code_env
+from tests.support.real_upstream import ACCOUNT_EMAIL, Antigravity, claude_code_env
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 CLAUDE = "claude-sonnet-4-5"

@@ -25,10 +25,11 @@ import anthropic
 import httpx
 import openai
 import pytest
-from google_fake import Script
-from harness import ADMIN_SECRET, Proxy, bearer, start_proxy, wait_for
-from openai_standin import OpenAIStandIn
-from real_upstream import Antigravity
+
+from tests.support.google_fake import Script
+from tests.support.harness import ADMIN_SECRET, Proxy, bearer, start_proxy, wait_for
+from tests.support.openai_standin import OpenAIStandIn
+from tests.support.real_upstream import Antigravity
 
 BOTH_BACKENDS = True
 ADMIN = {"x-admin-secret": ADMIN_SECRET}

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import ADMIN_SECRET, Proxy, bearer, free_port, healthy, wait_ready
-from services import RedisSpace, in_ci
-from standin import StandIn
+
+from tests.support.harness import ADMIN_SECRET, Proxy, bearer, free_port, healthy, wait_ready
+from tests.support.services import RedisSpace, in_ci
+from tests.support.standin import StandIn
 
 pytestmark = pytest.mark.slow
 ADMIN = {"x-admin-secret": ADMIN_SECRET}

@@ -14,10 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-from harness import ADMIN_SECRET, Proxy, bearer
-from services import RedisSpace
-from standin import StandIn
-from tcpgate import TcpGate
+
+from tests.support.harness import ADMIN_SECRET, Proxy, bearer
+from tests.support.services import RedisSpace
+from tests.support.standin import StandIn
+from tests.support.tcpgate import TcpGate
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 

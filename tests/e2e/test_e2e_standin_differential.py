@@ -20,10 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
-from anthropic_standin import AnthropicStandIn
-from google_fake import GoogleFake, Script
-from harness import UPSTREAM_KEY, WEATHER_TOOL_ANTHROPIC
-from real_upstream import Antigravity
+
+from tests.support.anthropic_standin import AnthropicStandIn
+from tests.support.google_fake import GoogleFake, Script
+from tests.support.harness import UPSTREAM_KEY, WEATHER_TOOL_ANTHROPIC
+from tests.support.real_upstream import Antigravity
 
 HEADERS = {"x-api-key": UPSTREAM_KEY, "anthropic-version": "2023-06-01"}
 HI = [{"role": "user", "content": "hi"}]

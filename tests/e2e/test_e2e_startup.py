@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 from dotenv import dotenv_values
-from harness import ROOT, UPSTREAM_KEY, Proxy, free_port
 
 from apipod_proxy.config import PLACEHOLDER_ADMIN_SECRET, load_settings
+from tests.support.harness import ROOT, UPSTREAM_KEY, Proxy, free_port
 
 SCRIPT = ROOT / "scripts" / "create_key.py"
 MITMDUMP = Path(sys.executable).with_name("mitmdump")

@@ -18,12 +18,13 @@ import anthropic
 import httpx
 import openai
 import pytest
-from anthropic_standin import AnthropicStandIn
-from harness import ADMIN_SECRET, Proxy
-from harness import WEATHER_TOOL as WEATHER
-from openai_standin import OpenAIStandIn
-from real_upstream import claude_code_env
-from standin import StandIn
+
+from tests.support.anthropic_standin import AnthropicStandIn
+from tests.support.harness import ADMIN_SECRET, Proxy
+from tests.support.harness import WEATHER_TOOL as WEATHER
+from tests.support.openai_standin import OpenAIStandIn
+from tests.support.real_upstream import claude_code_env
+from tests.support.standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 HI = [{"role": "user", "content": "hi"}]

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from harness import ADMIN_SECRET, Proxy, chat_stream_chunks
-from standin import StandIn
+
+from tests.support.harness import ADMIN_SECRET, Proxy, chat_stream_chunks
+from tests.support.standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 

@@ -23,12 +23,12 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import ADMIN_SECRET, ENCODERS, UPSTREAM_KEY, Proxy
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from standin import StandIn
 
 from apipod_proxy.connections import MAX_HEADER_BYTES
+from tests.support.harness import ADMIN_SECRET, ENCODERS, UPSTREAM_KEY, Proxy
+from tests.support.standin import StandIn
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 

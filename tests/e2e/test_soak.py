@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from soak import soak
+
+from bench.soak import soak
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway import Gateway, LogRecords, captured_log, isolated_globals, open_gateway
 
-from apipod_proxy.backend import open_store
-from apipod_proxy.store import KeyStore
+from apipod_proxy.storage.backend import open_store
+from apipod_proxy.storage.sqlite import KeyStore
+from tests.support.gateway import Gateway, LogRecords, captured_log, isolated_globals, open_gateway
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Unit tests for apipod_proxy.account (/account, the billing endpoints) and
-apipod_proxy.requestlog (the in-memory buffer), called directly."""
+"""Unit tests for apipod_proxy.endpoints.account (/account, the billing endpoints) and
+apipod_proxy.storage.requestlog (the in-memory buffer), called directly."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway import make_settings
 from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import keys
-from apipod_proxy.account import UNLIMITED_USD, Account, is_account_path
-from apipod_proxy.budgets import SpendLedger
-from apipod_proxy.pricing import Plans, PriceTable, Tier
-from apipod_proxy.requestlog import MAX_PENDING, RequestLog, parse_limit
-from apipod_proxy.store import KeyRecord, KeyStore, UsageCounts
-from apipod_proxy.usage import Usage
+from apipod_proxy.endpoints.account import UNLIMITED_USD, Account, is_account_path
+from apipod_proxy.pipeline.usage import Usage
+from apipod_proxy.policy.budgets import SpendLedger
+from apipod_proxy.policy.pricing import Plans, PriceTable, Tier
+from apipod_proxy.storage.requestlog import MAX_PENDING, RequestLog, parse_limit
+from apipod_proxy.storage.sqlite import KeyRecord, KeyStore, UsageCounts
+from tests.support.gateway import make_settings
 
 PLANS = Plans(
     PriceTable(tiers={"trial": Tier(rpm=30, budget=2.0, budget_period="day", models=("m",))})

@@ -17,7 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway import (
+from mitmproxy import flow as mflow
+from mitmproxy import http
+from mitmproxy.proxy.layers.http import HttpRequestHook, _http1
+from mitmproxy.test import tflow, tutils
+
+from apipod_proxy import keys, mitm_compat
+from apipod_proxy.addon import Apipod
+from apipod_proxy.flowstate import STATE, FlowState, state_of
+from apipod_proxy.lifecycle import GATEWAY_OPTIONS, runs_in_front_of
+from apipod_proxy.policy import forwarding
+from apipod_proxy.storage.sqlite import KeyRecord
+from tests.support.gateway import (
     ADMIN_SECRET,
     UPSTREAM_KEY,
     UPSTREAM_URL,
@@ -27,16 +38,6 @@ from gateway import (
     mitm_context,
     run,
 )
-from mitmproxy import flow as mflow
-from mitmproxy import http
-from mitmproxy.proxy.layers.http import HttpRequestHook, _http1
-from mitmproxy.test import tflow, tutils
-
-from apipod_proxy import forwarding, keys, mitm_compat
-from apipod_proxy.addon import Apipod
-from apipod_proxy.flowstate import STATE, FlowState, state_of
-from apipod_proxy.lifecycle import GATEWAY_OPTIONS, runs_in_front_of
-from apipod_proxy.store import KeyRecord
 
 CLAUDE = "claude-sonnet-4-5"
 GEMINI = "gemini-3-flash"

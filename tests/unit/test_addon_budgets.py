@@ -8,15 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from gateway import Gateway, captured_log
 from mitmproxy import http
 from mitmproxy.flow import Error
-from test_addon import chat_body, error_of
 
 from apipod_proxy import keys
 from apipod_proxy.flowstate import state_of
 from apipod_proxy.lifecycle import Runtime
-from apipod_proxy.pricing import Price, PriceTable, Tier
+from apipod_proxy.policy.pricing import Price, PriceTable, Tier
+from tests.support.gateway import Gateway, captured_log
+from tests.unit.test_addon import chat_body, error_of
 
 GEMINI = "gemini-3-flash"
 #: 11 prompt (3 cached) and 5 completion tokens at these prices: (8*100 + 3*10 + 5*400)/1e6.

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from gateway import Gateway, make_flow, run
 from mitmproxy import http
 
 from apipod_proxy import errors
 from apipod_proxy.flowstate import state_of
+from apipod_proxy.pipeline.usage import SseWatcher
 from apipod_proxy.translate.streams import AnthropicPassthroughStream, AnthropicToOpenAIStream
-from apipod_proxy.usage import SseWatcher
+from tests.support.gateway import Gateway, make_flow, run
 
 CLAUDE, GEMINI = "claude-sonnet-4-5", "gemini-3-flash"
 QUOTA = f"You have exhausted your capacity on {CLAUDE}. Quota will reset after 1m30s."

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.admin: /health and /admin/create-key, called directly."""
+"""Unit tests for apipod_proxy.endpoints.admin: /health and /admin/create-key, called directly."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway import ADMIN_SECRET, make_settings
 from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import keys
-from apipod_proxy.admin import AdminApi, is_internal
-from apipod_proxy.store import KeyStore
+from apipod_proxy.endpoints.admin import AdminApi, is_internal
+from apipod_proxy.storage.sqlite import KeyStore
+from tests.support.gateway import ADMIN_SECRET, make_settings
 
 SECRET = ADMIN_SECRET
 

@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway import ADMIN_SECRET, make_settings
-from harness import KEY_OBJECT_FIELDS as KEY_FIELDS
 from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import keys
-from apipod_proxy.admin import AdminApi
-from apipod_proxy.pricing import Plans, PriceTable, Tier
-from apipod_proxy.store import KeyStore
+from apipod_proxy.endpoints.admin import AdminApi
+from apipod_proxy.policy.pricing import Plans, PriceTable, Tier
+from apipod_proxy.storage.sqlite import KeyStore
+from tests.support.gateway import ADMIN_SECRET, make_settings
+from tests.support.harness import KEY_OBJECT_FIELDS as KEY_FIELDS
 
 SECRET = ADMIN_SECRET
 HEADERS = [(b"x-admin-secret", SECRET.encode())]

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.auth: reading the client's key, refusals, credential swap."""
+"""Unit tests for pipeline.auth: reading the client's key, refusals, credential swap."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from mitmproxy import http
 
 from apipod_proxy import keys
-from apipod_proxy.auth import (
+from apipod_proxy.pipeline.auth import (
     CLIENT_CREDENTIAL_HEADERS,
     bearer_token,
     client_key,
@@ -18,7 +18,7 @@ from apipod_proxy.auth import (
     refusal,
     swap_credentials,
 )
-from apipod_proxy.store import KeyRecord
+from apipod_proxy.storage.sqlite import KeyRecord
 
 UPSTREAM_KEY = "upstream-key-for-auth-tests"
 NOW = "2024-06-01T12:00:00Z"

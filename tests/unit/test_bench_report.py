@@ -1,26 +1,15 @@
-"""Unit tests for bench/report.py: the summary and the table, on canned rounds.
-
-`bench/` is not a package (its scripts run as `python bench/run.py`), so report.py,
-which needs only the standard library, is loaded from its path.
-"""
+"""Unit tests for bench/report.py: the summary and the table, on canned rounds."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
-assert _spec is not None and _spec.loader is not None
-report = importlib.util.module_from_spec(_spec)
-sys.modules["bench_report"] = report
-_spec.loader.exec_module(report)
+from bench import report
 
 SHAPE = SimpleNamespace(connections=16, streams=100, chunks=20, interval=0.05)
 RSS = {

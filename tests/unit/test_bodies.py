@@ -6,7 +6,6 @@ import json
 import zlib
 
 import pytest
-from harness import ENCODERS
 from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy.test import tutils
@@ -26,6 +25,7 @@ from apipod_proxy.bodies import (
     parse_json,
     parse_json_strict,
 )
+from tests.support.harness import ENCODERS
 
 # --- parse_json -------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.budgets: what applies to a key, periods, the spend ledger,
+"""Unit tests for apipod_proxy.policy.budgets: what applies to a key, periods, the spend ledger,
 the refusals before forwarding, key objects and operator input."""
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from gateway import make_settings
-from harness import KEY_OBJECT_FIELDS as KEY_FIELDS
 
-from apipod_proxy import budgets, keys
-from apipod_proxy.budgets import SpendLedger
-from apipod_proxy.pricing import Plans, Price, PriceTable, Tier
-from apipod_proxy.store import KeyRecord, KeyStore, UsageCounts
+from apipod_proxy import keys
+from apipod_proxy.policy import budgets
+from apipod_proxy.policy.budgets import SpendLedger
+from apipod_proxy.policy.pricing import Plans, Price, PriceTable, Tier
+from apipod_proxy.storage.sqlite import KeyRecord, KeyStore, UsageCounts
+from tests.support.gateway import make_settings
+from tests.support.harness import KEY_OBJECT_FIELDS as KEY_FIELDS
 
 KEY = KeyRecord(1, "alice", "elite", True, "2026-01-01T00:00:00Z", None, "apk_abcdef")
 PLANS = Plans(

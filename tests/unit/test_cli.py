@@ -11,16 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway import cli_create as create
-from gateway import run_cli as main
-from gateway import run_cli_exit as main_exit
-from harness import KEY_OBJECT_FIELDS as LIST_COLUMNS
-from harness import USAGE_ROW_FIELDS as USAGE_COLUMNS
 
 from apipod_proxy import keys
-from apipod_proxy.backend import open_store
 from apipod_proxy.cli import table
-from apipod_proxy.store import KeyStore, UsageCounts
+from apipod_proxy.storage.backend import open_store
+from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from tests.support.gateway import cli_create as create
+from tests.support.gateway import run_cli as main
+from tests.support.gateway import run_cli_exit as main_exit
+from tests.support.harness import KEY_OBJECT_FIELDS as LIST_COLUMNS
+from tests.support.harness import USAGE_ROW_FIELDS as USAGE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Every test runs on SQLite and on PostgreSQL (DATABASE_URL): the CLI behaves the same.

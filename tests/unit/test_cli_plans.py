@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway import cli_create as create
-from gateway import run_cli as main
-from gateway import run_cli_exit as main_exit
-from harness import REQUEST_ROW_FIELDS as REQUEST_FIELDS
 
 from apipod_proxy import keys
-from apipod_proxy.store import KeyStore, UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from tests.support.gateway import cli_create as create
+from tests.support.gateway import run_cli as main
+from tests.support.gateway import run_cli_exit as main_exit
+from tests.support.harness import REQUEST_ROW_FIELDS as REQUEST_FIELDS
 
 
 @pytest.fixture(autouse=True)

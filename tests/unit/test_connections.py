@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway import make_settings
 from mitmproxy.test import taddons, tflow
 
 from apipod_proxy.config import ConfigError, Settings, load_settings
@@ -31,6 +30,7 @@ from apipod_proxy.connections import (
     raise_file_limit,
 )
 from apipod_proxy.ratelog import RateLimitedLog
+from tests.support.gateway import make_settings
 
 
 class ListHandler(logging.Handler):

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.dashboard: /admin/stats, /admin/routes and
+"""Unit tests for apipod_proxy.endpoints.dashboard: /admin/stats, /admin/routes and
 /admin/usage/series, through the admin handler the way the addon calls them."""
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway import ADMIN_SECRET, make_settings
 from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import keys
-from apipod_proxy.admin import AdminApi
 from apipod_proxy.config import Settings
-from apipod_proxy.dashboard import LiveStats, bucket_labels, usage_series
+from apipod_proxy.endpoints.admin import AdminApi
+from apipod_proxy.endpoints.dashboard import LiveStats, bucket_labels, usage_series
 from apipod_proxy.metrics import Metrics
-from apipod_proxy.quota import Cooldowns
-from apipod_proxy.routing import Alias, Router, RoutesFile, RouteTable
-from apipod_proxy.store import KeyStore, UsageCounts
+from apipod_proxy.policy.routing import Alias, Router, RoutesFile, RouteTable
+from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from apipod_proxy.upstream.quota import Cooldowns
+from tests.support.gateway import ADMIN_SECRET, make_settings
 
 SECRET = ADMIN_SECRET
 

@@ -92,9 +92,9 @@ def test_every_error_code_is_in_the_readme_table() -> None:
 
 def test_the_readme_lists_the_forwarding_table() -> None:
     """The "What is forwarded" table is `forwarding.FORWARDED`, row for row."""
-    from apipod_proxy.forwarding import readme_table
+    from apipod_proxy.policy.forwarding import readme_table
 
     text = (ROOT / "README.md").read_text()
-    start = "<!-- forwarding table: generated from apipod_proxy.forwarding.FORWARDED -->\n"
+    start = "<!-- forwarding table: generated from apipod_proxy.policy.forwarding.FORWARDED -->\n"
     shown = text[text.index(start) + len(start) : text.index("\n<!-- end of forwarding table -->")]
     assert shown == readme_table()

@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import http
 
-from apipod_proxy import forwarding
-from apipod_proxy.forwarding import BUILT_IN, Forwarding, Refusal, Route, refusal
-from apipod_proxy.routing import Router, RoutesError, RoutesFile, read_toml
+from apipod_proxy.policy import forwarding
+from apipod_proxy.policy.forwarding import BUILT_IN, Forwarding, Refusal, Route, refusal
+from apipod_proxy.policy.routing import Router, RoutesError, RoutesFile, read_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 

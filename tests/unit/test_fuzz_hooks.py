@@ -34,20 +34,21 @@ from typing import Any
 import brotli
 import pytest
 from backports import zstd
-from gateway import Gateway, open_gateway
-from gateway import make_flow as gateway_flow
-from harness import ENCODERS
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from apipod_proxy import keys, pages
+from apipod_proxy import keys
 from apipod_proxy.bodies import is_model_id
+from apipod_proxy.endpoints import pages
 from apipod_proxy.flowstate import state_of
-from apipod_proxy.forwarding import BUILT_IN as FORWARDED
-from apipod_proxy.routing import Alias, Router, RouteTable
-from apipod_proxy.store import KeyRecord
+from apipod_proxy.policy.forwarding import BUILT_IN as FORWARDED
+from apipod_proxy.policy.routing import Alias, Router, RouteTable
+from apipod_proxy.storage.sqlite import KeyRecord
+from tests.support.gateway import Gateway, open_gateway
+from tests.support.gateway import make_flow as gateway_flow
+from tests.support.harness import ENCODERS
 
 pytestmark = pytest.mark.fuzz
 

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from google_fake import SIGNATURE, Script, answer_chunks, last_user_text, merged, thinks
+
+from tests.support.google_fake import (
+    SIGNATURE,
+    Script,
+    answer_chunks,
+    last_user_text,
+    merged,
+    thinks,
+)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.keycache: memory answers only while the database is unchanged."""
+"""Unit tests for storage.keycache: answers from memory while the database is unchanged."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from apipod_proxy import keycache, keys
-from apipod_proxy.keycache import MISS, KeyCache
-from apipod_proxy.store import KeyStore
+from apipod_proxy import keys
+from apipod_proxy.storage import keycache
+from apipod_proxy.storage.keycache import MISS, KeyCache
+from apipod_proxy.storage.sqlite import KeyStore
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apipod_proxy.metering import Meter, Usage, count_raw, estimate, meter_event, meter_of_body
+from apipod_proxy.pipeline.usage import SseWatcher, usage_from_body
 from apipod_proxy.translate.responses import anthropic_response_to_openai
 from apipod_proxy.translate.streams import AnthropicPassthroughStream, AnthropicToOpenAIStream
-from apipod_proxy.usage import SseWatcher, usage_from_body
 
 REAL_START = {
     "type": "message_start",

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import mitmproxy
 import pytest
-from gateway import make_settings, mitm_context
 from mitmproxy import connection
 from mitmproxy.addons import default_addons, dumper, keepserving, proxyserver, readfile
 from mitmproxy.proxy import events, server
@@ -23,6 +22,7 @@ from mitmproxy.test import taddons
 from apipod_proxy import mitm_compat
 from apipod_proxy.addon import Apipod
 from apipod_proxy.config import Settings
+from tests.support.gateway import make_settings, mitm_context
 
 MITMPROXY_SOURCE = "\n".join(
     path.read_text() for path in Path(mitmproxy.__file__).parent.rglob("*.py")
@@ -197,7 +197,7 @@ def test_an_absolute_form_target_sets_the_authority() -> None:
     `Request.authority`, which mitmproxy fills from the request line (HTTP/1)."""
     from mitmproxy.net.http.http1 import read_request_head
 
-    from apipod_proxy.forwarding import is_absolute_form
+    from apipod_proxy.policy.forwarding import is_absolute_form
 
     absolute = read_request_head([b"GET http://internal.example/v1/x HTTP/1.1\r\n", b"Host: a\r\n"])
     assert (absolute.authority, absolute.path) == ("internal.example", "/v1/x")

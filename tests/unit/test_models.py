@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.models: `GET /v1/models` merged with the proxy's names.
+"""Unit tests for apipod_proxy.upstream.models: `GET /v1/models` merged with the proxy's names.
 
 The upstream is a stdlib HTTP server on 127.0.0.1 in a thread: no network beyond
 loopback, and every request it receives is recorded. `ModelList` is async; each test
@@ -19,11 +19,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from gateway import LogRecords
-from standin import SilentUpstream
 
-from apipod_proxy import models
-from apipod_proxy.models import CACHE_SECONDS, FAILURE_SECONDS, MODELS_PATH, ModelList
+from apipod_proxy.upstream import models
+from apipod_proxy.upstream.models import (
+    CACHE_SECONDS,
+    FAILURE_SECONDS,
+    MODELS_PATH,
+    ModelList,
+)
+from tests.support.gateway import LogRecords
+from tests.support.standin import SilentUpstream
 
 UPSTREAM_KEY = "upstream-key-for-model-tests"
 

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.pages: the dashboard and portal files, served through the
+"""Unit tests for apipod_proxy.endpoints.pages: the dashboard and portal files, served through the
 admin handler the way the addon calls it."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ import re
 from pathlib import Path
 
 import pytest
-from gateway import make_settings
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from apipod_proxy import pages
-from apipod_proxy.admin import AdminApi, is_internal
-from apipod_proxy.pages import ASSETS, CONTENT_SECURITY_POLICY, STATIC_DIR
-from apipod_proxy.store import KeyStore
+from apipod_proxy.endpoints import pages
+from apipod_proxy.endpoints.admin import AdminApi, is_internal
+from apipod_proxy.endpoints.pages import ASSETS, CONTENT_SECURITY_POLICY, STATIC_DIR
+from apipod_proxy.storage.sqlite import KeyStore
+from tests.support.gateway import make_settings
 
 
 @pytest.fixture
@@ -148,5 +148,5 @@ def test_nothing_is_loaded_from_elsewhere(file: Path) -> None:
 
 
 def test_package_data_includes_the_pages() -> None:
-    pyproject = (Path(pages.__file__).parents[2] / "pyproject.toml").read_text()
-    assert 'apipod_proxy = ["static/*/*"]' in pyproject
+    pyproject = (Path(pages.__file__).parents[3] / "pyproject.toml").read_text()
+    assert 'apipod_proxy = ["endpoints/static/*/*"]' in pyproject

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.pricing: prices and tiers from the routing TOML, and cost."""
+"""Unit tests for apipod_proxy.policy.pricing: prices and tiers from the routing TOML, and cost."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from apipod_proxy.pricing import Plans, Price, PriceTable, Tier, parse_plans
-from apipod_proxy.routing import Router, RoutesError, RoutesFile, read_toml, routes_from
+from apipod_proxy.policy.pricing import Plans, Price, PriceTable, Tier, parse_plans
+from apipod_proxy.policy.routing import Router, RoutesError, RoutesFile, read_toml, routes_from
 
 EXAMPLE = """
 [aliases.cursor-pro-sonnet]

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.quota and routing around cooling models."""
+"""Unit tests for apipod_proxy.upstream.quota and routing around cooling models."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apipod_proxy.quota import (
+from apipod_proxy.policy.routing import Alias, AllTargetsCooling, Router, RouteTable
+from apipod_proxy.upstream.quota import (
     Cooldowns,
     QuotaExhausted,
     detect,
@@ -18,7 +19,6 @@ from apipod_proxy.quota import (
     quota_in_stream,
     retry_after,
 )
-from apipod_proxy.routing import Alias, AllTargetsCooling, Router, RouteTable
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""Unit tests for apipod_proxy.ratelimit: per-key token buckets on an injected clock."""
+"""Unit tests for apipod_proxy.policy.ratelimit: per-key token buckets on an injected clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from apipod_proxy.ratelimit import IDLE_SECONDS, RateLimiter
+from apipod_proxy.policy.ratelimit import IDLE_SECONDS, RateLimiter
 
 
 class FakeClock:

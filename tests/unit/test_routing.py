@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.routing: aliases, the router, the routing table file,
+"""Unit tests for apipod_proxy.policy.routing: aliases, the router, the routing table file,
 sticky conversations and strict JSON bodies."""
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from gateway import LogRecords
 from mitmproxy import http
 
 from apipod_proxy.bodies import parse_json
-from apipod_proxy.routing import (
+from apipod_proxy.policy.routing import (
     DEFAULT_TABLE,
     Alias,
     Router,
@@ -28,6 +27,7 @@ from apipod_proxy.routing import (
     parse_routes,
     stable_draw,
 )
+from tests.support.gateway import LogRecords
 
 CLAUDE = "claude-sonnet-4-5"
 GEMINI = "gemini-3-flash"

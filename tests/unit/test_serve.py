@@ -11,8 +11,8 @@ from dotenv import dotenv_values
 
 from apipod_proxy import serve
 from apipod_proxy.config import PLACEHOLDER_ADMIN_SECRET, load_settings
-from apipod_proxy.pricing import open_routes_file
-from apipod_proxy.routing import RoutesError
+from apipod_proxy.policy.pricing import open_routes_file
+from apipod_proxy.policy.routing import RoutesError
 
 
 def settings(**env: str):

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.sharedlimit against a real Redis (each test its own prefix)."""
+"""Unit tests for apipod_proxy.policy.shared against a real Redis (each test its own prefix)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from services import RedisSpace
-from tcpgate import TcpGate
 
-from apipod_proxy import sharedlimit
-from apipod_proxy.ratelimit import RateLimiter
-from apipod_proxy.sharedlimit import SharedLimiter, SharedSpend, lease_size
+from apipod_proxy.policy import shared as sharedlimit
+from apipod_proxy.policy.ratelimit import RateLimiter
+from apipod_proxy.policy.shared import SharedLimiter, SharedSpend, lease_size
+from tests.support.services import RedisSpace
+from tests.support.tcpgate import TcpGate
 
 
 def limiter(space: RedisSpace, url: str | None = None) -> SharedLimiter:
@@ -213,7 +213,7 @@ def test_spend_adds_up_across_replicas(redis_space: RedisSpace) -> None:
 
 
 def test_the_ledger_takes_the_larger_of_its_own_and_every_replicas_spend() -> None:
-    from apipod_proxy.budgets import SpendLedger
+    from apipod_proxy.policy.budgets import SpendLedger
 
     ledger, now = SpendLedger(), "2030-01-02T03:04:05Z"
     added = ledger.add(1, 0.5, now)

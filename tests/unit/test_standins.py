@@ -15,12 +15,8 @@ import anthropic
 import httpx
 import openai
 import pytest
-from anthropic_standin import EMPTY_ANSWER, AnthropicStandIn
-from harness import UPSTREAM_KEY, WEATHER_TOOL_ANTHROPIC
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from openai_standin import OpenAIStandIn
-from upstream_console import WEBUI_PASSWORD
 
 from apipod_proxy.translate import (
     AnthropicToOpenAIStream,
@@ -31,6 +27,10 @@ from apipod_proxy.translate import (
     openai_request_to_anthropic,
     openai_response_to_anthropic,
 )
+from tests.support.anthropic_standin import EMPTY_ANSWER, AnthropicStandIn
+from tests.support.harness import UPSTREAM_KEY, WEATHER_TOOL_ANTHROPIC
+from tests.support.openai_standin import OpenAIStandIn
+from tests.support.upstream_console import WEBUI_PASSWORD
 
 KEY = UPSTREAM_KEY
 WEATHER_TOOL = WEATHER_TOOL_ANTHROPIC

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.store: migrations, key rows and thread safety."""
+"""Unit tests for apipod_proxy.storage.sqlite: migrations, key rows and thread safety."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from apipod_proxy import keys
-from apipod_proxy import store as store_module
-from apipod_proxy.store import (
+from apipod_proxy.storage import sqlite as store_module
+from apipod_proxy.storage.sqlite import (
     MIGRATIONS,
     SCHEMA_VERSION,
     KeyRecord,

@@ -15,14 +15,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from tcpgate import TcpGate
 
-from apipod_proxy import cli, keys, store
-from apipod_proxy.backend import DB_ERRORS, describe, key_cache_for, open_store
-from apipod_proxy.keycache import MISS
-from apipod_proxy.migrate_to import copy_database
-from apipod_proxy.pgstore import PING_WAIT, KeyVersionWatcher, PgKeyStore, translate
-from apipod_proxy.store import KeyStore, UsageCounts
+from apipod_proxy import cli, keys
+from apipod_proxy.storage import sqlite as store
+from apipod_proxy.storage.backend import DB_ERRORS, describe, key_cache_for, open_store
+from apipod_proxy.storage.keycache import MISS
+from apipod_proxy.storage.migrate import copy_database
+from apipod_proxy.storage.postgres import PING_WAIT, KeyVersionWatcher, PgKeyStore, translate
+from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from tests.support.tcpgate import TcpGate
 
 BOTH_BACKENDS = True
 

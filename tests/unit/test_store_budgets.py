@@ -1,4 +1,4 @@
-"""Unit tests for schema v3 in apipod_proxy.store: the upgrade from v2 in place, key plan
+"""Unit tests for schema v3 in apipod_proxy.storage.sqlite: the upgrade from v2 in place, key plan
 settings, updates and rotation, spend, and the request log queries."""
 
 from __future__ import annotations
@@ -8,16 +8,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from harness import REQUEST_ROW_FIELDS as REQUEST_FIELDS
 
 from apipod_proxy import keys
-from apipod_proxy.store import (
+from apipod_proxy.storage.sqlite import (
     MIGRATIONS,
     SCHEMA_VERSION,
     KeyStore,
     UsageCounts,
     connect,
 )
+from tests.support.harness import REQUEST_ROW_FIELDS as REQUEST_FIELDS
 
 #: Written by the code of schema v2 (commit 0a65ba3): alice (id 1, rpm 30) with usage
 #: on gemini-3-flash in 2026-11-01T10, and bob (id 2, tier trial, deactivated).

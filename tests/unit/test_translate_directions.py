@@ -11,11 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from anthropic_standin import AnthropicStandIn
-from openai_standin import OpenAIStandIn
-from standin import StandIn
 
-from apipod_proxy.quota import QUOTA_CODE
 from apipod_proxy.translate import (
     AnthropicToOpenAIStream,
     Direction,
@@ -25,6 +21,10 @@ from apipod_proxy.translate import (
     direction_for,
     is_endpoint_missing,
 )
+from apipod_proxy.upstream.quota import QUOTA_CODE
+from tests.support.anthropic_standin import AnthropicStandIn
+from tests.support.openai_standin import OpenAIStandIn
+from tests.support.standin import StandIn
 
 TO_ANTHROPIC = Direction.OPENAI_TO_ANTHROPIC
 TO_OPENAI = Direction.ANTHROPIC_TO_OPENAI

@@ -12,10 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from anthropic_standin import Answer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import mutate
 
 from apipod_proxy.translate import (
     Direction,
@@ -23,6 +21,8 @@ from apipod_proxy.translate import (
     anthropic_request_to_openai,
     openai_request_to_anthropic,
 )
+from tests.support.anthropic_standin import Answer
+from tests.support.strategies import mutate
 
 pytestmark = pytest.mark.fuzz
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anthropic_standin
-import openai_standin
 import pytest
-from harness import WEATHER_TOOL as WEATHER
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +20,8 @@ from apipod_proxy.translate import (
     anthropic_request_to_openai,
     openai_request_to_anthropic,
 )
+from tests.support import anthropic_standin, openai_standin
+from tests.support.harness import WEATHER_TOOL as WEATHER
 
 
 def to_anthropic(**body: Any) -> dict[str, Any]:

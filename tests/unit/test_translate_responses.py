@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 from anthropic.types import Message
-from anthropic_standin import EMPTY_ANSWER, Answer
 from openai.types.chat import ChatCompletion
 
-from apipod_proxy.quota import QUOTA_CODE
 from apipod_proxy.translate import (
     anthropic_response_to_openai,
     error_for_anthropic_client,
@@ -23,6 +21,8 @@ from apipod_proxy.translate.failures import (
     cooling_for_anthropic_client,
     cooling_for_openai_client,
 )
+from apipod_proxy.upstream.quota import QUOTA_CODE
+from tests.support.anthropic_standin import EMPTY_ANSWER, Answer
 
 TOOL = {"id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
 

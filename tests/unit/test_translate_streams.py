@@ -15,21 +15,21 @@ from typing import Any
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import RawMessageStreamEvent
-from anthropic_standin import EMPTY_ANSWER, Answer, sse, stream_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 from pydantic import TypeAdapter
-from strategies import mutate
 
-from apipod_proxy.quota import QUOTA_CODE
 from apipod_proxy.translate import (
     AnthropicPassthroughStream,
     AnthropicToOpenAIStream,
     OpenAIToAnthropicStream,
 )
 from apipod_proxy.translate.streams import MAX_EVENT_BYTES
+from apipod_proxy.upstream.quota import QUOTA_CODE
+from tests.support.anthropic_standin import EMPTY_ANSWER, Answer, sse, stream_events
+from tests.support.strategies import mutate
 
 TOOL = {"id": "toolu_1", "name": "get_weather", "input": {"city": "Paris", "days": [1, 2]}}
 QUOTA = "You have exhausted your capacity on claude-sonnet-4-5. Quota will reset after 1m0s."

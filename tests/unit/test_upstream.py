@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.upstream: UPSTREAM_API=auto's probe, the model check and
+"""Unit tests for apipod_proxy.upstream.probe: UPSTREAM_API=auto's probe, the model check and
 what /health shows. The upstream is an httpx MockTransport: no sockets."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway import captured_log
 
-from apipod_proxy import upstream as upstream_module
-from apipod_proxy.quota import Cooldowns
-from apipod_proxy.routing import DEFAULT_TABLE
-from apipod_proxy.upstream import UNKNOWN_FALLBACK, Upstream
+from apipod_proxy.policy.routing import DEFAULT_TABLE
+from apipod_proxy.upstream import probe as upstream_module
+from apipod_proxy.upstream.probe import UNKNOWN_FALLBACK, Upstream
+from apipod_proxy.upstream.quota import Cooldowns
+from tests.support.gateway import captured_log
 
 KEY = "upstream-key-for-probe-tests"
 NOT_FOUND = {

@@ -1,4 +1,4 @@
-"""Unit tests for apipod_proxy.usage: usage in bodies and streams, and the recorder."""
+"""Unit tests for apipod_proxy.pipeline.usage: usage in bodies and streams, and the recorder."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from gateway import LogRecords
 
-from apipod_proxy import keys, usage
-from apipod_proxy.store import UsageCounts
-from apipod_proxy.usage import (
+from apipod_proxy import keys
+from apipod_proxy.pipeline import usage
+from apipod_proxy.pipeline.usage import (
     MAX_EVENT_BYTES,
     SseWatcher,
     Usage,
@@ -20,6 +19,8 @@ from apipod_proxy.usage import (
     status_class,
     usage_from_body,
 )
+from apipod_proxy.storage.sqlite import UsageCounts
+from tests.support.gateway import LogRecords
 
 
 def body(payload: Any) -> bytes:
@@ -621,8 +622,8 @@ def test_each_event_is_parsed_once_whatever_the_chunks(monkeypatch: pytest.Monke
 def test_pending_usage_is_bounded_and_keeps_every_request(monkeypatch) -> None:
     """While the database is away counts pile up: past the bound, new models fold into
     one bucket per key and hour, so totals stay exact and memory stays bounded."""
-    from apipod_proxy import usage as usage_module
-    from apipod_proxy.usage import OVERFLOW_MODEL, Usage, UsageRecorder
+    from apipod_proxy.pipeline import usage as usage_module
+    from apipod_proxy.pipeline.usage import OVERFLOW_MODEL, Usage, UsageRecorder
 
     monkeypatch.setattr(usage_module, "MAX_PENDING_BUCKETS", 10)
     recorder = UsageRecorder()

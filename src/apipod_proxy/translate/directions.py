@@ -23,7 +23,7 @@ from enum import Enum
 from typing import Any
 
 from ..bodies import json_bytes
-from ..quota import QuotaExhausted
+from ..upstream.quota import QuotaExhausted
 from .failures import error_for_anthropic_client, error_for_openai_client
 from .requests import anthropic_request_to_openai, openai_request_to_anthropic
 from .responses import anthropic_response_to_openai, openai_response_to_anthropic

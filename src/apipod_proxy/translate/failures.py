@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..bodies import json_bytes
-from ..quota import QUOTA_CODE, QuotaExhausted, quota_answer, retry_after
+from ..upstream.quota import QUOTA_CODE, QuotaExhausted, quota_answer, retry_after
 
 #: What a client reads of an error body that is not JSON.
 MAX_RAW_MESSAGE = 500

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..metering import Meter, Usage, count_raw
-from ..quota import QUOTA_CODE, QuotaExhausted, quota_in_stream
+from ..upstream.quota import QUOTA_CODE, QuotaExhausted, quota_in_stream
 from .responses import (
     anthropic_id,
     finish_reason,

@@ -53,8 +53,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from standin_base import Reported, SplitWriter, ThreadedServer
-from upstream_console import add_console_routes
+
+from tests.support.standin_base import Reported, SplitWriter, ThreadedServer
+from tests.support.upstream_console import add_console_routes
 
 MODELS = [
     "claude-sonnet-4-5",

@@ -37,7 +37,8 @@ import time
 from typing import Any
 
 from aiohttp import web
-from standin_base import ThreadedServer
+
+from tests.support.standin_base import ThreadedServer
 
 MODELS = ["claude-sonnet-4-5", "gemini-3-flash", "gemini-3-pro-high"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from . import keys
-from .errors import error_response
-from .store import KeyRecord
+from .. import keys
+from ..errors import error_response
+from ..storage.sqlite import KeyRecord
 
 #: Client credentials that must never reach the upstream (the admin secret included).
 CLIENT_CREDENTIAL_HEADERS = (

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import free_port
 from mitmproxy import http, options
 from mitmproxy.addons import block, proxyserver
 from mitmproxy.proxy.layers.http import _http1
@@ -31,8 +30,9 @@ from mitmproxy.test import taddons, tflow, tutils
 from apipod_proxy import cli, keys
 from apipod_proxy.addon import Apipod
 from apipod_proxy.config import Settings
-from apipod_proxy.routing import Router
-from apipod_proxy.store import KeyRecord
+from apipod_proxy.policy.routing import Router
+from apipod_proxy.storage.sqlite import KeyRecord
+from tests.support.harness import free_port
 
 UPSTREAM_URL = "http://127.0.0.1:9"
 UPSTREAM_KEY = "upstream-key-for-tests-0000"

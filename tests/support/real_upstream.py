@@ -26,9 +26,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from google_fake import GoogleFake
-from harness import UPSTREAM_KEY, free_port, stop_process, wait_ready
-from services import in_ci
+
+from tests.support.google_fake import GoogleFake
+from tests.support.harness import UPSTREAM_KEY, free_port, stop_process, wait_ready
+from tests.support.services import in_ci
 
 ANTIGRAVITY_VERSION = "2.0.4"
 ANTIGRAVITY = f"antigravity-claude-proxy@{ANTIGRAVITY_VERSION}"

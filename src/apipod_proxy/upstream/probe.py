@@ -27,11 +27,11 @@ from typing import Any
 
 import httpx
 
-from .auth import PROXY_USER_AGENT, upstream_credentials
+from ..pipeline.auth import PROXY_USER_AGENT, upstream_credentials
+from ..policy.routing import RouteTable
+from ..translate.directions import CHAT_PATH, MESSAGES_PATH, api_from_probe
 from .models import ModelList
 from .quota import Cooldowns
-from .routing import RouteTable
-from .translate.directions import CHAT_PATH, MESSAGES_PATH, api_from_probe
 
 log = logging.getLogger("apipod")
 

@@ -16,25 +16,27 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from . import budgets, dashboard, keys, pages
+from .. import keys
+from ..bodies import BodyError, decoded, parse_json
+from ..config import Settings
+from ..errors import error_response, json_response
+from ..logs import printable
+from ..metrics import CONTENT_TYPE, Metrics
+from ..pipeline.auth import bearer_token
+from ..policy import budgets
+from ..policy.pricing import Plans
+from ..policy.ratelimit import RateLimiter
+from ..policy.routing import Router, RoutesFile
+from ..storage.backend import DB_ERRORS, error_text
+from ..storage.requestlog import DEFAULT_LIMIT, parse_limit
+from ..storage.sqlite import KeyStore
+from ..upstream.models import MODELS_PATH
+from . import dashboard, pages
 from .account import PATHS as ACCOUNT_PATHS
-from .auth import bearer_token
-from .backend import DB_ERRORS, error_text
-from .bodies import BodyError, decoded, parse_json
-from .config import Settings
-from .errors import error_response, json_response
-from .logs import printable
-from .metrics import CONTENT_TYPE, Metrics
-from .models import MODELS_PATH
-from .pricing import Plans
-from .ratelimit import RateLimiter
-from .requestlog import DEFAULT_LIMIT, parse_limit
-from .routing import Router, RoutesFile
-from .store import KeyStore
 
 if TYPE_CHECKING:
-    from .quota import Cooldowns
-    from .upstream import Upstream
+    from ..upstream.probe import Upstream
+    from ..upstream.quota import Cooldowns
 
 log = logging.getLogger("apipod")
 

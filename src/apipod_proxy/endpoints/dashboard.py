@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from . import keys
-from .errors import error_response, json_response
-from .metrics import Metrics
+from .. import keys
+from ..errors import error_response, json_response
+from ..metrics import Metrics
 
 if TYPE_CHECKING:
     from .admin import AdminApi

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from . import keys
-from .store import LogRow
-from .usage import Usage
+from .. import keys
+from ..pipeline.usage import Usage
+from .sqlite import LogRow
 
 log = logging.getLogger("apipod")
 

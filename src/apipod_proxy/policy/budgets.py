@@ -36,12 +36,12 @@ from typing import Any
 
 from mitmproxy import http
 
-from . import keys
-from .config import Settings
-from .errors import error_payload, error_response, json_response
+from .. import keys
+from ..config import Settings
+from ..errors import error_payload, error_response, json_response
+from ..storage.sqlite import KEY_FIELDS, KeyRecord, SpendRows, period_start
+from ..translate import DEFAULT_MAX_TOKENS
 from .pricing import DEFAULT_PERIOD, PER_TOKENS, PERIODS, Plans, Price
-from .store import KEY_FIELDS, KeyRecord, SpendRows, period_start
-from .translate import DEFAULT_MAX_TOKENS
 
 #: Largest budget accepted, in USD (enough for any plan, small enough to print).
 MAX_BUDGET = 1e9

@@ -28,7 +28,7 @@ from psycopg import pq
 from psycopg.adapt import Loader
 from psycopg_pool import ConnectionPool
 
-from . import store
+from . import sqlite as store
 from .keycache import KeyCache, Version
 
 log = logging.getLogger("apipod")

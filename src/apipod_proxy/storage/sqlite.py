@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import keys
-from .pricing import PERIODS
+from .. import keys
+from ..policy.pricing import PERIODS
 
 #: How long a statement waits for a lock held by another connection, in milliseconds.
 BUSY_TIMEOUT_MS = 5000

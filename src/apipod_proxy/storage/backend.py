@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from .keycache import KeyCache
-from .store import KeyStore
+from .sqlite import KeyStore
 
 #: What a database failure raises, on either backend.
 DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
@@ -27,14 +27,14 @@ def error_text(exc: BaseException) -> str:
 def open_store(path: Path, url: str | None, create_missing: bool = True) -> KeyStore:
     """The store for DATABASE_URL when set, else for the SQLite file at `path`."""
     if url:
-        from .pgstore import PgKeyStore
+        from .postgres import PgKeyStore
 
         return PgKeyStore(url)
     return KeyStore(path, create_missing=create_missing)
 
 
 def key_cache_for(key_store: KeyStore) -> KeyCache:
-    from .pgstore import NotifiedKeyCache, PgKeyStore
+    from .postgres import NotifiedKeyCache, PgKeyStore
 
     if isinstance(key_store, PgKeyStore):
         return NotifiedKeyCache(key_store)

@@ -15,14 +15,14 @@ from datetime import UTC, date, datetime, timedelta
 
 from mitmproxy import http
 
-from . import keys
-from .backend import DB_ERRORS, error_text
-from .budgets import SpendLedger, budget_of, models_of, resets_at, rpm_of
-from .config import Settings
-from .errors import error_response, json_response
-from .logs import printable
-from .pricing import DEFAULT_PERIOD, Plans
-from .store import KeyRecord, KeyStore
+from .. import keys
+from ..config import Settings
+from ..errors import error_response, json_response
+from ..logs import printable
+from ..policy.budgets import SpendLedger, budget_of, models_of, resets_at, rpm_of
+from ..policy.pricing import DEFAULT_PERIOD, Plans
+from ..storage.backend import DB_ERRORS, error_text
+from ..storage.sqlite import KeyRecord, KeyStore
 
 log = logging.getLogger("apipod")
 

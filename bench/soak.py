@@ -25,9 +25,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harness import ADMIN_SECRET, Proxy, start_proxy
-from standin import StandIn
+from tests.support.harness import ADMIN_SECRET, Proxy, start_proxy
+from tests.support.standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 LOAD_KEYS = 8

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from .pgstore import PgKeyStore
-from .store import connect
+from .postgres import PgKeyStore
+from .sqlite import connect
 
 #: What is copied, parents before children (usage and spend refer to users).
 TABLES = ("users", "usage", "spend", "request_log")

@@ -17,9 +17,9 @@ import json
 import logging
 import re
 
-from . import keys
-from .metering import Meter, Usage, count_raw, meter_event, meter_of_body
-from .store import UsageCounts
+from .. import keys
+from ..metering import Meter, Usage, count_raw, meter_event, meter_of_body
+from ..storage.sqlite import UsageCounts
 
 log = logging.getLogger("apipod")
 

@@ -30,7 +30,8 @@ import time
 from typing import Any
 
 from aiohttp import web
-from standin_base import Reported, SplitWriter, ThreadedServer
+
+from tests.support.standin_base import Reported, SplitWriter, ThreadedServer
 
 MODELS = ["gpt-4o-mini", "claude-sonnet-4-5", "gemini-3-flash", "o-mini-thinking"]
 PROMPT_TOKENS = 30

@@ -35,8 +35,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
-from anthropic_standin import MODELS  # the ids the package lists, as the stand-in's
-from standin_base import ThreadedServer
+
+from tests.support.anthropic_standin import MODELS  # the ids the package lists, as the stand-in's
+from tests.support.standin_base import ThreadedServer
 
 ACCESS_TOKEN = "ya29.fake-access-token"
 PROJECT = "fake-project-0001"

@@ -34,7 +34,7 @@ try:
 except ImportError:  # Python before 3.14
     from backports import zstd
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_KEY = "upstream-secret-key-0000"
 ADMIN_SECRET = "test-admin-secret-0123456789"
 

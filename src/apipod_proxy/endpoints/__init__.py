@@ -1,0 +1,1 @@
+"""endpoints: see the README module table."""

@@ -1,0 +1,1 @@
+"""policy: see the README module table."""

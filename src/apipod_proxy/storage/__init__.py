@@ -1,0 +1,1 @@
+"""storage: see the README module table."""
