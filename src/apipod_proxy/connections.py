@@ -28,7 +28,7 @@ import asyncio
 import errno
 import logging
 import resource
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mitmproxy import connection, http
 from mitmproxy.net.http import http1
@@ -37,9 +37,6 @@ from . import errors, mitm_compat
 from .config import Settings
 from .flowstate import STATE
 from .ratelog import RateLimitedLog
-
-if TYPE_CHECKING:
-    from .addon import Apipod
 
 log = logging.getLogger("apipod")
 
@@ -112,11 +109,10 @@ def default_max_connections(file_limit: int) -> int:
 
 
 class ConnectionPolicy:
-    """The addon. `load` takes the settings the lifecycle sub-addon loaded (a test may
-    call `setup` instead)."""
+    """The addon. Its policy applies once `setup` has its settings (the addon calls it
+    when the Gateway is loaded; a test may call it directly)."""
 
-    def __init__(self, gateway: Apipod | None = None) -> None:
-        self.gateway = gateway
+    def __init__(self) -> None:
         self.settings: Settings | None = None
         self.max_connections = 0
         self.conns: dict[str, Conn] = {}
@@ -145,11 +141,6 @@ class ConnectionPolicy:
         )
 
     # --- lifecycle ---------------------------------------------------------------
-
-    def load(self, loader: Any) -> None:
-        # Listed after the lifecycle sub-addon, which loaded the settings (or failed).
-        if self.gateway is not None and self.gateway.runtime is not None:
-            self.setup(self.gateway.runtime.settings)
 
     def running(self) -> None:
         # mitmproxy's master installed its handler (a traceback per error) before `running`.

@@ -9,6 +9,8 @@ those reach clients in the same JSON shape, with the messages of `PROXY_MESSAGES
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import http
@@ -24,6 +26,26 @@ _TYPES: dict[int, str] = {
     503: "service_unavailable",
     504: "upstream_error",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An error the proxy answers itself, before it is put in the caller's shape
+    (clientapi.ClientApi.refuse): the policy and admission checks return these."""
+
+    status: int
+    message: str
+    code: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: The error's type where it is not the status's (`error_type`).
+    kind: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The OpenAI-shaped body (`ClientApi` adds Anthropic's envelope)."""
+        payload = error_payload(self.status, self.message, self.code)
+        if self.kind is not None:
+            payload["error"]["type"] = self.kind
+        return payload
 
 
 def error_type(status: int) -> str:

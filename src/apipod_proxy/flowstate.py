@@ -1,7 +1,7 @@
 """What the proxy knows about one request, kept on `flow.metadata`.
 
-A leaf module: it imports nothing from the package at run time, so every other module
-(the hooks, the access log) can use it without importing one another.
+It imports only `clientapi` from the package at run time, so every other module (the
+pipeline stages, the access log) can use it without importing one another.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mitmproxy import http
+from .clientapi import ClientApi
 
 if TYPE_CHECKING:
+    from mitmproxy import http
+
     from .pipeline.usage import SseWatcher
     from .storage.sqlite import KeyRecord
     from .translate import Direction
@@ -28,6 +30,8 @@ class FlowState:
     """What the proxy knows about one request, kept on `flow.metadata`."""
 
     request_id: str
+    #: The API the client speaks, read once from the request as it came in.
+    api: ClientApi = ClientApi.OPENAI
     started: float = field(default_factory=time.perf_counter)
     #: The client's address and scheme, past trusted front proxies (forwarding.py).
     client: str = ""
@@ -60,3 +64,12 @@ class FlowState:
 
 def state_of(flow: http.HTTPFlow) -> FlowState | None:
     return flow.metadata.get(STATE)
+
+
+@dataclass(slots=True)
+class Traffic:
+    """The requests in progress, and whether the proxy is draining (a stop signal came):
+    shared by the stages that start and end requests and by the drain."""
+
+    in_flight: set[str] = field(default_factory=set)
+    draining: bool = False

@@ -1,12 +1,13 @@
 """The proxy's life outside requests: start-up, timed jobs, draining, shutdown.
 
 `Lifecycle` is a sub-addon of `Apipod` (listed in its `addons`), so mitmproxy loads it
-with the gateway. It implements only `load`, `configure`, `running` and `done`: mitmproxy
+with the addon. It implements only `load`, `configure`, `running` and `done`: mitmproxy
 offers every request event to every addon, and one without request hooks costs nothing
 per request.
 
 load     register the apipod options, read the settings, check where the proxy will
-         listen and forward, open the database, and hand `Apipod` its `Runtime`
+         listen and forward, build the `Gateway` (gateway.py: the database, ROUTES_FILE,
+         every long-lived part) and hand it to `on_load`
 running  (the listener is up) say "ready", unload unused mitmproxy addons, take over
          SIGTERM/SIGINT, start the usage flush and routes reload, and ask the upstream
          which API it speaks and which models it lists (upstream.py; in the background)
@@ -23,9 +24,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions
@@ -34,24 +33,13 @@ from mitmproxy.utils import asyncio_utils
 
 from . import config, logs, mitm_compat
 from .config import ConfigError, Settings
-from .endpoints.account import Account
-from .endpoints.admin import AdminApi
-from .policy.pricing import open_routes_file
-from .policy.routing import RoutesError, RoutesFile
-from .policy.shared import SharedLimiter, SharedSpend
-from .storage.backend import DB_ERRORS, describe, error_text, key_cache_for, open_store
-from .storage.keycache import KeyCache
+from .gateway import Gateway, open_gateway
+from .policy.routing import Router, RoutesError
+from .storage.backend import DB_ERRORS, describe, error_text
 from .storage.postgres import KeyVersionWatcher, PgKeyStore
-from .storage.requestlog import PRUNE_SECONDS, RequestLog
-from .storage.sqlite import KeyStore
-from .upstream.models import ModelList
-from .upstream.probe import Upstream
-
-if TYPE_CHECKING:
-    from .addon import Apipod
+from .storage.requestlog import PRUNE_SECONDS
 
 log = logging.getLogger("apipod")
-T = TypeVar("T")
 
 #: mitmproxy options a gateway needs, applied unless the user set them (`--set`).
 GATEWAY_OPTIONS: dict[str, Any] = {
@@ -68,42 +56,20 @@ USAGE_FLUSH_SECONDS = 1.0
 _LOOPBACK = {"", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"}
 
 
-@dataclass(slots=True)
-class Runtime:
-    """What the request path needs once loading succeeded, assigned in one step."""
-
-    settings: Settings
-    store: KeyStore
-    key_cache: KeyCache
-    admin: AdminApi
-    models: ModelList
-    pool: ThreadPoolExecutor
-    account: Account
-    request_log: RequestLog
-    upstream: Upstream
-    routes: RoutesFile | None = None
-    #: REDIS_URL: rate limits shared by every replica (without it: per process).
-    shared_limiter: SharedLimiter | None = None
-    #: REDIS_URL: budget spend added up across replicas as it happens.
-    shared_spend: SharedSpend | None = None
-    #: /health's own thread: a load balancer's check must not queue behind database
-    #: work that hangs on `pool` (its ping is bounded, pgstore.PING_WAIT).
-    health_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="apipod-health")
-    )
-
-    async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking database work off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
-    async def health(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run /health's work off the event loop, beside the database threads."""
-        return await asyncio.get_running_loop().run_in_executor(self.health_pool, fn, *args)
-
-
 class Lifecycle:
-    def __init__(self, gateway: Apipod) -> None:
-        self.gateway = gateway
+    """`settings`: given by a test (else read from the environment and options at load);
+    `router`: the routing table to start from; `on_load` is handed the Gateway."""
+
+    def __init__(
+        self,
+        settings: Settings | None,
+        router: Router | None,
+        on_load: Callable[[Gateway], None],
+    ) -> None:
+        self.given_settings = settings
+        self.router = router
+        self.on_load = on_load
+        self.gateway: Gateway | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: PORT, when mitmdump had no --listen-port and bound its default port meanwhile.
         self._move_to_port: int | None = None
@@ -129,24 +95,14 @@ class Lifecycle:
                 del deferred[name]  # reported once here, not again by mitmproxy
             self._fail(str(exc))
             return
-        gateway = self.gateway
-        settings = gateway.given_settings
+        settings = self.given_settings
         try:
             if settings is None:
                 settings = config.load_settings(options=config.option_values(ctx.options))
             logs.setup(settings.log_format)
             port_name = self._apply_options(settings)
             self._check_addresses(settings, port_name)
-            # Opened now, not on first use: a SQLite file created now (later a vanished
-            # file is an error, not a fresh start), or PostgreSQL reached and migrated.
-            store = open_store(settings.database_path, settings.database_url, create_missing=False)
-            store.open()
-            routes = None
-            if settings.routes_file:
-                routes = open_routes_file(
-                    settings.routes_file, gateway.router, gateway.plans, gateway.forwarding
-                )
-            gateway.ledger.base = store.current_spend()  # every key's spend, at start
+            gateway = open_gateway(settings, self.router)
         except (ConfigError, RoutesError) as exc:
             # Logged at ERROR during startup: mitmdump prints the line and exits.
             self._fail(str(exc))
@@ -156,37 +112,8 @@ class Lifecycle:
             where = describe(settings.database_path, settings.database_url)
             self._fail(f"{name} {where}: {error_text(exc)}")
             return
-        upstream = Upstream(
-            settings.antigravity_url,
-            settings.antigravity_key,
-            settings.upstream_api,
-            gateway.cooldowns,
-        )
-        gateway.runtime = Runtime(
-            settings=settings,
-            store=store,
-            key_cache=key_cache_for(store),
-            admin=AdminApi(
-                settings,
-                store,
-                gateway.metrics,
-                router=gateway.router,
-                routes=routes,
-                plans=gateway.plans,
-                upstream=upstream,
-                cooldowns=gateway.cooldowns,
-            ),
-            models=ModelList(settings.antigravity_url, settings.antigravity_key),
-            pool=ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db"),
-            account=Account(settings, store, gateway.plans, gateway.ledger),
-            request_log=RequestLog(settings.request_log_days),
-            upstream=upstream,
-            routes=routes,
-        )
-        if settings.redis_url:
-            limiter = SharedLimiter.from_url(settings.redis_url, settings.redis_prefix)
-            gateway.runtime.shared_limiter = limiter
-            gateway.runtime.shared_spend = SharedSpend(limiter.redis, settings.redis_prefix)
+        self.gateway = gateway
+        self.on_load(gateway)
         mitm_compat.install_json_error_pages()
         if not settings.admin_enabled:
             log.warning("ADMIN_SECRET is not set: the admin API is disabled")
@@ -240,12 +167,12 @@ class Lifecycle:
     # --- running -------------------------------------------------------------------------
 
     async def running(self) -> None:
-        runtime = self.gateway.runtime
-        if runtime is None:
+        gateway = self.gateway
+        if gateway is None:
             return
         if self._move_to_port is not None and ctx.options.server:
             await self._listen_on_port(self._move_to_port)
-        settings = runtime.settings
+        settings = gateway.settings
         if settings.trim_addons:
             self._trim_addons()
         loop = asyncio.get_running_loop()
@@ -253,24 +180,24 @@ class Lifecycle:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal)
         self._every(USAGE_FLUSH_SECONDS, self.flush, "usage flush")
-        if isinstance(runtime.store, PgKeyStore):  # key changes by other replicas
-            self._key_watcher = KeyVersionWatcher(runtime.store).start()
-        if (routes := runtime.routes) is not None:
+        if isinstance(gateway.store, PgKeyStore):  # key changes by other replicas
+            self._key_watcher = KeyVersionWatcher(gateway.store).start()
+        if (routes := gateway.routes) is not None:
 
             async def reload() -> None:
-                if await runtime.db(routes.reload_if_changed):
-                    await runtime.upstream.check_models(self.gateway.router.table, runtime.models)
+                if await gateway.db(routes.reload_if_changed):
+                    await gateway.upstream.check_models(gateway.router.table, gateway.models)
 
             self._every(ROUTES_POLL_SECONDS, reload, "routes reload")
         # In the background: requests wait for the probe only while the API is unknown.
         self._tasks.append(
             asyncio_utils.create_task(
-                runtime.upstream.startup(self.gateway.router.table, runtime.models),
+                gateway.upstream.startup(gateway.router.table, gateway.models),
                 name="apipod upstream checks",
                 keep_ref=True,
             )
         )
-        if runtime.request_log.enabled:
+        if gateway.accounting.request_log.enabled:
             self._every(PRUNE_SECONDS, self._prune_request_log, "request log pruning", now=True)
         # mitmproxy calls `running` once its listeners are up: "ready" means ready.
         server = ctx.master.addons.get("proxyserver")
@@ -328,18 +255,19 @@ class Lifecycle:
     # --- graceful shutdown ---------------------------------------------------------------
 
     def _on_stop_signal(self) -> None:
-        if self.gateway.draining:  # a second signal: stop now
+        assert self.gateway is not None
+        if self.gateway.traffic.draining:  # a second signal: stop now
             log.warning("second stop signal: exiting without waiting")
             ctx.master.shutdown()
             return
-        self.gateway.draining = True
+        self.gateway.traffic.draining = True
         asyncio_utils.create_task(self._drain(), name="apipod drain", keep_ref=True)
 
     async def _drain(self) -> None:
         """Stop listening, let in-flight requests finish, flush usage, then exit."""
-        in_flight = self.gateway.in_flight
-        assert self.gateway.runtime is not None
-        timeout = self.gateway.runtime.settings.drain_timeout
+        assert self.gateway is not None
+        in_flight = self.gateway.traffic.in_flight
+        timeout = self.gateway.settings.drain_timeout
         log.info("stop signal: draining %d in-flight requests (up to %gs)", len(in_flight), timeout)
         ctx.options.update(server=False)  # closes the listening socket only
         deadline = time.monotonic() + timeout
@@ -354,29 +282,15 @@ class Lifecycle:
     # --- usage batches -------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Write usage, spend and the request log in one transaction, and re-read every
-        process's spend; on failure keep it all for the next."""
-        usage, runtime, ledger = self.gateway.usage, self.gateway.runtime, self.gateway.ledger
-        if runtime is None:
-            return
-        batch = usage.take()
-        requests = runtime.request_log.take()
-        ledger.take()
-        try:
-            spend = await runtime.db(runtime.store.record_usage, *batch, requests)
-        except DB_ERRORS as exc:
-            log.error("usage flush failed, will retry: %s", error_text(exc))
-            usage.give_back(*batch)
-            runtime.request_log.give_back(requests)
-            ledger.give_back()
-            return
-        ledger.settle(spend)
+        """The usage flush (pipeline/accounting.py), every USAGE_FLUSH_SECONDS."""
+        if self.gateway is not None:
+            await self.gateway.accounting.flush()
 
     async def _prune_request_log(self) -> None:
-        runtime = self.gateway.runtime
-        assert runtime is not None
-        log_ = runtime.request_log
-        if deleted := await runtime.db(runtime.store.prune_requests, log_.cutoff()):
+        gateway = self.gateway
+        assert gateway is not None
+        log_ = gateway.accounting.request_log
+        if deleted := await gateway.db(gateway.store.prune_requests, log_.cutoff()):
             log.info("request log: pruned %d rows older than %d days", deleted, log_.days)
 
     def done(self) -> None:
@@ -386,20 +300,13 @@ class Lifecycle:
         for task in self._tasks:
             task.cancel()
         mitm_compat.restore_error_pages()
-        runtime, usage = self.gateway.runtime, self.gateway.usage
-        if runtime is None:
+        gateway = self.gateway
+        if gateway is None:
             return
-        if usage or runtime.request_log:  # whatever the last periodic flush did not see
-            batch = usage.take()
-            try:
-                runtime.store.record_usage(*batch, runtime.request_log.take())
-            except Exception:
-                log.exception("final usage flush failed; %d buckets lost", len(batch[0]))
-        runtime.pool.shutdown(wait=True)
-        runtime.health_pool.shutdown(wait=True)
+        gateway.accounting.final_flush()
         if self._key_watcher is not None:
             self._key_watcher.stop()
-        runtime.store.close()
+        gateway.close()
 
 
 # --- mitmproxy's modes and addresses ------------------------------------------------------

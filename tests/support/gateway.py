@@ -159,7 +159,7 @@ class Gateway:
     def new_key(
         self, name: str = "alice", expires_in: int | None = None, tier: str = "elite"
     ) -> tuple[str, KeyRecord]:
-        return self.addon.rt.store.create(name, tier, expires_in)
+        return self.addon.gateway.store.create(name, tier, expires_in)
 
     def install_key(self, plaintext: str, name: str, expires_in: int | None = None) -> KeyRecord:
         """Create a key, then give it a plaintext the caller knows."""

@@ -64,7 +64,7 @@ def error_of(response: http.Response | None) -> dict[str, Any]:
 
 
 def test_load_opens_the_store_and_creates_the_database(gateway: Gateway) -> None:
-    assert gateway.addon.rt.settings is gateway.settings
+    assert gateway.addon.gateway.settings is gateway.settings
     assert gateway.settings.database_path.is_file()
 
 
@@ -137,7 +137,7 @@ def test_load_reports_an_unusable_database_path(
         mitm_context() as tctx,
     ):
         tctx.master.addons.add(addon)
-    assert addon.runtime is None
+    assert addon.gateway is None
     assert any(
         "apipod: DATABASE_PATH" in r.getMessage() and r.levelno == logging.ERROR
         for r in caplog.records
@@ -281,7 +281,7 @@ def test_database_failure_during_lookup_is_503(
     def broken(key_hash: str) -> KeyRecord | None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(gateway.addon.rt.store, "find", broken)
+    monkeypatch.setattr(gateway.addon.gateway.store, "find", broken)
     flow = gateway.authed(keys.generate_key())
     assert flow.response is not None
     assert flow.response.status_code == 503
@@ -309,7 +309,7 @@ def test_a_bug_in_any_answer_of_the_request_hook_is_500_never_forwarded(
     async def async_bug(*args: object) -> Any:
         raise RuntimeError("a bug")
 
-    runtime = gateway.addon.rt
+    runtime = gateway.addon.gateway
     target, name, replacement = {
         "admin": (runtime.admin, "handle", bug),
         "models": (runtime.models, "listing", async_bug),
@@ -333,7 +333,7 @@ def test_a_bug_before_the_key_check_is_500_not_an_unchecked_request(
     def bug(path: str) -> bool:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("apipod_proxy.addon.is_internal", bug)
+    monkeypatch.setattr("apipod_proxy.pipeline.admission.is_internal", bug)
     flow = gateway.send(make_flow(body=chat_body(), headers=[]))  # no key at all
     assert flow.response is not None and flow.response.status_code == 500
     assert error_of(flow.response)["code"] == "internal_error"
@@ -345,7 +345,7 @@ def test_a_logged_path_carries_no_query_and_no_key(
     async def bug(*args: object) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(gateway.addon.rt.upstream, "current_api", bug)
+    monkeypatch.setattr(gateway.addon.gateway.upstream, "current_api", bug)
     key, _ = gateway.new_key()
     forward_also(gateway, f"/v1/{key}/chat/completions", ["POST"])
     path = f"/v1/{key}/chat/completions?key={key}"
@@ -363,8 +363,8 @@ def test_a_hung_key_lookup_is_503_after_the_lookup_timeout(
         release.wait(10)
         return None
 
-    monkeypatch.setattr(gateway.addon.rt.store, "find", hung)
-    monkeypatch.setattr("apipod_proxy.addon.LOOKUP_TIMEOUT", 0.2)
+    monkeypatch.setattr(gateway.addon.gateway.store, "find", hung)
+    monkeypatch.setattr("apipod_proxy.pipeline.admission.LOOKUP_TIMEOUT", 0.2)
     try:
         flow = gateway.authed(keys.generate_key())
     finally:
@@ -383,11 +383,11 @@ def test_health_answers_while_hung_lookups_hold_every_database_thread(
         release.wait(10)
         return None
 
-    monkeypatch.setattr(gateway.addon.rt.store, "find", hung)
-    monkeypatch.setattr("apipod_proxy.addon.LOOKUP_TIMEOUT", 0.2)
+    monkeypatch.setattr(gateway.addon.gateway.store, "find", hung)
+    monkeypatch.setattr("apipod_proxy.pipeline.admission.LOOKUP_TIMEOUT", 0.2)
     lookups = [
         make_flow(headers=[("authorization", f"Bearer {keys.generate_key()}")])
-        for _ in range(gateway.addon.rt.pool._max_workers)
+        for _ in range(gateway.addon.gateway.pool._max_workers)
     ]
     health = make_flow("GET", "/health")
 
@@ -503,7 +503,7 @@ def test_client_key_is_nowhere_in_the_forwarded_request(gateway: Gateway) -> Non
 
 def forward_also(gateway: Gateway, path: str, methods: list[str]) -> None:
     """Add a row to the forwarding table, as ROUTES_FILE's `[forward]` does."""
-    forwarding_table = gateway.addon.forwarding
+    forwarding_table = gateway.addon.gateway.forwarding
     forwarding_table.apply({**forwarding_table.routes, **forwarding.extra_routes({path: methods})})
 
 
@@ -882,20 +882,20 @@ def forwarded(gateway: Gateway) -> tuple[http.HTTPFlow, FlowState]:
 def test_timeout_after_a_response_does_nothing(gateway: Gateway) -> None:
     flow, state = forwarded(gateway)
     flow.response = http.Response.make(200)
-    gateway.addon._upstream_timed_out(flow)
+    gateway.addon.answers.upstream_timed_out(flow)
     assert state.timed_out is False
 
 
 def test_timeout_of_a_dead_flow_does_nothing(gateway: Gateway) -> None:
     flow, state = forwarded(gateway)
     flow.live = False
-    gateway.addon._upstream_timed_out(flow)
+    gateway.addon.answers.upstream_timed_out(flow)
     assert state.timed_out is False
 
 
 def test_timeout_of_a_live_flow_is_recorded(gateway: Gateway) -> None:
     flow, state = forwarded(gateway)
-    gateway.addon._upstream_timed_out(flow)
+    gateway.addon.answers.upstream_timed_out(flow)
     assert state.timed_out is True
     assert flow.response is None  # no proxy connection to answer on in a unit test
 

@@ -13,7 +13,7 @@ from mitmproxy.flow import Error
 
 from apipod_proxy import keys
 from apipod_proxy.flowstate import state_of
-from apipod_proxy.lifecycle import Runtime
+from apipod_proxy.gateway import Gateway as ProxyGateway
 from apipod_proxy.policy.pricing import Price, PriceTable, Tier
 from tests.support.gateway import Gateway, captured_log
 from tests.unit.test_addon import chat_body, error_of
@@ -41,27 +41,27 @@ def answer(gw: Gateway, flow: http.HTTPFlow, status: int = 200) -> None:
 
 
 def key_with(gw: Gateway, tier: str = "elite", **plan: Any) -> tuple[str, int]:
-    plaintext, record = gw.addon.rt.store.create("alice", tier, None, plan=plan)
+    plaintext, record = gw.addon.gateway.store.create("alice", tier, None, plan=plan)
     return plaintext, record.id
 
 
 def count_db_hops(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """From now on, every function the addon runs on its database threads, in order."""
     hops: list[Any] = []
-    original = Runtime.db
+    original = ProxyGateway.db
 
-    async def counting(self: Runtime, fn: Any, *args: Any) -> Any:
+    async def counting(self: ProxyGateway, fn: Any, *args: Any) -> Any:
         hops.append(fn)
         return await original(self, fn, *args)
 
-    monkeypatch.setattr(Runtime, "db", counting)
+    monkeypatch.setattr(ProxyGateway, "db", counting)
     return hops
 
 
 @pytest.fixture
 def priced(make_gateway: Callable[..., Gateway]) -> Gateway:
     gw = make_gateway()
-    gw.addon.plans.apply(PRICES)
+    gw.addon.gateway.plans.apply(PRICES)
     return gw
 
 
@@ -70,8 +70,8 @@ def test_a_completed_request_is_charged_from_memory_and_logged(priced: Gateway) 
     flow = priced.authed(key, body=chat_body(GEMINI), headers=[("x-request-id", "r-1")])
     answer(priced, flow)
     now = keys.now_text()
-    assert priced.addon.ledger.spent(key_id, "month", now) == pytest.approx(COST)
-    (row,) = priced.addon.rt.request_log.take()
+    assert priced.addon.gateway.accounting.ledger.spent(key_id, "month", now) == pytest.approx(COST)
+    (row,) = priced.addon.gateway.accounting.request_log.take()
     assert row[1:6] == ("r-1", key_id, GEMINI, GEMINI, 200)
     assert row[7:] == (11, 3, 5, pytest.approx(COST), 0, False, False)
 
@@ -80,8 +80,8 @@ def test_a_completed_request_is_charged_from_memory_and_logged(priced: Gateway) 
 def test_upstream_failures_cost_nothing_even_with_usage(priced: Gateway, status: int) -> None:
     key, key_id = key_with(priced)
     answer(priced, priced.authed(key, body=chat_body(GEMINI)), status)
-    assert priced.addon.ledger.spent(key_id, "total", keys.now_text()) == 0
-    (row,) = priced.addon.rt.request_log.take()
+    assert priced.addon.gateway.accounting.ledger.spent(key_id, "total", keys.now_text()) == 0
+    (row,) = priced.addon.gateway.accounting.request_log.take()
     assert (row[5], row[-1]) == (status, 0.0)
 
 
@@ -90,7 +90,7 @@ def test_over_budget_is_refused_before_forwarding_without_a_database_hop(
 ) -> None:
     key, key_id = key_with(priced, budget=0.01)
     priced.authed(key, body=chat_body(GEMINI))  # the key lookup is now cached
-    priced.addon.ledger.add(key_id, 0.01, keys.now_text())
+    priced.addon.gateway.accounting.ledger.add(key_id, 0.01, keys.now_text())
     hops = count_db_hops(monkeypatch)
     flow = priced.authed(key, body=chat_body(GEMINI))
     assert hops == []
@@ -100,7 +100,7 @@ def test_over_budget_is_refused_before_forwarding_without_a_database_hop(
     assert state is not None and state.forwarded_at is None and state.answered_by_proxy
     # Refused requests are neither charged nor logged.
     priced.addon.response(flow)
-    assert priced.addon.rt.request_log.take() == []
+    assert priced.addon.gateway.accounting.request_log.take() == []
 
 
 def test_model_outside_the_tiers_list_is_403_and_rpm_comes_from_the_tier(
@@ -118,9 +118,9 @@ def test_model_outside_the_tiers_list_is_403_and_rpm_comes_from_the_tier(
 def test_a_reload_of_prices_applies_to_the_next_completion(priced: Gateway) -> None:
     key, key_id = key_with(priced)
     flow = priced.authed(key, body=chat_body(GEMINI))
-    priced.addon.plans.apply(PriceTable(prices={GEMINI: Price(0.0, 0.0, 0.0)}))
+    priced.addon.gateway.plans.apply(PriceTable(prices={GEMINI: Price(0.0, 0.0, 0.0)}))
     answer(priced, flow)  # charged at completion, at the prices then
-    assert priced.addon.ledger.spent(key_id, "day", keys.now_text()) == 0
+    assert priced.addon.gateway.accounting.ledger.spent(key_id, "day", keys.now_text()) == 0
 
 
 def test_flush_writes_spend_and_log_and_settles_the_ledger(priced: Gateway) -> None:
@@ -128,12 +128,12 @@ def test_flush_writes_spend_and_log_and_settles_the_ledger(priced: Gateway) -> N
     answer(priced, priced.authed(key, body=chat_body(GEMINI)))
 
     priced.flush()
-    ledger = priced.addon.ledger
+    ledger = priced.addon.gateway.accounting.ledger
     assert ledger.pending == ledger.flushing == {}
     assert ledger.spent(key_id, "total", keys.now_text()) == pytest.approx(COST)
-    (logged,) = priced.addon.rt.store.requests(key_id)
+    (logged,) = priced.addon.gateway.store.requests(key_id)
     assert logged["cost"] == pytest.approx(COST)
-    assert priced.addon.rt.store.usage()[0]["cost"] == pytest.approx(COST)
+    assert priced.addon.gateway.store.usage()[0]["cost"] == pytest.approx(COST)
 
 
 # --- holds and unpriced models -----------------------------------------------------------
@@ -149,7 +149,7 @@ def test_a_hold_refuses_what_does_not_fit_until_it_is_settled_or_released(
     key, key_id = key_with(priced, budget=0.012)
     first = priced.authed(key, body=chat_body(GEMINI, **HELD))
     assert first.response is None  # forwarded, holding its estimate
-    held = priced.addon.ledger.held(key_id)
+    held = priced.addon.gateway.accounting.ledger.held(key_id)
     # "user" and "hi": 6 characters, 2 tokens at $100; 20 output tokens at $400 per million.
     assert held == pytest.approx((2 * 100 + 20 * 400) / 1e6)
     hops = count_db_hops(monkeypatch)
@@ -166,8 +166,10 @@ def test_a_hold_refuses_what_does_not_fit_until_it_is_settled_or_released(
         first.error = Error("Client disconnected.")  # the client hung up
         priced.addon.error(first)
         spent = 0.0
-    assert priced.addon.ledger.held(key_id) == 0
-    assert priced.addon.ledger.spent(key_id, "month", keys.now_text()) == pytest.approx(spent)
+    assert priced.addon.gateway.accounting.ledger.held(key_id) == 0
+    assert priced.addon.gateway.accounting.ledger.spent(
+        key_id, "month", keys.now_text()
+    ) == pytest.approx(spent)
     assert priced.authed(key, body=chat_body(GEMINI, **HELD)).response is None
 
 
@@ -184,7 +186,7 @@ def test_a_budgeted_key_is_refused_an_unpriced_model_before_forwarding(priced: G
     free, free_id = key_with(priced)  # no budget: served, for free
     flow = priced.authed(free, body=chat_body("GEMINI-3-FLASH"))
     assert flow.response is None
-    assert priced.addon.ledger.held(free_id) == 0
+    assert priced.addon.gateway.accounting.ledger.held(free_id) == 0
 
 
 def test_with_redis_away_holds_are_per_process_and_it_is_said_once(priced: Gateway) -> None:
@@ -198,12 +200,12 @@ def test_with_redis_away_holds_are_per_process_and_it_is_said_once(priced: Gatew
         async def add(self, *args: Any) -> Any:
             raise ConnectionError("Redis failed less than RETRY_SECONDS ago")
 
-    priced.addon.rt.shared_spend = Away()  # type: ignore[assignment]
+    priced.addon.gateway.accounting.shared_spend = Away()  # type: ignore[assignment]
     key, key_id = key_with(priced, budget=0.012)
     with captured_log() as records:
         assert priced.authed(key, body=chat_body(GEMINI, **HELD)).response is None
         second = priced.authed(key, body=chat_body(GEMINI, **HELD))
     assert error_of(second.response)["code"] == "insufficient_quota"  # refused locally
-    assert Away.calls == 1 and priced.addon.ledger.held(key_id) > 0
+    assert Away.calls == 1 and priced.addon.gateway.accounting.ledger.held(key_id) > 0
     (warning,) = records.warnings()
     assert "budget holds are per process" in warning and "ConnectionError" in warning

@@ -134,7 +134,9 @@ def test_anthropic_passthrough_streams_watch_for_quota(over_claude: Gateway) -> 
     )
     out = b"".join(stream(f"event: error\ndata: {event}\n\n".encode()))
     assert b"upstream_quota_exhausted" in out
-    assert GEMINI in over_claude.addon.cooldowns.active()  # the model sent, not the message's
+    assert (
+        GEMINI in over_claude.addon.gateway.cooldowns.active()
+    )  # the model sent, not the message's
 
 
 def test_openai_passthrough_streams_keep_the_plain_watcher(gateway: Gateway) -> None:
@@ -156,7 +158,7 @@ def test_a_quota_answer_is_429_and_cools_the_model_sent(
     assert response.status_code == 429 and response.headers["retry-after"] == "90"
     error = json.loads(response.content or b"")["error"]
     assert (error["code"], error["type"]) == ("upstream_quota_exhausted", "rate_limit_error")
-    assert set(gateway.addon.cooldowns.active()) == {GEMINI}
+    assert set(gateway.addon.gateway.cooldowns.active()) == {GEMINI}
     assert "upstream quota for gemini-3-flash is used up" in " ".join(gateway.lines())
     # The alias now routes to its other target, whatever the draw.
     again = send(gateway, model="cursor-pro-sonnet")
@@ -184,7 +186,7 @@ def test_other_client_errors_pass_through_untouched(gateway: Gateway) -> None:
 def test_an_alias_with_every_target_cooling_is_429_without_the_upstream(
     gateway: Gateway,
 ) -> None:
-    cooldowns = gateway.addon.cooldowns
+    cooldowns = gateway.addon.gateway.cooldowns
     cooldowns.mark_for(CLAUDE, 30, 60)
     cooldowns.mark_for(GEMINI, 50, 60)
     flow = send(gateway, model="cursor-pro-sonnet")
@@ -198,8 +200,8 @@ def test_an_alias_with_every_target_cooling_is_429_without_the_upstream(
 def test_endpoint_not_found_asks_the_upstream_again(make_gateway: Callable[..., Gateway]) -> None:
     gateway = make_gateway(upstream_api="auto")
     asked: list[bool] = []
-    gateway.addon.rt.upstream.api = "both"
-    gateway.addon.rt.upstream.recheck = lambda: asked.append(True)  # type: ignore[method-assign]
+    gateway.addon.gateway.upstream.api = "both"
+    gateway.addon.gateway.upstream.recheck = lambda: asked.append(True)  # type: ignore[method-assign]
     flow = send(gateway)
 
     async def go() -> None:
@@ -214,11 +216,11 @@ def test_endpoint_not_found_asks_the_upstream_again(make_gateway: Callable[..., 
 
 
 def test_health_shows_the_upstream_and_the_cooldowns(over_claude: Gateway) -> None:
-    over_claude.addon.cooldowns.mark_for(CLAUDE, 42, 60)
+    over_claude.addon.gateway.cooldowns.mark_for(CLAUDE, 42, 60)
     flow = over_claude.send(make_flow("GET", "/health"))
     health = json.loads(flow.response.content or b"")  # type: ignore[union-attr]
     assert health["upstream_api"] == "anthropic"
     assert [c["model"] for c in health["cooldowns"]] == [CLAUDE]
     assert 40 <= health["cooldowns"][0]["seconds_left"] <= 42
-    metrics = over_claude.addon.metrics.render().decode()
+    metrics = over_claude.addon.gateway.metrics.render().decode()
     assert f'apipod_model_cooldown{{model="{CLAUDE}"}}' in metrics

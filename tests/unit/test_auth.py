@@ -10,18 +10,25 @@ import pytest
 from mitmproxy import http
 
 from apipod_proxy import keys
+from apipod_proxy.clientapi import ClientApi
 from apipod_proxy.pipeline.auth import (
     CLIENT_CREDENTIAL_HEADERS,
     bearer_token,
     client_key,
     needs_lookup,
-    refusal,
     swap_credentials,
 )
+from apipod_proxy.pipeline.auth import refusal as auth_refusal
 from apipod_proxy.storage.sqlite import KeyRecord
 
 UPSTREAM_KEY = "upstream-key-for-auth-tests"
 NOW = "2024-06-01T12:00:00Z"
+
+
+def refusal(key: str | None, record: KeyRecord | None, now: str) -> tuple[str, Any] | None:
+    """auth.refusal, its refusal as an OpenAI client gets it."""
+    found = auth_refusal(key, record, now)
+    return None if found is None else (found[0], ClientApi.OPENAI.refuse(found[1]))
 
 
 def headers(*pairs: tuple[str, str]) -> http.Headers:

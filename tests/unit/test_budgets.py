@@ -8,10 +8,14 @@ import math
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from mitmproxy import http
 
 from apipod_proxy import keys
+from apipod_proxy.clientapi import ClientApi
+from apipod_proxy.errors import Refusal
 from apipod_proxy.policy import budgets
 from apipod_proxy.policy.budgets import SpendLedger
 from apipod_proxy.policy.pricing import Plans, Price, PriceTable, Tier
@@ -32,6 +36,23 @@ PLANS = Plans(
 
 
 # --- what applies ----------------------------------------------------------------------
+
+
+def _rendered(refusal: Refusal | None) -> http.Response | None:
+    """A refusal as an OpenAI client gets it."""
+    return None if refusal is None else ClientApi.OPENAI.refuse(refusal)
+
+
+def budget_refusal(*args: Any) -> http.Response | None:
+    return _rendered(budgets.budget_refusal(*args))
+
+
+def model_refusal(*args: Any) -> http.Response | None:
+    return _rendered(budgets.model_refusal(*args))
+
+
+def price_refusal(*args: Any) -> http.Response | None:
+    return _rendered(budgets.price_refusal(*args))
 
 
 def test_the_keys_own_settings_override_its_tiers() -> None:
@@ -148,11 +169,11 @@ def test_budget_refusal_is_insufficient_quota_with_the_reset_time() -> None:
     key = replace(KEY, budget=0.01)
     ledger = SpendLedger()
     now = "2026-03-31T23:00:00Z"
-    assert budgets.budget_refusal(key, PLANS, ledger, now) is None
+    assert budget_refusal(key, PLANS, ledger, now) is None
     ledger.add(key.id, 0.0099, now)
-    assert budgets.budget_refusal(key, PLANS, ledger, now) is None
+    assert budget_refusal(key, PLANS, ledger, now) is None
     ledger.add(key.id, 0.0001, now)  # spend at the budget: refused
-    refused = budgets.budget_refusal(key, PLANS, ledger, now)
+    refused = budget_refusal(key, PLANS, ledger, now)
     assert refused is not None and refused.status_code == 429
     error = json.loads(refused.content or b"")["error"]
     assert (error["code"], error["type"]) == ("insufficient_quota", "insufficient_quota")
@@ -166,7 +187,7 @@ def test_budget_refusal_is_insufficient_quota_with_the_reset_time() -> None:
 
 def test_total_budget_never_resets_and_sends_no_retry_after() -> None:
     key = replace(KEY, budget=0.0, budget_period="total")
-    refused = budgets.budget_refusal(key, PLANS, SpendLedger(), "2026-03-31T23:00:00Z")
+    refused = budget_refusal(key, PLANS, SpendLedger(), "2026-03-31T23:00:00Z")
     assert refused is not None
     assert "retry-after" not in refused.headers
     assert (
@@ -179,31 +200,28 @@ def test_a_day_budget_counts_today_only() -> None:
     key = replace(KEY, budget=1.0, budget_period="day")
     ledger = SpendLedger()
     ledger.add(key.id, 5.0, "2026-03-30T23:59:59Z")
-    assert budgets.budget_refusal(key, PLANS, ledger, "2026-03-31T00:00:00Z") is None
-    refused = budgets.budget_refusal(key, PLANS, ledger, "2026-03-30T23:59:59Z")
+    assert budget_refusal(key, PLANS, ledger, "2026-03-31T00:00:00Z") is None
+    refused = budget_refusal(key, PLANS, ledger, "2026-03-30T23:59:59Z")
     assert refused is not None and refused.headers["retry-after"] == "1"
 
 
 def test_no_budget_is_never_refused() -> None:
     ledger = SpendLedger()
     ledger.add(KEY.id, 1e9, "2026-03-31T00:00:00Z")
-    assert (
-        budgets.budget_refusal(replace(KEY, tier="x"), PLANS, ledger, "2026-03-31T00:00:00Z")
-        is None
-    )
+    assert budget_refusal(replace(KEY, tier="x"), PLANS, ledger, "2026-03-31T00:00:00Z") is None
 
 
 def test_model_refusal_lists_the_allowed_models_and_an_alias_counts_as_itself() -> None:
     key = replace(KEY, models=("cursor-pro-sonnet", "gemini-3-flash"))
-    assert budgets.model_refusal(key, "cursor-pro-sonnet", PLANS) is None
-    refused = budgets.model_refusal(key, "claude-sonnet-4-5", PLANS)
+    assert model_refusal(key, "cursor-pro-sonnet", PLANS) is None
+    refused = model_refusal(key, "claude-sonnet-4-5", PLANS)
     assert refused is not None and refused.status_code == 403
     error = json.loads(refused.content or b"")["error"]
     assert error["code"] == "model_not_allowed"
     assert error["message"].endswith("Allowed models: cursor-pro-sonnet, gemini-3-flash")
-    nothing = budgets.model_refusal(replace(KEY, models=()), "a", PLANS)
+    nothing = model_refusal(replace(KEY, models=()), "a", PLANS)
     assert nothing is not None and b"Allowed models: none" in (nothing.content or b"")
-    assert budgets.model_refusal(replace(KEY, tier="x"), "anything", PLANS) is None
+    assert model_refusal(replace(KEY, tier="x"), "anything", PLANS) is None
 
 
 def test_model_listing_keeps_only_allowed_models() -> None:
@@ -330,8 +348,8 @@ def test_the_ledger_keeps_holds_per_key_and_the_refusal_says_what_is_held() -> N
     ledger.hold(1, "a", 0.6)
     ledger.hold(2, "b", 5.0)
     assert (ledger.held(1), ledger.held(2), ledger.held(3)) == (0.6, 5.0, 0)
-    assert budgets.budget_refusal(record, PLANS, ledger, now, 0.4) is None
-    refusal = budgets.budget_refusal(record, PLANS, ledger, now, 0.5)
+    assert budget_refusal(record, PLANS, ledger, now, 0.4) is None
+    refusal = budget_refusal(record, PLANS, ledger, now, 0.5)
     assert refusal is not None and refusal.status_code == 429
     error = json.loads(refusal.content or b"")["error"]
     assert (error["code"], error["type"]) == ("insufficient_quota", "insufficient_quota")
@@ -341,15 +359,15 @@ def test_the_ledger_keeps_holds_per_key_and_the_refusal_says_what_is_held() -> N
     ledger.release(1, "a")
     ledger.release(1, "a")  # twice is harmless
     assert ledger.held(1) == 0 and 1 not in ledger.holds
-    assert budgets.budget_refusal(record, PLANS, ledger, now, 0.5) is None
+    assert budget_refusal(record, PLANS, ledger, now, 0.5) is None
 
 
 def test_a_budgeted_key_is_refused_an_unpriced_model() -> None:
     plans = Plans(PriceTable(prices={"m": Price(1, 1, 1)}, tiers=PLANS.table.tiers))
-    refusal = budgets.price_refusal(KEY, "M", plans)  # elite: $50 a month
+    refusal = price_refusal(KEY, "M", plans)  # elite: $50 a month
     assert refusal is not None and refusal.status_code == 403
     assert json.loads(refusal.content or b"")["error"]["code"] == "model_not_priced"
-    assert budgets.price_refusal(KEY, "m", plans) is None
-    assert budgets.price_refusal(replace(KEY, tier="nobudget"), "M", plans) is None
+    assert price_refusal(KEY, "m", plans) is None
+    assert price_refusal(replace(KEY, tier="nobudget"), "M", plans) is None
     priced = Plans(replace(plans.table, default_price=Price(2, 2, 2)))
-    assert budgets.price_refusal(KEY, "M", priced) is None
+    assert price_refusal(KEY, "M", priced) is None

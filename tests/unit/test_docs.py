@@ -31,6 +31,9 @@ def code_argument(call: ast.Call) -> ast.expr | None:
     return next((k.value for k in call.keywords if k.arg == "code"), None)
 
 
+_MAKERS = {"error_response", "error", "Refusal"}
+
+
 def codes_in(tree: ast.Module) -> set[str]:
     found: set[str] = set()
     for function in ast.walk(tree):
@@ -50,7 +53,8 @@ def codes_in(tree: ast.Module) -> set[str]:
                 if isinstance(node.func, ast.Attribute)
                 else getattr(node.func, "id", None)
             )
-            if name != "error_response" or (arg := code_argument(node)) is None:
+            # errors.error_response, ClientApi.error and Refusal all take (status, message, code).
+            if name not in _MAKERS or (arg := code_argument(node)) is None:
                 continue
             if isinstance(arg, ast.Name):
                 found |= assigned.get(arg.id, set())

@@ -306,17 +306,17 @@ def test_any_credential_is_refused_in_json_or_swapped_for_the_upstream_key() -> 
             flow = make_flow(
                 "POST", path, chat(), [*fields, (b"content-type", b"application/json")]
             )
-            real_find = gateway.addon.rt.store.find
+            real_find = gateway.addon.gateway.store.find
             if db_down:
 
                 def broken(key_hash: str) -> KeyRecord | None:
                     raise sqlite3.OperationalError("database is locked")
 
-                gateway.addon.rt.store.find = broken  # type: ignore[method-assign]
+                gateway.addon.gateway.store.find = broken  # type: ignore[method-assign]
             try:
                 outcome = drive(gateway, flow)
             finally:
-                gateway.addon.rt.store.find = real_find  # type: ignore[method-assign]
+                gateway.addon.gateway.store.find = real_find  # type: ignore[method-assign]
             presented = b"\n".join(v for _, v in fields)
             if outcome.forwarded:
                 state = state_of(flow)
@@ -895,7 +895,7 @@ def test_any_create_key_body_is_201_with_the_documented_fields_or_400() -> None:
                 body = strict_parse(raw)
                 assert isinstance(body, dict)
                 assert created["name"] == body["name"].strip()
-                record = gateway.addon.rt.store.find(keys.hash_key(created["api_key"]))
+                record = gateway.addon.gateway.store.find(keys.hash_key(created["api_key"]))
                 assert record is not None and record.id == created["id"]
                 return
             error = error_of(response, {400})
@@ -912,7 +912,7 @@ SQLITE_INTS = st.integers(-(2**63), 2**63 - 1)
 def test_any_revoke_or_activate_body_is_200_404_or_400() -> None:
     with running_gateway() as gateway:
         for n in range(5):
-            gateway.addon.rt.store.create(f"spare{n}", "elite", None)
+            gateway.addon.gateway.store.create(f"spare{n}", "elite", None)
         existing = {row[0] for row in gateway.sql("SELECT id FROM users")}
 
         ids = st.one_of(st.sampled_from(sorted(existing)), SQLITE_INTS, st.integers(-3, 20))
@@ -1308,4 +1308,4 @@ def test_an_oddly_encoded_upstream_answer_is_still_logged_and_counted() -> None:
             gateway.addon.response(flow)
 
         asyncio.run(go())
-        assert flow.id not in gateway.addon.in_flight
+        assert flow.id not in gateway.addon.gateway.traffic.in_flight

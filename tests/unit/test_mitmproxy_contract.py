@@ -154,7 +154,7 @@ def test_an_incompatible_mitmproxy_stops_the_addon_with_one_line(
         mitm_context() as tctx,
     ):
         tctx.master.addons.add(addon)
-    assert addon.runtime is None  # nothing was set up
+    assert addon.gateway is None  # nothing was set up
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert line.startswith("apipod: mitmproxy ")
     assert "ConnectionHandler.close_connection is gone" in line

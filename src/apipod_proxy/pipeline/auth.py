@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from mitmproxy import http
+from typing import TYPE_CHECKING
 
 from .. import keys
-from ..errors import error_response
-from ..storage.sqlite import KeyRecord
+from ..errors import Refusal
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from ..storage.sqlite import KeyRecord
 
 #: Client credentials that must never reach the upstream (the admin secret included).
 CLIENT_CREDENTIAL_HEADERS = (
@@ -37,10 +41,8 @@ def client_key(headers: http.Headers) -> str | None:
     return bearer_token(headers) or headers.get("x-api-key", "").strip() or None
 
 
-def refusal(
-    key: str | None, record: KeyRecord | None, now: str
-) -> tuple[str, http.Response] | None:
-    """None when the key may pass, else (reason, the 401/403 response).
+def refusal(key: str | None, record: KeyRecord | None, now: str) -> tuple[str, Refusal] | None:
+    """None when the key may pass, else (reason, the 401/403 refusal).
 
     `record` is what the database holds for the key (None: unknown); `now` is a
     `keys.format_time` timestamp for the expiry check.
@@ -49,14 +51,14 @@ def refusal(
         message = (
             "Missing API key: send it as 'Authorization: Bearer apk_...' or 'x-api-key: apk_...'"
         )
-        return "missing", error_response(401, message, "missing_api_key")
+        return "missing", Refusal(401, message, "missing_api_key")
     if record is None:
-        return "unknown", error_response(403, "Invalid API key", "invalid_api_key")
+        return "unknown", Refusal(403, "Invalid API key", "invalid_api_key")
     if not record.active:
         message = "This API key has been deactivated"
-        return "inactive", error_response(403, message, "inactive_api_key")
+        return "inactive", Refusal(403, message, "inactive_api_key")
     if not record.is_usable(now):
-        return "expired", error_response(403, "This API key has expired", "expired_api_key")
+        return "expired", Refusal(403, "This API key has expired", "expired_api_key")
     return None
 
 

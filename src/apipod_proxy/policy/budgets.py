@@ -34,11 +34,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mitmproxy import http
-
 from .. import keys
 from ..config import Settings
-from ..errors import error_payload, error_response, json_response
+from ..errors import Refusal
 from ..storage.sqlite import KEY_FIELDS, KeyRecord, SpendRows, period_start
 from ..translate import DEFAULT_MAX_TOKENS
 from .pricing import DEFAULT_PERIOD, PER_TOKENS, PERIODS, Plans, Price
@@ -191,13 +189,13 @@ def _merge(into: SpendRows, rows: SpendRows) -> None:
 # --- the checks before forwarding ----------------------------------------------------
 
 
-def model_refusal(record: KeyRecord, model: str, plans: Plans) -> http.Response | None:
+def model_refusal(record: KeyRecord, model: str, plans: Plans) -> Refusal | None:
     """403 `model_not_allowed` unless `model` (as the client sent it) is on the list."""
     allowed = models_of(record, plans)
     if allowed is None or model in allowed:
         return None
     listed = ", ".join(allowed) if allowed else "none"
-    return error_response(
+    return Refusal(
         403,
         f"This API key may not use this model. Allowed models: {listed}",
         "model_not_allowed",
@@ -205,12 +203,12 @@ def model_refusal(record: KeyRecord, model: str, plans: Plans) -> http.Response 
     )
 
 
-def price_refusal(record: KeyRecord, model: str, plans: Plans) -> http.Response | None:
+def price_refusal(record: KeyRecord, model: str, plans: Plans) -> Refusal | None:
     """403 `model_not_priced`: a budgeted key asks for a routed model without a price
     (neither under `[prices]` by its exact name nor by `[default_price]`)."""
     if budget_of(record, plans)[0] is None or plans.price_of(model) is not None:
         return None
-    return error_response(
+    return Refusal(
         403,
         f"This API key has a budget and the model {model[:MAX_MODEL_NAME]!r} has no price;"
         " ask for a priced model",
@@ -266,7 +264,7 @@ def admits(budget: float, spent: float, held: float, amount: float) -> bool:
 
 def budget_refusal(
     record: KeyRecord, plans: Plans, ledger: SpendLedger, now: str, amount: float = 0.0
-) -> http.Response | None:
+) -> Refusal | None:
     """429 `insufficient_quota` unless a request holding `amount` `admits` next to the
     key's spend and this process's holds."""
     budget, period = budget_of(record, plans)
@@ -281,7 +279,7 @@ def budget_refusal(
 
 def quota_refusal(
     budget: float, period: str, spent: float, held: float, amount: float, now: str
-) -> http.Response:
+) -> Refusal:
     """The 429 `insufficient_quota` of a budget that is spent or held by requests in
     progress."""
     moment = datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
@@ -302,9 +300,8 @@ def quota_refusal(
     else:
         message += f"; it resets at {keys.format_time(reset)}"
         headers["retry-after"] = str(max(1, math.ceil((reset - moment).total_seconds())))
-    payload = error_payload(429, message, "insufficient_quota")
-    payload["error"]["type"] = "insufficient_quota"  # what OpenAI sends for a used-up quota
-    return json_response(429, payload, headers)
+    # `insufficient_quota` is the type OpenAI sends for a used-up quota.
+    return Refusal(429, message, "insufficient_quota", headers, kind="insufficient_quota")
 
 
 def allowed_listing(listing: dict[str, Any], allowed: Iterable[str] | None) -> dict[str, Any]:
