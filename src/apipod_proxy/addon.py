@@ -64,7 +64,7 @@ from .policy.routing import SESSION_HEADER, AllTargetsCooling, Router, conversat
 from .policy.shared import SPEND_TTL_SECONDS, SharedSpend
 from .storage.backend import DB_ERRORS, error_text
 from .storage.keycache import MISS
-from .storage.sqlite import KeyRecord, SpendRows
+from .storage.records import KeyRecord, SpendRows
 from .translate import Direction, TranslationError, direction_for, is_endpoint_missing
 from .translate.directions import CHAT_PATH, MESSAGES_PATH
 from .translate.failures import (

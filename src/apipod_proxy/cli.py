@@ -26,8 +26,9 @@ from .policy import budgets
 from .policy.pricing import Plans, parse_plans
 from .policy.routing import RoutesError
 from .storage.backend import DB_ERRORS, describe, open_store
+from .storage.records import KEY_FIELDS, REQUEST_FIELDS, USAGE_FIELDS
 from .storage.requestlog import DEFAULT_LIMIT, parse_limit
-from .storage.sqlite import KEY_FIELDS, REQUEST_FIELDS, USAGE_FIELDS, KeyStore
+from .storage.sqlite import KeyStore
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -159,7 +160,7 @@ def usage(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def migrate_to(store: KeyStore, args: argparse.Namespace) -> int:
-    from .storage.migrate import copy_database
+    from .storage.copy_to_postgres import copy_database
     from .storage.postgres import PgKeyStore
 
     url = database_url({"DATABASE_URL": args.url})

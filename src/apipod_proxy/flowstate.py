@@ -15,7 +15,7 @@ from mitmproxy import http
 
 if TYPE_CHECKING:
     from .pipeline.usage import SseWatcher
-    from .storage.sqlite import KeyRecord
+    from .storage.records import KeyRecord
     from .translate import Direction
     from .translate.streams import _SseTranslator
 

@@ -18,8 +18,9 @@ from apipod_proxy.endpoints.account import UNLIMITED_USD, Account, is_account_pa
 from apipod_proxy.pipeline.usage import Usage
 from apipod_proxy.policy.budgets import SpendLedger
 from apipod_proxy.policy.pricing import Plans, PriceTable, Tier
+from apipod_proxy.storage.records import KeyRecord, UsageCounts
 from apipod_proxy.storage.requestlog import MAX_PENDING, RequestLog, parse_limit
-from apipod_proxy.storage.sqlite import KeyRecord, KeyStore, UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.gateway import make_settings
 
 PLANS = Plans(

@@ -15,7 +15,8 @@ from apipod_proxy import keys
 from apipod_proxy.policy import budgets
 from apipod_proxy.policy.budgets import SpendLedger
 from apipod_proxy.policy.pricing import Plans, Price, PriceTable, Tier
-from apipod_proxy.storage.sqlite import KeyRecord, KeyStore, UsageCounts
+from apipod_proxy.storage.records import KeyRecord, UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.gateway import make_settings
 from tests.support.harness import KEY_OBJECT_FIELDS as KEY_FIELDS
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from apipod_proxy import keys
-from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from apipod_proxy.storage.records import UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.gateway import cli_create as create
 from tests.support.gateway import run_cli as main
 from tests.support.gateway import run_cli_exit as main_exit

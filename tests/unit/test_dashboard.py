@@ -18,7 +18,8 @@ from apipod_proxy.endpoints.admin import AdminApi
 from apipod_proxy.endpoints.dashboard import LiveStats, bucket_labels, usage_series
 from apipod_proxy.metrics import Metrics
 from apipod_proxy.policy.routing import Alias, Router, RoutesFile, RouteTable
-from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from apipod_proxy.storage.records import UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from apipod_proxy.upstream.quota import Cooldowns
 from tests.support.gateway import ADMIN_SECRET, make_settings
 

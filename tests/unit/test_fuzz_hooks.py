@@ -45,7 +45,7 @@ from apipod_proxy.endpoints import pages
 from apipod_proxy.flowstate import state_of
 from apipod_proxy.policy.forwarding import BUILT_IN as FORWARDED
 from apipod_proxy.policy.routing import Alias, Router, RouteTable
-from apipod_proxy.storage.sqlite import KeyRecord
+from apipod_proxy.storage.records import KeyRecord
 from tests.support.gateway import Gateway, open_gateway
 from tests.support.gateway import make_flow as gateway_flow
 from tests.support.harness import ENCODERS

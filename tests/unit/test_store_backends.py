@@ -17,12 +17,13 @@ import psycopg
 import pytest
 
 from apipod_proxy import cli, keys
-from apipod_proxy.storage import sqlite as store
+from apipod_proxy.storage import migrations
 from apipod_proxy.storage.backend import DB_ERRORS, describe, key_cache_for, open_store
+from apipod_proxy.storage.copy_to_postgres import copy_database
 from apipod_proxy.storage.keycache import MISS
-from apipod_proxy.storage.migrate import copy_database
 from apipod_proxy.storage.postgres import PING_WAIT, KeyVersionWatcher, PgKeyStore, translate
-from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from apipod_proxy.storage.records import UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.tcpgate import TcpGate
 
 BOTH_BACKENDS = True
@@ -231,7 +232,7 @@ def test_a_hung_database_fails_the_health_ping_within_its_wait(pg_url: str) -> N
 def test_schema_version_is_kept_in_a_table(pg_store: PgKeyStore, pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT version FROM apipod_schema").fetchall() == [
-            (store.SCHEMA_VERSION,)
+            (migrations.SCHEMA_VERSION,)
         ]
         conn.execute("UPDATE apipod_schema SET version = version + 1")
     newer = PgKeyStore(pg_url)
@@ -416,8 +417,8 @@ def test_a_v3_postgresql_schema_upgrades_in_place(
     """m004 through pgstore's rewrites: a v3 database keeps its rows, with zeros in the
     new columns, and takes reasoning and estimated counts."""
     with monkeypatch.context() as v3:
-        v3.setattr(store, "MIGRATIONS", store.MIGRATIONS[:3])
-        v3.setattr(store, "SCHEMA_VERSION", 3)
+        v3.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:3])
+        v3.setattr(migrations, "SCHEMA_VERSION", 3)
         old = PgKeyStore(pg_url)
         old.open()
         _, carol = old.create("carol", "elite", None)
@@ -446,7 +447,7 @@ def test_a_v3_postgresql_schema_upgrades_in_place(
         assert (usage["reasoning_tokens"], usage["estimated_requests"]) == (4, 1)
         with psycopg.connect(pg_url) as conn:
             assert conn.execute("SELECT version FROM apipod_schema").fetchone() == (
-                store.SCHEMA_VERSION,
+                migrations.SCHEMA_VERSION,
             )
     finally:
         upgraded.close()

@@ -10,13 +10,9 @@ from pathlib import Path
 import pytest
 
 from apipod_proxy import keys
-from apipod_proxy.storage.sqlite import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    KeyStore,
-    UsageCounts,
-    connect,
-)
+from apipod_proxy.storage.migrations import MIGRATIONS, SCHEMA_VERSION
+from apipod_proxy.storage.records import UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore, connect
 from tests.support.harness import REQUEST_ROW_FIELDS as REQUEST_FIELDS
 
 #: Written by the code of schema v2 (commit 0a65ba3): alice (id 1, rpm 30) with usage

@@ -19,7 +19,7 @@ from apipod_proxy.pipeline.usage import (
     status_class,
     usage_from_body,
 )
-from apipod_proxy.storage.sqlite import UsageCounts
+from apipod_proxy.storage.records import UsageCounts
 from tests.support.gateway import LogRecords
 
 

@@ -22,7 +22,8 @@ from ..logs import printable
 from ..policy.budgets import SpendLedger, budget_of, models_of, resets_at, rpm_of
 from ..policy.pricing import DEFAULT_PERIOD, Plans
 from ..storage.backend import DB_ERRORS, error_text
-from ..storage.sqlite import KeyRecord, KeyStore
+from ..storage.records import KeyRecord
+from ..storage.sqlite import KeyStore
 
 log = logging.getLogger("apipod")
 

@@ -6,7 +6,7 @@ from mitmproxy import http
 
 from .. import keys
 from ..errors import error_response
-from ..storage.sqlite import KeyRecord
+from ..storage.records import KeyRecord
 
 #: Client credentials that must never reach the upstream (the admin secret included).
 CLIENT_CREDENTIAL_HEADERS = (

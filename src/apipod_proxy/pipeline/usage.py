@@ -19,7 +19,7 @@ import re
 
 from .. import keys
 from ..metering import Meter, Usage, count_raw, meter_event, meter_of_body
-from ..storage.sqlite import UsageCounts
+from ..storage.records import UsageCounts
 
 log = logging.getLogger("apipod")
 

@@ -39,9 +39,9 @@ from mitmproxy import http
 from .. import keys
 from ..config import Settings
 from ..errors import error_payload, error_response, json_response
-from ..storage.sqlite import KEY_FIELDS, KeyRecord, SpendRows, period_start
+from ..storage.records import KEY_FIELDS, PERIODS, KeyRecord, SpendRows, period_start
 from ..translate import DEFAULT_MAX_TOKENS
-from .pricing import DEFAULT_PERIOD, PER_TOKENS, PERIODS, Plans, Price
+from .pricing import DEFAULT_PERIOD, PER_TOKENS, Plans, Price
 
 #: Largest budget accepted, in USD (enough for any plan, small enough to print).
 MAX_BUDGET = 1e9

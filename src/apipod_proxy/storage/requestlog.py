@@ -1,7 +1,7 @@
 """The per-request log: one row per forwarded request, the evidence in a billing dispute.
 
 Rows are buffered in memory and written with the usage batch, in the same
-transaction (store.record_usage), so the log costs no database round trip per
+transaction (sqlite.record_usage), so the log costs no database round trip per
 request. They are kept REQUEST_LOG_DAYS days (0: no log at all) and pruned in the
 background. Query with `keys.py requests` or `GET /admin/requests`.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 from .. import keys
-from ..pipeline.usage import Usage
-from .sqlite import LogRow
+from ..metering import Usage
+from .records import LogRow
 
 log = logging.getLogger("apipod")
 
