@@ -34,7 +34,7 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 from redis.exceptions import RedisError
 
-from . import errors, keys, logs, mitm_compat
+from . import clock, errors, keys, logs, mitm_compat
 from .bodies import (
     BodyError,
     BodyTooLarge,
@@ -218,7 +218,7 @@ class Apipod:
                 log.error("key lookup failed: %s", error_text(exc))
                 message = "The key database is unavailable, try again shortly"
                 return errors.error_response(503, message, "database_unavailable")
-        if refused := auth.refusal(key, record, keys.now_text()):
+        if refused := auth.refusal(key, record, clock.now_text()):
             reason, response = refused
             self.metrics.auth_failures.labels(reason).inc()
             return response
@@ -311,7 +311,7 @@ class Apipod:
         shared, amount = self.rt.shared_spend, state.hold_estimate
         if shared is not None and amount <= 0:  # no hold script to read the spend with
             await self._refresh_shared_spend(shared, record)
-        now = keys.now_text()
+        now = clock.now_text()
         refusal = budgets.budget_refusal(record, self.plans, self.ledger, now, amount)
         if refusal is not None or amount <= 0:  # nothing to hold: no priced model
             return refusal
@@ -658,7 +658,7 @@ class Apipod:
             usage = self._usage_of(flow, state)
             # What the upstream failed (5xx, unreachable, timeout) costs nothing.
             cost = self._cost(model, usage) if status < 500 else 0.0
-            added = self.ledger.add(state.user.id, cost, keys.now_text())
+            added = self.ledger.add(state.user.id, cost, clock.now_text())
             self.usage.add(state.user.id, model, status, usage, cost)
             self.rt.request_log.add(
                 state.request_id,
@@ -700,7 +700,7 @@ class Apipod:
             budget, period = budgets.budget_of(record, self.plans)
             if budget is None or period is None:
                 return
-            now = keys.now_text()
+            now = clock.now_text()
             slot = (record.id, period, budgets.period_start(period, now))
             self.ledger.note_shared(await shared.totals([slot]))
         except (RedisError, OSError, TimeoutError):

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import config, keys
+from . import clock, config, keys
 from .config import database_path, database_url, find_env_file
 from .endpoints.admin import validate_changes, validate_plan
 from .policy import budgets
@@ -138,7 +138,7 @@ def rotate(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def requests(store: KeyStore, args: argparse.Namespace) -> int:
-    since = keys.since(args.since, "--since")
+    since = clock.since(args.since, "--since")
     limit = parse_limit(args.limit, "--limit")
     _print(store.requests(args.key, since, limit), REQUEST_FIELDS, args.json)
     return 0
@@ -154,7 +154,7 @@ def set_active(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def usage(store: KeyStore, args: argparse.Namespace) -> int:
-    since = keys.since(args.since, "--since")
+    since = clock.since(args.since, "--since")
     _print(store.usage(since), USAGE_FIELDS, args.json)
     return 0
 

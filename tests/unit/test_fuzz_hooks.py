@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from apipod_proxy import keys
+from apipod_proxy import clock, keys
 from apipod_proxy.bodies import is_model_id
 from apipod_proxy.endpoints import pages
 from apipod_proxy.flowstate import state_of
@@ -809,7 +809,7 @@ valid_create = st.fixed_dictionaries(
     optional={
         "tier": printable,
         "expires_in": st.one_of(
-            st.integers(1, keys.MAX_LIFETIME_SECONDS),
+            st.integers(1, clock.MAX_LIFETIME_SECONDS),
             st.builds(lambda n, u: f"{n}{u}", st.integers(1, 90), st.sampled_from("smhd")),
         ),
         "rpm": st.one_of(st.none(), st.integers(0, 1_000_000)),

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from apipod_proxy import cli, keys
+from apipod_proxy import cli, clock, keys
 from apipod_proxy.storage import migrations
 from apipod_proxy.storage.backend import DB_ERRORS, describe, key_cache_for, open_store
 from apipod_proxy.storage.copy_to_postgres import copy_database
@@ -68,7 +68,7 @@ def test_ids_count_up_from_one(key_store: KeyStore) -> None:
 def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeyStore) -> None:
     _, alice = key_store.create("alice", "elite", None)
     _, bob = key_store.create("bob", "elite", None)
-    hour = keys.hour_of(keys.now_text())
+    hour = clock.hour_of(clock.now_text())
     for _ in range(3):
         key_store.record_usage(
             {
@@ -86,7 +86,7 @@ def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeySt
                 ),
                 (bob.id, "m2", hour): UsageCounts(1, 0, 0, 1, 0, 0),
             },
-            {alice.id: keys.now_text()},
+            {alice.id: clock.now_text()},
         )
     rows = key_store.usage()
     assert rows == [
@@ -108,8 +108,8 @@ def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeySt
 def test_spend_request_log_and_rotation(key_store: KeyStore) -> None:
     """Issue 11's tables on both backends: spend per period, the request log, rotation."""
     old_key, alice = key_store.create("alice", "elite", None)
-    now = keys.now_text()
-    hour = keys.hour_of(now)
+    now = clock.now_text()
+    hour = clock.hour_of(now)
     row = (now, "req_1", alice.id, "m", "m", 200, 12, 10, 0, 20, 0.25, 0, False, False)
     spend = key_store.record_usage(
         {(alice.id, "m", hour): UsageCounts(1, 1, cost=0.25)}, {alice.id: now}, [row]
@@ -272,7 +272,7 @@ def test_key_changes_reach_another_process_within_a_second(pg_store: PgKeyStore)
             time.sleep(0.005)
         # A usage flush touches last_used_at only: not a key change, caches stay.
         version = other.key_version
-        pg_store.record_usage({}, {record.id: keys.now_text()})
+        pg_store.record_usage({}, {record.id: clock.now_text()})
         time.sleep(0.7)
         assert other.key_version == version
     finally:
@@ -438,7 +438,7 @@ def test_a_v3_postgresql_schema_upgrades_in_place(
             0,
             False,
         )
-        hour = keys.hour_of(keys.now_text())
+        hour = clock.hour_of(clock.now_text())
         upgraded.record_usage(
             {(carol.id, "m", hour): UsageCounts(1, 1, reasoning_tokens=4, estimated_requests=1)},
             {},

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from .. import keys
+from .. import clock
 from ..errors import error_response, json_response
 from ..metrics import Metrics
 
@@ -148,7 +148,7 @@ class LiveStats:
                 "server_errors": int(totals.server_errors),
                 "tokens": int(totals.tokens),
             },
-            "time": keys.now_text(),
+            "time": clock.now_text(),
         }
 
 
@@ -224,7 +224,7 @@ def bucket_labels(bucket: str, start: datetime, now: datetime) -> list[str]:
         moment = moment.replace(hour=0)
     labels = []
     while moment <= now and len(labels) < MAX_BUCKETS[bucket]:
-        labels.append(keys.format_time(moment)[: BUCKETS[bucket]])
+        labels.append(clock.format_time(moment)[: BUCKETS[bucket]])
         moment += step
     return labels
 
@@ -288,10 +288,10 @@ def series(api: AdminApi, request: http.Request) -> http.Response:
         return error_response(400, "bucket must be hour or day", "invalid_field")
     since = request.query.get("since") or DEFAULT_SINCE[bucket]
     try:
-        seconds = keys.parse_duration(since, "since")
+        seconds = clock.parse_duration(since, "since")
     except ValueError:
         return error_response(400, "since must look like 90m, 24h or 30d", "invalid_field")
-    now = keys.utcnow()
+    now = clock.utcnow()
     # "24h" by hour is the current hour and the 23 before it; "30d" by day, 30 days.
     step = 3600 if bucket == "hour" else 86400
     start = now - timedelta(seconds=max(seconds - step, 0))
@@ -299,7 +299,7 @@ def series(api: AdminApi, request: http.Request) -> http.Response:
     answer = usage_series(api.store.connection(), bucket, labels[0])
     return json_response(
         200,
-        {"bucket": bucket, "since": since, "buckets": labels, "now": keys.format_time(now)}
+        {"bucket": bucket, "since": since, "buckets": labels, "now": clock.format_time(now)}
         | answer,
     )
 

@@ -43,7 +43,7 @@ def refusal(
     """None when the key may pass, else (reason, the 401/403 response).
 
     `record` is what the database holds for the key (None: unknown); `now` is a
-    `keys.format_time` timestamp for the expiry check.
+    `clock.format_time` timestamp for the expiry check.
     """
     if key is None:
         message = (

@@ -36,7 +36,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from .. import keys
+from .. import clock
 from ..config import Settings
 from ..errors import error_payload, error_response, json_response
 from ..storage.records import KEY_FIELDS, PERIODS, KeyRecord, SpendRows, period_start
@@ -170,7 +170,7 @@ class SpendLedger:
         """The flush committed; `base` is the database's spend, ours included."""
         self.base, self.flushing = base, {}
         # Shared totals of past periods are no longer read: keep the current ones only.
-        now = keys.now_text()
+        now = clock.now_text()
         self.shared = {
             slot: total
             for slot, total in self.shared.items()
@@ -300,7 +300,7 @@ def quota_refusal(
     if reset is None:
         message += "; it does not reset"
     else:
-        message += f"; it resets at {keys.format_time(reset)}"
+        message += f"; it resets at {clock.format_time(reset)}"
         headers["retry-after"] = str(max(1, math.ceil((reset - moment).total_seconds())))
     payload = error_payload(429, message, "insufficient_quota")
     payload["error"]["type"] = "insufficient_quota"  # what OpenAI sends for a used-up quota

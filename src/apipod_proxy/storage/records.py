@@ -43,7 +43,7 @@ class KeyRecord:
         }
 
     def is_usable(self, now: str) -> bool:
-        """Active and not expired; `now` is a `keys.format_time` string."""
+        """Active and not expired; `now` is a `clock.format_time` string."""
         return self.active and (self.expires_at is None or self.expires_at > now)
 
 
@@ -74,7 +74,7 @@ LogRow = tuple[
 
 
 def period_start(period: str, now: str) -> str:
-    """The `spend` table's start of the period holding `now` (a `keys.format_time`, or a
+    """The `spend` table's start of the period holding `now` (a `clock.format_time`, or a
     usage hour): the day `YYYY-MM-DD`, the month `YYYY-MM`, or '' for all time. The one
     definition of a spend slot, for the table and for budgets.SpendLedger alike."""
     if period == "day":
@@ -84,7 +84,7 @@ def period_start(period: str, now: str) -> str:
     return ""
 
 
-#: Columns `update_key` may set; `expires_at` is a `keys.format_time` string or None.
+#: Columns `update_key` may set; `expires_at` is a `clock.format_time` string or None.
 UPDATABLE = ("name", "tier", "rpm", "budget", "budget_period", "models", "expires_at")
 
 #: The fields of `list_keys` and `usage_report` rows, in order: a stable contract with

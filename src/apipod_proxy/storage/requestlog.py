@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from .. import keys
+from .. import clock
 from ..metering import Usage
 from .records import LogRow
 
@@ -53,7 +53,7 @@ class RequestLog:
             return
         self._rows.append(
             (
-                keys.now_text(),
+                clock.now_text(),
                 request_id,
                 key_id,
                 # Client-chosen names: bounded, so no row can be made huge.
@@ -84,7 +84,7 @@ class RequestLog:
 
     def cutoff(self) -> str:
         """Rows older than this are pruned."""
-        return keys.ago(self.days * 86400)
+        return clock.ago(self.days * 86400)
 
 
 def parse_limit(value: object, name: str = "limit") -> int:

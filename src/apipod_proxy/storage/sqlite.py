@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from .. import keys
+from .. import clock, keys
 from .migrations import migrate
 from .records import (
     DAILY_FIELDS,
@@ -101,7 +101,7 @@ def create_key(
     `plan` holds the key's own `budget`, `budget_period` and `models` (validated).
     """
     plaintext = keys.generate_key()
-    now = keys.utcnow()
+    now = clock.utcnow()
     plan = plan or {}
     cursor = conn.execute(
         "INSERT INTO users (name, key_hash, key_prefix, tier, created_at, expires_at, rpm,"
@@ -112,8 +112,8 @@ def create_key(
             keys.hash_key(plaintext),
             keys.display_prefix(plaintext),
             tier,
-            keys.format_time(now),
-            keys.expiry_after(expires_in, now),
+            clock.format_time(now),
+            clock.expiry_after(expires_in, now),
             rpm,
             plan.get("budget"),
             plan.get("budget_period"),
@@ -180,7 +180,7 @@ def list_keys(
     Rows hold the KEY_FIELDS up to `last_used_at` plus `PLAN_FIELDS`; budgets.key_objects
     turns them into key objects.
     """
-    now = now or keys.now_text()
+    now = now or clock.now_text()
     # A condition built here rather than `? IS NULL OR ...`, which PostgreSQL cannot type.
     where, params = ("WHERE u.id = ?", (key_id,)) if key_id is not None else ("", ())
     rows = conn.execute(
@@ -223,7 +223,7 @@ def usage_report(conn: sqlite3.Connection, since: str | None = None) -> list[dic
         WHERE g.hour >= ?
         GROUP BY g.key_id, u.name, g.model ORDER BY g.key_id, g.model
         """,
-        (keys.hour_of(since) if since else "",),
+        (clock.hour_of(since) if since else "",),
     ).fetchall()
     return [dict(zip(USAGE_FIELDS, row, strict=True)) for row in rows]
 
@@ -325,7 +325,7 @@ def _spend_of(counts: dict[tuple[int, str, str], UsageCounts]) -> SpendRows:
 
 def current_spend(conn: sqlite3.Connection, now: str | None = None) -> SpendRows:
     """Every key's spend today, this month and in total (a few indexed rows per key)."""
-    now = now or keys.now_text()
+    now = now or clock.now_text()
     rows = conn.execute(
         """
         SELECT key_id, period, start, amount FROM spend
