@@ -216,7 +216,7 @@ def test_series_sums_the_cost_and_ranks_top_keys_by_it(store: KeyStore) -> None:
     add_usage(store, bob.id, "m", hour, requests=1)
     conn = store.connection()
     conn.execute("UPDATE usage SET cost = 0.25 WHERE key_id = ?", (bob.id,))
-    answer = usage_series(conn, "hour", hour)
+    answer = usage_series(store, "hour", hour)
     assert answer["data"][0]["cost"] == 0.25
     assert [k["name"] for k in answer["top_keys"]] == ["bob", "alice"]  # by spend first
 

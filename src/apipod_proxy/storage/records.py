@@ -159,3 +159,21 @@ REQUEST_FIELDS = [
 #: The fields of `daily_usage` rows (`/account`'s `usage`).
 DAILY_FIELDS = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "cost",
                 "reasoning_tokens", "estimated_reasoning_tokens", "estimated_requests"]  # fmt: skip
+
+#: The fields of `usage_series` rows: usage per time bucket and routed model (the
+#: dashboard's charts, GET /admin/usage/series).
+SERIES_FIELDS = [
+    "bucket",
+    "model",
+    "requests",
+    "errors",
+    "server_errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "reasoning_tokens",
+    "estimated_reasoning_tokens",
+    "estimated_requests",
+]
+#: The fields of `top_keys` rows: the keys that spent most over a span.
+TOP_FIELDS = ["key_id", "name", "prefix", "requests", "tokens", "cost"]

@@ -23,6 +23,8 @@ from .records import (
     PERIODS,
     PLAN_FIELDS,
     REQUEST_FIELDS,
+    SERIES_FIELDS,
+    TOP_FIELDS,
     UPDATABLE,
     USAGE_FIELDS,
     KeyRecord,
@@ -384,6 +386,42 @@ def daily_usage(conn: sqlite3.Connection, key_id: int, since: str) -> list[dict[
     ]
 
 
+def usage_series(conn: sqlite3.Connection, width: int, start: str) -> list[dict[str, object]]:
+    """Usage summed per bucket and routed model, from the bucket `start` on. A bucket is
+    the first `width` characters of the usage hour (`YYYY-MM-DDTHH`): 13 an hour, 10 a day.
+    """
+    width = int(width)  # written into the statement
+    rows = conn.execute(
+        f"""
+        SELECT substr(g.hour, 1, {width}) AS bucket, g.model, sum(g.requests),
+               sum(g.client_errors + g.server_errors), sum(g.server_errors),
+               sum(g.prompt_tokens), sum(g.completion_tokens), coalesce(sum(g.cost), 0),
+               sum(g.reasoning_tokens), sum(g.estimated_reasoning_tokens),
+               sum(g.estimated_requests)
+        FROM usage g WHERE g.hour >= ?
+        GROUP BY bucket, g.model ORDER BY bucket, g.model
+        """,
+        (start,),
+    ).fetchall()
+    return [dict(zip(SERIES_FIELDS, row, strict=True)) for row in rows]
+
+
+def top_keys(conn: sqlite3.Connection, start: str, limit: int) -> list[dict[str, object]]:
+    """The `limit` keys that spent most (then made the most requests) in the usage hours
+    from `start` on (a usage hour or a prefix of one, such as a date)."""
+    rows = conn.execute(
+        """
+        SELECT g.key_id, u.name, u.key_prefix, sum(g.requests),
+               sum(g.prompt_tokens + g.completion_tokens), coalesce(sum(g.cost), 0) AS spend
+        FROM usage g JOIN users u ON u.id = g.key_id WHERE g.hour >= ?
+        GROUP BY g.key_id, u.name, u.key_prefix
+        ORDER BY spend DESC, sum(g.requests) DESC, g.key_id LIMIT ?
+        """,
+        (start, limit),
+    ).fetchall()
+    return [dict(zip(TOP_FIELDS, row, strict=True)) for row in rows]
+
+
 def cost_between(conn: sqlite3.Connection, key_id: int, start: str, end: str) -> float:
     """One key's cost in usage hours from `start` up to, not including, `end` (any
     `format_time` prefix, such as a date)."""
@@ -499,6 +537,12 @@ class KeyStore:
 
     def daily_usage(self, key_id: int, since: str) -> list[dict[str, object]]:
         return daily_usage(self.connection(), key_id, since)
+
+    def usage_series(self, width: int, start: str) -> list[dict[str, object]]:
+        return usage_series(self.connection(), width, start)
+
+    def top_keys(self, start: str, limit: int) -> list[dict[str, object]]:
+        return top_keys(self.connection(), start, limit)
 
     def cost_between(self, key_id: int, start: str, end: str) -> float:
         return cost_between(self.connection(), key_id, start, end)
