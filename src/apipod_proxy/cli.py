@@ -19,15 +19,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import config, keys
+from . import clock, config, keys
 from .config import database_path, database_url, find_env_file
 from .endpoints.admin import validate_changes, validate_plan
 from .policy import budgets
 from .policy.pricing import Plans, parse_plans
 from .policy.routing import RoutesError
 from .storage.backend import DB_ERRORS, describe, open_store
+from .storage.records import KEY_FIELDS, REQUEST_FIELDS, USAGE_FIELDS
 from .storage.requestlog import DEFAULT_LIMIT, parse_limit
-from .storage.sqlite import KEY_FIELDS, REQUEST_FIELDS, USAGE_FIELDS, KeyStore
+from .storage.sqlite import KeyStore
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -137,7 +138,7 @@ def rotate(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def requests(store: KeyStore, args: argparse.Namespace) -> int:
-    since = keys.since(args.since, "--since")
+    since = clock.since(args.since, "--since")
     limit = parse_limit(args.limit, "--limit")
     _print(store.requests(args.key, since, limit), REQUEST_FIELDS, args.json)
     return 0
@@ -153,13 +154,13 @@ def set_active(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def usage(store: KeyStore, args: argparse.Namespace) -> int:
-    since = keys.since(args.since, "--since")
+    since = clock.since(args.since, "--since")
     _print(store.usage(since), USAGE_FIELDS, args.json)
     return 0
 
 
 def migrate_to(store: KeyStore, args: argparse.Namespace) -> int:
-    from .storage.migrate import copy_database
+    from .storage.copy_to_postgres import copy_database
     from .storage.postgres import PgKeyStore
 
     url = database_url({"DATABASE_URL": args.url})

@@ -36,7 +36,7 @@ from mitmproxy.net.http import http1
 from . import errors, mitm_compat
 from .config import Settings
 from .flowstate import STATE
-from .ratelog import RateLimitedLog
+from .logs import RateLimitedLog
 
 log = logging.getLogger("apipod")
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from mitmproxy import http
 
     from .pipeline.usage import SseWatcher
-    from .storage.sqlite import KeyRecord
+    from .storage.records import KeyRecord
     from .translate import Direction
     from .translate.streams import _SseTranslator
 

@@ -30,8 +30,9 @@ from .policy.routing import Router, RoutesFile
 from .policy.shared import SharedLimiter, SharedSpend
 from .storage.backend import key_cache_for, open_store
 from .storage.keycache import MISS, KeyCache
+from .storage.records import KeyRecord
 from .storage.requestlog import RequestLog
-from .storage.sqlite import KeyRecord, KeyStore
+from .storage.sqlite import KeyStore
 from .upstream.models import ModelList
 from .upstream.probe import Upstream
 from .upstream.quota import Cooldowns

@@ -1,4 +1,4 @@
-"""Customer API keys: how they look, how they are hashed, how long they live.
+"""Customer API keys: how they look, how they are hashed, what a new key may be.
 
 A key is `apk_` plus base64url of 32 random bytes. Only its SHA-256 is stored, so a
 leaked database does not leak usable keys; the plaintext is shown once at creation.
@@ -8,24 +8,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import secrets
-import time
-from datetime import UTC, datetime, timedelta
+
+from .clock import parse_duration
 
 KEY_PREFIX = "apk_"
 #: `apk_` + 43 base64url characters (32 bytes, unpadded).
 KEY_LENGTH = len(KEY_PREFIX) + 43
 #: How much of a key is kept for display (`apk_AbCd…`), enough to tell keys apart.
 DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
-
-#: A whole number with an optional unit, in either case; a sign is read only to say
-#: that a negative lifetime is not positive.
-_DURATION = re.compile(r"^\s*(-?[0-9]+)\s*([smhdw]?)\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-DURATION_FORMS = "whole seconds or a string like 90s, 30m, 12h, 30d, 2w"
-#: Longest lifetime accepted (about 100 years); beyond that datetime arithmetic overflows.
-MAX_LIFETIME_SECONDS = 100 * 365 * 86400
 
 
 def generate_key() -> str:
@@ -50,27 +41,6 @@ def looks_like_key(value: str) -> bool:
 def looks_keyish(text: str) -> bool:
     """True when `text` holds something shaped like one of our keys (never log it)."""
     return KEY_PREFIX in text
-
-
-def parse_duration(value: object, name: str = "expires_in") -> int:
-    """Seconds from whole seconds (`3600`) or a string like `90s`, `30m`, `12h`, `30d`,
-    `2w` (units in either case).
-
-    Raises ValueError with a message, naming the field or flag `name`, fit for an API
-    client or a CLI user.
-    """
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif match:
-        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
-    else:
-        raise ValueError(f"{name} must be {DURATION_FORMS}")
-    if seconds <= 0:
-        raise ValueError(f"{name} must be positive")
-    if seconds > MAX_LIFETIME_SECONDS:
-        raise ValueError(f"{name} must be at most 100 years")
-    return seconds
 
 
 MAX_NAME_LENGTH = 200
@@ -114,45 +84,3 @@ def validate_new_key(
         )
     seconds = None if expires_in is None else parse_duration(expires_in, expires_name)
     return name.strip(), tier.strip(), seconds
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-_now_cache: tuple[int, str] = (0, "")
-
-
-def now_text() -> str:
-    """`format_time(utcnow())`, formatted once per second: it is read on every request."""
-    global _now_cache
-    second = int(time.time())
-    if _now_cache[0] != second:
-        _now_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
-    return _now_cache[1]
-
-
-def format_time(moment: datetime) -> str:
-    """ISO 8601 in UTC with a `Z`, the one timestamp format stored and returned."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def hour_of(moment: str) -> str:
-    """The usage bucket (`YYYY-MM-DDTHH`) holding a `format_time` timestamp."""
-    return moment[:13]
-
-
-def ago(seconds: int, now: datetime | None = None) -> str:
-    return format_time((now or utcnow()) - timedelta(seconds=seconds))
-
-
-def since(value: str | None, name: str = "since") -> str | None:
-    """The moment a `since` filter (`24h`, `30d`, ...) names; None for no filter.
-    ValueError names the field or flag `name`."""
-    return ago(parse_duration(value, name)) if value else None
-
-
-def expiry_after(seconds: int | None, now: datetime | None = None) -> str | None:
-    if seconds is None:
-        return None
-    return format_time((now or utcnow()) + timedelta(seconds=seconds))

@@ -31,7 +31,7 @@ from apipod_proxy import cli, keys
 from apipod_proxy.addon import Apipod
 from apipod_proxy.config import Settings
 from apipod_proxy.policy.routing import Router
-from apipod_proxy.storage.sqlite import KeyRecord
+from apipod_proxy.storage.records import KeyRecord
 from tests.support.harness import free_port
 
 UPSTREAM_URL = "http://127.0.0.1:9"

@@ -13,13 +13,14 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from apipod_proxy import keys
+from apipod_proxy import clock
 from apipod_proxy.endpoints.account import UNLIMITED_USD, Account, is_account_path
 from apipod_proxy.pipeline.usage import Usage
 from apipod_proxy.policy.budgets import SpendLedger
 from apipod_proxy.policy.pricing import Plans, PriceTable, Tier
+from apipod_proxy.storage.records import KeyRecord, UsageCounts
 from apipod_proxy.storage.requestlog import MAX_PENDING, RequestLog, parse_limit
-from apipod_proxy.storage.sqlite import KeyRecord, KeyStore, UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.gateway import make_settings
 
 PLANS = Plans(
@@ -49,10 +50,10 @@ def test_account_shows_what_applies_spend_and_daily_usage(
     account: Account, store: KeyStore
 ) -> None:
     _, record = store.create("alice", "trial", 30 * 86400)
-    now = keys.now_text()
+    now = clock.now_text()
     store.record_usage(
         {
-            (record.id, "m", keys.hour_of(now)): UsageCounts(
+            (record.id, "m", clock.hour_of(now)): UsageCounts(
                 2, 2, 0, 0, 20, 10, cost=0.5, estimated_reasoning_tokens=7, estimated_requests=1
             )
         },
@@ -62,7 +63,7 @@ def test_account_shows_what_applies_spend_and_daily_usage(
     account.ledger.base = store.current_spend()
     status, seen = get(account, record, "/account")
     assert status == 200
-    tomorrow = (keys.utcnow() + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
+    tomorrow = (clock.utcnow() + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
     assert seen == {
         "id": record.id,
         "name": "alice",
@@ -131,7 +132,7 @@ def test_billing_usage_in_cents_over_the_dates_asked(account: Account, store: Ke
         {
             (record.id, "m", "2026-01-01T05"): UsageCounts(1, 1, cost=0.5),
             (record.id, "m", "2026-01-02T05"): UsageCounts(1, 1, cost=0.25),
-            (record.id, "m", keys.hour_of(keys.now_text())): UsageCounts(1, 1, cost=0.125),
+            (record.id, "m", clock.hour_of(clock.now_text())): UsageCounts(1, 1, cost=0.125),
             (other.id, "m", "2026-01-01T05"): UsageCounts(1, 1, cost=9.0),
         },
         {},
@@ -176,7 +177,7 @@ def test_request_log_gives_back_in_order_and_bounded() -> None:
     rows = buffer.take()
     assert len(rows) == MAX_PENDING
     assert rows[0][1] == "r1" and rows[-1][1] == "new"
-    assert buffer.cutoff() < keys.now_text()
+    assert buffer.cutoff() < clock.now_text()
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", 1), (100, 100), ("10000", 10000)])

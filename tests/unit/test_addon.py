@@ -27,7 +27,7 @@ from apipod_proxy.addon import Apipod
 from apipod_proxy.flowstate import STATE, FlowState, state_of
 from apipod_proxy.lifecycle import GATEWAY_OPTIONS, runs_in_front_of
 from apipod_proxy.policy import forwarding
-from apipod_proxy.storage.sqlite import KeyRecord
+from apipod_proxy.storage.records import KeyRecord
 from tests.support.gateway import (
     ADMIN_SECRET,
     UPSTREAM_KEY,

@@ -11,7 +11,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.flow import Error
 
-from apipod_proxy import keys
+from apipod_proxy import clock
 from apipod_proxy.flowstate import state_of
 from apipod_proxy.gateway import Gateway as ProxyGateway
 from apipod_proxy.policy.pricing import Price, PriceTable, Tier
@@ -69,7 +69,7 @@ def test_a_completed_request_is_charged_from_memory_and_logged(priced: Gateway) 
     key, key_id = key_with(priced)
     flow = priced.authed(key, body=chat_body(GEMINI), headers=[("x-request-id", "r-1")])
     answer(priced, flow)
-    now = keys.now_text()
+    now = clock.now_text()
     assert priced.addon.gateway.accounting.ledger.spent(key_id, "month", now) == pytest.approx(COST)
     (row,) = priced.addon.gateway.accounting.request_log.take()
     assert row[1:6] == ("r-1", key_id, GEMINI, GEMINI, 200)
@@ -80,7 +80,7 @@ def test_a_completed_request_is_charged_from_memory_and_logged(priced: Gateway) 
 def test_upstream_failures_cost_nothing_even_with_usage(priced: Gateway, status: int) -> None:
     key, key_id = key_with(priced)
     answer(priced, priced.authed(key, body=chat_body(GEMINI)), status)
-    assert priced.addon.gateway.accounting.ledger.spent(key_id, "total", keys.now_text()) == 0
+    assert priced.addon.gateway.accounting.ledger.spent(key_id, "total", clock.now_text()) == 0
     (row,) = priced.addon.gateway.accounting.request_log.take()
     assert (row[5], row[-1]) == (status, 0.0)
 
@@ -90,7 +90,7 @@ def test_over_budget_is_refused_before_forwarding_without_a_database_hop(
 ) -> None:
     key, key_id = key_with(priced, budget=0.01)
     priced.authed(key, body=chat_body(GEMINI))  # the key lookup is now cached
-    priced.addon.gateway.accounting.ledger.add(key_id, 0.01, keys.now_text())
+    priced.addon.gateway.accounting.ledger.add(key_id, 0.01, clock.now_text())
     hops = count_db_hops(monkeypatch)
     flow = priced.authed(key, body=chat_body(GEMINI))
     assert hops == []
@@ -120,7 +120,7 @@ def test_a_reload_of_prices_applies_to_the_next_completion(priced: Gateway) -> N
     flow = priced.authed(key, body=chat_body(GEMINI))
     priced.addon.gateway.plans.apply(PriceTable(prices={GEMINI: Price(0.0, 0.0, 0.0)}))
     answer(priced, flow)  # charged at completion, at the prices then
-    assert priced.addon.gateway.accounting.ledger.spent(key_id, "day", keys.now_text()) == 0
+    assert priced.addon.gateway.accounting.ledger.spent(key_id, "day", clock.now_text()) == 0
 
 
 def test_flush_writes_spend_and_log_and_settles_the_ledger(priced: Gateway) -> None:
@@ -130,7 +130,7 @@ def test_flush_writes_spend_and_log_and_settles_the_ledger(priced: Gateway) -> N
     priced.flush()
     ledger = priced.addon.gateway.accounting.ledger
     assert ledger.pending == ledger.flushing == {}
-    assert ledger.spent(key_id, "total", keys.now_text()) == pytest.approx(COST)
+    assert ledger.spent(key_id, "total", clock.now_text()) == pytest.approx(COST)
     (logged,) = priced.addon.gateway.store.requests(key_id)
     assert logged["cost"] == pytest.approx(COST)
     assert priced.addon.gateway.store.usage()[0]["cost"] == pytest.approx(COST)
@@ -168,7 +168,7 @@ def test_a_hold_refuses_what_does_not_fit_until_it_is_settled_or_released(
         spent = 0.0
     assert priced.addon.gateway.accounting.ledger.held(key_id) == 0
     assert priced.addon.gateway.accounting.ledger.spent(
-        key_id, "month", keys.now_text()
+        key_id, "month", clock.now_text()
     ) == pytest.approx(spent)
     assert priced.authed(key, body=chat_body(GEMINI, **HELD)).response is None
 

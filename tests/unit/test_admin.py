@@ -11,7 +11,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from apipod_proxy import keys
+from apipod_proxy import clock, keys
 from apipod_proxy.endpoints.admin import AdminApi, is_internal
 from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.gateway import ADMIN_SECRET, make_settings
@@ -315,7 +315,7 @@ def test_created_key_authenticates(api: AdminApi, store: KeyStore) -> None:
     assert found.id == body["id"]
     assert found.name == "alice"
     assert found.tier == "pro"
-    assert found.is_usable(keys.format_time(keys.utcnow()))
+    assert found.is_usable(clock.format_time(clock.utcnow()))
 
 
 def test_created_key_with_expires_in(api: AdminApi) -> None:

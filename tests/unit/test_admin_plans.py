@@ -11,7 +11,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from apipod_proxy import keys
+from apipod_proxy import clock, keys
 from apipod_proxy.endpoints.admin import AdminApi
 from apipod_proxy.policy.pricing import Plans, PriceTable, Tier
 from apipod_proxy.storage.sqlite import KeyStore
@@ -85,7 +85,7 @@ def test_update_key_changes_fields_and_answers_the_key_object(
     assert (key["name"], key["tier"], key["rpm"]) == ("al", "trial", None)
     # What applies now: the trial tier's plan.
     assert (key["budget"], key["budget_period"], key["models"]) == (1.0, "day", ["a"])
-    assert key["expires_at"] > keys.ago(-29 * 86400)
+    assert key["expires_at"] > clock.ago(-29 * 86400)
     status, key = call(
         api,
         "POST",
@@ -134,7 +134,7 @@ def test_rotate_key_answers_a_new_secret_for_the_same_record(
 
 def test_requests_endpoint_filters_and_validates(api: AdminApi, store: KeyStore) -> None:
     _, a = store.create("a", "t", None)
-    now = keys.now_text()
+    now = clock.now_text()
     rows = [(now, f"r{i}", a.id, "m", "m", 200, 1, 1, 0, 1, 0.0, 0, False, False) for i in range(3)]
     store.record_usage({}, {}, rows)
     status, answer = call(api, "GET", f"/admin/requests?key_id={a.id}&since=1h&limit=2")

@@ -19,7 +19,7 @@ from apipod_proxy.pipeline.auth import (
     swap_credentials,
 )
 from apipod_proxy.pipeline.auth import refusal as auth_refusal
-from apipod_proxy.storage.sqlite import KeyRecord
+from apipod_proxy.storage.records import KeyRecord
 
 UPSTREAM_KEY = "upstream-key-for-auth-tests"
 NOW = "2024-06-01T12:00:00Z"

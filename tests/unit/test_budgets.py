@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 from mitmproxy import http
 
-from apipod_proxy import keys
+from apipod_proxy import clock
 from apipod_proxy.clientapi import ClientApi
 from apipod_proxy.errors import Refusal
 from apipod_proxy.policy import budgets
 from apipod_proxy.policy.budgets import SpendLedger
 from apipod_proxy.policy.pricing import Plans, Price, PriceTable, Tier
-from apipod_proxy.storage.sqlite import KeyRecord, KeyStore, UsageCounts
+from apipod_proxy.storage.records import KeyRecord, UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.gateway import make_settings
 from tests.support.harness import KEY_OBJECT_FIELDS as KEY_FIELDS
 
@@ -148,12 +149,12 @@ def test_ledger_counts_a_flush_in_progress_once_whether_it_commits_or_fails() ->
 def test_ledger_settles_on_what_the_store_writes_and_reads(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "proxy.db")
     _, record = store.create("alice", "elite", None)
-    now = keys.now_text()
+    now = clock.now_text()
     ledger = SpendLedger()
     ledger.add(record.id, 0.125, now)
     ledger.take()
     spend = store.record_usage(
-        {(record.id, "m", keys.hour_of(now)): UsageCounts(1, 1, cost=0.125)}, {}
+        {(record.id, "m", clock.hour_of(now)): UsageCounts(1, 1, cost=0.125)}, {}
     )
     ledger.settle(spend)
     for period in ("day", "month", "total"):

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from apipod_proxy import keys
+from apipod_proxy import clock, keys
 from apipod_proxy.cli import table
 from apipod_proxy.storage.backend import open_store
-from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from apipod_proxy.storage.records import UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.gateway import cli_create as create
 from tests.support.gateway import run_cli as main
 from tests.support.gateway import run_cli_exit as main_exit
@@ -82,7 +83,7 @@ def test_create_json_shape(capsys: pytest.CaptureFixture[str], store: KeyStore) 
 def test_create_with_expires_in_sets_the_expiry(capsys: pytest.CaptureFixture[str]) -> None:
     created = create(capsys, "--name", "temp", "--expires-in", "2h")
     assert created["expires_at"] > created["created_at"]
-    assert created["expires_at"] >= keys.ago(-2 * 3600 + 5)
+    assert created["expires_at"] >= clock.ago(-2 * 3600 + 5)
 
 
 @pytest.mark.parametrize("rpm", ["0", "30", "1000000"])
@@ -149,9 +150,9 @@ def test_expires_in_errors_name_the_flag(
 def test_expires_in_takes_weeks_and_either_case(
     capsys: pytest.CaptureFixture[str], value: str, days: int
 ) -> None:
-    earliest = keys.expiry_after(days * 86400)
+    earliest = clock.expiry_after(days * 86400)
     created = create(capsys, "--name", "temp", "--expires-in", value)
-    assert earliest <= created["expires_at"] <= keys.expiry_after(days * 86400)
+    assert earliest <= created["expires_at"] <= clock.expiry_after(days * 86400)
 
 
 def test_since_with_a_negative_value_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -317,7 +318,7 @@ def test_non_numeric_id_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def hour_ago(hours: int) -> str:
-    return keys.hour_of(keys.ago(hours * 3600))
+    return clock.hour_of(clock.ago(hours * 3600))
 
 
 def test_usage_since_json_reports_recent_counts_only(
@@ -325,7 +326,7 @@ def test_usage_since_json_reports_recent_counts_only(
 ) -> None:
     alice = create(capsys, "--name", "alice")
     bob = create(capsys, "--name", "bob")
-    now = keys.format_time(keys.utcnow())
+    now = clock.format_time(clock.utcnow())
     store.record_usage(
         {
             (alice["id"], "gemini", hour_ago(0)): UsageCounts(3, 3, 0, 0, 100, 40),
@@ -333,7 +334,7 @@ def test_usage_since_json_reports_recent_counts_only(
             (alice["id"], "claude", hour_ago(1)): UsageCounts(1, 0, 0, 1, 7, 0),
             (bob["id"], "gemini", hour_ago(72)): UsageCounts(50, 50, 0, 0, 5000, 5000),
         },
-        {alice["id"]: now, bob["id"]: keys.ago(72 * 3600)},
+        {alice["id"]: now, bob["id"]: clock.ago(72 * 3600)},
     )
     code, out, _ = main(capsys, "usage", "--since", "24h", "--json")
     assert code == 0
@@ -356,7 +357,7 @@ def test_usage_since_json_reports_recent_counts_only(
 
 def test_usage_also_shows_in_list(capsys: pytest.CaptureFixture[str], store: KeyStore) -> None:
     alice = create(capsys, "--name", "alice")
-    now = keys.format_time(keys.utcnow())
+    now = clock.format_time(clock.utcnow())
     store.record_usage(
         {
             (alice["id"], "a", hour_ago(0)): UsageCounts(4, 2, 1, 1, 20, 8),

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from apipod_proxy import keys
-from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from apipod_proxy import clock, keys
+from apipod_proxy.storage.records import UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.gateway import cli_create as create
 from tests.support.gateway import run_cli as main
 from tests.support.gateway import run_cli_exit as main_exit
@@ -67,7 +68,7 @@ def test_update_sets_and_clears_settings(capsys: pytest.CaptureFixture[str]) -> 
     code, out, _ = main(capsys, "update", str(key["id"]), "--no-budget", "--expires-in", "2d")
     assert code == 0 and out.startswith("id ")
     row = listed(capsys)[key["id"]]
-    assert row["budget"] is None and row["expires_at"] > keys.ago(-86400)
+    assert row["budget"] is None and row["expires_at"] > clock.ago(-86400)
 
 
 def test_update_needs_a_change_and_a_known_id(capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,7 +107,7 @@ def test_list_reads_tiers_from_routes_file(
     monkeypatch.setenv("ROUTES_FILE", str(routes))
     key = create(capsys, "--name", "a", "--tier", "trial")
     store.record_usage(
-        {(key["id"], "m", keys.hour_of(keys.now_text())): UsageCounts(1, 1, cost=0.25)}, {}
+        {(key["id"], "m", clock.hour_of(clock.now_text())): UsageCounts(1, 1, cost=0.25)}, {}
     )
     row = listed(capsys)[key["id"]]
     assert (row["budget"], row["budget_period"], row["spend"], row["models"]) == (
@@ -128,7 +129,7 @@ def test_requests_lists_the_log_newest_first(
 ) -> None:
     a = create(capsys, "--name", "a")
     b = create(capsys, "--name", "b")
-    now = keys.now_text()
+    now = clock.now_text()
     rows = [
         (now, f"r{i}", k["id"], "m", "m", 200, 1, 1, 0, 1, 0.0, 0, False, i == 2)
         for i, k in enumerate([a, b, a])

@@ -1,4 +1,4 @@
-"""Unit tests for connections.py (phases, limits, accept errors) and ratelog.py.
+"""Unit tests for connections.py (phases, limits, accept errors) and logs.RateLimitedLog.
 
 The sockets themselves (408s, 503s, lingering after 413) are tested end to end in
 tests/e2e/test_e2e_hostile.py.
@@ -29,7 +29,7 @@ from apipod_proxy.connections import (
     default_max_connections,
     raise_file_limit,
 )
-from apipod_proxy.ratelog import RateLimitedLog
+from apipod_proxy.logs import RateLimitedLog
 from tests.support.gateway import make_settings
 
 
@@ -56,7 +56,7 @@ def settings(tmp_path: Path, **overrides: Any) -> Settings:
     return make_settings(tmp_path, admin_secret=None, max_body_size=1024, **overrides)
 
 
-# --- ratelog -------------------------------------------------------------------------------
+# --- logs.RateLimitedLog -------------------------------------------------------------------
 
 
 def test_rate_limited_log_writes_once_per_interval_with_a_count(lines: list[str]) -> None:

@@ -12,13 +12,14 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from apipod_proxy import keys
+from apipod_proxy import clock
 from apipod_proxy.config import Settings
 from apipod_proxy.endpoints.admin import AdminApi
 from apipod_proxy.endpoints.dashboard import LiveStats, bucket_labels, usage_series
 from apipod_proxy.metrics import Metrics
 from apipod_proxy.policy.routing import Alias, Router, RoutesFile, RouteTable
-from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from apipod_proxy.storage.records import UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from apipod_proxy.upstream.quota import Cooldowns
 from tests.support.gateway import ADMIN_SECRET, make_settings
 
@@ -159,7 +160,7 @@ def test_routes_shows_the_file_and_when_it_was_loaded(tmp_path: Path, store: Key
     assert body["source"]["path"] == str(path)
     assert body["source"]["loaded_at"] == routes.loaded_at
     assert routes.loaded_at is not None
-    assert routes.loaded_at[:10] == keys.now_text()[:10]
+    assert routes.loaded_at[:10] == clock.now_text()[:10]
 
 
 # --- /admin/usage/series -------------------------------------------------------------
@@ -172,10 +173,10 @@ def add_usage(store: KeyStore, key_id: int, model: str, hour: str, **counts: int
 def test_series_by_hour_and_day(api: AdminApi, store: KeyStore) -> None:
     _, alice = store.create("alice", "elite", None)
     _, bob = store.create("bob", "elite", None)
-    now = keys.utcnow()
-    this_hour = keys.format_time(now)[:13]
-    two_hours_ago = keys.format_time(now - timedelta(hours=2))[:13]
-    ten_days_ago = keys.format_time(now - timedelta(days=10))[:13]
+    now = clock.utcnow()
+    this_hour = clock.format_time(now)[:13]
+    two_hours_ago = clock.format_time(now - timedelta(hours=2))[:13]
+    ten_days_ago = clock.format_time(now - timedelta(days=10))[:13]
     add_usage(store, alice.id, "gemini-3-flash", this_hour, requests=3, ok=2, server_errors=1,
               prompt_tokens=30, completion_tokens=12)  # fmt: skip
     add_usage(store, bob.id, "claude-sonnet-4-5", two_hours_ago, requests=5, ok=4,
@@ -210,18 +211,18 @@ def test_series_by_hour_and_day(api: AdminApi, store: KeyStore) -> None:
 def test_series_sums_the_cost_and_ranks_top_keys_by_it(store: KeyStore) -> None:
     _, alice = store.create("alice", "elite", None)
     _, bob = store.create("bob", "elite", None)
-    hour = keys.now_text()[:13]
+    hour = clock.now_text()[:13]
     add_usage(store, alice.id, "m", hour, requests=100)
     add_usage(store, bob.id, "m", hour, requests=1)
     conn = store.connection()
     conn.execute("UPDATE usage SET cost = 0.25 WHERE key_id = ?", (bob.id,))
-    answer = usage_series(conn, "hour", hour)
+    answer = usage_series(store, "hour", hour)
     assert answer["data"][0]["cost"] == 0.25
     assert [k["name"] for k in answer["top_keys"]] == ["bob", "alice"]  # by spend first
 
 
 def test_top_keys_are_ten(api: AdminApi, store: KeyStore) -> None:
-    hour = keys.now_text()[:13]
+    hour = clock.now_text()[:13]
     for n in range(12):
         _, record = store.create(f"k{n}", "elite", None)
         add_usage(store, record.id, "m", hour, requests=n + 1)
@@ -239,9 +240,9 @@ def test_series_refuses_bad_parameters(api: AdminApi, query: str) -> None:
 
 
 def test_bucket_labels_are_capped() -> None:
-    now = keys.utcnow()
+    now = clock.utcnow()
     assert len(bucket_labels("hour", now - timedelta(days=3650), now)) == 24 * 31
-    assert bucket_labels("day", now, now) == [keys.format_time(now)[:10]]
+    assert bucket_labels("day", now, now) == [clock.format_time(now)[:10]]
 
 
 def test_stats_lists_models_in_quota_cooldown(api: AdminApi) -> None:

@@ -39,13 +39,13 @@ from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from apipod_proxy import keys
+from apipod_proxy import clock, keys
 from apipod_proxy.bodies import is_model_id
 from apipod_proxy.endpoints import pages
 from apipod_proxy.flowstate import state_of
 from apipod_proxy.policy.forwarding import BUILT_IN as FORWARDED
 from apipod_proxy.policy.routing import Alias, Router, RouteTable
-from apipod_proxy.storage.sqlite import KeyRecord
+from apipod_proxy.storage.records import KeyRecord
 from tests.support.gateway import Gateway, open_gateway
 from tests.support.gateway import make_flow as gateway_flow
 from tests.support.harness import ENCODERS
@@ -809,7 +809,7 @@ valid_create = st.fixed_dictionaries(
     optional={
         "tier": printable,
         "expires_in": st.one_of(
-            st.integers(1, keys.MAX_LIFETIME_SECONDS),
+            st.integers(1, clock.MAX_LIFETIME_SECONDS),
             st.builds(lambda n, u: f"{n}{u}", st.integers(1, 90), st.sampled_from("smhd")),
         ),
         "rpm": st.one_of(st.none(), st.integers(0, 1_000_000)),

@@ -15,17 +15,9 @@ import pytest
 
 from apipod_proxy import keys
 from apipod_proxy.storage import sqlite as store_module
-from apipod_proxy.storage.sqlite import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    KeyRecord,
-    KeyStore,
-    connect,
-    create_key,
-    find_key,
-    migrate,
-    ping,
-)
+from apipod_proxy.storage.migrations import MIGRATIONS, SCHEMA_VERSION, migrate
+from apipod_proxy.storage.records import KeyRecord
+from apipod_proxy.storage.sqlite import KeyStore, connect, create_key, find_key, ping
 
 
 @pytest.fixture

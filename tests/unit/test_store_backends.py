@@ -16,13 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from apipod_proxy import cli, keys
-from apipod_proxy.storage import sqlite as store
+from apipod_proxy import cli, clock, keys
+from apipod_proxy.storage import migrations
 from apipod_proxy.storage.backend import DB_ERRORS, describe, key_cache_for, open_store
+from apipod_proxy.storage.copy_to_postgres import copy_database
 from apipod_proxy.storage.keycache import MISS
-from apipod_proxy.storage.migrate import copy_database
 from apipod_proxy.storage.postgres import PING_WAIT, KeyVersionWatcher, PgKeyStore, translate
-from apipod_proxy.storage.sqlite import KeyStore, UsageCounts
+from apipod_proxy.storage.records import UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.tcpgate import TcpGate
 
 BOTH_BACKENDS = True
@@ -67,7 +68,7 @@ def test_ids_count_up_from_one(key_store: KeyStore) -> None:
 def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeyStore) -> None:
     _, alice = key_store.create("alice", "elite", None)
     _, bob = key_store.create("bob", "elite", None)
-    hour = keys.hour_of(keys.now_text())
+    hour = clock.hour_of(clock.now_text())
     for _ in range(3):
         key_store.record_usage(
             {
@@ -85,7 +86,7 @@ def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeySt
                 ),
                 (bob.id, "m2", hour): UsageCounts(1, 0, 0, 1, 0, 0),
             },
-            {alice.id: keys.now_text()},
+            {alice.id: clock.now_text()},
         )
     rows = key_store.usage()
     assert rows == [
@@ -107,8 +108,8 @@ def test_usage_adds_up_across_flushes_and_reports_plain_numbers(key_store: KeySt
 def test_spend_request_log_and_rotation(key_store: KeyStore) -> None:
     """Issue 11's tables on both backends: spend per period, the request log, rotation."""
     old_key, alice = key_store.create("alice", "elite", None)
-    now = keys.now_text()
-    hour = keys.hour_of(now)
+    now = clock.now_text()
+    hour = clock.hour_of(now)
     row = (now, "req_1", alice.id, "m", "m", 200, 12, 10, 0, 20, 0.25, 0, False, False)
     spend = key_store.record_usage(
         {(alice.id, "m", hour): UsageCounts(1, 1, cost=0.25)}, {alice.id: now}, [row]
@@ -231,7 +232,7 @@ def test_a_hung_database_fails_the_health_ping_within_its_wait(pg_url: str) -> N
 def test_schema_version_is_kept_in_a_table(pg_store: PgKeyStore, pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT version FROM apipod_schema").fetchall() == [
-            (store.SCHEMA_VERSION,)
+            (migrations.SCHEMA_VERSION,)
         ]
         conn.execute("UPDATE apipod_schema SET version = version + 1")
     newer = PgKeyStore(pg_url)
@@ -271,7 +272,7 @@ def test_key_changes_reach_another_process_within_a_second(pg_store: PgKeyStore)
             time.sleep(0.005)
         # A usage flush touches last_used_at only: not a key change, caches stay.
         version = other.key_version
-        pg_store.record_usage({}, {record.id: keys.now_text()})
+        pg_store.record_usage({}, {record.id: clock.now_text()})
         time.sleep(0.7)
         assert other.key_version == version
     finally:
@@ -416,8 +417,8 @@ def test_a_v3_postgresql_schema_upgrades_in_place(
     """m004 through pgstore's rewrites: a v3 database keeps its rows, with zeros in the
     new columns, and takes reasoning and estimated counts."""
     with monkeypatch.context() as v3:
-        v3.setattr(store, "MIGRATIONS", store.MIGRATIONS[:3])
-        v3.setattr(store, "SCHEMA_VERSION", 3)
+        v3.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:3])
+        v3.setattr(migrations, "SCHEMA_VERSION", 3)
         old = PgKeyStore(pg_url)
         old.open()
         _, carol = old.create("carol", "elite", None)
@@ -437,7 +438,7 @@ def test_a_v3_postgresql_schema_upgrades_in_place(
             0,
             False,
         )
-        hour = keys.hour_of(keys.now_text())
+        hour = clock.hour_of(clock.now_text())
         upgraded.record_usage(
             {(carol.id, "m", hour): UsageCounts(1, 1, reasoning_tokens=4, estimated_requests=1)},
             {},
@@ -446,7 +447,7 @@ def test_a_v3_postgresql_schema_upgrades_in_place(
         assert (usage["reasoning_tokens"], usage["estimated_requests"]) == (4, 1)
         with psycopg.connect(pg_url) as conn:
             assert conn.execute("SELECT version FROM apipod_schema").fetchone() == (
-                store.SCHEMA_VERSION,
+                migrations.SCHEMA_VERSION,
             )
     finally:
         upgraded.close()

@@ -9,14 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from apipod_proxy import keys
-from apipod_proxy.storage.sqlite import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    KeyStore,
-    UsageCounts,
-    connect,
-)
+from apipod_proxy import clock, keys
+from apipod_proxy.storage.migrations import MIGRATIONS, SCHEMA_VERSION
+from apipod_proxy.storage.records import UsageCounts
+from apipod_proxy.storage.sqlite import KeyStore, connect
 from tests.support.harness import REQUEST_ROW_FIELDS as REQUEST_FIELDS
 
 #: Written by the code of schema v2 (commit 0a65ba3): alice (id 1, rpm 30) with usage
@@ -59,9 +55,9 @@ def test_a_v2_database_upgrades_in_place_keeping_keys_and_usage(tmp_path: Path) 
     # The new columns and tables work on the upgraded file.
     store.update(1, {"budget": 5.0, "models": ("a",)})
     store.record_usage(
-        {(1, "a", keys.hour_of(keys.now_text())): UsageCounts(1, 1, cost=0.5)},
+        {(1, "a", clock.hour_of(clock.now_text())): UsageCounts(1, 1, cost=0.5)},
         {},
-        [log_row(1, keys.now_text(), "r1", 0.5)],
+        [log_row(1, clock.now_text(), "r1", 0.5)],
     )
     assert store.requests(1)[0]["request_id"] == "r1"
     assert store.find_by_id(1).models == ("a",)  # type: ignore[union-attr]
@@ -116,8 +112,8 @@ def test_record_usage_writes_spend_per_period_and_returns_the_current_spend(
 ) -> None:
     _, a = store.create("a", "t", None)
     _, b = store.create("b", "t", None)
-    now = keys.now_text()
-    hour = keys.hour_of(now)
+    now = clock.now_text()
+    hour = clock.hour_of(now)
     spend = store.record_usage(
         {
             (a.id, "m1", hour): UsageCounts(1, 1, cost=0.25),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from apipod_proxy import keys
+from apipod_proxy import clock
 from apipod_proxy.pipeline import usage
 from apipod_proxy.pipeline.usage import (
     MAX_EVENT_BYTES,
@@ -19,7 +19,7 @@ from apipod_proxy.pipeline.usage import (
     status_class,
     usage_from_body,
 )
-from apipod_proxy.storage.sqlite import UsageCounts
+from apipod_proxy.storage.records import UsageCounts
 from tests.support.gateway import LogRecords
 
 
@@ -489,8 +489,8 @@ NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 @pytest.fixture
 def frozen(monkeypatch: pytest.MonkeyPatch) -> str:
     """Freeze the recorder's clock; return the hour bucket it falls into."""
-    monkeypatch.setattr(usage.keys, "now_text", lambda: keys.format_time(NOW))
-    return keys.hour_of(keys.format_time(NOW))
+    monkeypatch.setattr(usage.clock, "now_text", lambda: clock.format_time(NOW))
+    return clock.hour_of(clock.format_time(NOW))
 
 
 def test_empty_recorder_is_false() -> None:
@@ -522,7 +522,7 @@ def test_add_accumulates_requests_tokens_and_status_classes(frozen: str) -> None
             completion_tokens=7,
         )
     }
-    assert last_used == {1: keys.format_time(NOW)}
+    assert last_used == {1: clock.format_time(NOW)}
 
 
 def test_add_keeps_keys_and_models_apart(frozen: str) -> None:
@@ -540,13 +540,13 @@ def test_add_keeps_keys_and_models_apart(frozen: str) -> None:
 def test_add_uses_a_new_bucket_each_hour(monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = UsageRecorder()
     moments = iter([NOW, NOW.replace(hour=8)])
-    monkeypatch.setattr(usage.keys, "now_text", lambda: keys.format_time(next(moments)))
+    monkeypatch.setattr(usage.clock, "now_text", lambda: clock.format_time(next(moments)))
     recorder.add(1, "m", 200, Usage())
     recorder.add(1, "m", 200, Usage())
     pending, last_used = recorder.take()
     assert [counts.requests for counts in pending.values()] == [1, 1]
     assert len(pending) == 2
-    assert last_used == {1: keys.format_time(NOW.replace(hour=8))}
+    assert last_used == {1: clock.format_time(NOW.replace(hour=8))}
 
 
 def test_take_hands_over_everything_and_empties_the_recorder(frozen: str) -> None:

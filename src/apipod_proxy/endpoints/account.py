@@ -15,14 +15,15 @@ from datetime import UTC, date, datetime, timedelta
 
 from mitmproxy import http
 
-from .. import keys
+from .. import clock
 from ..config import Settings
 from ..errors import error_response, json_response
 from ..logs import printable
 from ..policy.budgets import SpendLedger, budget_of, models_of, resets_at, rpm_of
 from ..policy.pricing import DEFAULT_PERIOD, Plans
 from ..storage.backend import DB_ERRORS, error_text
-from ..storage.sqlite import KeyRecord, KeyStore
+from ..storage.records import KeyRecord
+from ..storage.sqlite import KeyStore
 
 log = logging.getLogger("apipod")
 
@@ -80,11 +81,11 @@ class Account:
         return json_response(200, {"object": "list", "total_usage": round(cost * 100, 8)})
 
     def account(self, record: KeyRecord) -> dict[str, object]:
-        now = keys.now_text()
+        now = clock.now_text()
         budget, period = budget_of(record, self.plans)
         models = models_of(record, self.plans)
         shown = period or DEFAULT_PERIOD  # without a budget: this month's spend
-        reset = resets_at(shown, keys.utcnow())
+        reset = resets_at(shown, clock.utcnow())
         return {
             "id": record.id,
             "name": record.name,
@@ -95,8 +96,8 @@ class Account:
             "budget": budget,
             "budget_period": period,
             "spend": round(self.ledger.spent(record.id, shown, now), 10),
-            "resets_at": None if reset is None else keys.format_time(reset),
-            "usage": self.store.daily_usage(record.id, keys.ago((USAGE_DAYS - 1) * 86400)),
+            "resets_at": None if reset is None else clock.format_time(reset),
+            "usage": self.store.daily_usage(record.id, clock.ago((USAGE_DAYS - 1) * 86400)),
         }
 
     def subscription(self, record: KeyRecord) -> dict[str, object]:
@@ -118,7 +119,7 @@ class Account:
 
 def _date_range(start: str | None, end: str | None) -> tuple[date, date]:
     """[start, end) as dates; by default this month so far, today included."""
-    today = keys.utcnow().date()
+    today = clock.utcnow().date()
     try:
         first = date.fromisoformat(start) if start else today.replace(day=1)
         last = date.fromisoformat(end) if end else today + timedelta(days=1)

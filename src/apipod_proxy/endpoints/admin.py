@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from .. import keys
+from .. import clock, keys
 from ..bodies import BodyError, decoded, parse_json
 from ..config import Settings
 from ..errors import error_response, json_response
@@ -129,8 +129,8 @@ def validate_changes(fields: dict[str, Any], expires_name: str = "expires_in") -
         changes["rpm"] = keys.validate_rpm(fields["rpm"])
     if "expires_in" in fields:
         expires_in = fields["expires_in"]
-        seconds = None if expires_in is None else keys.parse_duration(expires_in, expires_name)
-        changes["expires_at"] = keys.expiry_after(seconds)
+        seconds = None if expires_in is None else clock.parse_duration(expires_in, expires_name)
+        changes["expires_at"] = clock.expiry_after(seconds)
     return changes
 
 
@@ -328,7 +328,7 @@ class AdminApi:
                 key_id = int(key_id) if key_id.isascii() and key_id.isdigit() else -1
                 if not 1 <= key_id <= MAX_ID:
                     raise ValueError("key_id must be a key's whole-number id")
-            start = keys.since(query.get("since"))
+            start = clock.since(query.get("since"))
             limit = parse_limit(query.get("limit", DEFAULT_LIMIT))
         except ValueError as exc:
             return error_response(400, str(exc), "invalid_field")
@@ -354,7 +354,7 @@ class AdminApi:
 
     def usage(self, request: http.Request) -> http.Response:
         try:
-            start = keys.since(request.query.get("since"))
+            start = clock.since(request.query.get("since"))
         except ValueError:
             return error_response(400, "since must look like 90m, 24h, 30d or 2w", "invalid_field")
         return json_response(200, {"data": self.store.usage(start)})

@@ -14,7 +14,6 @@ current table and the usage table. None of them runs on the request path.
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -24,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from .. import keys
+from .. import clock
 from ..errors import error_response, json_response
 from ..metrics import Metrics
 
 if TYPE_CHECKING:
+    from ..storage.sqlite import KeyStore
     from .admin import AdminApi
 
 #: Rates are averaged over the samples of about this many seconds.
@@ -148,7 +148,7 @@ class LiveStats:
                 "server_errors": int(totals.server_errors),
                 "tokens": int(totals.tokens),
             },
-            "time": keys.now_text(),
+            "time": clock.now_text(),
         }
 
 
@@ -224,56 +224,18 @@ def bucket_labels(bucket: str, start: datetime, now: datetime) -> list[str]:
         moment = moment.replace(hour=0)
     labels = []
     while moment <= now and len(labels) < MAX_BUCKETS[bucket]:
-        labels.append(keys.format_time(moment)[: BUCKETS[bucket]])
+        labels.append(clock.format_time(moment)[: BUCKETS[bucket]])
         moment += step
     return labels
 
 
-SERIES_FIELDS = [
-    "bucket",
-    "model",
-    "requests",
-    "errors",
-    "server_errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost",
-    "reasoning_tokens",
-    "estimated_reasoning_tokens",
-    "estimated_requests",
-]
-TOP_FIELDS = ["key_id", "name", "prefix", "requests", "tokens", "cost"]
-
-
-def usage_series(conn: sqlite3.Connection, bucket: str, start: str) -> dict[str, Any]:
+def usage_series(store: KeyStore, bucket: str, start: str) -> dict[str, Any]:
     """Usage summed per bucket and routed model from the bucket holding `start`, and
     the keys that spent most (then used most) over the same span."""
     width, first = BUCKETS[bucket], start[: BUCKETS[bucket]]
-    rows = conn.execute(
-        f"""
-        SELECT substr(g.hour, 1, {width}) AS bucket, g.model, sum(g.requests),
-               sum(g.client_errors + g.server_errors), sum(g.server_errors),
-               sum(g.prompt_tokens), sum(g.completion_tokens), coalesce(sum(g.cost), 0),
-               sum(g.reasoning_tokens), sum(g.estimated_reasoning_tokens),
-               sum(g.estimated_requests)
-        FROM usage g WHERE g.hour >= ?
-        GROUP BY bucket, g.model ORDER BY bucket, g.model
-        """,
-        (first,),
-    ).fetchall()
-    top = conn.execute(
-        """
-        SELECT g.key_id, u.name, u.key_prefix, sum(g.requests),
-               sum(g.prompt_tokens + g.completion_tokens), coalesce(sum(g.cost), 0) AS spend
-        FROM usage g JOIN users u ON u.id = g.key_id WHERE g.hour >= ?
-        GROUP BY g.key_id, u.name, u.key_prefix
-        ORDER BY spend DESC, sum(g.requests) DESC, g.key_id LIMIT ?
-        """,
-        (first, TOP_KEYS),
-    ).fetchall()
     return {
-        "data": [_rounded(dict(zip(SERIES_FIELDS, row, strict=True))) for row in rows],
-        "top_keys": [_rounded(dict(zip(TOP_FIELDS, row, strict=True))) for row in top],
+        "data": [_rounded(row) for row in store.usage_series(width, first)],
+        "top_keys": [_rounded(row) for row in store.top_keys(first, TOP_KEYS)],
     }
 
 
@@ -288,18 +250,18 @@ def series(api: AdminApi, request: http.Request) -> http.Response:
         return error_response(400, "bucket must be hour or day", "invalid_field")
     since = request.query.get("since") or DEFAULT_SINCE[bucket]
     try:
-        seconds = keys.parse_duration(since, "since")
+        seconds = clock.parse_duration(since, "since")
     except ValueError:
         return error_response(400, "since must look like 90m, 24h or 30d", "invalid_field")
-    now = keys.utcnow()
+    now = clock.utcnow()
     # "24h" by hour is the current hour and the 23 before it; "30d" by day, 30 days.
     step = 3600 if bucket == "hour" else 86400
     start = now - timedelta(seconds=max(seconds - step, 0))
     labels = bucket_labels(bucket, start, now)
-    answer = usage_series(api.store.connection(), bucket, labels[0])
+    answer = usage_series(api.store, bucket, labels[0])
     return json_response(
         200,
-        {"bucket": bucket, "since": since, "buckets": labels, "now": keys.format_time(now)}
+        {"bucket": bucket, "since": since, "buckets": labels, "now": clock.format_time(now)}
         | answer,
     )
 

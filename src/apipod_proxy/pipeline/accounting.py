@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from .. import keys, logs
+from .. import clock, logs
 from ..bodies import BodyError, decoded
 from ..errors import Refusal
 from ..flowstate import Traffic, state_of
@@ -46,8 +46,9 @@ if TYPE_CHECKING:
     from ..policy.pricing import Plans
     from ..policy.routing import Router
     from ..policy.shared import SharedSpend
+    from ..storage.records import KeyRecord, SpendRows
     from ..storage.requestlog import RequestLog
-    from ..storage.sqlite import KeyRecord, KeyStore, SpendRows
+    from ..storage.sqlite import KeyStore
     from ..upstream.models import ModelList
     from .usage import UsageRecorder
 
@@ -89,7 +90,7 @@ class Accounting:
         shared, amount = self.shared_spend, state.hold_estimate
         if shared is not None and amount <= 0:  # no hold script to read the spend with
             await self._refresh_shared_spend(shared, record)
-        now = keys.now_text()
+        now = clock.now_text()
         refusal = budgets.budget_refusal(record, self.plans, self.ledger, now, amount)
         if refusal is not None or amount <= 0:  # nothing to hold: no priced model
             return refusal
@@ -116,7 +117,7 @@ class Accounting:
             budget, period = budgets.budget_of(record, self.plans)
             if budget is None or period is None:
                 return
-            now = keys.now_text()
+            now = clock.now_text()
             slot = (record.id, period, budgets.period_start(period, now))
             self.ledger.note_shared(await shared.totals([slot]))
         except (RedisError, OSError, TimeoutError):
@@ -162,7 +163,7 @@ class Accounting:
             usage = _usage_of(flow, state)
             # What the upstream failed (5xx, unreachable, timeout) costs nothing.
             cost = self.cost(model, usage) if status < 500 else 0.0
-            added = self.ledger.add(state.user.id, cost, keys.now_text())
+            added = self.ledger.add(state.user.id, cost, clock.now_text())
             self.usage.add(state.user.id, model, status, usage, cost)
             self.request_log.add(
                 state.request_id,

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import keys, logs
+from .. import clock, keys, logs
 from ..clientapi import ClientApi
 from ..endpoints.account import is_account_path
 from ..endpoints.admin import is_internal
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..policy.pricing import Plans
     from ..policy.ratelimit import RateLimiter
     from ..policy.shared import SharedLimiter
-    from ..storage.sqlite import KeyRecord
+    from ..storage.records import KeyRecord
 
 log = logging.getLogger("apipod")
 
@@ -134,7 +134,7 @@ class Admission:
             except DB_ERRORS as exc:
                 log.error("key lookup failed: %s", error_text(exc))
                 return state.api.error(503, _DATABASE_AWAY, "database_unavailable")
-        if refused := auth.refusal(key, record, keys.now_text()):
+        if refused := auth.refusal(key, record, clock.now_text()):
             reason, refusal = refused
             self.metrics.auth_failures.labels(reason).inc()
             return state.api.refuse(refusal)

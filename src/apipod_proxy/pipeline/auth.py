@@ -10,7 +10,7 @@ from ..errors import Refusal
 if TYPE_CHECKING:
     from mitmproxy import http
 
-    from ..storage.sqlite import KeyRecord
+    from ..storage.records import KeyRecord
 
 #: Client credentials that must never reach the upstream (the admin secret included).
 CLIENT_CREDENTIAL_HEADERS = (
@@ -45,7 +45,7 @@ def refusal(key: str | None, record: KeyRecord | None, now: str) -> tuple[str, R
     """None when the key may pass, else (reason, the 401/403 refusal).
 
     `record` is what the database holds for the key (None: unknown); `now` is a
-    `keys.format_time` timestamp for the expiry check.
+    `clock.format_time` timestamp for the expiry check.
     """
     if key is None:
         message = (

@@ -17,9 +17,9 @@ import json
 import logging
 import re
 
-from .. import keys
+from .. import clock
 from ..metering import Meter, Usage, count_raw, meter_event, meter_of_body
-from ..storage.sqlite import UsageCounts
+from ..storage.records import UsageCounts
 
 log = logging.getLogger("apipod")
 
@@ -144,8 +144,8 @@ class UsageRecorder:
         return bool(self._pending)
 
     def add(self, key_id: int, model: str, status: int, usage: Usage, cost: float = 0.0) -> None:
-        now = keys.now_text()
-        counts = self._bucket((key_id, model, keys.hour_of(now)))
+        now = clock.now_text()
+        counts = self._bucket((key_id, model, clock.hour_of(now)))
         counts.requests += 1
         setattr(counts, status_class(status), getattr(counts, status_class(status)) + 1)
         counts.prompt_tokens += usage.prompt_tokens

@@ -34,10 +34,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .. import keys
+from .. import clock
 from ..config import Settings
 from ..errors import Refusal
-from ..storage.sqlite import KEY_FIELDS, KeyRecord, SpendRows, period_start
+from ..storage.records import KEY_FIELDS, KeyRecord, SpendRows, period_start
 from ..translate import DEFAULT_MAX_TOKENS
 from .pricing import DEFAULT_PERIOD, PER_TOKENS, PERIODS, Plans, Price
 
@@ -168,7 +168,7 @@ class SpendLedger:
         """The flush committed; `base` is the database's spend, ours included."""
         self.base, self.flushing = base, {}
         # Shared totals of past periods are no longer read: keep the current ones only.
-        now = keys.now_text()
+        now = clock.now_text()
         self.shared = {
             slot: total
             for slot, total in self.shared.items()
@@ -298,7 +298,7 @@ def quota_refusal(
     if reset is None:
         message += "; it does not reset"
     else:
-        message += f"; it resets at {keys.format_time(reset)}"
+        message += f"; it resets at {clock.format_time(reset)}"
         headers["retry-after"] = str(max(1, math.ceil((reset - moment).total_seconds())))
     # `insufficient_quota` is the type OpenAI sends for a used-up quota.
     return Refusal(429, message, "insufficient_quota", headers, kind="insufficient_quota")

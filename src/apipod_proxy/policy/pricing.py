@@ -33,12 +33,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..storage.records import PERIODS
 from .forwarding import Forwarding
 from .routing import Router, RoutesError, RoutesFile, only, read_toml, table_of
 
 log = logging.getLogger("apipod")
 
-PERIODS = ("day", "month", "total")
 #: The period of a budget that names none, neither on the key nor on its tier.
 DEFAULT_PERIOD = "month"
 PER_TOKENS = 1_000_000

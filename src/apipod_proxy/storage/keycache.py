@@ -23,7 +23,7 @@ import sqlite3
 from pathlib import Path
 from typing import Final
 
-from .sqlite import KeyRecord
+from .records import KeyRecord
 
 #: Lookups of this many distinct keys at most; past it the cache starts over, so a
 #: flood of made-up keys cannot grow memory.

@@ -1,8 +1,8 @@
-"""The PostgreSQL backend (DATABASE_URL): store.py's tables, migrations and queries.
+"""The PostgreSQL backend (DATABASE_URL): sqlite.py's tables, migrations and queries.
 
-store.py's SQL is written once, in SQLite's spelling. `PgConnection` gives that SQL a
+sqlite.py's SQL is written once, in SQLite's spelling. `PgConnection` gives that SQL a
 psycopg connection from a pool, rewritten by `REWRITES`, the complete list of
-differences between the two dialects. Migrations are store.py's `MIGRATIONS`,
+differences between the two dialects. Migrations are migrations.py's `MIGRATIONS`,
 applied under an advisory lock (replicas may start together) with the schema version
 in a table, where SQLite keeps it in `PRAGMA user_version`.
 
@@ -28,8 +28,9 @@ from psycopg import pq
 from psycopg.adapt import Loader
 from psycopg_pool import ConnectionPool
 
-from . import sqlite as store
+from . import migrations
 from .keycache import KeyCache, Version
+from .sqlite import KeyStore
 
 log = logging.getLogger("apipod")
 # The pool warns on every failed reconnection attempt; KeyVersionWatcher says it once a minute.
@@ -121,7 +122,7 @@ _KEY_WRITE = re.compile(r"\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+users\b", re
 
 
 class PgConnection:
-    """What store.py's functions take as `conn`: `execute`/`executemany` in SQLite's SQL.
+    """What sqlite.py's functions take as `conn`: `execute`/`executemany` in SQLite's SQL.
 
     Each statement borrows a pooled connection and returns it at once, except between
     BEGIN and COMMIT/ROLLBACK, which keep one. After a committed change to `users`,
@@ -246,8 +247,8 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
 
 
 def migrate(pool: ConnectionPool, on_key_version: Callable[[int], None]) -> int:
-    """Apply store.MIGRATIONS not yet applied, then (re)install the key-change trigger."""
-    target = store.SCHEMA_VERSION
+    """Apply migrations.MIGRATIONS not yet applied, then (re)install the key-change trigger."""
+    target = migrations.SCHEMA_VERSION
     with pool.connection() as conn:
         if schema_version(conn) == target:
             return target
@@ -260,8 +261,8 @@ def migrate(pool: ConnectionPool, on_key_version: Callable[[int], None]) -> int:
                 )
             if version < target:
                 adapter = _Pinned(conn, on_key_version)
-                for migration in store.MIGRATIONS[version:]:
-                    migration(adapter)  # type: ignore[arg-type]
+                for step in migrations.MIGRATIONS[version:]:
+                    step(adapter)  # type: ignore[arg-type]
                 conn.execute("CREATE TABLE IF NOT EXISTS apipod_schema (version INTEGER)")
                 conn.execute("DELETE FROM apipod_schema")
                 conn.execute("INSERT INTO apipod_schema VALUES (%s)", (target,))
@@ -271,7 +272,7 @@ def migrate(pool: ConnectionPool, on_key_version: Callable[[int], None]) -> int:
 
 
 class _Pinned(PgConnection):
-    """store.py's dialect on one given connection (migrations run in one transaction)."""
+    """sqlite.py's dialect on one given connection (migrations run in one transaction)."""
 
     def __init__(self, conn: psycopg.Connection[Any], on_key_version: Callable[[int], None]):
         self._conn = conn
@@ -311,7 +312,7 @@ def make_pool(url: str, max_size: int = 8, name: str = "apipod") -> ConnectionPo
     )
 
 
-class PgKeyStore(store.KeyStore):
+class PgKeyStore(KeyStore):
     """KeyStore's methods on PostgreSQL: each call borrows a pooled connection."""
 
     #: Known keys are served from memory while the database is away (see /health).
@@ -354,7 +355,7 @@ class PgKeyStore(store.KeyStore):
         pass
 
     def ping(self) -> None:
-        """Like store.ping, but answers within about PING_TIMEOUT: /health must answer a
+        """Like KeyStore.ping, but answers within about PING_TIMEOUT: /health must answer a
         load balancer's check quickly while the database is away or hangs.
 
         A hung server (accepting, never answering) holds a psycopg call for ever, so the

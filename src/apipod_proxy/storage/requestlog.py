@@ -1,7 +1,7 @@
 """The per-request log: one row per forwarded request, the evidence in a billing dispute.
 
 Rows are buffered in memory and written with the usage batch, in the same
-transaction (store.record_usage), so the log costs no database round trip per
+transaction (sqlite.record_usage), so the log costs no database round trip per
 request. They are kept REQUEST_LOG_DAYS days (0: no log at all) and pruned in the
 background. Query with `keys.py requests` or `GET /admin/requests`.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from .. import keys
-from ..pipeline.usage import Usage
-from .sqlite import LogRow
+from .. import clock
+from ..metering import Usage
+from .records import LogRow
 
 log = logging.getLogger("apipod")
 
@@ -53,7 +53,7 @@ class RequestLog:
             return
         self._rows.append(
             (
-                keys.now_text(),
+                clock.now_text(),
                 request_id,
                 key_id,
                 # Client-chosen names: bounded, so no row can be made huge.
@@ -84,7 +84,7 @@ class RequestLog:
 
     def cutoff(self) -> str:
         """Rows older than this are pruned."""
-        return keys.ago(self.days * 86400)
+        return clock.ago(self.days * 86400)
 
 
 def parse_limit(value: object, name: str = "limit") -> int:

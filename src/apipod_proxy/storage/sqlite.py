@@ -1,8 +1,9 @@
-"""The SQLite layer: schema migrations and the key queries.
+"""The SQLite layer: connections and every query (the SQL both backends run).
 
 One plain `sqlite3` connection per thread. WAL lets readers (every proxy process
 authenticating requests) run beside a writer (the admin endpoint, the CLI), and the
-busy timeout makes a briefly locked file wait instead of failing.
+busy timeout makes a briefly locked file wait instead of failing. The schema is in
+migrations.py, the types and field lists these queries hand out in records.py.
 """
 
 from __future__ import annotations
@@ -12,185 +13,29 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from .. import keys
-from ..policy.pricing import PERIODS
+from .. import clock, keys
+from .migrations import migrate
+from .records import (
+    DAILY_FIELDS,
+    KEY_FIELDS,
+    PERIODS,
+    PLAN_FIELDS,
+    REQUEST_FIELDS,
+    SERIES_FIELDS,
+    TOP_FIELDS,
+    UPDATABLE,
+    USAGE_FIELDS,
+    KeyRecord,
+    LogRow,
+    SpendRows,
+    UsageCounts,
+    period_start,
+)
 
 #: How long a statement waits for a lock held by another connection, in milliseconds.
 BUSY_TIMEOUT_MS = 5000
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    """One customer key as stored: everything but the key itself."""
-
-    id: int
-    name: str
-    tier: str
-    active: bool
-    created_at: str
-    expires_at: str | None
-    prefix: str
-    rpm: int | None = None
-    # The key's own plan settings; None: its tier's apply (see budgets.py).
-    budget: float | None = None
-    budget_period: str | None = None
-    models: tuple[str, ...] | None = None
-
-    def created_view(self, api_key: str) -> dict[str, object]:
-        """What the admin endpoint and the CLI show once, right after creation."""
-        return {
-            "api_key": api_key,
-            "id": self.id,
-            "name": self.name,
-            "tier": self.tier,
-            "created_at": self.created_at,
-            "expires_at": self.expires_at,
-        }
-
-    def is_usable(self, now: str) -> bool:
-        """Active and not expired; `now` is a `keys.format_time` string."""
-        return self.active and (self.expires_at is None or self.expires_at > now)
-
-
-# --- migrations --------------------------------------------------------------------
-# An ordered list of small functions. `PRAGMA user_version` records how many ran, so
-# each is applied once; append new ones, never edit or reorder old ones.
-
-
-def m001_create_users(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """
-        CREATE TABLE users (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL,
-            key_hash TEXT NOT NULL UNIQUE,
-            key_prefix TEXT NOT NULL,
-            tier TEXT NOT NULL DEFAULT 'elite',
-            active INTEGER NOT NULL DEFAULT 1,
-            created_at TEXT NOT NULL,
-            expires_at TEXT
-        )
-        """
-    )
-    conn.execute("CREATE INDEX users_name ON users (name)")
-
-
-def m002_rate_limits_and_usage(conn: sqlite3.Connection) -> None:
-    # NULL rpm: the tier's default limit applies.
-    conn.execute("ALTER TABLE users ADD COLUMN rpm INTEGER")
-    conn.execute("ALTER TABLE users ADD COLUMN last_used_at TEXT")
-    # One row per key, routed model and hour: bounded growth, and `--since` to the hour.
-    conn.execute(
-        """
-        CREATE TABLE usage (
-            key_id INTEGER NOT NULL REFERENCES users (id),
-            model TEXT NOT NULL,
-            hour TEXT NOT NULL,
-            requests INTEGER NOT NULL DEFAULT 0,
-            ok INTEGER NOT NULL DEFAULT 0,
-            client_errors INTEGER NOT NULL DEFAULT 0,
-            server_errors INTEGER NOT NULL DEFAULT 0,
-            prompt_tokens INTEGER NOT NULL DEFAULT 0,
-            completion_tokens INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (key_id, model, hour)
-        ) WITHOUT ROWID
-        """
-    )
-    conn.execute("CREATE INDEX usage_hour ON usage (hour)")
-
-
-def m003_budgets_and_request_log(conn: sqlite3.Connection) -> None:
-    # The key's own plan settings; NULL: the tier's apply. models is a JSON array.
-    conn.execute("ALTER TABLE users ADD COLUMN budget REAL")
-    conn.execute("ALTER TABLE users ADD COLUMN budget_period TEXT")
-    conn.execute("ALTER TABLE users ADD COLUMN models TEXT")
-    conn.execute("ALTER TABLE usage ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0")
-    conn.execute("ALTER TABLE usage ADD COLUMN cost REAL NOT NULL DEFAULT 0")
-    # Spend per key and calendar period, kept for every period at once (start: the day
-    # `YYYY-MM-DD`, the month `YYYY-MM`, or '' for all time), so a key's budget period
-    # can change at any time. A few rows per key and day: proxies re-read today's,
-    # this month's and the totals with every usage flush.
-    conn.execute(
-        """
-        CREATE TABLE spend (
-            period TEXT NOT NULL,
-            start TEXT NOT NULL,
-            key_id INTEGER NOT NULL REFERENCES users (id),
-            amount REAL NOT NULL DEFAULT 0,
-            PRIMARY KEY (period, start, key_id)
-        )
-        """
-    )
-    # One row per forwarded request: the evidence when a customer disputes a bill.
-    conn.execute(
-        """
-        CREATE TABLE request_log (
-            id INTEGER PRIMARY KEY,
-            time TEXT NOT NULL,
-            request_id TEXT NOT NULL,
-            key_id INTEGER NOT NULL REFERENCES users (id),
-            model TEXT,
-            routed_model TEXT,
-            status INTEGER NOT NULL,
-            duration_ms INTEGER NOT NULL,
-            prompt_tokens INTEGER NOT NULL DEFAULT 0,
-            cached_tokens INTEGER NOT NULL DEFAULT 0,
-            completion_tokens INTEGER NOT NULL DEFAULT 0,
-            cost REAL NOT NULL DEFAULT 0
-        )
-        """
-    )
-    conn.execute("CREATE INDEX request_log_time ON request_log (time)")
-    conn.execute("CREATE INDEX request_log_key_time ON request_log (key_id, time)")
-
-
-def m004_reasoning_and_estimates(conn: sqlite3.Connection) -> None:
-    # Reasoning tokens apart from the reported ones (metering.py): the upstream's own
-    # figure (inside completion_tokens), or estimated from the thinking delivered (not
-    # inside it). `estimated_requests` / `estimated`: requests whose prompt or completion
-    # is an estimate, because their stream ended before its usage.
-    for column in ("reasoning_tokens", "estimated_reasoning_tokens", "estimated_requests"):
-        conn.execute(f"ALTER TABLE usage ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-    for column in ("reasoning_tokens", "reasoning_estimated", "estimated"):
-        conn.execute(f"ALTER TABLE request_log ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    m001_create_users,
-    m002_rate_limits_and_usage,
-    m003_budgets_and_request_log,
-    m004_reasoning_and_estimates,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations; safe when several processes start at once.
-
-    An up-to-date schema is only read, so opening a connection never waits for a
-    writer's lock; the write lock is taken only when there is something to migrate.
-    """
-    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-        return SCHEMA_VERSION
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"database schema version {version} is newer than this code ({SCHEMA_VERSION})"
-            )
-        for migration in MIGRATIONS[version:]:
-            migration(conn)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return SCHEMA_VERSION
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:
@@ -258,7 +103,7 @@ def create_key(
     `plan` holds the key's own `budget`, `budget_period` and `models` (validated).
     """
     plaintext = keys.generate_key()
-    now = keys.utcnow()
+    now = clock.utcnow()
     plan = plan or {}
     cursor = conn.execute(
         "INSERT INTO users (name, key_hash, key_prefix, tier, created_at, expires_at, rpm,"
@@ -269,8 +114,8 @@ def create_key(
             keys.hash_key(plaintext),
             keys.display_prefix(plaintext),
             tier,
-            keys.format_time(now),
-            keys.expiry_after(expires_in, now),
+            clock.format_time(now),
+            clock.expiry_after(expires_in, now),
             rpm,
             plan.get("budget"),
             plan.get("budget_period"),
@@ -282,10 +127,6 @@ def create_key(
 
 def _models_text(models: object) -> str | None:
     return None if models is None else json.dumps(list(models))  # type: ignore[call-overload]
-
-
-#: Columns `update_key` may set; `expires_at` is a `keys.format_time` string or None.
-UPDATABLE = ("name", "tier", "rpm", "budget", "budget_period", "models", "expires_at")
 
 
 def update_key(
@@ -333,62 +174,15 @@ def set_active(conn: sqlite3.Connection, key_id: int, active: bool) -> bool:
     return cursor.rowcount == 1
 
 
-#: The fields of `list_keys` and `usage_report` rows, in order: a stable contract with
-#: operators' scripts (`keys.py ... --json`, GET /admin/keys and /admin/usage).
-#: `errors` counts the `requests` answered 4xx or 5xx (by the upstream, or by the proxy
-#: in its place: 502, 504), so `requests - errors` were answered successfully.
-KEY_FIELDS = [
-    "id",
-    "name",
-    "tier",
-    "active",
-    "created_at",
-    "expires_at",
-    "prefix",
-    "rpm",
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "last_used_at",
-    # What applies to the key (its own setting, else its tier's) and its spend in the
-    # current period, in USD: filled in by budgets.key_objects.
-    "budget",
-    "budget_period",
-    "spend",
-    "models",
-]
-USAGE_FIELDS = [
-    "key_id",
-    "name",
-    "model",
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost",
-    # Reasoning tokens the upstream reported (part of completion_tokens), those estimated
-    # from the thinking delivered (not part of it), and the requests whose counts are
-    # estimates (their stream ended before its usage): see metering.py.
-    "reasoning_tokens",
-    "estimated_reasoning_tokens",
-    "estimated_requests",
-]
-#: What `list_keys` reads besides the KEY_FIELDS up to `last_used_at`: the key's own plan
-#: settings and its spend in today's, this month's and all time's periods.
-_PLAN_FIELDS = ["own_budget", "own_budget_period", "own_models", "spend_day", "spend_month",
-                "spend_total"]  # fmt: skip
-
-
 def list_keys(
     conn: sqlite3.Connection, key_id: int | None = None, now: str | None = None
 ) -> list[dict[str, object]]:
     """Every key (or one) with its usage totals, oldest first. Never a key or a hash.
 
-    Rows hold the KEY_FIELDS up to `last_used_at` plus `_PLAN_FIELDS`; budgets.key_objects
+    Rows hold the KEY_FIELDS up to `last_used_at` plus `PLAN_FIELDS`; budgets.key_objects
     turns them into key objects.
     """
-    now = now or keys.now_text()
+    now = now or clock.now_text()
     # A condition built here rather than `? IS NULL OR ...`, which PostgreSQL cannot type.
     where, params = ("WHERE u.id = ?", (key_id,)) if key_id is not None else ("", ())
     rows = conn.execute(
@@ -409,7 +203,7 @@ def list_keys(
         """,
         (period_start("day", now), period_start("month", now), *params),
     ).fetchall()
-    names = [*KEY_FIELDS[: KEY_FIELDS.index("last_used_at") + 1], *_PLAN_FIELDS]
+    names = [*KEY_FIELDS[: KEY_FIELDS.index("last_used_at") + 1], *PLAN_FIELDS]
     result = []
     for row in rows:
         fields = dict(zip(names, row, strict=True))
@@ -431,45 +225,9 @@ def usage_report(conn: sqlite3.Connection, since: str | None = None) -> list[dic
         WHERE g.hour >= ?
         GROUP BY g.key_id, u.name, g.model ORDER BY g.key_id, g.model
         """,
-        (keys.hour_of(since) if since else "",),
+        (clock.hour_of(since) if since else "",),
     ).fetchall()
     return [dict(zip(USAGE_FIELDS, row, strict=True)) for row in rows]
-
-
-@dataclass(slots=True)
-class UsageCounts:
-    """What one flush adds to one (key, model, hour) row."""
-
-    requests: int = 0
-    ok: int = 0
-    client_errors: int = 0
-    server_errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    cost: float = 0.0
-    reasoning_tokens: int = 0
-    estimated_reasoning_tokens: int = 0
-    estimated_requests: int = 0
-
-
-def period_start(period: str, now: str) -> str:
-    """The `spend` table's start of the period holding `now` (a `keys.format_time`, or a
-    usage hour): the day `YYYY-MM-DD`, the month `YYYY-MM`, or '' for all time. The one
-    definition of a spend slot, for the table and for budgets.SpendLedger alike."""
-    if period == "day":
-        return now[:10]
-    if period == "month":
-        return now[:7]
-    return ""
-
-
-#: A request log row, in `request_log`'s column order (see requestlog.py).
-LogRow = tuple[
-    str, str, int, str | None, str | None, int, int, int, int, int, float, int, bool, bool
-]
-#: Spend per (key_id, period, start), as kept in the `spend` table.
-SpendRows = dict[tuple[int, str, str], float]
 
 
 def record_usage(
@@ -569,7 +327,7 @@ def _spend_of(counts: dict[tuple[int, str, str], UsageCounts]) -> SpendRows:
 
 def current_spend(conn: sqlite3.Connection, now: str | None = None) -> SpendRows:
     """Every key's spend today, this month and in total (a few indexed rows per key)."""
-    now = now or keys.now_text()
+    now = now or clock.now_text()
     rows = conn.execute(
         """
         SELECT key_id, period, start, amount FROM spend
@@ -581,26 +339,6 @@ def current_spend(conn: sqlite3.Connection, now: str | None = None) -> SpendRows
     return {(key_id, period, start): amount for key_id, period, start, amount in rows}
 
 
-#: The fields of request log rows (`keys.py requests --json`, GET /admin/requests).
-REQUEST_FIELDS = [
-    "time",
-    "request_id",
-    "key_id",
-    "model",
-    "routed_model",
-    "status",
-    "duration_ms",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "cost",
-    # Reasoning tokens (reported by the upstream, or estimated when reasoning_estimated),
-    # and whether the prompt or completion is an estimate (the stream ended before its
-    # usage): see metering.py.
-    "reasoning_tokens",
-    "reasoning_estimated",
-    "estimated",
-]
 _BOOLEAN_REQUEST_FIELDS = ("reasoning_estimated", "estimated")
 
 
@@ -648,9 +386,40 @@ def daily_usage(conn: sqlite3.Connection, key_id: int, since: str) -> list[dict[
     ]
 
 
-#: The fields of `daily_usage` rows (`/account`'s `usage`).
-DAILY_FIELDS = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "cost",
-                "reasoning_tokens", "estimated_reasoning_tokens", "estimated_requests"]  # fmt: skip
+def usage_series(conn: sqlite3.Connection, width: int, start: str) -> list[dict[str, object]]:
+    """Usage summed per bucket and routed model, from the bucket `start` on. A bucket is
+    the first `width` characters of the usage hour (`YYYY-MM-DDTHH`): 13 an hour, 10 a day.
+    """
+    width = int(width)  # written into the statement
+    rows = conn.execute(
+        f"""
+        SELECT substr(g.hour, 1, {width}) AS bucket, g.model, sum(g.requests),
+               sum(g.client_errors + g.server_errors), sum(g.server_errors),
+               sum(g.prompt_tokens), sum(g.completion_tokens), coalesce(sum(g.cost), 0),
+               sum(g.reasoning_tokens), sum(g.estimated_reasoning_tokens),
+               sum(g.estimated_requests)
+        FROM usage g WHERE g.hour >= ?
+        GROUP BY bucket, g.model ORDER BY bucket, g.model
+        """,
+        (start,),
+    ).fetchall()
+    return [dict(zip(SERIES_FIELDS, row, strict=True)) for row in rows]
+
+
+def top_keys(conn: sqlite3.Connection, start: str, limit: int) -> list[dict[str, object]]:
+    """The `limit` keys that spent most (then made the most requests) in the usage hours
+    from `start` on (a usage hour or a prefix of one, such as a date)."""
+    rows = conn.execute(
+        """
+        SELECT g.key_id, u.name, u.key_prefix, sum(g.requests),
+               sum(g.prompt_tokens + g.completion_tokens), coalesce(sum(g.cost), 0) AS spend
+        FROM usage g JOIN users u ON u.id = g.key_id WHERE g.hour >= ?
+        GROUP BY g.key_id, u.name, u.key_prefix
+        ORDER BY spend DESC, sum(g.requests) DESC, g.key_id LIMIT ?
+        """,
+        (start, limit),
+    ).fetchall()
+    return [dict(zip(TOP_FIELDS, row, strict=True)) for row in rows]
 
 
 def cost_between(conn: sqlite3.Connection, key_id: int, start: str, end: str) -> float:
@@ -768,6 +537,12 @@ class KeyStore:
 
     def daily_usage(self, key_id: int, since: str) -> list[dict[str, object]]:
         return daily_usage(self.connection(), key_id, since)
+
+    def usage_series(self, width: int, start: str) -> list[dict[str, object]]:
+        return usage_series(self.connection(), width, start)
+
+    def top_keys(self, start: str, limit: int) -> list[dict[str, object]]:
+        return top_keys(self.connection(), start, limit)
 
     def cost_between(self, key_id: int, start: str, end: str) -> float:
         return cost_between(self.connection(), key_id, start, end)
