@@ -161,8 +161,13 @@ def walk(node: ast.AST, types_only: bool = False) -> Iterator[tuple[ast.AST, boo
 def imports_of(name: str) -> list[Import]:
     path = FILES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return imports_in(path.read_text(), package)
+
+
+def imports_in(source: str, package: str) -> list[Import]:
+    """The imports of a module's source; `package` is the one relative imports start in."""
     found: list[Import] = []
-    for node, types_only in walk(ast.parse(path.read_text())):
+    for node, types_only in walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -265,9 +270,8 @@ def single_modules() -> list[str]:
 
 
 def graph() -> dict[str, set[str]]:
-    """Module -> the package's modules importing it runs: the module itself, and each
-    package above it (Python runs a package's `__init__` first) other than the
-    importer's own."""
+    """Module -> what of the package its imports run: each imported module, and the
+    packages above it (Python runs a package's `__init__` first) but the importer's own."""
     return {name: set(edges) for name, edges in typed_graph().items()}
 
 
@@ -343,16 +347,38 @@ def describe(component: list[str], edges: dict[str, set[str]], types: Typed = No
     return f"circle of {', '.join(short(n) for n in component)}: {steps}"
 
 
+SAMPLE = """
+from typing import TYPE_CHECKING
+
+from mitmproxy import http
+
+from .. import config
+from ..storage.sqlite import KeyRecord
+
+if TYPE_CHECKING:
+    import mitmproxy.flow
+
+    from ..translate import Direction
+
+
+def later():
+    from ..bodies import json_bytes
+"""
+
+
 def test_the_scan_finds_every_kind_of_import() -> None:
-    """Relative, in a function and under TYPE_CHECKING: lifecycle.py has all three."""
-    lifecycle = {i.target: i for i in IMPORTS["apipod_proxy.lifecycle"]}
-    assert "apipod_proxy.config" in lifecycle  # `from . import config`
-    assert "apipod_proxy.storage.postgres" in lifecycle  # `from .storage.postgres import`
-    backend = {i.target for i in IMPORTS["apipod_proxy.storage.backend"]}
-    assert "apipod_proxy.storage.postgres" in backend  # inside a function
-    flowstate = {i.target: i for i in IMPORTS["apipod_proxy.flowstate"]}
-    assert flowstate["apipod_proxy.translate"].types_only
-    assert not flowstate["mitmproxy.http"].types_only
+    """Relative ones resolved (a module or the package it names from), those in a
+    function, and those under TYPE_CHECKING, marked."""
+    found = {i.target: i.types_only for i in imports_in(SAMPLE, "apipod_proxy.pipeline")}
+    assert found == {
+        "typing.TYPE_CHECKING": False,
+        "mitmproxy.http": False,
+        "apipod_proxy.config": False,
+        "apipod_proxy.storage.sqlite": False,
+        "mitmproxy.flow": True,
+        "apipod_proxy.translate": True,
+        "apipod_proxy.bodies": False,
+    }
 
 
 def test_circles_are_found() -> None:
