@@ -1,6 +1,6 @@
 """Scale-out: throughput of 1 vs 2 apipod replicas behind HAProxy, in one run.
 
-    python bench/replicas.py [--rounds 5] [--duration 5] [--no-shared]  (make bench-replicas)
+    python -m bench.replicas [--rounds 5] [--duration 5] [--no-shared]  (make bench-replicas)
 
 It starts the fast upstream, two apipod replicas sharing one SQLite file (as
 `scripts/replicas.sh` runs them on one host), and two HAProxy

@@ -1,6 +1,6 @@
 """Benchmark apipod against bare mitmdump and the upstream itself, in one run.
 
-    python bench/run.py [--rounds 5] [--duration 5] [--quick] [--profile 10]
+    python -m bench.run [--rounds 5] [--duration 5] [--quick] [--profile 10]
 
 `make bench` runs this. It starts, each in its own process:
 
@@ -14,7 +14,7 @@ then drives them with wrk and an asyncio SSE client, prints a table and writes t
 same figures as JSON to `bench/results/<UTC timestamp>.json`.
 
 This file only ties the parts together: `services.py` starts and costs the
-processes (with the tests' process harness, `tests/harness.py`), `load.py` drives
+processes (with the tests' process harness, `tests/support/harness.py`), `load.py` drives
 them round by round, `report.py` turns the rounds into the summary and the table.
 
 Why it is built this way:

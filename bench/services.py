@@ -1,6 +1,6 @@
 """The processes a bench run measures, started with the tests' process harness.
 
-`tests/harness.py` is the one place that knows how a proxy is started, waited for and
+`tests/support/harness.py` is the one place that knows how a proxy is started, waited for and
 stopped (`free_port`, `proxy_env`, `spawn`, `wait_ready`, `stop_process`); the bench
 adds what it measures a process by: CPU time, context switches and RSS from /proc.
 """

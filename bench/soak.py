@@ -1,9 +1,9 @@
 """Soak: concurrent SSE streams and plain requests through a real proxy while keys are
 created and revoked, then checks that nothing was lost, cut or mixed up.
 
-    python tests/soak.py [--streams 200] [--plain 2000] [--connections 16]   (make soak)
+    python -m bench.soak [--streams 200] [--plain 2000] [--connections 16]   (make soak)
 
-tests/test_soak.py runs a short version in `make test`. It checks:
+tests/e2e/test_soak.py runs a short version in `make test`. It checks:
 - every request succeeded (no error that was not caused on purpose);
 - every stream arrived whole and in order, with only its own chunks (the stand-in
   names each chunk after its request's x-request-id);

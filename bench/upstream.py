@@ -1,11 +1,11 @@
 """A fast stand-in upstream for the benchmark, run in its own process.
 
-    python bench/upstream.py [--host 127.0.0.1] [--port 0]
+    python -m bench.upstream [--host 127.0.0.1] [--port 0]
 
 It prints one line, `listening http://HOST:PORT`, once it accepts connections, and
 exits cleanly on SIGTERM or SIGINT.
 
-Why not `tests/standin.py`? That one runs in a thread of the test process and records
+Why not `tests/support/standin.py`? That one runs in a thread of the test process and records
 every request it receives, so it grows without bound and its CPU time would mix with
 the load generator's. A benchmark upstream must cost as little as possible, so that
 the proxy, not the upstream, is what a run measures: this one records nothing, caches

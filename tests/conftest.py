@@ -56,7 +56,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     """Skips for a missing service all point at services.py, so `-ra` folds them into
-    one line per service ("SKIPPED [N] tests/services.py:...: Redis ... unreachable")."""
+    one line per service ("SKIPPED [N] tests/support/services.py:...: Redis ... unreachable")."""
     report = yield
     if report.skipped and isinstance(report.longrepr, tuple):
         reason = str(report.longrepr[2])

@@ -1,4 +1,4 @@
-"""`bench/run.py --quick` runs end to end and writes a complete result file.
+"""`python -m bench.run --quick` runs end to end and writes a complete result file.
 
 The numbers themselves are not judged (the bench never fails on a number); this only
 keeps the harness working: every service starts, every measurement produces a positive

@@ -42,7 +42,7 @@ def test_health_needs_no_key_and_reports_database(proxy: Proxy, upstream: StandI
         "status": "ok",
         "database": "ok",
         "admin": True,
-        # tests/standin.py serves both APIs, and lists every routing target.
+        # tests/support/standin.py serves both APIs, and lists every routing target.
         "upstream_api": "both",
         "upstream_api_setting": "auto",
         "upstream_checks": "done",

@@ -1,6 +1,6 @@
 """End to end against the real upstream: the proxy (real mitmdump, UPSTREAM_API=auto)
 in front of the real antigravity-claude-proxy 2.0.4 from npm, run offline in front of
-the fake Google backend (tests/google_fake.py, tests/real_upstream.py).
+the fake Google backend (tests/support/google_fake.py, tests/support/real_upstream.py).
 
 The openai SDK (translated to Messages), the anthropic SDK (passthrough) and Claude
 Code; plain, streamed and tool-calling requests; quota errors; budgets; and what the

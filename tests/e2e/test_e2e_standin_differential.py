@@ -1,6 +1,6 @@
-"""The stand-in against the real thing: the same requests go to tests/anthropic_standin.py
-and to the real antigravity-claude-proxy 2.0.4 (offline, before the fake Google backend),
-and what comes back must have the same shape.
+"""The stand-in against the real thing: the same requests go to
+tests/support/anthropic_standin.py and to the real antigravity-claude-proxy 2.0.4 (offline,
+before the fake Google backend), and what comes back must have the same shape.
 
 Compared: status codes, content types, the order of the streamed event types (runs of
 the same delta folded into one, since the stand-in deliberately cuts text and JSON into

@@ -73,7 +73,7 @@ def test_auto_finds_an_openai_only_upstream_and_translates(
 def test_auto_finds_a_both_api_upstream_and_passes_through(
     make_proxy: Callable[..., Proxy], upstream: StandIn
 ) -> None:
-    proxy = make_proxy(upstream.url)  # tests/standin.py serves both endpoints
+    proxy = make_proxy(upstream.url)  # tests/support/standin.py serves both endpoints
     assert health(proxy)["upstream_api"] == "both"
     upstream.reset()
     answer = openai_client(proxy).chat.completions.create(model=GEMINI, messages=HI)  # type: ignore[arg-type]

@@ -602,7 +602,7 @@ def _check_image(source: Any, where: str) -> None:
 
 
 def main() -> None:
-    """Run it by hand: `python tests/anthropic_standin.py --port 8080 --key KEY`."""
+    """Run it by hand: `python -m tests.support.anthropic_standin --port 8080 --key KEY`."""
     import argparse
     import threading
 

@@ -1,7 +1,7 @@
 """A fake Google backend for the real antigravity-claude-proxy package (the real tier).
 
 The package (npm `antigravity-claude-proxy` 2.0.4) talks to Google's Cloud Code API;
-`tests/node/offline.mjs` sends all of that here. This server speaks the wire format
+`tests/support/node/offline.mjs` sends all of that here. This server speaks the wire format
 the package's source (src/cloudcode/*.js, src/auth/oauth.js) calls:
 
 - `POST /token` (oauth2.googleapis.com): a refresh-token grant gets an access token.

@@ -41,7 +41,7 @@ ADMIN_SECRET = "test-admin-secret-0123456789"
 #: The fields of a key object (GET /admin/keys, `keys.py list --json`), of a usage row
 #: (GET /admin/usage, `keys.py usage --json`) and of a request-log row (GET
 #: /admin/requests, `keys.py requests --json`), in order. Operators' scripts rely on them,
-#: so the tests keep their own copy instead of importing store.py's lists.
+#: so the tests keep their own copy instead of importing storage/sqlite.py's.
 KEY_OBJECT_FIELDS = [
     "id",
     "name",

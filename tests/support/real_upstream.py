@@ -10,7 +10,7 @@ antigravity-claude-proxy run offline in front of the fake Google backend.
   pre-seeded OAuth account and needs no browser), under `node --import offline.mjs`
   so that every Google host goes to `fake` and nothing reaches the internet.
 
-`python tests/real_upstream.py` installs both packages into their caches ahead of the
+`python -m tests.support.real_upstream` installs both packages into their caches ahead of the
 tests (`make test` does, so that a first install does not count against a test's
 timeout); without npm it says so and exits 0.
 """

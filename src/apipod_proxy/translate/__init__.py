@@ -10,6 +10,12 @@ addon's hooks only pick the direction and hand bytes over:
     directions.py which direction a request needs, and one call per hook for each
 
 The tables in docs/translation.md say what maps to what, and what is dropped or refused.
+
+May import: bodies, metering, upstream.quota.
+
+bodies for the package's one JSON encoder, metering for usage counts, upstream.quota to
+recognise the upstream's quota answer in error bodies and streams (quota.py imports
+nothing of the package). Never mitmproxy: loading translate/ loads none of it.
 """
 
 from __future__ import annotations
