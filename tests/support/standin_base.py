@@ -16,7 +16,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-#: The user-agent of the requests the proxy makes itself (apipod_proxy.pipeline.auth).
+#: The user-agent of the requests the proxy makes itself (apipod_proxy.credentials).
 PROXY_USER_AGENT = "apipod-proxy"
 
 #: Pause between the pieces of a split write, so they leave in separate TCP segments and

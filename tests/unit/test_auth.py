@@ -1,4 +1,4 @@
-"""Unit tests for pipeline.auth: reading the client's key, refusals, credential swap."""
+"""Unit tests for credentials: reading the client's key, refusals, credential swap."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from mitmproxy import http
 
 from apipod_proxy import keys
 from apipod_proxy.clientapi import ClientApi
-from apipod_proxy.pipeline.auth import (
+from apipod_proxy.credentials import (
     CLIENT_CREDENTIAL_HEADERS,
     bearer_token,
     client_key,
     needs_lookup,
     swap_credentials,
 )
-from apipod_proxy.pipeline.auth import refusal as auth_refusal
+from apipod_proxy.credentials import refusal as auth_refusal
 from apipod_proxy.storage.records import KeyRecord
 
 UPSTREAM_KEY = "upstream-key-for-auth-tests"

@@ -19,10 +19,10 @@ from mitmproxy import http
 from .. import clock, keys
 from ..bodies import BodyError, decoded, parse_json
 from ..config import Settings
+from ..credentials import bearer_token
 from ..errors import error_response, json_response
 from ..logs import printable
 from ..metrics import CONTENT_TYPE, Metrics
-from ..pipeline.auth import bearer_token
 from ..policy import budgets
 from ..policy.pricing import Plans
 from ..policy.ratelimit import RateLimiter

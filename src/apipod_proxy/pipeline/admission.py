@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import clock, keys, logs
+from .. import clock, credentials, keys, logs
 from ..clientapi import ClientApi
 from ..endpoints.account import is_account_path
 from ..endpoints.admin import is_internal
@@ -32,7 +32,6 @@ from ..flowstate import STATE, FlowState, Traffic
 from ..policy import budgets, forwarding
 from ..storage.backend import DB_ERRORS, error_text
 from ..upstream.models import MODELS_PATH
-from . import auth
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -120,9 +119,9 @@ class Admission:
 
     async def authenticate(self, headers: http.Headers, state: FlowState) -> http.Response | None:
         """Put the caller's key record on `state`, or return the refusal."""
-        key = auth.client_key(headers)
+        key = credentials.client_key(headers)
         record = None
-        if key is not None and auth.needs_lookup(key):
+        if key is not None and credentials.needs_lookup(key):
             try:
                 async with asyncio.timeout(LOOKUP_TIMEOUT):
                     record = await self.find_key(keys.hash_key(key))
@@ -134,7 +133,7 @@ class Admission:
             except DB_ERRORS as exc:
                 log.error("key lookup failed: %s", error_text(exc))
                 return state.api.error(503, _DATABASE_AWAY, "database_unavailable")
-        if refused := auth.refusal(key, record, clock.now_text()):
+        if refused := credentials.refusal(key, record, clock.now_text()):
             reason, refusal = refused
             self.metrics.auth_failures.labels(reason).inc()
             return state.api.refuse(refusal)

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import credentials
 from ..bodies import (
     BodyError,
     BodyTooLarge,
@@ -41,7 +42,6 @@ from ..logs import printable
 from ..policy import budgets, forwarding
 from ..policy.routing import SESSION_HEADER, AllTargetsCooling, conversation_key
 from ..translate import TranslationError
-from . import auth
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -72,7 +72,7 @@ class Rewrite:
     async def prepare(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
         """Make the request ready to forward, or the refusal."""
         request = flow.request
-        auth.swap_credentials(request.headers, self.settings.antigravity_key)
+        credentials.swap_credentials(request.headers, self.settings.antigravity_key)
         forwarding.set_forwarding_headers(request.headers, state.client, state.client_proto)
         if request.method != "POST" or not request.path.startswith("/v1/"):
             return None

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from ..pipeline.auth import PROXY_USER_AGENT, upstream_credentials
+from ..credentials import PROXY_USER_AGENT, upstream_credentials
 
 log = logging.getLogger("apipod")
 

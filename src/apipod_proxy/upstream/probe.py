@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from ..pipeline.auth import PROXY_USER_AGENT, upstream_credentials
+from ..credentials import PROXY_USER_AGENT, upstream_credentials
 from ..policy.routing import RouteTable
 from ..translate.directions import CHAT_PATH, MESSAGES_PATH, api_from_probe
 from .models import ModelList

@@ -1,16 +1,16 @@
-"""Who is calling: the client's key, the refusal reasons, and the credential swap."""
+"""Who is calling and with what: the client's key, the refusal reasons, the credential swap."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .. import keys
-from ..errors import Refusal
+from . import keys
+from .errors import Refusal
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
-    from ..storage.records import KeyRecord
+    from .storage.records import KeyRecord
 
 #: Client credentials that must never reach the upstream (the admin secret included).
 CLIENT_CREDENTIAL_HEADERS = (
