@@ -42,8 +42,6 @@ from .bodies import (
     decoded,
     is_json_type,
     is_model_endpoint,
-    json_bytes,
-    json_bytes_in_parts,
     model_body_refusal,
     parse_json_strict,
 )
@@ -52,6 +50,7 @@ from .connections import ConnectionPolicy, expects_body
 from .endpoints.account import is_account_path
 from .endpoints.admin import HEALTH_PATH, is_internal, own_paths
 from .flowstate import STATE, FlowState, state_of
+from .jsonenc import json_bytes, json_bytes_in_parts
 from .lifecycle import Lifecycle, Runtime
 from .logs import printable
 from .metrics import Metrics

@@ -13,7 +13,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from .bodies import json_bytes
+from .jsonenc import json_bytes
 
 _TYPES: dict[int, str] = {
     401: "authentication_error",
