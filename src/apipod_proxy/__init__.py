@@ -23,19 +23,20 @@ The top level ties them together:
 
 and below the folders, the base modules any of them may import:
 
-    bodies.py       bodies decoded within a size limit, strict JSON, the JSON encoder
+    bodies.py       bodies decoded within a size limit, strict JSON parsing
     clock.py        the one timestamp format (ISO 8601, UTC), usage hours, durations
     config.py       the settings table (SETTINGS): options, environment and .env
     credentials.py  the client's key, the refusal reasons, the swap for the upstream key
-    errors.py       error responses, and the messages for mitmproxy's own failures
+    errors.py       every error code as one table (CODES), error bodies, mitmproxy's failures
+    jsonenc.py      the one JSON encoder: bodies, stream events and log lines
     keys.py         key format, hashing, what a new key may be
     logs.py         log setup, the access line, lines for repeated failures
     metering.py     token usage merged per field, for every path
     metrics.py      Prometheus metrics
     mitm_compat.py  everything that relies on mitmproxy internals, checked at load
 
-Base modules: bodies, clock, config, credentials, errors, keys, logs, metering, metrics,
-mitm_compat.
+Base modules: bodies, clock, config, credentials, errors, jsonenc, keys, logs, metering,
+metrics, mitm_compat.
 
 No import circle, not even under TYPE_CHECKING; tests/unit/test_layout.py checks these
 rules and the README's layout table.

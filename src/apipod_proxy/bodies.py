@@ -150,41 +150,6 @@ def is_json_type(content_type: str) -> bool:
     )
 
 
-def json_bytes(payload: Any, strict: bool = False) -> bytes:
-    """Compact UTF-8 JSON. `strict` refuses NaN and infinities (ValueError), as JSON does.
-
-    Text with lone surrogates (a truncated emoji written as "\\ud83d") cannot be UTF-8,
-    so it is written with \\u escapes instead, which any JSON reader accepts.
-    """
-    try:
-        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=not strict)
-        return text.encode()
-    except UnicodeEncodeError:
-        return json.dumps(payload, separators=(",", ":"), allow_nan=not strict).encode()
-
-
-_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def json_bytes_in_parts(payload: Any) -> bytes:
-    """`json_bytes(payload, strict=True)`, written a top-level item (and a list's element)
-    at a time. The C encoder holds the GIL for a whole call (0.2-0.4 s for a 29 MB body):
-    on a thread, writing in parts gives the event loop a turn between them."""
-    if not isinstance(payload, dict):
-        return json_bytes(payload, strict=True)
-    encode = _COMPACT.encode
-    parts = []
-    for key, value in payload.items():
-        if isinstance(value, list):
-            parts.append(f"{encode(key)}:[{','.join(encode(item) for item in value)}]")
-        else:
-            parts.append(f"{encode(key)}:{encode(value)}")
-    try:
-        return ("{" + ",".join(parts) + "}").encode()
-    except UnicodeEncodeError:  # a lone surrogate: json_bytes writes \u escapes
-        return json_bytes(payload, strict=True)
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 

@@ -10,7 +10,7 @@ load     register the apipod options, read the settings, check where the proxy w
          every long-lived part) and hand it to `on_load`
 running  (the listener is up) say "ready", unload unused mitmproxy addons, take over
          SIGTERM/SIGINT, start the usage flush and routes reload, and ask the upstream
-         which API it speaks and which models it lists (upstream.py; in the background)
+         which API it speaks and which models it lists (upstream/probe.py; in the background)
          (and, on PostgreSQL, follow key changes by other replicas)
 done     stop the jobs, write the last usage, stop the database threads
 """

@@ -10,7 +10,6 @@ from mitmproxy's error messages is redacted and shortened first.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -22,6 +21,7 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 
 from .flowstate import FlowState
+from .jsonenc import json_text
 from .mitm_compat import says
 
 log = logging.getLogger("apipod")
@@ -67,7 +67,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "access", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return _utf8(json.dumps(line, ensure_ascii=False))
+        return _utf8(json_text(line, spaced=True))
 
 
 def setup(log_format: str = "text") -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -174,3 +175,58 @@ def test_openai_quota_answer(
     with pytest.raises(openai.APIError) as raised:
         list(client.chat.completions.create(model="claude-sonnet-4-5", messages=HI, stream=True))  # type: ignore[arg-type]
     assert raised.value.code == "upstream_quota_exhausted"
+
+
+# --- upstream errors quoting half an emoji (issue 18) ------------------------------------
+
+
+def post_raw(proxy: Proxy, path: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+    """POST `body` written by json.dumps: the SDKs cannot send a lone surrogate."""
+    return httpx.post(
+        f"{proxy.url}{path}",
+        content=json.dumps(body).encode(),
+        headers={"content-type": "application/json", **headers},
+        timeout=30,
+    )
+
+
+def data_lines(text: str) -> list[Any]:
+    lines = [line.removeprefix("data: ") for line in text.splitlines()]
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_upstream_error_quoting_a_lone_surrogate_is_answered_in_json(
+    claude_proxy: Proxy, claude_upstream: AnthropicStandIn, stream: bool
+) -> None:
+    """Issue 18: failures.py wrote error answers with its own encoder, which raised
+    UnicodeEncodeError on half an emoji ("\\ud83d") in an upstream's message. The upstream
+    here quotes the client's text in its 400 (`x-standin-echo-error`), as upstreams do."""
+    _, key = claude_proxy.new_key(f"surrogate-error-{stream}")
+    text = "cut emoji \ud83d"
+    echoed = f'Invalid value "{text}"'
+    messages = [{"role": "user", "content": text}]
+    echo = {"x-standin-echo-error": "1"}
+    # OpenAI client, translated: the upstream's error in OpenAI's shape (had the proxy
+    # failed, the upstream's Anthropic-shaped body would have gone out untranslated).
+    body = {"model": "claude-sonnet-4-5", "stream": stream, "messages": messages}
+    answer = post_raw(
+        claude_proxy, "/v1/chat/completions", body, authorization=f"Bearer {key}", **echo
+    )
+    [error] = [answer.json()] if not stream else data_lines(answer.text)
+    assert answer.status_code == (200 if stream else 400), answer.text
+    assert error == {
+        "error": {
+            "message": echoed,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_request_error",
+        }
+    }
+    # Anthropic client, passed through: the upstream's own error.
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 50, "stream": stream, "messages": messages}
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", **echo}
+    answer = post_raw(claude_proxy, "/v1/messages", body, **headers)
+    [error] = [answer.json()] if not stream else data_lines(answer.text)
+    assert answer.status_code == (200 if stream else 400), answer.text
+    assert error == {"type": "error", "error": {"type": "invalid_request_error", "message": echoed}}

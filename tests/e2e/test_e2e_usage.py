@@ -2,13 +2,15 @@
 
 - A stream whose client did not ask for usage never shows it, even when the upstream
   puts the usage the proxy asked for on the finish chunk instead of a separate
-  `choices: []` chunk; the proxy still counts it.
+  `choices: []` chunk; the proxy still counts it, and writes that chunk again whatever
+  text it holds (half an emoji included).
 - Usage rows and key objects show `errors` (requests answered 4xx or 5xx) beside
   `requests`, so failed requests do not look billable.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -43,6 +45,39 @@ def test_usage_on_the_finish_chunk_is_hidden_from_a_client_that_did_not_ask(
     assert "usage" in finish[0] and finish[0]["usage"] is None
     assert all(c.get("usage") is None for c in chunks), chunks
     # ... and counted it all the same.
+    [row] = proxy.usage_rows(key_id, 1)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 3)
+
+
+def test_a_finish_chunk_with_a_lone_surrogate_is_written_again_escaped(
+    proxy: Proxy, upstream: StandIn
+) -> None:
+    """Issue 18: the finish chunk written again without its usage had its own encoder, and
+    half an emoji ("\\ud83d", escaped on the wire) in it raised UnicodeEncodeError in the
+    stream. Now the client gets it with \\u escapes, and the usage is counted."""
+    key_id, key = proxy.new_key("finish-surrogate")
+    text = "cut emoji \ud83d"
+    body = stream_body(messages=[{"role": "user", "content": text}])
+    headers = {
+        "authorization": f"Bearer {key}",
+        "content-type": "application/json",
+        "x-standin-usage-on-finish": "1",
+        "x-standin-finish-echo": "1",
+    }
+    with httpx.stream(
+        "POST",
+        f"{proxy.url}/v1/chat/completions",
+        headers=headers,
+        content=json.dumps(body).encode(),  # httpx's json= cannot write a lone surrogate
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    [finish] = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish["choices"][0]["delta"] == {"content": text}
+    assert finish["usage"] is None
     [row] = proxy.usage_rows(key_id, 1)
     assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 3)
 

@@ -16,6 +16,8 @@ through like any other header:
     x-standin-usage-on-finish: 1  a stream asked for usage gets it on the finish chunk,
                                 with no separate `choices: []` chunk (as some
                                 OpenAI-compatible servers send it)
+    x-standin-finish-echo: 1    the finish chunk's delta carries the last message's text
+                                (a chunk the proxy writes again when it takes usage out)
     x-standin-prompt-tokens: N  report N prompt tokens (default 11)
     x-standin-cached-tokens: N  report N of them as cached (prompt_tokens_details)
     x-standin-completion-tokens: N  report N completion tokens (default: the chunks sent)
@@ -226,6 +228,9 @@ class StandIn(ThreadedServer):
         interval = float(request.headers.get("x-standin-interval", "0"))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         usage_on_finish = request.headers.get("x-standin-usage-on-finish") == "1"
+        finish: dict[str, Any] = {}
+        if request.headers.get("x-standin-finish-echo") == "1":
+            finish = {"content": body["messages"][-1]["content"]}
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         self.open_streams += 1
@@ -242,6 +247,7 @@ class StandIn(ThreadedServer):
                 usage_on_finish,
                 usage_of(request, chunks),
                 float(request.headers.get("x-standin-usage-pause", "0")),
+                finish,
             )
         finally:
             self.open_streams -= 1
@@ -257,6 +263,7 @@ class StandIn(ThreadedServer):
         usage_on_finish: bool = False,
         usage: dict[str, Any] | None = None,
         usage_pause: float = 0.0,
+        finish_delta: dict[str, Any] | None = None,
     ) -> web.StreamResponse:
         if usage is None:
             usage = {"prompt_tokens": 11, "completion_tokens": chunks, "total_tokens": 11 + chunks}
@@ -278,7 +285,7 @@ class StandIn(ThreadedServer):
                 await asyncio.sleep(interval)
             # The content carries the send time, so tests can measure each chunk's lag.
             await response.write(event({"content": f"{i}@{time.time():.6f} "}))
-        await response.write(event({}, "stop"))
+        await response.write(event(finish_delta or {}, "stop"))
         if usage_pause:
             await asyncio.sleep(usage_pause)
         if include_usage and not usage_on_finish:

@@ -19,8 +19,6 @@ from apipod_proxy.bodies import (
     is_json_type,
     is_model_endpoint,
     is_model_id,
-    json_bytes,
-    json_bytes_in_parts,
     model_body_refusal,
     parse_json,
     parse_json_strict,
@@ -244,28 +242,3 @@ def test_model_endpoints_and_json_types() -> None:
     assert is_json_type("") and is_json_type("Application/JSON; charset=utf-8")
     assert is_json_type("application/vnd.api+json")
     assert not is_json_type("multipart/form-data; boundary=x") and not is_json_type("text/plain")
-
-
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text()
-)
-_values = st.recursive(
-    _scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
-    max_leaves=8,
-)
-
-
-@given(st.dictionaries(st.text(max_size=4), _values, max_size=4))
-def test_json_in_parts_is_json_bytes(value: dict[str, object]) -> None:
-    assert json_bytes_in_parts(value) == json_bytes(value, strict=True)
-
-
-def test_json_in_parts_refuses_infinity_and_escapes_lone_surrogates() -> None:
-    with pytest.raises(ValueError):
-        json_bytes_in_parts({"n": [float("inf")]})
-    assert json_bytes_in_parts({"x": ["\ud800"]}) == json_bytes({"x": ["\ud800"]}, strict=True)

@@ -1,8 +1,14 @@
-"""The README's error table names every error code the proxy answers with.
+"""The README's error table is `errors.CODES`, and the source answers with exactly its codes.
 
-Codes are read from the source: the third argument of every `error_response(...)`
-call (a literal, a conditional of literals, or a local name assigned literals), and
-the codes given to mitmproxy's own failures (`errors.PROXY_MESSAGES`).
+Codes are read from the source (`ast`), wherever the proxy writes one:
+- the code argument of `error_response(...)`, `error_payload(...)`, `ClientApi.error(...)`, a
+  `Refusal(...)` and a `BodyRefusal(...)`: a literal, a conditional of literals, a
+  local name assigned literals, or a module constant (`QUOTA_CODE`);
+- a `code=` keyword (an in-stream error, `_fail(..., code=...)`);
+- the value of a `"code"` key in a dict literal (an error payload built by hand);
+- the code half of what `mitm_compat.describe_proxy_failure` returns, and the codes
+  given to mitmproxy's own failures (`errors.PROXY_MESSAGES`).
+A code the proxy copies from an upstream's answer is a name, not a literal: not listed.
 """
 
 from __future__ import annotations
@@ -11,12 +17,29 @@ import ast
 import importlib
 import pkgutil
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import apipod_proxy
+from apipod_proxy import errors, mitm_compat
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = Path(apipod_proxy.__file__).parent
+#: Calls whose argument at this position is a code, and at this one its status (None: none).
+CODE_ARGUMENTS: dict[str, tuple[int, int | None]] = {
+    "error_response": (2, 0),
+    "error_payload": (2, 0),
+    "Refusal": (2, 0),
+    "error": (2, 0),  # ClientApi.error
+    "BodyRefusal": (1, None),  # always 400 (bodies.BodyRefusal)
+}
+FIXED_STATUS = {"BodyRefusal": 400}
+#: Functions that return (message, code): the code's place in the returned tuple.
+RETURNED_CODES = {"describe_proxy_failure": 1}
+#: What the README check has always counted as a code (at least two words).
+CODE = re.compile(r"[a-z]+(_[a-z]+)+")
+#: A code in the table: lower-case words joined by underscores (`overloaded` included).
+TABLE_CODE = re.compile(r"[a-z]+(_[a-z]+)*")
 
 
 def literals(node: ast.AST) -> set[str]:
@@ -31,11 +54,43 @@ def code_argument(call: ast.Call) -> ast.expr | None:
     return next((k.value for k in call.keywords if k.arg == "code"), None)
 
 
-_MAKERS = {"error_response", "error", "Refusal"}
+def called(node: ast.Call) -> str | None:
+    if isinstance(node.func, ast.Attribute):
+        return node.func.attr
+    return getattr(node.func, "id", None)
 
 
-def codes_in(tree: ast.Module) -> set[str]:
-    found: set[str] = set()
+def constants() -> dict[str, set[str]]:
+    """Module-level `NAME = "literal"` of the whole package, by name (QUOTA_CODE)."""
+    found: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(
+                node.value, ast.Constant
+            ):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    if isinstance(target, ast.Name) and isinstance(node.value.value, str):
+                        found.setdefault(target.id, set()).add(node.value.value)
+    return found
+
+
+CONSTANTS = constants()
+
+
+def values(node: ast.expr, assigned: dict[str, set[str]]) -> set[str]:
+    """The strings `node` may be: literals, a local name's, or a module constant's."""
+    if isinstance(node, ast.Name):
+        if node.id in assigned:
+            return assigned[node.id]
+        return CONSTANTS.get(node.id, set()) if node.id.isupper() else set()
+    if isinstance(node, ast.Attribute | ast.Call | ast.BoolOp):
+        return set()  # a field of a Refusal row, or whatever the upstream said
+    return literals(node)
+
+
+def places(tree: ast.Module) -> Iterator[tuple[str, int | None, int]]:
+    """(code, the status it is given with when a literal says, line) for each code written."""
     for function in ast.walk(tree):
         if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
@@ -46,31 +101,66 @@ def codes_in(tree: ast.Module) -> set[str]:
                     if isinstance(target, ast.Name):
                         assigned.setdefault(target.id, set()).update(literals(node.value))
         for node in ast.walk(function):
-            if not isinstance(node, ast.Call):
-                continue
-            name = (
-                node.func.attr
-                if isinstance(node.func, ast.Attribute)
-                else getattr(node.func, "id", None)
-            )
-            # errors.error_response, ClientApi.error and Refusal all take (status, message, code).
-            if name not in _MAKERS or (arg := code_argument(node)) is None:
-                continue
-            if isinstance(arg, ast.Name):
-                found |= assigned.get(arg.id, set())
-            else:
-                found |= literals(arg)
+            if isinstance(node, ast.Call):
+                yield from call_codes(node, assigned)
+            elif isinstance(node, ast.Dict):
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if isinstance(key, ast.Constant) and key.value == "code":
+                        yield from ((c, None, node.lineno) for c in values(value, assigned))
+            elif (
+                isinstance(node, ast.Return)
+                and function.name in RETURNED_CODES
+                and isinstance(node.value, ast.Tuple)
+            ):
+                item = node.value.elts[RETURNED_CODES[function.name]]
+                yield from ((c, None, node.lineno) for c in values(item, assigned))
+
+
+def call_codes(
+    node: ast.Call, assigned: dict[str, set[str]]
+) -> Iterator[tuple[str, int | None, int]]:
+    name = called(node)
+    arguments: list[tuple[ast.expr, int | None]] = []
+    if name in CODE_ARGUMENTS:
+        at, status_at = CODE_ARGUMENTS[name]
+        code = node.args[at] if len(node.args) > at else None
+        status: int | None = FIXED_STATUS.get(name)
+        if status_at is not None and len(node.args) > status_at:
+            given = node.args[status_at]
+            if isinstance(given, ast.Constant) and isinstance(given.value, int):
+                status = given.value
+        if code is not None:
+            arguments.append((code, status))
+    arguments += [(k.value, None) for k in node.keywords if k.arg == "code"]
+    for argument, status in arguments:
+        for code in values(argument, assigned):
+            yield code, status, node.lineno
+
+
+def source_places() -> list[tuple[str, int | None, str]]:
+    """(code, status or None, where) for every code the source writes."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "errors.py" and path.parent == PACKAGE:
+            continue  # the table itself
+        where = path.relative_to(PACKAGE).as_posix()
+        for code, status, line in places(ast.parse(path.read_text())):
+            found.append((code, status, f"{where}:{line}"))
+    found += [(code, None, "errors.PROXY_MESSAGES") for code in errors.PROXY_MESSAGES]
+    found += [(code, status, "mitm_compat.FAILURES") for status, _, code in mitm_compat.FAILURES]
     return found
 
 
+def written_codes() -> set[str]:
+    return {code for code, _, _ in source_places()}
+
+
 def source_codes() -> set[str]:
-    codes: set[str] = set()
-    for path in PACKAGE.rglob("*.py"):
-        codes |= codes_in(ast.parse(path.read_text()))
+    codes = written_codes()
     for module in pkgutil.iter_modules([str(PACKAGE)]):
         loaded = importlib.import_module(f"apipod_proxy.{module.name}")
         codes |= set(getattr(loaded, "PROXY_MESSAGES", {}))
-    return {code for code in codes if re.fullmatch(r"[a-z]+(_[a-z]+)+", code)}
+    return {code for code in codes if CODE.fullmatch(code)}
 
 
 def readme_codes() -> set[str]:
@@ -89,9 +179,66 @@ def test_the_source_codes_are_found() -> None:
     )
 
 
+def test_the_scan_finds_a_code_in_every_place_it_reads() -> None:
+    """A Refusal row, a BodyRefusal, a `code=` keyword, a dict's "code", a module constant,
+    describe_proxy_failure's fallback, and error_payload."""
+    assert {
+        "method_not_allowed",
+        "invalid_stream",
+        "upstream_stream_incomplete",
+        "unsupported_by_upstream",
+        "upstream_quota_exhausted",
+        "proxy_error",
+        "insufficient_quota",
+    } <= source_codes()
+    code = "def f(x):\n    c = 'a_b' if x else 'c_d'\n    return error_response(404, 'm', c)\n"
+    assert [(c, s) for c, s, _ in places(ast.parse(code))] in (
+        [("a_b", 404), ("c_d", 404)],
+        [("c_d", 404), ("a_b", 404)],
+    )
+
+
 def test_every_error_code_is_in_the_readme_table() -> None:
     missing = source_codes() - readme_codes()
     assert not missing, f"README's error table lacks {sorted(missing)}"
+
+
+def test_every_code_the_source_writes_is_in_the_table() -> None:
+    table = {row.code for row in errors.CODES}
+    unlisted = sorted({(code, where) for code, _, where in source_places() if code not in table})
+    assert not unlisted, f"add these to errors.CODES: {unlisted}"
+
+
+def test_every_code_in_the_table_is_written_somewhere() -> None:
+    unused = {row.code for row in errors.CODES} - written_codes()
+    assert not unused, f"errors.CODES lists codes nothing answers with: {sorted(unused)}"
+
+
+def test_a_code_comes_with_the_status_the_table_gives_it() -> None:
+    status = {row.code: row.status for row in errors.CODES}
+    wrong = [
+        (code, given, where)
+        for code, given, where in source_places()
+        if given is not None and code in status and status[code] != given
+    ]
+    assert not wrong, wrong
+
+
+def test_the_table_has_one_row_a_code_each_one_line() -> None:
+    codes = [row.code for row in errors.CODES]
+    assert len(codes) == len(set(codes))
+    for row in errors.CODES:
+        assert TABLE_CODE.fullmatch(row.code), row.code
+        assert row.meaning and "\n" not in row.meaning and "|" not in row.meaning, row.code
+
+
+def test_the_readme_error_table_is_generated_from_the_codes() -> None:
+    """`python -m apipod_proxy.errors --write` wrote it (and does nothing more now)."""
+    text = (ROOT / "README.md").read_text()
+    start = errors.README_START + "\n"
+    shown = text[text.index(start) + len(start) : text.index("\n\n" + errors.README_END)]
+    assert shown == errors.readme_table(), "python -m apipod_proxy.errors --write"
+    assert errors.with_readme_table(text) == text
 
 
 def test_the_readme_lists_the_forwarding_table() -> None:

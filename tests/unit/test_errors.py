@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from apipod_proxy.bodies import json_bytes
 from apipod_proxy.errors import (
     error_payload,
     error_response,
@@ -49,10 +48,6 @@ def test_error_payload_has_the_openai_shape() -> None:
 def test_error_type_per_status(status: int, kind: str) -> None:
     assert error_type(status) == kind
     assert error_payload(status, "m", "c")["error"]["type"] == kind
-
-
-def test_json_bytes_is_compact_utf8() -> None:
-    assert json_bytes({"a": [1, 2], "b": "ключ"}) == '{"a":[1,2],"b":"ключ"}'.encode()
 
 
 # --- responses -------------------------------------------------------------------------

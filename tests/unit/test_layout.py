@@ -37,6 +37,7 @@ BASE = (
     "config",
     "credentials",
     "errors",
+    "jsonenc",
     "keys",
     "logs",
     "metering",
@@ -66,9 +67,9 @@ TOP = (
 #:   `if TYPE_CHECKING:` only. A row without either imports no mitmproxy at all.
 #: Rows run from the bottom of the package up; the last two are outside it.
 LAYOUT: dict[str, tuple[str, ...]] = {
-    # Pure. bodies for the one JSON encoder, metering for usage counts, upstream.quota to
+    # Pure. jsonenc for the one JSON encoder, metering for usage counts, upstream.quota to
     # recognise the upstream's quota answer in error bodies and streams.
-    "translate/": ("bodies", "metering", "upstream.quota"),
+    "translate/": ("jsonenc", "metering", "upstream.quota"),
     "storage/": ("base modules",),
     # storage only for the shared records (KeyRecord, usage and spend rows, periods).
     "policy/": ("base modules", "storage.records", "translate/", "mitmproxy"),

@@ -107,6 +107,27 @@ def test_answer_translates_success_and_errors() -> None:
     assert broken.status == 502 and "error" in json.loads(broken.content)
 
 
+def test_answer_writes_an_upstream_error_with_a_lone_surrogate_escaped() -> None:
+    """Issue 18: an upstream error quoting half an emoji ("\\ud83d", escaped on the wire)
+    is answered in the client's shape, as \\u escapes, in both directions."""
+    message = 'Invalid value "cut emoji \ud83d" é'
+    anthropic = json.dumps(
+        {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+    )
+    openai = json.dumps({"error": {"message": message, "type": "invalid_request_error"}})
+    to_openai_client = TO_ANTHROPIC.answer(400, anthropic.encode())
+    assert to_openai_client.status == 400
+    assert to_openai_client.content == (
+        b'{"error":{"message":"Invalid value \\"cut emoji \\ud83d\\" \\u00e9",'
+        b'"type":"invalid_request_error","param":null,"code":"invalid_request_error"}}'
+    )
+    to_anthropic_client = TO_OPENAI.answer(400, openai.encode())
+    assert json.loads(to_anthropic_client.content) == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": message},
+    }
+
+
 @pytest.mark.parametrize(
     ("status", "body", "missing"),
     [

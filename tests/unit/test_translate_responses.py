@@ -262,8 +262,8 @@ def test_only_a_structured_quota_answer_counts(status: int, body: bytes) -> None
 
 
 def test_translate_stays_free_of_mitmproxy() -> None:
-    """failures.py writes JSON with bodies.json_bytes; bodies.py imports mitmproxy only for
-    type checking, so the translation package still loads without it."""
+    """translate/ writes JSON with jsonenc (a leaf module), and reads quota and metering
+    helpers that import no mitmproxy, so the translation package loads without it."""
     code = (
         "import sys, apipod_proxy.translate\n"
         "loaded = [m for m in sys.modules if m.split('.')[0] == 'mitmproxy']\n"
@@ -273,7 +273,7 @@ def test_translate_stays_free_of_mitmproxy() -> None:
 
 
 def test_an_error_message_with_a_lone_surrogate_is_written_escaped() -> None:
-    """Issue 18: failures.py had its own encoder without bodies.json_bytes' fallback."""
+    """Issue 18: failures.py had its own encoder without json_bytes' lone-surrogate fallback."""
     message = "cut emoji \ud83d"  # a lone surrogate: not encodable as UTF-8
     body = anthropic_error("invalid_request_error", message)
     openai_answer = error_for_openai_client(400, body)

@@ -334,6 +334,17 @@ def test_strip_nulls_finish_chunk_usage_at_every_split_offset(newline: str) -> N
         assert watcher.usage == Usage(7, 8)
 
 
+def test_strip_writes_a_finish_chunk_with_a_lone_surrogate_escaped() -> None:
+    """Issue 18: the finish chunk written again (usage nulled) had its own encoder, without
+    the lone-surrogate fallback, so a cut emoji ("\\ud83d") raised UnicodeEncodeError
+    inside the stream. Now it is written with \\u escapes, the rest as before."""
+    chunk = {**finish_chunk_with_usage(5, 6), "choices": [{"delta": {"content": "é \ud83d"}}]}
+    watcher = SseWatcher(strip_usage_chunk=True)
+    out = sent(feed(watcher, sse(chunk)))
+    assert out == sse({**chunk, "usage": None})  # json.dumps: ASCII, Python's separators
+    assert watcher.usage == Usage(5, 6)
+
+
 def test_without_strip_usage_on_the_finish_chunk_is_left_alone() -> None:
     """The client asked for usage itself: its stream is not touched."""
     stream = sse(finish_chunk_with_usage(5, 6)) + b"data: [DONE]\n\n"

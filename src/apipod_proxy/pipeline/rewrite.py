@@ -33,11 +33,10 @@ from ..bodies import (
     decoded,
     is_json_type,
     is_model_endpoint,
-    json_bytes,
-    json_bytes_in_parts,
     model_body_refusal,
     parse_json_strict,
 )
+from ..jsonenc import json_bytes, json_bytes_in_parts
 from ..logs import printable
 from ..policy import budgets, forwarding
 from ..policy.routing import SESSION_HEADER, AllTargetsCooling, conversation_key

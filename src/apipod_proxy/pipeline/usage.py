@@ -18,6 +18,7 @@ import logging
 import re
 
 from .. import clock
+from ..jsonenc import json_bytes
 from ..metering import Meter, Usage, count_raw, meter_event, meter_of_body
 from ..storage.records import UsageCounts
 
@@ -115,7 +116,7 @@ class SseWatcher:
             # servers send it: the chunk stays, its usage becomes what OpenAI sends there.
             payload["usage"] = None
             ending = line[len(line.rstrip(b"\r\n")) :]
-            lines[index] = b"data: " + json.dumps(payload, ensure_ascii=False).encode() + ending
+            lines[index] = b"data: " + json_bytes(payload, spaced=True) + ending
         return b"".join(lines)
 
 

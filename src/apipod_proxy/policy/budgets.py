@@ -108,7 +108,7 @@ class SpendLedger:
     which then includes `flushing`.
 
     With REDIS_URL, `shared` holds every replica's spend as Redis last answered it
-    (sharedlimit.SharedSpend), which is at most one request old rather than one flush;
+    (policy/shared.SharedSpend), which is at most one request old rather than one flush;
     a key's spend is the larger of the two views.
     """
 
@@ -256,7 +256,7 @@ def admits(budget: float, spent: float, held: float, amount: float) -> bool:
     """Whether a request holding `amount` fits: the budget is not spent, and either it
     fits next to what is held, or nothing is held (a request alone is admitted while
     anything is left), or it holds nothing (no priced model: a GET, a body without one).
-    sharedlimit.HOLD_LUA decides the same in Redis."""
+    shared.HOLD_LUA decides the same in Redis."""
     if spent >= budget:
         return False
     return held <= 0 or amount <= 0 or spent + held + amount <= budget + EPSILON

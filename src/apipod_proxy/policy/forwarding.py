@@ -26,10 +26,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # annotations only: pricing.py imports this module, and translate/ it
+from ..errors import Refusal
+from .routing import RoutesError, table_of
+
+if TYPE_CHECKING:
     from mitmproxy import http
 
-from .routing import RoutesError, table_of
+__all__ = ["Refusal"]  # what `refusal` returns, with the status, message and code
 
 #: A path in the one spelling the proxy accepts: segments of RFC 3986 `pchar`s without
 #: percent escapes, no empty segment but an optional trailing slash.
@@ -73,14 +76,6 @@ def is_absolute_form(request: http.Request) -> bool:
     return request.http_version.startswith("HTTP/1") and bool(request.authority)
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    code: str
-    message: str
-    headers: Mapping[str, str] | None = None
-
-
 def refusal(
     method: str, path: str, routes: Mapping[str, Route], own: bool
 ) -> Refusal | Route | None:
@@ -88,16 +83,16 @@ def refusal(
     forwarded, or its Route; None for one of the proxy's own endpoints (`own`)."""
     if not is_plain_path(path):
         message = "The request target must be a plain path (no escapes, '//', '.' or '..')"
-        return Refusal(400, "invalid_request_target", message)
+        return Refusal(400, message, "invalid_request_target")
     if own:
         return None
     route = routes.get(path)
     if route is None:
-        return Refusal(404, "not_found", f"Unknown endpoint {method} {path}")
+        return Refusal(404, f"Unknown endpoint {method} {path}", "not_found")
     if method not in route.methods:
         allowed = ", ".join(route.methods)
         return Refusal(
-            405, "method_not_allowed", f"{path} only accepts {allowed}", {"allow": allowed}
+            405, f"{path} only accepts {allowed}", "method_not_allowed", {"allow": allowed}
         )
     return route
 

@@ -13,7 +13,7 @@ replaced file also clears it. When the version cannot be read the cache stands
 aside and every lookup goes to the database, which then reports the problem.
 
 On PostgreSQL (DATABASE_URL) the version is a counter that a trigger moves on every
-key change and each process follows by LISTEN/NOTIFY (pgstore.NotifiedKeyCache).
+key change and each process follows by LISTEN/NOTIFY (postgres.NotifiedKeyCache).
 """
 
 from __future__ import annotations

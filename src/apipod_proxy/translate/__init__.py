@@ -11,9 +11,9 @@ addon's hooks only pick the direction and hand bytes over:
 
 The tables in docs/translation.md say what maps to what, and what is dropped or refused.
 
-May import: bodies, metering, upstream.quota.
+May import: jsonenc, metering, upstream.quota.
 
-bodies for the package's one JSON encoder, metering for usage counts, upstream.quota to
+jsonenc for the package's one JSON encoder, metering for usage counts, upstream.quota to
 recognise the upstream's quota answer in error bodies and streams (quota.py imports
 nothing of the package). Never mitmproxy: loading translate/ loads none of it.
 """

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ..bodies import json_bytes
+from ..jsonenc import json_bytes
 from ..upstream.quota import QuotaExhausted
 from .failures import error_for_anthropic_client, error_for_openai_client
 from .requests import anthropic_request_to_openai, openai_request_to_anthropic

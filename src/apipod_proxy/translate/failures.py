@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..bodies import json_bytes
+from ..jsonenc import json_bytes, json_text
 from ..upstream.quota import QUOTA_CODE, QuotaExhausted, quota_answer, retry_after
 
 #: What a client reads of an error body that is not JSON.
@@ -62,15 +62,21 @@ def _read(status: int, body: bytes) -> tuple[str, str, QuotaExhausted | None]:
     if isinstance(error, dict):
         message = error.get("message")
         kind = error.get("type")
+        shown = message if isinstance(message, str) else _as_text(error)
         return (
             kind if isinstance(kind, str) and kind else _default_type(status),
-            message if isinstance(message, str) else json.dumps(error)[:MAX_RAW_MESSAGE],
+            shown,
             quota_answer(status, kind, message),
         )
     if isinstance(error, str):  # {"error": "text"}, as some servers answer
         return _default_type(status), error, None
     text = body.decode("utf-8", "replace").strip()[:MAX_RAW_MESSAGE]
     return _default_type(status), text or f"Upstream error (HTTP {status})", None
+
+
+def _as_text(error: dict[str, Any]) -> str:
+    """An error object without a message, shown as its JSON (ASCII, cut short)."""
+    return json_text(error, spaced=True, ascii_only=True)[:MAX_RAW_MESSAGE]
 
 
 def _default_type(status: int) -> str:

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..jsonenc import json_text
+
 #: `max_tokens` is required by the Messages API; OpenAI clients may send none.
 DEFAULT_MAX_TOKENS = 8192
 #: reasoning_effort -> Anthropic thinking budget_tokens (1024 is Anthropic's minimum).
@@ -568,7 +570,7 @@ def _anthropic_assistant(content: list[Any], where: str) -> dict[str, Any]:
         elif kind == "tool_use":
             if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                 raise TranslationError("A tool_use needs an id and a name", at)
-            arguments = json.dumps(block.get("input") or {}, separators=(",", ":"))
+            arguments = json_text(block.get("input") or {}, ascii_only=True)
             calls.append(
                 {
                     "id": block["id"],

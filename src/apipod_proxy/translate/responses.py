@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from ..jsonenc import json_text
 from ..metering import meter_of_body
 
 #: Anthropic stop_reason -> OpenAI finish_reason.
@@ -63,7 +64,7 @@ def anthropic_response_to_openai(
         elif kind == "thinking" and isinstance(block.get("thinking"), str):
             thinking.append(block["thinking"])
         elif kind == "tool_use":
-            arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
+            arguments = json_text(block.get("input") or {}, spaced=True)
             calls.append(
                 {
                     "id": block.get("id"),

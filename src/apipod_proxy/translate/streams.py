@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..jsonenc import json_bytes, json_text
 from ..metering import Meter, Usage, count_raw
 from ..upstream.quota import QUOTA_CODE, QuotaExhausted, quota_in_stream
 from .responses import (
@@ -40,13 +41,6 @@ _EVENT_END = re.compile(rb"\r?\n\r?\n")
 #: An event larger than this is not waited for: the stream is ended with an error.
 MAX_EVENT_BYTES = 1 << 20
 INCOMPLETE = "The upstream ended the stream before it was complete"
-
-
-def _dumps(payload: Any) -> bytes:
-    try:
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:  # lone surrogates: escaped, as any JSON reader accepts
-        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _index(value: Any) -> int:
@@ -184,7 +178,7 @@ class AnthropicToOpenAIStream(_SseTranslator):
         }
         if self.include_usage:
             chunk["usage"] = None
-        self._out.append(b"data: " + _dumps(chunk) + b"\n\n")
+        self._out.append(b"data: " + json_bytes(chunk) + b"\n\n")
 
     def _start(self) -> None:
         if not self._started:
@@ -239,7 +233,7 @@ class AnthropicToOpenAIStream(_SseTranslator):
             }
             self._chunk({"tool_calls": [call]})
             if isinstance(block.get("input"), dict) and block["input"]:  # not streamed in pieces
-                self._arguments(tool, json.dumps(block["input"], ensure_ascii=False))
+                self._arguments(tool, json_text(block["input"], spaced=True))
         elif block.get("type") == "text" and block.get("text"):
             self.meter.delivered(block["text"])
             self._chunk({"content": block["text"]})
@@ -287,7 +281,7 @@ class AnthropicToOpenAIStream(_SseTranslator):
                 "choices": [],
                 "usage": self.meter.openai(),
             }
-            self._out.append(b"data: " + _dumps(chunk) + b"\n\n")
+            self._out.append(b"data: " + json_bytes(chunk) + b"\n\n")
         self._out.append(b"data: [DONE]\n\n")
         self.done = True
 
@@ -304,12 +298,12 @@ class AnthropicToOpenAIStream(_SseTranslator):
             self._note_quota(quota)
             kind, code = "rate_limit_error", QUOTA_CODE
         self.error = {"message": message, "type": kind, "param": None, "code": code or kind}
-        self._out.append(b"data: " + _dumps({"error": self.error}) + b"\n\n")
+        self._out.append(b"data: " + json_bytes({"error": self.error}) + b"\n\n")
         self.done = True
 
 
 def _anthropic_event(name: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + _dumps(payload) + b"\n\n"
+    return b"event: " + name.encode() + b"\ndata: " + json_bytes(payload) + b"\n\n"
 
 
 class OpenAIToAnthropicStream(_SseTranslator):
