@@ -22,13 +22,7 @@ from mitmproxy import http
 from . import errors
 from .errors import Refusal
 from .translate import Direction, TranslationError, direction_for
-from .translate.failures import (
-    ErrorAnswer,
-    cooling_for_anthropic_client,
-    cooling_for_openai_client,
-    error_for_anthropic_client,
-    error_for_openai_client,
-)
+from .translate.failures import ErrorAnswer, cooling_for_client, error_for_client
 
 #: Paths of the OpenAI APIs the proxy forwards: a client there speaks OpenAI's, whatever
 #: other headers it sends.
@@ -68,12 +62,7 @@ class ClientApi(Enum):
 
     def cooling(self, alias: str, seconds: float) -> http.Response:
         """429 without calling the upstream: every target of `alias` is out of quota."""
-        make = (
-            cooling_for_anthropic_client
-            if self is ClientApi.ANTHROPIC
-            else cooling_for_openai_client
-        )
-        answer = make(alias, seconds)
+        answer = cooling_for_client(self.value, alias, seconds)
         return errors.json_response(answer.status, answer.payload, answer.headers)
 
     def untranslatable(self, exc: TranslationError) -> http.Response:
@@ -92,10 +81,7 @@ class ClientApi(Enum):
         max_reset: float = math.inf,
     ) -> ErrorAnswer:
         """An upstream error answered in this API's shape (a quota answer becomes 429)."""
-        to_client = (
-            error_for_anthropic_client if self is ClientApi.ANTHROPIC else error_for_openai_client
-        )
-        return to_client(status, content, model, default_reset, max_reset)
+        return error_for_client(self.value, status, content, model, default_reset, max_reset)
 
     def translation(self, method: str, path: str, upstream_api: str) -> Direction | None:
         """The translation a request needs to reach an upstream that speaks

@@ -23,7 +23,7 @@ from apipod_proxy.translate import (
     OpenAIToAnthropicStream,
     anthropic_request_to_openai,
     anthropic_response_to_openai,
-    error_for_openai_client,
+    error_for_client,
     openai_request_to_anthropic,
     openai_response_to_anthropic,
 )
@@ -371,8 +371,8 @@ def through_claude(server: AnthropicStandIn, body: dict[str, Any]) -> Any:
     if not request.stream:
         response = httpx.post(server.url + "/v1/messages", json=request.body, headers=headers)
         if response.status_code != 200:
-            return error_for_openai_client(
-                response.status_code, response.content, model=body["model"]
+            return error_for_client(
+                "openai", response.status_code, response.content, model=body["model"]
             )
         return anthropic_response_to_openai(response.json(), model=body["model"])
     translator = AnthropicToOpenAIStream(body["model"], request.include_usage)

@@ -13,13 +13,9 @@ from openai.types.chat import ChatCompletion
 
 from apipod_proxy.translate import (
     anthropic_response_to_openai,
-    error_for_anthropic_client,
-    error_for_openai_client,
+    cooling_for_client,
+    error_for_client,
     openai_response_to_anthropic,
-)
-from apipod_proxy.translate.failures import (
-    cooling_for_anthropic_client,
-    cooling_for_openai_client,
 )
 from apipod_proxy.upstream.quota import QUOTA_CODE
 from tests.support.anthropic_standin import EMPTY_ANSWER, Answer
@@ -180,7 +176,7 @@ def anthropic_error(kind: str, message: str) -> bytes:
     ],
 )
 def test_anthropic_errors_keep_status_and_message(status: int, kind: str) -> None:
-    answer = error_for_openai_client(status, anthropic_error(kind, "went wrong"))
+    answer = error_for_client("openai", status, anthropic_error(kind, "went wrong"))
     assert answer.status == status
     assert answer.payload == {
         "error": {"message": "went wrong", "type": kind, "param": None, "code": kind}
@@ -193,7 +189,7 @@ def test_the_404_of_an_anthropic_only_upstream() -> None:
         b'{"type":"error","error":{"type":"not_found_error",'
         b'"message":"Endpoint POST /v1/chat/completions not found"}}'
     )
-    answer = error_for_openai_client(404, body)
+    answer = error_for_client("openai", 404, body)
     assert answer.status == 404
     assert answer.payload["error"]["message"] == "Endpoint POST /v1/chat/completions not found"
 
@@ -201,14 +197,14 @@ def test_the_404_of_an_anthropic_only_upstream() -> None:
 @pytest.mark.parametrize("prefix", ["", "RESOURCE_EXHAUSTED: "])
 def test_quota_400_becomes_429_with_retry_after(prefix: str) -> None:
     body = anthropic_error("invalid_request_error", prefix + QUOTA)
-    answer = error_for_openai_client(400, body, model="gemini-2.5-flash")
+    answer = error_for_client("openai", 400, body, model="gemini-2.5-flash")
     assert answer.status == 429
     assert answer.headers == {"retry-after": "3723"}
     assert answer.payload["error"]["code"] == QUOTA_CODE
     assert answer.payload["error"]["type"] == "rate_limit_error"
     assert "gemini-2.5-flash" in answer.payload["error"]["message"]
     assert answer.quota is not None and answer.quota.reset_seconds == 3723
-    for_anthropic = error_for_anthropic_client(400, body, model="gemini-2.5-flash")
+    for_anthropic = error_for_client("anthropic", 400, body, model="gemini-2.5-flash")
     assert for_anthropic.status == 429
     assert for_anthropic.payload["type"] == "error"
     assert for_anthropic.payload["error"]["type"] == "rate_limit_error"
@@ -218,27 +214,27 @@ def test_quota_400_becomes_429_with_retry_after(prefix: str) -> None:
 
 def test_quota_without_time_uses_the_default_cooldown() -> None:
     body = anthropic_error("invalid_request_error", "You have exhausted your capacity on x.")
-    answer = error_for_openai_client(400, body, default_reset=90)
+    answer = error_for_client("openai", 400, body, default_reset=90)
     assert answer.headers == {"retry-after": "90"}
     assert answer.quota is not None and answer.quota.reset_seconds is None
 
 
 def test_a_5xx_with_quota_words_is_not_a_quota_answer() -> None:
-    answer = error_for_openai_client(503, anthropic_error("api_error", QUOTA))
+    answer = error_for_client("openai", 503, anthropic_error("api_error", QUOTA))
     assert answer.status == 503 and answer.quota is None
 
 
 def test_a_quota_answer_longer_than_the_cap_is_cut_to_it() -> None:
     body = anthropic_error("invalid_request_error", QUOTA.replace("1h2m3s", "8760h0m0s"))
-    answer = error_for_openai_client(400, body, max_reset=21600)
+    answer = error_for_client("openai", 400, body, max_reset=21600)
     assert answer.status == 429 and answer.headers == {"retry-after": "21600"}
     assert answer.quota is not None and answer.quota.reset_seconds == 8760 * 3600
-    assert error_for_anthropic_client(400, body, max_reset=60).headers == {"retry-after": "60"}
+    assert error_for_client("anthropic", 400, body, max_reset=60).headers == {"retry-after": "60"}
 
 
 def test_a_429_of_an_openai_shaped_upstream_is_a_quota_answer() -> None:
     body = json.dumps({"error": {"message": QUOTA, "type": "rate_limit_error", "code": None}})
-    answer = error_for_anthropic_client(429, body.encode())
+    answer = error_for_client("anthropic", 429, body.encode())
     assert answer.status == 429 and answer.quota is not None
 
 
@@ -256,8 +252,8 @@ def test_a_429_of_an_openai_shaped_upstream_is_a_quota_answer() -> None:
     ],
 )
 def test_only_a_structured_quota_answer_counts(status: int, body: bytes) -> None:
-    for to_client in (error_for_openai_client, error_for_anthropic_client):
-        answer = to_client(status, body, model="claude-sonnet-4-5")
+    for shape in ("openai", "anthropic"):
+        answer = error_for_client(shape, status, body, model="claude-sonnet-4-5")
         assert answer.status == status and answer.quota is None
 
 
@@ -276,9 +272,9 @@ def test_an_error_message_with_a_lone_surrogate_is_written_escaped() -> None:
     """Issue 18: failures.py had its own encoder without json_bytes' lone-surrogate fallback."""
     message = "cut emoji \ud83d"  # a lone surrogate: not encodable as UTF-8
     body = anthropic_error("invalid_request_error", message)
-    openai_answer = error_for_openai_client(400, body)
+    openai_answer = error_for_client("openai", 400, body)
     assert json.loads(openai_answer.content)["error"]["message"] == message
-    anthropic_answer = error_for_anthropic_client(400, body)
+    anthropic_answer = error_for_client("anthropic", 400, body)
     assert json.loads(anthropic_answer.content)["error"]["message"] == message
 
 
@@ -292,7 +288,7 @@ def test_openai_errors_for_anthropic_clients() -> None:
             }
         }
     ).encode()
-    answer = error_for_anthropic_client(401, body)
+    answer = error_for_client("anthropic", 401, body)
     assert answer.payload == {
         "type": "error",
         "error": {"type": "invalid_request_error", "message": "Bad key"},
@@ -309,16 +305,16 @@ def test_openai_errors_for_anthropic_clients() -> None:
     ],
 )
 def test_unshaped_error_bodies(body: bytes, message: str) -> None:
-    answer = error_for_openai_client(502, body)
+    answer = error_for_client("openai", 502, body)
     assert answer.status == 502
     assert answer.payload["error"]["message"] == message
     assert answer.payload["error"]["type"] == "api_error"
 
 
 def test_all_targets_cooling_answers() -> None:
-    answer = cooling_for_openai_client("cursor-pro-sonnet", 12.5)
+    answer = cooling_for_client("openai", "cursor-pro-sonnet", 12.5)
     assert answer.status == 429 and answer.headers == {"retry-after": "13"}
     assert answer.payload["error"]["code"] == QUOTA_CODE
-    anthropic = cooling_for_anthropic_client("cursor-pro-sonnet", 12.5)
+    anthropic = cooling_for_client("anthropic", "cursor-pro-sonnet", 12.5)
     assert anthropic.payload["type"] == "error"
     assert anthropic.payload["error"]["type"] == "rate_limit_error"

@@ -28,7 +28,7 @@ from .directions import (
     direction_for,
     is_endpoint_missing,
 )
-from .failures import ErrorAnswer, error_for_anthropic_client, error_for_openai_client
+from .failures import ErrorAnswer, cooling_for_client, error_for_client
 from .requests import (
     DEFAULT_MAX_TOKENS,
     REASONING_BUDGETS,
@@ -57,9 +57,9 @@ __all__ = [
     "anthropic_request_to_openai",
     "anthropic_response_to_openai",
     "api_from_probe",
+    "cooling_for_client",
     "direction_for",
-    "error_for_anthropic_client",
-    "error_for_openai_client",
+    "error_for_client",
     "is_endpoint_missing",
     "openai_request_to_anthropic",
     "openai_response_to_anthropic",

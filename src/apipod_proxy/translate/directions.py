@@ -24,7 +24,7 @@ from typing import Any
 
 from ..jsonenc import json_bytes
 from ..upstream.quota import QuotaExhausted
-from .failures import error_for_anthropic_client, error_for_openai_client
+from .failures import Shape, error_for_client
 from .requests import anthropic_request_to_openai, openai_request_to_anthropic
 from .responses import anthropic_response_to_openai, openai_response_to_anthropic
 from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
@@ -61,6 +61,11 @@ class Direction(Enum):
 
     OPENAI_TO_ANTHROPIC = "openai->anthropic"
     ANTHROPIC_TO_OPENAI = "anthropic->openai"
+
+    @property
+    def client(self) -> Shape:
+        """The API the client speaks."""
+        return "openai" if self is Direction.OPENAI_TO_ANTHROPIC else "anthropic"
 
     def request(self, body: dict[str, Any]) -> TranslatedRequest:
         """The upstream path and body; raises TranslationError for what cannot map."""
@@ -99,12 +104,7 @@ class Direction(Enum):
         no reset time, `max_reset` the longest one (QUOTA_COOLDOWN_MAX).
         """
         if status >= 400:
-            to_client = (
-                error_for_openai_client
-                if self is Direction.OPENAI_TO_ANTHROPIC
-                else error_for_anthropic_client
-            )
-            error = to_client(status, content, model, default_reset, max_reset)
+            error = error_for_client(self.client, status, content, model, default_reset, max_reset)
             return TranslatedAnswer(error.status, error.content, error.headers, error.quota)
         try:
             body = json.loads(content)

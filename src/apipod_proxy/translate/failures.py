@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..jsonenc import json_bytes, json_text
 from ..upstream.quota import QUOTA_CODE, QuotaExhausted, quota_answer, retry_after
 
+#: The API whose error shape a client reads (clientapi.ClientApi's values).
+type Shape = Literal["openai", "anthropic"]
 #: What a client reads of an error body that is not JSON.
 MAX_RAW_MESSAGE = 500
 _TYPE_BY_STATUS = {
@@ -90,85 +92,52 @@ def quota_message(model: str | None, seconds: float) -> str:
     )
 
 
-def quota_for_openai_client(
-    quota: QuotaExhausted, model: str | None, default_reset: float, max_reset: float = math.inf
+def shaped(shape: Shape, kind: str, message: str, code: str | None = None) -> dict[str, Any]:
+    """An error body in the client's API: OpenAI's `{"error": {message, type, param,
+    code}}` (code: the type when none is given), or Anthropic's `{"type": "error",
+    "error": {type, message}}` (with `code` when one is given)."""
+    if shape == "anthropic":
+        error: dict[str, Any] = {"type": kind, "message": message}
+        if code is not None:
+            error["code"] = code
+        return {"type": "error", "error": error}
+    return {"error": {"message": message, "type": kind, "param": None, "code": code or kind}}
+
+
+def quota_for_client(
+    shape: Shape,
+    quota: QuotaExhausted,
+    model: str | None,
+    default_reset: float,
+    max_reset: float = math.inf,
 ) -> ErrorAnswer:
+    """429 `upstream_quota_exhausted`, with a Retry-After of the (capped) reset."""
     seconds = quota.cooldown(default_reset, max_reset)
-    payload = {
-        "error": {
-            "message": quota_message(model, seconds),
-            "type": "rate_limit_error",
-            "param": None,
-            "code": QUOTA_CODE,
-        }
-    }
+    payload = shaped(shape, "rate_limit_error", quota_message(model, seconds), QUOTA_CODE)
     return ErrorAnswer(429, payload, {"retry-after": retry_after(seconds)}, quota)
 
 
-def quota_for_anthropic_client(
-    quota: QuotaExhausted, model: str | None, default_reset: float, max_reset: float = math.inf
-) -> ErrorAnswer:
-    seconds = quota.cooldown(default_reset, max_reset)
-    payload = {
-        "type": "error",
-        "error": {
-            "type": "rate_limit_error",
-            "message": quota_message(model, seconds),
-            "code": QUOTA_CODE,
-        },
-    }
-    return ErrorAnswer(429, payload, {"retry-after": retry_after(seconds)}, quota)
-
-
-def error_for_openai_client(
+def error_for_client(
+    shape: Shape,
     status: int,
     body: bytes,
     model: str | None = None,
     default_reset: float = 60.0,
     max_reset: float = math.inf,
 ) -> ErrorAnswer:
-    """An upstream error (either shape) as an OpenAI error; `model` is the one sent.
+    """An upstream error (either shape) in the client's; `model` is the one sent.
     A quota answer's cooldown is `default_reset` when it names none, at most `max_reset`."""
     kind, message, quota = _read(status, body)
     if quota is not None:
-        return quota_for_openai_client(quota, model, default_reset, max_reset)
-    payload = {"error": {"message": message, "type": kind, "param": None, "code": kind}}
-    return ErrorAnswer(status, payload)
+        return quota_for_client(shape, quota, model, default_reset, max_reset)
+    return ErrorAnswer(status, shaped(shape, kind, message))
 
 
-def error_for_anthropic_client(
-    status: int,
-    body: bytes,
-    model: str | None = None,
-    default_reset: float = 60.0,
-    max_reset: float = math.inf,
-) -> ErrorAnswer:
-    """An upstream error (either shape) as an Anthropic error; `model` is the one sent."""
-    kind, message, quota = _read(status, body)
-    if quota is not None:
-        return quota_for_anthropic_client(quota, model, default_reset, max_reset)
-    return ErrorAnswer(status, {"type": "error", "error": {"type": kind, "message": message}})
-
-
-def cooling_for_openai_client(alias: str, seconds: float) -> ErrorAnswer:
+def cooling_for_client(shape: Shape, alias: str, seconds: float) -> ErrorAnswer:
     """Every target of `alias` is cooling down: answered without calling the upstream."""
-    payload = {
-        "error": {
-            "message": f"Every model behind {alias} is out of upstream quota; "
-            f"retry in about {retry_after(seconds)} s",
-            "type": "rate_limit_error",
-            "param": None,
-            "code": QUOTA_CODE,
-        }
-    }
+    message = (
+        f"Every model behind {alias} is out of upstream quota; "
+        f"retry in about {retry_after(seconds)} s"
+    )
+    payload = shaped(shape, "rate_limit_error", message, QUOTA_CODE)
     return ErrorAnswer(429, payload, {"retry-after": retry_after(seconds)})
-
-
-def cooling_for_anthropic_client(alias: str, seconds: float) -> ErrorAnswer:
-    answer = cooling_for_openai_client(alias, seconds)
-    error = answer.payload["error"]
-    answer.payload = {
-        "type": "error",
-        "error": {"type": "rate_limit_error", "message": error["message"], "code": QUOTA_CODE},
-    }
-    return answer
