@@ -49,8 +49,7 @@ from .bodies import (
 )
 from .config import Settings
 from .connections import ConnectionPolicy, expects_body
-from .endpoints.account import is_account_path
-from .endpoints.admin import HEALTH_PATH, is_internal, own_paths
+from .endpoints import ENDPOINTS
 from .flowstate import STATE, FlowState, state_of
 from .lifecycle import Lifecycle, Runtime
 from .logs import printable
@@ -74,7 +73,6 @@ from .translate.failures import (
     error_for_openai_client,
 )
 from .translate.streams import AnthropicPassthroughStream, _SseTranslator
-from .upstream.models import MODELS_PATH
 from .upstream.quota import QUOTA_ANSWERS, Cooldowns, QuotaExhausted, retry_after
 
 log = logging.getLogger("apipod")
@@ -104,7 +102,7 @@ class Apipod:
         self.router = router or Router()
         self.plans = Plans()  # prices and tiers, from ROUTES_FILE too
         #: What reaches the upstream (forwarding.py); [forward] rows from ROUTES_FILE too.
-        self.forwarding = forwarding.Forwarding(own_paths())
+        self.forwarding = forwarding.Forwarding(ENDPOINTS)
         self.ledger = budgets.SpendLedger()
         self._spend_warned = -60.0
         self._spend_tasks: set[asyncio.Task[None]] = set()
@@ -164,7 +162,7 @@ class Apipod:
             return errors.error_response(400, message, "invalid_request_headers")
         if (refused := self._refuse_target(flow, state)) is not None:
             return refused
-        if is_internal(flow.request.path.partition("?")[0]):
+        if self.rt.endpoints.before_auth(flow.request.path.partition("?")[0]):
             state.internal = True
             return None
         return await self._authenticate(flow.request.headers, state)
@@ -187,11 +185,7 @@ class Apipod:
             message = "Absolute-form request targets (GET http://host/path) are refused"
             return errors.error_response(400, message, "invalid_request_target")
         path = request.path.partition("?")[0]
-        own = (
-            is_internal(path)
-            or is_account_path(path)
-            or (path == MODELS_PATH and request.method == "GET")
-        )
+        own = self.rt.endpoints.owns(request.method, path)
         found = forwarding.refusal(request.method, path, self.forwarding.routes, own)
         if not isinstance(found, forwarding.Refusal):
             return None
@@ -277,17 +271,8 @@ class Apipod:
         """The proxy's own answer (internal endpoints, the model list, /account, a
         refusal), or None once the request is ready to forward. Runs under `request`'s
         guard: whatever raises here is answered 500, never forwarded."""
-        path = flow.request.path.partition("?")[0]
-        if state.internal:
-            run = self.rt.health if path == HEALTH_PATH else self.rt.db
-            return await run(self.rt.admin.handle, flow.request, state.client)
-        if flow.request.method == "GET" and path == MODELS_PATH:
-            # Fetched on the loop, bounded; never on the database threads (models.py).
-            listing = await self.rt.models.listing(self.router.table.names())
-            allowed = budgets.models_of(state.user, self.plans) if state.user else None
-            return errors.json_response(200, budgets.allowed_listing(listing, allowed))
-        if is_account_path(path) and state.user is not None:
-            return await self.rt.db(self.rt.account.answer, flow.request, state.user)
+        if (own := await self.rt.endpoints.answer(flow.request, state)) is not None:
+            return own  # the endpoint table's row ran where it says, under its guard
         # Swap first: whatever happens next, the client's key never goes upstream.
         auth.swap_credentials(flow.request.headers, self.rt.settings.antigravity_key)
         forwarding.set_forwarding_headers(flow.request.headers, state.client, state.client_proto)

@@ -34,8 +34,7 @@ from mitmproxy.utils import asyncio_utils
 
 from . import config, logs, mitm_compat
 from .config import ConfigError, Settings
-from .endpoints.account import Account
-from .endpoints.admin import AdminApi
+from .endpoints import Endpoints
 from .policy.pricing import open_routes_file
 from .policy.routing import RoutesError, RoutesFile
 from .policy.shared import SharedLimiter, SharedSpend
@@ -75,10 +74,10 @@ class Runtime:
     settings: Settings
     store: KeyStore
     key_cache: KeyCache
-    admin: AdminApi
+    #: The paths the proxy answers itself (endpoints/), with what their handlers need.
+    endpoints: Endpoints
     models: ModelList
     pool: ThreadPoolExecutor
-    account: Account
     request_log: RequestLog
     upstream: Upstream
     routes: RoutesFile | None = None
@@ -95,10 +94,6 @@ class Runtime:
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking database work off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
-    async def health(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run /health's work off the event loop, beside the database threads."""
-        return await asyncio.get_running_loop().run_in_executor(self.health_pool, fn, *args)
 
 
 class Lifecycle:
@@ -162,11 +157,14 @@ class Lifecycle:
             settings.upstream_api,
             gateway.cooldowns,
         )
+        models = ModelList(settings.antigravity_url, settings.antigravity_key)
+        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db")
+        health_pool = ThreadPoolExecutor(1, thread_name_prefix="apipod-health")
         gateway.runtime = Runtime(
             settings=settings,
             store=store,
             key_cache=key_cache_for(store),
-            admin=AdminApi(
+            endpoints=Endpoints(
                 settings,
                 store,
                 gateway.metrics,
@@ -175,13 +173,17 @@ class Lifecycle:
                 plans=gateway.plans,
                 upstream=upstream,
                 cooldowns=gateway.cooldowns,
+                ledger=gateway.ledger,
+                models=models,
+                pool=pool,
+                health_pool=health_pool,
             ),
-            models=ModelList(settings.antigravity_url, settings.antigravity_key),
-            pool=ThreadPoolExecutor(max_workers=4, thread_name_prefix="apipod-db"),
-            account=Account(settings, store, gateway.plans, gateway.ledger),
+            models=models,
+            pool=pool,
             request_log=RequestLog(settings.request_log_days),
             upstream=upstream,
             routes=routes,
+            health_pool=health_pool,
         )
         if settings.redis_url:
             limiter = SharedLimiter.from_url(settings.redis_url, settings.redis_prefix)
