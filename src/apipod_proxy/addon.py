@@ -21,11 +21,9 @@ import logging
 from mitmproxy import http
 from mitmproxy.net.http import http1
 
-from . import errors, logs
+from . import logs
 from .config import Settings
 from .connections import ConnectionPolicy, expects_body
-from .endpoints.account import is_account_path
-from .endpoints.admin import HEALTH_PATH
 from .flowstate import FlowState, state_of
 from .gateway import Gateway
 from .lifecycle import Lifecycle
@@ -33,9 +31,7 @@ from .pipeline.accounting import Accounting, ChargeBeforeRelease
 from .pipeline.admission import Admission
 from .pipeline.answers import Answers
 from .pipeline.rewrite import Rewrite
-from .policy import budgets
 from .policy.routing import Router
-from .upstream.models import MODELS_PATH
 
 log = logging.getLogger("apipod")
 
@@ -56,6 +52,7 @@ class Apipod:
         self.admission = Admission(
             settings=gateway.settings,
             forwarding=gateway.forwarding,
+            endpoints=gateway.endpoints,
             find_key=gateway.find_key,
             limiter=gateway.limiter,
             plans=gateway.plans,
@@ -77,6 +74,7 @@ class Apipod:
             upstream=gateway.upstream,
             traffic=gateway.traffic,
         )
+        self.endpoints = gateway.endpoints
         self.accounting: Accounting = gateway.accounting
         self.connections.setup(gateway.settings)
 
@@ -124,7 +122,8 @@ class Apipod:
         """The proxy's own answer (an endpoint of its own, or a refusal), or None once the
         request is ready to forward. Runs under `request`'s guard: whatever raises here
         is answered 500, never forwarded."""
-        if (own := await self._own_endpoint(flow, state)) is not None:
+        own = await self.endpoints.answer(flow.request, state)  # never raises: one guard
+        if own is not None:
             return own
         refusal = await self.rewrite.prepare(flow, state)
         if refusal is None and state.user is not None:
@@ -132,22 +131,6 @@ class Apipod:
             refusal = None if held is None else state.api.refuse(held)
         state.answered_by_proxy = refusal is not None
         return refusal
-
-    async def _own_endpoint(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
-        gateway = self.gateway
-        assert gateway is not None
-        path = flow.request.path.partition("?")[0]
-        if state.internal:
-            run = gateway.health if path == HEALTH_PATH else gateway.db
-            return await run(gateway.admin.handle, flow.request, state.client)
-        if flow.request.method == "GET" and path == MODELS_PATH:
-            # Fetched on the loop, bounded; never on the database threads (upstream/models.py).
-            listing = await gateway.models.listing(gateway.router.table.names())
-            allowed = budgets.models_of(state.user, gateway.plans) if state.user else None
-            return errors.json_response(200, budgets.allowed_listing(listing, allowed))
-        if is_account_path(path) and state.user is not None:
-            return await gateway.db(gateway.account.answer, flow.request, state.user)
-        return None
 
     # --- response path ---------------------------------------------------------------
 

@@ -21,7 +21,6 @@ from typing import Any
 
 from . import clock, config, keys
 from .config import database_path, database_url, find_env_file
-from .endpoints.admin import validate_changes, validate_plan
 from .policy import budgets
 from .policy.pricing import Plans, parse_plans
 from .policy.routing import RoutesError
@@ -73,7 +72,9 @@ def create(store: KeyStore, args: argparse.Namespace) -> int:
     )
     rpm = keys.validate_rpm(args.rpm)
     given = {"budget": args.budget, "budget_period": args.period, "models": args.models}
-    plan = validate_plan({field: value for field, value in given.items() if value is not None})
+    plan = budgets.validate_plan(
+        {field: value for field, value in given.items() if value is not None}
+    )
     api_key, record = store.create(name, tier, expires_in, rpm, plan)
     print(json.dumps(record.created_view(api_key)) if args.json else api_key)
     return 0
@@ -120,7 +121,7 @@ def update(store: KeyStore, args: argparse.Namespace) -> int:
             fields[name] = None
     if not fields:
         raise ValueError("nothing to change: give at least one option (see update --help)")
-    if store.update(args.id, validate_changes(fields, "--expires-in")) is None:
+    if store.update(args.id, budgets.validate_changes(fields, "--expires-in")) is None:
         print(f"error: no key has id {args.id}", file=sys.stderr)
         return 1
     _print(key_objects(store, args.id), KEY_FIELDS, args.json)

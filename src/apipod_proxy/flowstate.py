@@ -36,6 +36,7 @@ class FlowState:
     #: The client's address and scheme, past trusted front proxies (forwarding.py).
     client: str = ""
     client_proto: str = "http"
+    #: One of the proxy's own paths answered without a customer key (endpoints/).
     internal: bool = False
     user: KeyRecord | None = None
     requested_model: str | None = None

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .config import Settings
-from .endpoints.account import Account
-from .endpoints.admin import AdminApi, own_paths
+from .endpoints import ENDPOINTS, Endpoints
 from .flowstate import Traffic
 from .metrics import Metrics
 from .pipeline.accounting import Accounting
@@ -57,8 +56,8 @@ class Gateway:
     key_cache: KeyCache
     upstream: Upstream
     models: ModelList
-    admin: AdminApi
-    account: Account
+    #: The paths the proxy answers itself (endpoints/): one table, one guard.
+    endpoints: Endpoints
     metrics: Metrics
     #: Models out of upstream quota, kept out of alias rotation until their reset.
     cooldowns: Cooldowns
@@ -66,22 +65,16 @@ class Gateway:
     accounting: Accounting
     traffic: Traffic
     pool: ThreadPoolExecutor
+    #: /health's own thread: a load balancer's check must not queue behind database
+    #: work that hangs on `pool` (its ping is bounded, storage/postgres.PING_WAIT).
+    health_pool: ThreadPoolExecutor
     routes: RoutesFile | None = None
     #: REDIS_URL: rate limits shared by every replica (without it: per process).
     shared_limiter: SharedLimiter | None = None
-    #: /health's own thread: a load balancer's check must not queue behind database
-    #: work that hangs on `pool` (its ping is bounded, storage/postgres.PING_WAIT).
-    health_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="apipod-health")
-    )
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking database work off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
-    async def health(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run /health's work off the event loop, beside the database threads."""
-        return await asyncio.get_running_loop().run_in_executor(self.health_pool, fn, *args)
 
     async def find_key(self, key_hash: str) -> KeyRecord | None:
         """The key's record (None: unknown), from memory while the database is unchanged."""
@@ -109,7 +102,7 @@ def open_gateway(settings: Settings, router: Router | None = None) -> Gateway:
     """
     router = router or Router()
     plans = Plans()  # prices and tiers, from ROUTES_FILE too
-    forwarding = Forwarding(own_paths())
+    forwarding = Forwarding(ENDPOINTS)
     # Opened now, not on first use: later a vanished SQLite file is an error, not a
     # fresh start.
     store = open_store(settings.database_path, settings.database_url, create_missing=False)
@@ -131,6 +124,7 @@ def open_gateway(settings: Settings, router: Router | None = None) -> Gateway:
     )
     models = ModelList(settings.antigravity_url, settings.antigravity_key)
     pool = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="apipod-db")
+    health_pool = ThreadPoolExecutor(1, thread_name_prefix="apipod-health")
     shared_limiter = shared_spend = None
     if settings.redis_url:
         shared_limiter = SharedLimiter.from_url(settings.redis_url, settings.redis_prefix)
@@ -151,15 +145,19 @@ def open_gateway(settings: Settings, router: Router | None = None) -> Gateway:
         traffic=traffic,
         shared_spend=shared_spend,
     )
-    admin = AdminApi(
-        settings,
-        store,
-        metrics,
+    endpoints = Endpoints(
+        settings=settings,
+        store=store,
+        metrics=metrics,
         router=router,
         routes=routes,
         plans=plans,
         upstream=upstream,
         cooldowns=cooldowns,
+        ledger=ledger,
+        models=models,
+        pool=pool,
+        health_pool=health_pool,
     )
     return Gateway(
         settings=settings,
@@ -170,14 +168,14 @@ def open_gateway(settings: Settings, router: Router | None = None) -> Gateway:
         key_cache=key_cache_for(store),
         upstream=upstream,
         models=models,
-        admin=admin,
-        account=Account(settings, store, plans, ledger),
+        endpoints=endpoints,
         metrics=metrics,
         cooldowns=cooldowns,
         limiter=RateLimiter(),
         accounting=accounting,
         traffic=traffic,
         pool=pool,
+        health_pool=health_pool,
         routes=routes,
         shared_limiter=shared_limiter,
     )

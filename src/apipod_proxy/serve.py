@@ -27,7 +27,7 @@ from .config import (
     Settings,
     load_settings,
 )
-from .endpoints.admin import own_paths
+from .endpoints import ENDPOINTS
 from .lifecycle import listen_problem
 from .policy.forwarding import Forwarding
 from .policy.pricing import open_routes_file
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
         settings = load_settings()
         if settings.routes_file:
             open_routes_file(
-                settings.routes_file, forwarding=Forwarding(own_paths())
+                settings.routes_file, forwarding=Forwarding(ENDPOINTS)
             )  # as the proxy will: routes and [prices]
     except (ConfigError, RoutesError) as exc:
         print(f"apipod: configuration error: {exc}", file=sys.stderr)

@@ -14,13 +14,15 @@ from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import clock
-from apipod_proxy.endpoints.account import UNLIMITED_USD, Account, is_account_path
+from apipod_proxy.endpoints import ENDPOINTS, Access, Endpoints
+from apipod_proxy.endpoints.account import UNLIMITED_USD
 from apipod_proxy.pipeline.usage import Usage
 from apipod_proxy.policy.budgets import SpendLedger
 from apipod_proxy.policy.pricing import Plans, PriceTable, Tier
 from apipod_proxy.storage.records import KeyRecord, UsageCounts
 from apipod_proxy.storage.requestlog import MAX_PENDING, RequestLog, parse_limit
 from apipod_proxy.storage.sqlite import KeyStore
+from tests.support.endpoints import answer
 from tests.support.gateway import make_settings
 
 PLANS = Plans(
@@ -29,14 +31,22 @@ PLANS = Plans(
 
 
 @pytest.fixture
-def account(tmp_path: Path, store: KeyStore) -> Account:
-    return Account(make_settings(tmp_path, admin_secret=None), store, PLANS, SpendLedger())
+def account(tmp_path: Path, store: KeyStore) -> Endpoints:
+    return Endpoints(
+        make_settings(tmp_path, admin_secret=None), store, plans=PLANS, ledger=SpendLedger()
+    )
 
 
-def get(account: Account, record: KeyRecord, path: str, method: str = "GET") -> tuple[int, Any]:
+def get(account: Endpoints, record: KeyRecord, path: str, method: str = "GET") -> tuple[int, Any]:
     request = tutils.treq(method=method.encode(), path=path.encode(), headers=http.Headers())
-    response = account.answer(request, record)
+    response = answer(account, request, user=record)
     return response.status_code, json.loads(response.content or b"null")
+
+
+def is_account_path(path: str) -> bool:
+    """A path answered for the calling key, from the database (the billing paths)."""
+    row = ENDPOINTS.find(path)
+    return row is not None and row.access is Access.CUSTOMER and row.path != "/v1/models"
 
 
 def test_account_paths() -> None:
@@ -47,7 +57,7 @@ def test_account_paths() -> None:
 
 
 def test_account_shows_what_applies_spend_and_daily_usage(
-    account: Account, store: KeyStore
+    account: Endpoints, store: KeyStore
 ) -> None:
     _, record = store.create("alice", "trial", 30 * 86400)
     now = clock.now_text()
@@ -92,7 +102,7 @@ def test_account_shows_what_applies_spend_and_daily_usage(
     assert seen["resets_at"] == tomorrow  # the next midnight, UTC
 
 
-def test_account_without_budget_shows_the_months_spend(account: Account, store: KeyStore) -> None:
+def test_account_without_budget_shows_the_months_spend(account: Endpoints, store: KeyStore) -> None:
     _, record = store.create("bob", "elite", None)
     _, seen = get(account, record, "/account")
     assert (seen["budget"], seen["budget_period"], seen["models"], seen["spend"]) == (
@@ -105,7 +115,7 @@ def test_account_without_budget_shows_the_months_spend(account: Account, store: 
     assert seen["usage"] == []
 
 
-def test_subscription(account: Account, store: KeyStore) -> None:
+def test_subscription(account: Endpoints, store: KeyStore) -> None:
     _, trial = store.create("t", "trial", None)
     status, answer = get(account, trial, "/v1/dashboard/billing/subscription")
     assert (status, answer) == (
@@ -125,7 +135,7 @@ def test_subscription(account: Account, store: KeyStore) -> None:
     assert answer["access_until"] == int(datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp())
 
 
-def test_billing_usage_in_cents_over_the_dates_asked(account: Account, store: KeyStore) -> None:
+def test_billing_usage_in_cents_over_the_dates_asked(account: Endpoints, store: KeyStore) -> None:
     _, record = store.create("t", "trial", None)
     _, other = store.create("o", "trial", None)
     store.record_usage(
@@ -149,7 +159,7 @@ def test_billing_usage_in_cents_over_the_dates_asked(account: Account, store: Ke
         assert (status, answer["error"]["code"]) == (400, "invalid_date")
 
 
-def test_only_get(account: Account, store: KeyStore) -> None:
+def test_only_get(account: Endpoints, store: KeyStore) -> None:
     _, record = store.create("t", "trial", None)
     status, answer = get(account, record, "/account", "POST")
     assert (status, answer["error"]["code"]) == (405, "method_not_allowed")
@@ -194,7 +204,7 @@ def test_bad_limits(value: object) -> None:
 def test_a_database_error_answers_503_and_never_raises(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, admin_secret=None, database_path=tmp_path / "gone.db")
     store = KeyStore(tmp_path / "gone.db", create_missing=False)
-    account = Account(settings, store, PLANS, SpendLedger())
+    account = Endpoints(settings, store, plans=PLANS, ledger=SpendLedger())
     record = KeyRecord(1, "a", "trial", True, "2026-01-01T00:00:00Z", None, "apk_abcdef")
     status, answer = get(account, record, "/account")
     assert (status, answer["error"]["code"]) == (503, "database_unavailable")

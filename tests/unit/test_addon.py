@@ -310,10 +310,12 @@ def test_a_bug_in_any_answer_of_the_request_hook_is_500_never_forwarded(
         raise RuntimeError("a bug")
 
     runtime = gateway.addon.gateway
+    # The proxy's own paths answer under the endpoint table's guard (test_endpoints.py);
+    # here the bug is in the table's answer itself, which the hook's guard must catch.
     target, name, replacement = {
-        "admin": (runtime.admin, "handle", bug),
-        "models": (runtime.models, "listing", async_bug),
-        "account": (runtime.account, "answer", bug),
+        "admin": (runtime.endpoints, "answer", async_bug),
+        "models": (runtime.endpoints, "answer", async_bug),
+        "account": (runtime.endpoints, "answer", async_bug),
         "upstream": (runtime.upstream, "current_api", async_bug),
     }[broken]
     monkeypatch.setattr(target, name, replacement)
@@ -333,7 +335,7 @@ def test_a_bug_before_the_key_check_is_500_not_an_unchecked_request(
     def bug(path: str) -> bool:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("apipod_proxy.pipeline.admission.is_internal", bug)
+    monkeypatch.setattr(gateway.addon.gateway.endpoints, "before_auth", bug)
     flow = gateway.send(make_flow(body=chat_body(), headers=[]))  # no key at all
     assert flow.response is not None and flow.response.status_code == 500
     assert error_of(flow.response)["code"] == "internal_error"

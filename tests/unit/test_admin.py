@@ -12,8 +12,9 @@ from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import clock, keys
-from apipod_proxy.endpoints.admin import AdminApi, is_internal
+from apipod_proxy.endpoints import ENDPOINTS, Endpoints
 from apipod_proxy.storage.sqlite import KeyStore
+from tests.support.endpoints import answer
 from tests.support.gateway import ADMIN_SECRET, make_settings
 
 SECRET = ADMIN_SECRET
@@ -24,8 +25,8 @@ BOTH_BACKENDS = True
 
 
 @pytest.fixture
-def api(tmp_path: Path, store: KeyStore) -> AdminApi:
-    return AdminApi(make_settings(tmp_path), store)
+def api(tmp_path: Path, store: KeyStore) -> Endpoints:
+    return Endpoints(make_settings(tmp_path), store)
 
 
 def request(
@@ -43,12 +44,12 @@ def request(
 
 
 def create(
-    api: AdminApi, body: Any, secret: str | None = SECRET, raw: bytes | None = None
+    api: Endpoints, body: Any, secret: str | None = SECRET, raw: bytes | None = None
 ) -> http.Response:
     headers = [] if secret is None else [(b"x-admin-secret", secret.encode())]
     headers.append((b"content-type", b"application/json"))
     content = raw if raw is not None else json.dumps(body).encode()
-    return api.handle(request("POST", "/admin/create-key", content, headers))
+    return answer(api, request("POST", "/admin/create-key", content, headers))
 
 
 def error_of(response: http.Response) -> dict[str, Any]:
@@ -67,45 +68,45 @@ def count_keys(store: KeyStore) -> int:
 
 @pytest.mark.parametrize("path", ["/health", "/admin", "/admin/", "/admin/create-key", "/admin/x"])
 def test_internal_paths(path: str) -> None:
-    assert is_internal(path)
+    assert ENDPOINTS.before_auth(path)
 
 
 @pytest.mark.parametrize(
     "path", ["/v1/chat/completions", "/v1/models", "/healthz", "/administrator", "/", "/v1/admin/"]
 )
 def test_other_paths_are_not_internal(path: str) -> None:
-    assert not is_internal(path)
+    assert not ENDPOINTS.before_auth(path)
 
 
 # --- /health -------------------------------------------------------------------------
 
 
-def test_health_is_ok_with_a_working_database(api: AdminApi) -> None:
-    response = api.handle(request("GET", "/health"))
+def test_health_is_ok_with_a_working_database(api: Endpoints) -> None:
+    response = answer(api, request("GET", "/health"))
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     assert json.loads(response.content) == {"status": "ok", "database": "ok", "admin": True}
 
 
 def test_health_reports_admin_disabled(tmp_path: Path, store: KeyStore) -> None:
-    api = AdminApi(make_settings(tmp_path, admin_secret=None), store)
-    assert json.loads(api.handle(request("GET", "/health")).content)["admin"] is False
+    api = Endpoints(make_settings(tmp_path, admin_secret=None), store)
+    assert json.loads(answer(api, request("GET", "/health")).content)["admin"] is False
 
 
-def test_health_ignores_the_query_string(api: AdminApi) -> None:
-    assert api.handle(request("GET", "/health?verbose=1")).status_code == 200
+def test_health_ignores_the_query_string(api: Endpoints) -> None:
+    assert answer(api, request("GET", "/health?verbose=1")).status_code == 200
 
 
-def test_health_needs_no_secret(api: AdminApi) -> None:
-    response = api.handle(request("GET", "/health", headers=[(b"x-admin-secret", b"wrong")]))
+def test_health_needs_no_secret(api: Endpoints) -> None:
+    response = answer(api, request("GET", "/health", headers=[(b"x-admin-secret", b"wrong")]))
     assert response.status_code == 200
 
 
 def test_health_is_503_degraded_when_the_database_cannot_open(tmp_path: Path) -> None:
     unopenable = tmp_path / "is-a-directory"
     unopenable.mkdir()
-    api = AdminApi(make_settings(tmp_path), KeyStore(unopenable))
-    response = api.handle(request("GET", "/health"))
+    api = Endpoints(make_settings(tmp_path), KeyStore(unopenable))
+    response = answer(api, request("GET", "/health"))
     # 503 so that a load balancer takes the replica out of rotation.
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/json"
@@ -120,8 +121,8 @@ def test_health_is_503_degraded_when_the_database_cannot_open(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("path", ["/admin", "/admin/", "/admin/list-keys", "/admin/create-key/"])
-def test_unknown_admin_path_is_404_json(api: AdminApi, path: str) -> None:
-    response = api.handle(request("POST", path, b"{}", [(b"x-admin-secret", SECRET.encode())]))
+def test_unknown_admin_path_is_404_json(api: Endpoints, path: str) -> None:
+    response = answer(api, request("POST", path, b"{}", [(b"x-admin-secret", SECRET.encode())]))
     assert response.status_code == 404
     error = error_of(response)
     assert error["code"] == "not_found"
@@ -129,11 +130,12 @@ def test_unknown_admin_path_is_404_json(api: AdminApi, path: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
-def test_create_key_with_wrong_method_is_405(api: AdminApi, store: KeyStore, method: str) -> None:
-    response = api.handle(
+def test_create_key_with_wrong_method_is_405(api: Endpoints, store: KeyStore, method: str) -> None:
+    response = answer(
+        api,
         request(
             method, "/admin/create-key", b'{"name":"a"}', [(b"x-admin-secret", SECRET.encode())]
-        )
+        ),
     )
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
@@ -141,8 +143,8 @@ def test_create_key_with_wrong_method_is_405(api: AdminApi, store: KeyStore, met
     assert count_keys(store) == 0
 
 
-def test_health_with_wrong_method_is_405(api: AdminApi) -> None:
-    response = api.handle(request("POST", "/health"))
+def test_health_with_wrong_method_is_405(api: Endpoints) -> None:
+    response = answer(api, request("POST", "/health"))
     assert response.status_code == 405
     assert response.headers["allow"] == "GET"
 
@@ -150,7 +152,7 @@ def test_health_with_wrong_method_is_405(api: AdminApi) -> None:
 # --- the admin secret -------------------------------------------------------------------
 
 
-def test_create_key_without_secret_is_401(api: AdminApi, store: KeyStore) -> None:
+def test_create_key_without_secret_is_401(api: Endpoints, store: KeyStore) -> None:
     response = create(api, {"name": "alice"}, secret=None)
     assert response.status_code == 401
     error = error_of(response)
@@ -162,7 +164,7 @@ def test_create_key_without_secret_is_401(api: AdminApi, store: KeyStore) -> Non
 @pytest.mark.parametrize(
     "secret", ["", "wrong", SECRET[:-1], SECRET + "x", SECRET.upper(), " " + SECRET]
 )
-def test_create_key_with_wrong_secret_is_401(api: AdminApi, store: KeyStore, secret: str) -> None:
+def test_create_key_with_wrong_secret_is_401(api: Endpoints, store: KeyStore, secret: str) -> None:
     response = create(api, {"name": "alice"}, secret=secret)
     assert response.status_code == 401
     assert count_keys(store) == 0
@@ -174,32 +176,32 @@ def test_create_key_with_wrong_secret_is_401(api: AdminApi, store: KeyStore, sec
     ids=["none", "x-admin-secret", "bearer"],
 )
 def test_a_refused_secret_names_both_ways_to_send_it(
-    api: AdminApi, headers: list[tuple[bytes, bytes]]
+    api: Endpoints, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    response = api.handle(request("GET", "/admin/keys", None, headers))
+    response = answer(api, request("GET", "/admin/keys", None, headers))
     assert response.status_code == 401
     message = error_of(response)["message"]
     assert "x-admin-secret" in message and "Authorization: Bearer" in message
 
 
-def test_wrong_secret_is_not_echoed(api: AdminApi) -> None:
+def test_wrong_secret_is_not_echoed(api: Endpoints) -> None:
     response = create(api, {"name": "alice"}, secret="guess-123456789")
     assert b"guess-123456789" not in response.content
 
 
-def test_secret_with_undecodable_bytes_is_401_not_a_crash(api: AdminApi) -> None:
+def test_secret_with_undecodable_bytes_is_401_not_a_crash(api: Endpoints) -> None:
     headers = [(b"x-admin-secret", b"\xff\xfe" * 10)]
-    response = api.handle(request("POST", "/admin/create-key", b'{"name":"a"}', headers))
+    response = answer(api, request("POST", "/admin/create-key", b'{"name":"a"}', headers))
     assert response.status_code == 401
 
 
-def test_secret_is_checked_before_the_body(api: AdminApi) -> None:
+def test_secret_is_checked_before_the_body(api: Endpoints) -> None:
     response = create(api, None, secret="wrong", raw=b"not json")
     assert response.status_code == 401
 
 
 def test_admin_disabled_is_503(tmp_path: Path, store: KeyStore) -> None:
-    api = AdminApi(make_settings(tmp_path, admin_secret=None), store)
+    api = Endpoints(make_settings(tmp_path, admin_secret=None), store)
     for secret in (None, "", "anything-at-all-long"):
         response = create(api, {"name": "alice"}, secret=secret)
         assert response.status_code == 503
@@ -216,7 +218,7 @@ def test_admin_disabled_is_503(tmp_path: Path, store: KeyStore) -> None:
     "raw",
     [b"", b"not json", b"{", b'{"name": NaN}', b'{"name": "\xff"}', b"[" * 100_000],
 )
-def test_create_key_rejects_non_json(api: AdminApi, store: KeyStore, raw: bytes) -> None:
+def test_create_key_rejects_non_json(api: Endpoints, store: KeyStore, raw: bytes) -> None:
     response = create(api, None, raw=raw)
     assert response.status_code == 400
     assert error_of(response)["code"] == "invalid_json"
@@ -224,7 +226,7 @@ def test_create_key_rejects_non_json(api: AdminApi, store: KeyStore, raw: bytes)
 
 
 @pytest.mark.parametrize("body", [[], ["alice"], "alice", 42, None, True])
-def test_create_key_rejects_non_objects(api: AdminApi, store: KeyStore, body: Any) -> None:
+def test_create_key_rejects_non_objects(api: Endpoints, store: KeyStore, body: Any) -> None:
     response = create(api, body)
     assert response.status_code == 400
     assert error_of(response)["code"] == "invalid_json"
@@ -247,7 +249,7 @@ def test_create_key_rejects_non_objects(api: AdminApi, store: KeyStore, body: An
     ],
 )
 def test_create_key_rejects_bad_name_or_tier(
-    api: AdminApi, store: KeyStore, body: dict[str, Any]
+    api: Endpoints, store: KeyStore, body: dict[str, Any]
 ) -> None:
     response = create(api, body)
     assert response.status_code == 400
@@ -255,7 +257,7 @@ def test_create_key_rejects_bad_name_or_tier(
     assert count_keys(store) == 0
 
 
-def test_create_key_rejects_unknown_fields_and_names_them(api: AdminApi, store: KeyStore) -> None:
+def test_create_key_rejects_unknown_fields_and_names_them(api: Endpoints, store: KeyStore) -> None:
     response = create(api, {"name": "alice", "zeta": 1, "active": False})
     assert response.status_code == 400
     error = error_of(response)
@@ -265,7 +267,7 @@ def test_create_key_rejects_unknown_fields_and_names_them(api: AdminApi, store: 
     assert count_keys(store) == 0
 
 
-def test_a_misspelt_field_is_a_field_error_not_invalid_json(api: AdminApi) -> None:
+def test_a_misspelt_field_is_a_field_error_not_invalid_json(api: Endpoints) -> None:
     """`{"nam": "x"}` is valid JSON: the error says which field is wrong and which exist."""
     error = error_of(create(api, {"nam": "x"}))
     assert error["code"] == "unknown_field"
@@ -273,9 +275,9 @@ def test_a_misspelt_field_is_a_field_error_not_invalid_json(api: AdminApi) -> No
     assert "name" in error["message"]
 
 
-def test_revoke_with_an_unknown_field_is_a_field_error(api: AdminApi) -> None:
+def test_revoke_with_an_unknown_field_is_a_field_error(api: Endpoints) -> None:
     headers = [(b"x-admin-secret", SECRET.encode())]
-    response = api.handle(request("POST", "/admin/revoke-key", b'{"id": 1, "x": 2}', headers))
+    response = answer(api, request("POST", "/admin/revoke-key", b'{"id": 1, "x": 2}', headers))
     assert response.status_code == 400
     assert error_of(response)["code"] == "unknown_field"
 
@@ -283,7 +285,9 @@ def test_revoke_with_an_unknown_field_is_a_field_error(api: AdminApi) -> None:
 @pytest.mark.parametrize(
     "expires_in", [0, -5, "0s", "soon", "1.5h", 1.5, True, "36501d", [60], {"s": 1}]
 )
-def test_create_key_rejects_bad_expires_in(api: AdminApi, store: KeyStore, expires_in: Any) -> None:
+def test_create_key_rejects_bad_expires_in(
+    api: Endpoints, store: KeyStore, expires_in: Any
+) -> None:
     response = create(api, {"name": "alice", "expires_in": expires_in})
     assert response.status_code == 400
     error = error_of(response)
@@ -295,7 +299,7 @@ def test_create_key_rejects_bad_expires_in(api: AdminApi, store: KeyStore, expir
 # --- a good body ---------------------------------------------------------------------------
 
 
-def test_create_key_returns_201_with_the_new_key(api: AdminApi) -> None:
+def test_create_key_returns_201_with_the_new_key(api: Endpoints) -> None:
     response = create(api, {"name": "alice"})
     assert response.status_code == 201
     assert response.headers["content-type"] == "application/json"
@@ -308,7 +312,7 @@ def test_create_key_returns_201_with_the_new_key(api: AdminApi) -> None:
     assert isinstance(body["id"], int)
 
 
-def test_created_key_authenticates(api: AdminApi, store: KeyStore) -> None:
+def test_created_key_authenticates(api: Endpoints, store: KeyStore) -> None:
     body = json.loads(create(api, {"name": "alice", "tier": "pro"}).content)
     found = store.find(keys.hash_key(body["api_key"]))
     assert found is not None
@@ -318,25 +322,25 @@ def test_created_key_authenticates(api: AdminApi, store: KeyStore) -> None:
     assert found.is_usable(clock.format_time(clock.utcnow()))
 
 
-def test_created_key_with_expires_in(api: AdminApi) -> None:
+def test_created_key_with_expires_in(api: Endpoints) -> None:
     body = json.loads(create(api, {"name": "alice", "expires_in": "1h"}).content)
     created = datetime.strptime(body["created_at"], "%Y-%m-%dT%H:%M:%SZ")
     expires = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ")
     assert expires - created == timedelta(hours=1)
 
 
-def test_created_key_with_integer_expires_in(api: AdminApi) -> None:
+def test_created_key_with_integer_expires_in(api: Endpoints) -> None:
     body = json.loads(create(api, {"name": "alice", "expires_in": 90}).content)
     created = datetime.strptime(body["created_at"], "%Y-%m-%dT%H:%M:%SZ")
     expires = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ")
     assert expires - created == timedelta(seconds=90)
 
 
-def test_create_key_strips_the_name(api: AdminApi) -> None:
+def test_create_key_strips_the_name(api: Endpoints) -> None:
     assert json.loads(create(api, {"name": "  alice  "}).content)["name"] == "alice"
 
 
-def test_create_key_accepts_non_ascii_names(api: AdminApi, store: KeyStore) -> None:
+def test_create_key_accepts_non_ascii_names(api: Endpoints, store: KeyStore) -> None:
     body = json.loads(create(api, {"name": "Алиса 🌸"}).content)
     assert body["name"] == "Алиса 🌸"
     found = store.find(keys.hash_key(body["api_key"]))
@@ -344,24 +348,25 @@ def test_create_key_accepts_non_ascii_names(api: AdminApi, store: KeyStore) -> N
     assert found.name == "Алиса 🌸"
 
 
-def test_create_key_accepts_a_bom(api: AdminApi) -> None:
+def test_create_key_accepts_a_bom(api: Endpoints) -> None:
     response = create(api, None, raw=b'\xef\xbb\xbf{"name": "alice"}')
     assert response.status_code == 201
 
 
-def test_create_key_ignores_the_query_string(api: AdminApi) -> None:
-    response = api.handle(
+def test_create_key_ignores_the_query_string(api: Endpoints) -> None:
+    response = answer(
+        api,
         request(
             "POST",
             "/admin/create-key?x=1",
             b'{"name": "alice"}',
             [(b"x-admin-secret", SECRET.encode())],
-        )
+        ),
     )
     assert response.status_code == 201
 
 
-def test_each_created_key_is_different(api: AdminApi) -> None:
+def test_each_created_key_is_different(api: Endpoints) -> None:
     first = json.loads(create(api, {"name": "alice"}).content)
     second = json.loads(create(api, {"name": "alice"}).content)
     assert first["api_key"] != second["api_key"]
@@ -371,14 +376,14 @@ def test_each_created_key_is_different(api: AdminApi) -> None:
 def test_create_key_on_a_broken_database_is_503(tmp_path: Path) -> None:
     unopenable = tmp_path / "is-a-directory"
     unopenable.mkdir()
-    api = AdminApi(make_settings(tmp_path), KeyStore(unopenable))
+    api = Endpoints(make_settings(tmp_path), KeyStore(unopenable))
     response = create(api, {"name": "alice"})
     assert response.status_code == 503
     assert error_of(response)["code"] == "database_unavailable"
 
 
 @pytest.mark.parametrize("body", [b'{"name": "\\ud800"}', b'{"name": "a", "tier": "\\udfff"}'])
-def test_create_key_rejects_lone_surrogates(api: AdminApi, store: KeyStore, body: bytes) -> None:
+def test_create_key_rejects_lone_surrogates(api: Endpoints, store: KeyStore, body: bytes) -> None:
     response = create(api, None, raw=body)
     assert response.status_code == 400
     assert count_keys(store) == 0
@@ -387,16 +392,16 @@ def test_create_key_rejects_lone_surrogates(api: AdminApi, store: KeyStore, body
 # --- admin secret guesses (ADMIN_AUTH_LIMIT) -----------------------------------------------
 
 
-def keys_as(api: AdminApi, secret: str, client: str) -> http.Response:
-    return api.handle(
-        request("GET", "/admin/keys", None, [(b"x-admin-secret", secret.encode())]), client
+def keys_as(api: Endpoints, secret: str, client: str) -> http.Response:
+    return answer(
+        api, request("GET", "/admin/keys", None, [(b"x-admin-secret", secret.encode())]), client
     )
 
 
 def test_guesses_are_throttled_per_address(
     tmp_path: Path, store: KeyStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    api = AdminApi(make_settings(tmp_path, admin_auth_limit=3), store)
+    api = Endpoints(make_settings(tmp_path, admin_auth_limit=3), store)
     statuses = [keys_as(api, f"guess-{n}-abcdefghij", "198.51.100.7").status_code for n in range(6)]
     assert statuses == [401, 401, 401, 429, 429, 429]
     throttled = keys_as(api, ADMIN_SECRET, "198.51.100.7")  # right, but from the guesser
@@ -410,12 +415,12 @@ def test_guesses_are_throttled_per_address(
 
 
 def test_right_secrets_are_never_counted(tmp_path: Path, store: KeyStore) -> None:
-    api = AdminApi(make_settings(tmp_path, admin_auth_limit=2), store)
+    api = Endpoints(make_settings(tmp_path, admin_auth_limit=2), store)
     assert {keys_as(api, ADMIN_SECRET, "198.51.100.7").status_code for _ in range(20)} == {200}
 
 
 def test_limit_zero_turns_the_throttle_off(tmp_path: Path, store: KeyStore) -> None:
-    api = AdminApi(make_settings(tmp_path, admin_auth_limit=0), store)
+    api = Endpoints(make_settings(tmp_path, admin_auth_limit=0), store)
     assert {
         keys_as(api, "wrong-secret-0123456", "198.51.100.7").status_code for _ in range(50)
     } == {401}

@@ -12,9 +12,10 @@ from mitmproxy import http
 from mitmproxy.test import tutils
 
 from apipod_proxy import clock, keys
-from apipod_proxy.endpoints.admin import AdminApi
+from apipod_proxy.endpoints import Endpoints
 from apipod_proxy.policy.pricing import Plans, PriceTable, Tier
 from apipod_proxy.storage.sqlite import KeyStore
+from tests.support.endpoints import answer
 from tests.support.gateway import ADMIN_SECRET, make_settings
 from tests.support.harness import KEY_OBJECT_FIELDS as KEY_FIELDS
 
@@ -24,22 +25,22 @@ PLANS = Plans(PriceTable(tiers={"trial": Tier(budget=1.0, budget_period="day", m
 
 
 @pytest.fixture
-def api(tmp_path: Path, store: KeyStore) -> AdminApi:
-    return AdminApi(make_settings(tmp_path), store, plans=PLANS)
+def api(tmp_path: Path, store: KeyStore) -> Endpoints:
+    return Endpoints(make_settings(tmp_path), store, plans=PLANS)
 
 
-def call(api: AdminApi, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def call(api: Endpoints, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     request = tutils.treq(
         method=method.encode(),
         path=path.encode(),
         headers=http.Headers(HEADERS),
         content=b"" if body is None else json.dumps(body).encode(),
     )
-    response = api.handle(request)
+    response = answer(api, request)
     return response.status_code, json.loads(response.content or b"null")
 
 
-def test_create_key_takes_a_plan(api: AdminApi, store: KeyStore) -> None:
+def test_create_key_takes_a_plan(api: Endpoints, store: KeyStore) -> None:
     status, created = call(
         api,
         "POST",
@@ -61,7 +62,7 @@ def test_create_key_takes_a_plan(api: AdminApi, store: KeyStore) -> None:
         ({"models": [1]}, "models must be a list"),
     ],
 )
-def test_create_key_validates_the_plan(api: AdminApi, body: dict, message: str | None) -> None:
+def test_create_key_validates_the_plan(api: Endpoints, body: dict, message: str | None) -> None:
     status, answer = call(api, "POST", "/admin/create-key", {"name": "a", **body})
     if message is None:
         assert status == 201
@@ -71,7 +72,7 @@ def test_create_key_validates_the_plan(api: AdminApi, body: dict, message: str |
 
 
 def test_update_key_changes_fields_and_answers_the_key_object(
-    api: AdminApi, store: KeyStore
+    api: Endpoints, store: KeyStore
 ) -> None:
     _, record = store.create("alice", "elite", None, rpm=5)
     status, key = call(
@@ -110,7 +111,7 @@ def test_update_key_changes_fields_and_answers_the_key_object(
     ],
 )
 def test_update_key_refusals(
-    api: AdminApi, store: KeyStore, body: dict, status: int, code: str
+    api: Endpoints, store: KeyStore, body: dict, status: int, code: str
 ) -> None:
     store.create("alice", "elite", None)
     answer_status, answer = call(api, "POST", "/admin/update-key", body)
@@ -118,7 +119,7 @@ def test_update_key_refusals(
 
 
 def test_rotate_key_answers_a_new_secret_for_the_same_record(
-    api: AdminApi, store: KeyStore
+    api: Endpoints, store: KeyStore
 ) -> None:
     old, record = store.create("alice", "elite", None)
     status, rotated = call(api, "POST", "/admin/rotate-key", {"id": record.id})
@@ -132,7 +133,7 @@ def test_rotate_key_answers_a_new_secret_for_the_same_record(
     assert call(api, "GET", "/admin/rotate-key")[0] == 405
 
 
-def test_requests_endpoint_filters_and_validates(api: AdminApi, store: KeyStore) -> None:
+def test_requests_endpoint_filters_and_validates(api: Endpoints, store: KeyStore) -> None:
     _, a = store.create("a", "t", None)
     now = clock.now_text()
     rows = [(now, f"r{i}", a.id, "m", "m", 200, 1, 1, 0, 1, 0.0, 0, False, False) for i in range(3)]
@@ -147,7 +148,7 @@ def test_requests_endpoint_filters_and_validates(api: AdminApi, store: KeyStore)
         assert (status, answer["error"]["code"]) == (400, "invalid_field"), query
 
 
-def test_key_list_shows_plan_fields(api: AdminApi, store: KeyStore) -> None:
+def test_key_list_shows_plan_fields(api: Endpoints, store: KeyStore) -> None:
     store.create("a", "trial", None)
     status, answer = call(api, "GET", "/admin/keys")
     assert status == 200

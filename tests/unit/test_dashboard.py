@@ -14,13 +14,15 @@ from mitmproxy.test import tutils
 
 from apipod_proxy import clock
 from apipod_proxy.config import Settings
-from apipod_proxy.endpoints.admin import AdminApi
-from apipod_proxy.endpoints.dashboard import LiveStats, bucket_labels, usage_series
+from apipod_proxy.endpoints import Endpoints
+from apipod_proxy.endpoints.dashboard import bucket_labels, usage_series
+from apipod_proxy.endpoints.live import LiveStats
 from apipod_proxy.metrics import Metrics
 from apipod_proxy.policy.routing import Alias, Router, RoutesFile, RouteTable
 from apipod_proxy.storage.records import UsageCounts
 from apipod_proxy.storage.sqlite import KeyStore
 from apipod_proxy.upstream.quota import Cooldowns
+from tests.support.endpoints import answer
 from tests.support.gateway import ADMIN_SECRET, make_settings
 
 SECRET = ADMIN_SECRET
@@ -35,18 +37,18 @@ BOTH_BACKENDS = True
 
 
 @pytest.fixture
-def api(tmp_path: Path, store: KeyStore) -> AdminApi:
-    return AdminApi(settings(tmp_path), store, Metrics(), router=Router())
+def api(tmp_path: Path, store: KeyStore) -> Endpoints:
+    return Endpoints(settings(tmp_path), store, Metrics(), router=Router())
 
 
-def get(api: AdminApi, path: str, secret: str | None = SECRET) -> tuple[int, Any]:
+def get(api: Endpoints, path: str, secret: str | None = SECRET) -> tuple[int, Any]:
     headers = http.Headers([(b"x-admin-secret", secret.encode())] if secret else [])
-    response = api.handle(tutils.treq(method=b"GET", path=path.encode(), headers=headers))
+    response = answer(api, tutils.treq(method=b"GET", path=path.encode(), headers=headers))
     return response.status_code, json.loads(response.content)
 
 
 @pytest.mark.parametrize("path", ["/admin/stats", "/admin/routes", "/admin/usage/series"])
-def test_endpoints_need_the_admin_secret(api: AdminApi, path: str) -> None:
+def test_endpoints_need_the_admin_secret(api: Endpoints, path: str) -> None:
     status, body = get(api, path, secret=None)
     assert status == 401
     assert body["error"]["code"] == "invalid_admin_secret"
@@ -110,7 +112,7 @@ def test_idle_proxy_has_zero_rates() -> None:
     assert snapshot["error_rate"] == 0.0
 
 
-def test_the_dashboards_own_requests_are_not_traffic(api: AdminApi) -> None:
+def test_the_dashboards_own_requests_are_not_traffic(api: Endpoints) -> None:
     """Each admin answer is counted by the addon's metrics like any request; the live
     figures leave them out, so a polling dashboard does not look like load."""
     assert api.metrics is not None
@@ -129,7 +131,7 @@ def test_the_dashboards_own_requests_are_not_traffic(api: AdminApi) -> None:
 # --- /admin/routes -------------------------------------------------------------------
 
 
-def test_routes_shows_the_built_in_table(api: AdminApi) -> None:
+def test_routes_shows_the_built_in_table(api: Endpoints) -> None:
     status, body = get(api, "/admin/routes")
     assert status == 200
     assert body["source"] == {"kind": "built-in"}
@@ -151,7 +153,7 @@ def test_routes_shows_the_file_and_when_it_was_loaded(tmp_path: Path, store: Key
     router = Router(RouteTable(aliases={"x": Alias.from_weights({"y": 1})}))
     routes = RoutesFile(str(path), router)
     routes.load()
-    api = AdminApi(settings(tmp_path), store, Metrics(), router=router, routes=routes)
+    api = Endpoints(settings(tmp_path), store, Metrics(), router=router, routes=routes)
     status, body = get(api, "/admin/routes")
     assert status == 200
     assert body["aliases"] == {"fast": {"targets": {"a": 25.0, "b": 75.0}, "sticky": True}}
@@ -170,7 +172,7 @@ def add_usage(store: KeyStore, key_id: int, model: str, hour: str, **counts: int
     store.record_usage({(key_id, model, hour): UsageCounts(**counts)}, {})
 
 
-def test_series_by_hour_and_day(api: AdminApi, store: KeyStore) -> None:
+def test_series_by_hour_and_day(api: Endpoints, store: KeyStore) -> None:
     _, alice = store.create("alice", "elite", None)
     _, bob = store.create("bob", "elite", None)
     now = clock.utcnow()
@@ -221,7 +223,7 @@ def test_series_sums_the_cost_and_ranks_top_keys_by_it(store: KeyStore) -> None:
     assert [k["name"] for k in answer["top_keys"]] == ["bob", "alice"]  # by spend first
 
 
-def test_top_keys_are_ten(api: AdminApi, store: KeyStore) -> None:
+def test_top_keys_are_ten(api: Endpoints, store: KeyStore) -> None:
     hour = clock.now_text()[:13]
     for n in range(12):
         _, record = store.create(f"k{n}", "elite", None)
@@ -233,7 +235,7 @@ def test_top_keys_are_ten(api: AdminApi, store: KeyStore) -> None:
 @pytest.mark.parametrize(
     "query", ["bucket=week", "bucket=", "since=yesterday", "since=-1h", "since=" + "9" * 40]
 )
-def test_series_refuses_bad_parameters(api: AdminApi, query: str) -> None:
+def test_series_refuses_bad_parameters(api: Endpoints, query: str) -> None:
     status, body = get(api, f"/admin/usage/series?{query}")
     assert status == 400
     assert body["error"]["code"] == "invalid_field"
@@ -245,7 +247,7 @@ def test_bucket_labels_are_capped() -> None:
     assert bucket_labels("day", now, now) == [clock.format_time(now)[:10]]
 
 
-def test_stats_lists_models_in_quota_cooldown(api: AdminApi) -> None:
+def test_stats_lists_models_in_quota_cooldown(api: Endpoints) -> None:
     assert get(api, "/admin/stats")[1]["cooldowns"] == []
     api.cooldowns = Cooldowns(clock=lambda: 1_800_000_000.0)
     api.cooldowns.mark("gemini-3-pro-high", 1_800_000_120.0)

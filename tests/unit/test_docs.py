@@ -249,3 +249,13 @@ def test_the_readme_lists_the_forwarding_table() -> None:
     start = "<!-- forwarding table: generated from apipod_proxy.policy.forwarding.FORWARDED -->\n"
     shown = text[text.index(start) + len(start) : text.index("\n<!-- end of forwarding table -->")]
     assert shown == readme_table()
+
+
+def test_the_readme_lists_the_endpoint_table() -> None:
+    """ "The proxy's own endpoints" is `endpoints.ENDPOINTS`, row for row."""
+    from apipod_proxy.endpoints import readme_table
+
+    text = (ROOT / "README.md").read_text()
+    start = "<!-- endpoint table: generated from apipod_proxy.endpoints.ENDPOINTS -->\n"
+    shown = text[text.index(start) + len(start) : text.index("\n<!-- end of endpoint table -->")]
+    assert shown == readme_table()

@@ -10,22 +10,22 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from apipod_proxy.endpoints import pages
-from apipod_proxy.endpoints.admin import AdminApi, is_internal
+from apipod_proxy.endpoints import ENDPOINTS, Endpoints, pages
 from apipod_proxy.endpoints.pages import ASSETS, CONTENT_SECURITY_POLICY, STATIC_DIR
 from apipod_proxy.storage.sqlite import KeyStore
+from tests.support.endpoints import answer
 from tests.support.gateway import make_settings
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> AdminApi:
-    return AdminApi(make_settings(tmp_path), KeyStore(tmp_path / "data" / "proxy.db"))
+def api(tmp_path: Path) -> Endpoints:
+    return Endpoints(make_settings(tmp_path), KeyStore(tmp_path / "data" / "proxy.db"))
 
 
-def get(api: AdminApi, path: str, method: str = "GET", **headers: str) -> http.Response:
+def get(api: Endpoints, path: str, method: str = "GET", **headers: str) -> http.Response:
     fields = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
-    return api.handle(
-        tutils.treq(method=method.encode(), path=path.encode(), headers=http.Headers(fields))
+    return answer(
+        api, tutils.treq(method=method.encode(), path=path.encode(), headers=http.Headers(fields))
     )
 
 
@@ -43,7 +43,7 @@ def get(api: AdminApi, path: str, method: str = "GET", **headers: str) -> http.R
     ],
 )
 def test_pages_are_served_without_the_secret_and_with_security_headers(
-    api: AdminApi, path: str, content_type: str, marker: bytes
+    api: Endpoints, path: str, content_type: str, marker: bytes
 ) -> None:
     response = get(api, path)
     assert response.status_code == 200
@@ -58,13 +58,13 @@ def test_pages_are_served_without_the_secret_and_with_security_headers(
 
 
 @pytest.mark.parametrize(("path", "target"), [("/admin", "/admin/"), ("/portal", "/portal/")])
-def test_bare_prefixes_redirect_to_the_page(api: AdminApi, path: str, target: str) -> None:
+def test_bare_prefixes_redirect_to_the_page(api: Endpoints, path: str, target: str) -> None:
     response = get(api, path)
     assert response.status_code == 308
     assert response.headers["location"] == target
 
 
-def test_etag_revalidation_and_head(api: AdminApi) -> None:
+def test_etag_revalidation_and_head(api: Endpoints) -> None:
     first = get(api, "/admin/admin.js")
     etag = first.headers["etag"]
     again = get(api, "/admin/admin.js", if_none_match=etag)
@@ -91,25 +91,25 @@ def test_etag_revalidation_and_head(api: AdminApi) -> None:
         "/admin/index.html/",
     ],
 )
-def test_nothing_but_the_listed_files_is_served(api: AdminApi, path: str) -> None:
+def test_nothing_but_the_listed_files_is_served(api: Endpoints, path: str) -> None:
     response = get(api, path)
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/json"
 
 
-def test_other_methods_get_the_admin_api_answer(api: AdminApi) -> None:
+def test_other_methods_get_the_admin_api_answer(api: Endpoints) -> None:
     assert get(api, "/admin/", method="POST").status_code == 404
     assert get(api, "/portal/", method="DELETE").status_code == 404
 
 
 @pytest.mark.parametrize("path", ["/portal", "/portal/", "/portal/portal.js", "/portal/x"])
 def test_portal_paths_are_internal(path: str) -> None:
-    assert is_internal(path)
+    assert ENDPOINTS.before_auth(path)
 
 
 @pytest.mark.parametrize("path", ["/portals", "/v1/portal/", "/portal.js"])
 def test_other_portalish_paths_are_not(path: str) -> None:
-    assert not is_internal(path)
+    assert not ENDPOINTS.before_auth(path)
 
 
 def test_every_file_under_static_is_served() -> None:

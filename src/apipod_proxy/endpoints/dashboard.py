@@ -8,16 +8,14 @@ GET /admin/usage/series   usage by time bucket and routed model, and the top key
                           spend, for the dashboard's charts
 
 They only read: the metrics' current values (never the text exposition), the router's
-current table and the usage table. None of them runs on the request path.
+current table and the usage table. None of them runs on the request path. The
+endpoint table (`endpoints/__init__.py`) lists them and checks the secret first; the
+live rates are `live.py`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +27,8 @@ from ..metrics import Metrics
 
 if TYPE_CHECKING:
     from ..storage.sqlite import KeyStore
-    from .admin import AdminApi
+    from .context import Caller, Context
 
-#: Rates are averaged over the samples of about this many seconds.
-RATE_WINDOW = 15.0
 #: Bucket label lengths in the usage table's `hour` column (`YYYY-MM-DDTHH`).
 BUCKETS = {"hour": 13, "day": 10}
 DEFAULT_SINCE = {"hour": "24h", "day": "30d"}
@@ -41,119 +37,8 @@ MAX_BUCKETS = {"hour": 24 * 31, "day": 366}
 TOP_KEYS = 10
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Totals:
-    """Counter totals since the process started (API requests only, in snapshots)."""
-
-    requests: float
-    client_errors: float
-    server_errors: float
-    tokens: float
-
-
-def _totals(metrics: Metrics) -> Totals:
-    requests = client = server = tokens = 0.0
-    for family in metrics.requests.collect():
-        for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            requests += sample.value
-            status = sample.labels.get("status", "")
-            if status.startswith("4"):
-                client += sample.value
-            elif status.startswith("5"):
-                server += sample.value
-    for family in metrics.tokens.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                tokens += sample.value
-    return Totals(requests, client, server, tokens)
-
-
-def _gauge(gauge: Any) -> float:
-    return sum(s.value for family in gauge.collect() for s in family.samples)
-
-
-class LiveStats:
-    """Turns counter totals into rates from the samples the dashboard's polls take.
-
-    Sampling happens only when someone asks, so an unwatched proxy does no work.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._samples: deque[tuple[float, Totals]] = deque()
-        self._lock = threading.Lock()
-        self._started = clock()
-        # Answers to /health, /metrics, /admin/* and the pages, which the metrics count
-        # like any request: the live figures subtract them, so that a dashboard polling
-        # the proxy does not show up as traffic.
-        self._internal = [0, 0, 0]  # requests, 4xx, 5xx
-
-    def count_internal(self, status: int) -> None:
-        with self._lock:  # handlers run on several DB threads
-            internal = self._internal
-            internal[0] += 1
-            if 400 <= status < 500:
-                internal[1] += 1
-            elif status >= 500:
-                internal[2] += 1
-
-    def _api_totals(self, metrics: Metrics) -> Totals:
-        total = _totals(metrics)
-        with self._lock:
-            requests, client, server = self._internal
-        return Totals(
-            max(total.requests - requests, 0),
-            max(total.client_errors - client, 0),
-            max(total.server_errors - server, 0),
-            total.tokens,
-        )
-
-    def snapshot(self, metrics: Metrics) -> dict[str, Any]:
-        now, totals = self._clock(), self._api_totals(metrics)
-        with self._lock:
-            samples = self._samples
-            samples.append((now, totals))
-            # The base is the oldest sample inside the window, or else the one before now.
-            while len(samples) > 2 and now - samples[0][0] > RATE_WINDOW:
-                samples.popleft()
-            then, before = samples[0]
-        elapsed = now - then
-        requests = totals.requests - before.requests
-        rates: dict[str, float | None] = {
-            "requests_per_second": None,
-            "tokens_per_second": None,
-            "error_rate": None,
-            "client_error_rate": None,
-        }
-        if elapsed >= 0.5:
-            rates["requests_per_second"] = round(requests / elapsed, 3)
-            rates["tokens_per_second"] = round((totals.tokens - before.tokens) / elapsed, 1)
-            if requests > 0:
-                server = totals.server_errors - before.server_errors
-                client = totals.client_errors - before.client_errors
-                rates["error_rate"] = round(server / requests, 4)
-                rates["client_error_rate"] = round(client / requests, 4)
-            else:
-                rates["error_rate"] = rates["client_error_rate"] = 0.0
-        return {
-            "window_seconds": round(elapsed, 1),
-            **rates,
-            "active_streams": int(_gauge(metrics.active_streams)),
-            "uptime_seconds": round(now - self._started),
-            "totals": {
-                "requests": int(totals.requests),
-                "client_errors": int(totals.client_errors),
-                "server_errors": int(totals.server_errors),
-                "tokens": int(totals.tokens),
-            },
-            "time": clock.now_text(),
-        }
-
-
-def stats(api: AdminApi, request: http.Request) -> http.Response:
-    # Without metrics (an AdminApi built bare, in tests) every figure is zero.
+def stats(api: Context, request: http.Request, caller: Caller) -> http.Response:
+    # Without metrics (a context built bare, in tests) every figure is zero.
     snapshot = api.live.snapshot(api.metrics or Metrics())
     cooling = api.cooldowns.listing() if api.cooldowns is not None else []
     return json_response(200, {**snapshot, "cooldowns": cooling})
@@ -174,7 +59,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def route_table(api: AdminApi) -> dict[str, Any]:
+def route_table(api: Context) -> dict[str, Any]:
     """The table in force: aliases with their weights in percent, renames, whatever else
     the table holds, and the prices and tiers."""
     table = api.router.table if api.router is not None else None
@@ -191,8 +76,7 @@ def route_table(api: AdminApi) -> dict[str, Any]:
             if field.name not in answer:
                 answer[field.name] = _jsonable(getattr(table, field.name))
     # Prices and tiers are read from the same file into the plans.
-    if api.plans is not None:
-        answer.update(_jsonable(api.plans.table))
+    answer.update(_jsonable(api.plans.table))
     routes = api.routes
     if routes is None:
         answer["source"] = {"kind": "built-in"}
@@ -209,7 +93,7 @@ def route_table(api: AdminApi) -> dict[str, Any]:
     return answer
 
 
-def routes(api: AdminApi, request: http.Request) -> http.Response:
+def routes(api: Context, request: http.Request, caller: Caller) -> http.Response:
     return json_response(200, route_table(api))
 
 
@@ -244,7 +128,7 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def series(api: AdminApi, request: http.Request) -> http.Response:
+def series(api: Context, request: http.Request, caller: Caller) -> http.Response:
     bucket = request.query.get("bucket", "hour")
     if bucket not in BUCKETS:
         return error_response(400, "bucket must be hour or day", "invalid_field")
@@ -264,11 +148,3 @@ def series(api: AdminApi, request: http.Request) -> http.Response:
         {"bucket": bucket, "since": since, "buckets": labels, "now": clock.format_time(now)}
         | answer,
     )
-
-
-#: path -> (method, handler, needs the admin secret); merged into admin.ROUTES.
-ROUTES: dict[str, tuple[str, Callable[[AdminApi, http.Request], http.Response], bool]] = {
-    "/admin/stats": ("GET", stats, True),
-    "/admin/routes": ("GET", routes, True),
-    "/admin/usage/series": ("GET", series, True),
-}

@@ -14,8 +14,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mitmproxy import http
+
+from ..errors import error_response
+
+if TYPE_CHECKING:
+    from .context import Caller, Context
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -84,10 +90,19 @@ def is_page(path: str) -> bool:
     return path in ASSETS or path in REDIRECTS
 
 
+def answer(context: Context, request: http.Request, caller: Caller) -> http.Response:
+    """The endpoint table's handler for `/admin`, `/portal` and every path under them
+    that no other row takes: the page file, or 404 like any unknown endpoint."""
+    path = request.path.partition("?")[0]
+    if not is_page(path):
+        return error_response(404, f"Unknown endpoint {path}", "not_found")
+    return serve(request)
+
+
 def serve(request: http.Request) -> http.Response:
     """Answer a GET or HEAD for one of the page files (the caller checked `is_page`).
 
-    Other methods are not for pages: the admin API answers them (404 or 405)."""
+    Other methods are not for pages: the endpoint table answers them 404."""
     path = request.path.partition("?")[0]
     if path in REDIRECTS:
         return http.Response.make(

@@ -8,9 +8,9 @@ connection, and its body is never read):
     target        what neither the proxy nor the forwarding table serves: 400, 404, 405
                   (policy/forwarding.py), before any key check: nothing there to protect
     own paths     the proxy's own endpoints with their own checks (admin, health, pages)
-                  go on unauthenticated; endpoints/ answers them in `request`
+                  go on without a customer key; endpoints/ answers them in `request`
     key           401 missing, 403 unknown, inactive or expired, 503 when the database
-                  cannot say (pipeline/auth.py, the key cache)
+                  cannot say (credentials.py, the key cache)
     rate limit    429 past the key's requests per minute (per process, or REDIS_URL)
 """
 
@@ -26,17 +26,15 @@ from typing import TYPE_CHECKING
 
 from .. import clock, credentials, keys, logs
 from ..clientapi import ClientApi
-from ..endpoints.account import is_account_path
-from ..endpoints.admin import is_internal
 from ..flowstate import STATE, FlowState, Traffic
 from ..policy import budgets, forwarding
 from ..storage.backend import DB_ERRORS, error_text
-from ..upstream.models import MODELS_PATH
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
     from ..config import Settings
+    from ..endpoints import Endpoints
     from ..metrics import Metrics
     from ..policy.forwarding import Forwarding
     from ..policy.pricing import Plans
@@ -57,6 +55,8 @@ _DATABASE_AWAY = "The key database is unavailable, try again shortly"
 class Admission:
     settings: Settings
     forwarding: Forwarding
+    #: The paths the proxy answers itself (endpoints/): never forwarded.
+    endpoints: Endpoints
     #: The record of a key hash (None: unknown), from memory while the database is unchanged.
     find_key: Callable[[str], Awaitable[KeyRecord | None]]
     limiter: RateLimiter
@@ -85,8 +85,8 @@ class Admission:
             return state.api.error(400, message, "invalid_request_headers")
         if (refused := self.refuse_target(flow, state)) is not None:
             return refused
-        if is_internal(flow.request.path.partition("?")[0]):
-            state.internal = True
+        if self.endpoints.before_auth(flow.request.path.partition("?")[0]):
+            state.internal = True  # the operator's and everyone's paths: see `request`
             return None
         return await self.authenticate(flow.request.headers, state)
 
@@ -106,11 +106,7 @@ class Admission:
             message = "Absolute-form request targets (GET http://host/path) are refused"
             return state.api.error(400, message, "invalid_request_target")
         path = request.path.partition("?")[0]
-        own = (
-            is_internal(path)
-            or is_account_path(path)
-            or (path == MODELS_PATH and request.method == "GET")
-        )
+        own = self.endpoints.owns(request.method, path)
         found = forwarding.refusal(request.method, path, self.forwarding.routes, own)
         if not isinstance(found, forwarding.Refusal):
             return None

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .. import clock
+from .. import clock, keys
 from ..config import Settings
 from ..errors import Refusal
 from ..storage.records import KEY_FIELDS, KeyRecord, SpendRows, period_start
@@ -345,6 +345,47 @@ def key_objects(rows: list[dict[str, Any]], plans: Plans) -> list[dict[str, Any]
 
 
 # --- validation of operator input ----------------------------------------------------
+# The admin API (endpoints/admin.py) and the CLI (cli.py) both take these fields.
+
+#: A key's own plan: what applies instead of its tier's when set.
+PLAN_FIELDS = ("budget", "budget_period", "models")
+#: What an update of a key may change (`POST /admin/update-key`, `keys.py update`).
+UPDATE_FIELDS = ("name", "tier", "rpm", "expires_in", *PLAN_FIELDS)
+
+
+def validate_plan(fields: dict[str, Any]) -> dict[str, object]:
+    """The key's own budget, budget_period and models among `fields`, validated."""
+    plan: dict[str, object] = {}
+    if "budget" in fields:
+        plan["budget"] = validate_budget(fields["budget"])
+    if "budget_period" in fields:
+        plan["budget_period"] = validate_period(fields["budget_period"])
+    if "models" in fields:
+        plan["models"] = validate_models(fields["models"])
+    return plan
+
+
+def validate_changes(fields: dict[str, Any], expires_name: str = "expires_in") -> dict[str, object]:
+    """store.update_key changes from update-key fields; a null clears a setting (rpm,
+    budget, budget_period, models: the tier's apply again; expires_in: never expires)."""
+    changes = validate_plan(fields)
+    if "name" in fields or "tier" in fields:
+        name, tier, _ = keys.validate_new_key(
+            fields.get("name", "unchanged"), fields.get("tier", "unchanged")
+        )
+        if "name" in fields:
+            changes["name"] = name
+        if "tier" in fields:
+            if fields["tier"] is None:
+                raise ValueError("tier must be a non-empty string")
+            changes["tier"] = tier
+    if "rpm" in fields:
+        changes["rpm"] = keys.validate_rpm(fields["rpm"])
+    if "expires_in" in fields:
+        expires_in = fields["expires_in"]
+        seconds = None if expires_in is None else clock.parse_duration(expires_in, expires_name)
+        changes["expires_at"] = clock.expiry_after(seconds)
+    return changes
 
 
 def validate_budget(value: object) -> float | None:

@@ -13,16 +13,17 @@ the proxy's own JSON answer before any upstream connection is opened:
 - a path in no table is 404 `not_found` (`/metrics/`, `/chat/completions`), and a
   known path with another method 405 `method_not_allowed`, all without a key check.
 
-The proxy's own endpoints (`/health`, `/metrics`, `/admin/*`, `/portal/`, `/account`,
-the billing endpoints, `GET /v1/models`) are matched exactly, as before, after the same
-target check. This module also decides the forwarding headers the upstream sees.
+The proxy's own endpoints (the endpoint table, endpoints/__init__.py: `/health`,
+`/metrics`, `/admin/*`, `/portal/`, `/account`, the billing endpoints, `GET /v1/models`)
+are matched by that table, after the same target check. This module also decides the
+forwarding headers the upstream sees.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -104,10 +105,11 @@ class Forwarding:
     a bad row keeps the last good table, aliases and prices included.
     """
 
-    def __init__(self, own: Iterable[str] = ()) -> None:
+    def __init__(self, own: Container[str] = frozenset()) -> None:
         self.routes: dict[str, Route] = dict(BUILT_IN)
-        #: The proxy's own exact paths, which a `[forward]` row may not take.
-        self.own = frozenset(own)
+        #: The proxy's own paths, which a `[forward]` row may not take: the endpoint
+        #: table (endpoints.ENDPOINTS), prefixes such as `/admin/` included.
+        self.own = own
 
     def prepare(self, document: dict[str, Any]) -> dict[str, Route]:
         return {**BUILT_IN, **extra_routes(table_of(document, "forward"), self.own)}
@@ -116,14 +118,14 @@ class Forwarding:
         self.routes = routes
 
 
-def extra_routes(rows: dict[str, Any], own: frozenset[str] = frozenset()) -> dict[str, Route]:
+def extra_routes(rows: dict[str, Any], own: Container[str] = frozenset()) -> dict[str, Route]:
     """The `[forward]` table (`"/v1/path" = ["POST", ...]`), validated."""
     found: dict[str, Route] = {}
     for path, methods in rows.items():
         where = f"[forward] {path!r}"
         if not is_plain_path(path) or path == "/":
             raise RoutesError(f"{where}: not a plain path like /v1/embeddings")
-        if path in BUILT_IN or path in own or path.startswith(("/admin/", "/portal/")):
+        if path in BUILT_IN or path in own:
             raise RoutesError(f"{where}: already served (built in or the proxy's own)")
         if not isinstance(methods, list) or not methods:
             raise RoutesError(f'{where} must be a list of methods, like ["POST"]')

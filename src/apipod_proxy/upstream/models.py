@@ -1,9 +1,11 @@
-"""`GET /v1/models`: the upstream's list merged with the proxy's own model names.
+"""The upstream's model list: fetched, cached, and merged with the proxy's own names.
 
-Cursor validates a custom key with this call and only offers models it lists, so
-aliases must appear here. The upstream list is fetched by the proxy itself (with the
-upstream key), cached for a minute, and when it cannot be had the last good list and
-the aliases are still listed: a flaky upstream must not make Cursor call a good key bad.
+`GET /v1/models` (endpoints/model_list.py) answers from it, and so do the model-drift
+check (upstream/probe.py) and the metrics' model labels. Cursor validates a custom key
+with that call and only offers models it lists, so aliases must appear there. The
+upstream list is fetched by the proxy itself (with the upstream key), cached for a
+minute, and when it cannot be had the last good list and the aliases are still listed:
+a flaky upstream must not make Cursor call a good key bad.
 
 The fetch runs on the event loop with an async client, bounded to FETCH_TIMEOUT as a
 whole, never on the database threads: a hanging upstream must not stall `/health`, key
@@ -33,6 +35,7 @@ FETCH_TIMEOUT = 2.0
 FAILURE_SECONDS = 5.0
 #: A models list is a few kilobytes; a larger answer is not a models list.
 MAX_LIST_BYTES = 4 << 20
+#: Where the upstream lists its models (OpenAI's path).
 MODELS_PATH = "/v1/models"
 
 Models = list[dict[str, Any]]
