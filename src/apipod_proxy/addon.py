@@ -16,6 +16,7 @@ mitmproxy starts serving only once every addon has loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from mitmproxy import http
@@ -49,31 +50,9 @@ class Apipod:
     def _loaded(self, gateway: Gateway) -> None:
         """Loading succeeded: build the stages from the gateway."""
         self.gateway = gateway
-        self.admission = Admission(
-            settings=gateway.settings,
-            forwarding=gateway.forwarding,
-            endpoints=gateway.endpoints,
-            find_key=gateway.find_key,
-            limiter=gateway.limiter,
-            plans=gateway.plans,
-            metrics=gateway.metrics,
-            traffic=gateway.traffic,
-            shared_limiter=gateway.shared_limiter,
-        )
-        self.rewrite = Rewrite(
-            settings=gateway.settings,
-            router=gateway.router,
-            plans=gateway.plans,
-            cooldowns=gateway.cooldowns,
-            upstream=gateway.upstream,
-        )
-        self.answers = Answers(
-            settings=gateway.settings,
-            metrics=gateway.metrics,
-            cooldowns=gateway.cooldowns,
-            upstream=gateway.upstream,
-            traffic=gateway.traffic,
-        )
+        self.admission = _stage(Admission, gateway)
+        self.rewrite = _stage(Rewrite, gateway)
+        self.answers = _stage(Answers, gateway)
         self.endpoints = gateway.endpoints
         self.accounting: Accounting = gateway.accounting
         self.connections.setup(gateway.settings)
@@ -148,3 +127,14 @@ class Apipod:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.accounting.finish(flow, None)
+
+
+def _stage[T](stage: type[T], gateway: Gateway) -> T:
+    """A pipeline stage, its fields taken from the gateway's parts of the same names
+    (a stage's fields are what it may use; a unit test fills them with its own)."""
+    parts = {
+        f.name: getattr(gateway, f.name)
+        for f in dataclasses.fields(stage)  # type: ignore[arg-type]
+        if not f.name.startswith("_")
+    }
+    return stage(**parts)

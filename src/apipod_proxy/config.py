@@ -632,13 +632,19 @@ def env_example() -> str:
     return "\n".join(blocks)
 
 
+def between_markers(text: str, start: str, end: str, table: str, what: str) -> str:
+    """`text` with what stands between the markers `start` and `end` replaced by `table`
+    (the README's generated tables: settings here, error codes in errors.py)."""
+    before, found_start, rest = text.partition(start)
+    _, found_end, after = rest.partition(end)
+    if not found_start or not found_end:
+        raise ValueError(f"README.md lacks the {what} markers")
+    return f"{before}{start}\n{table}\n{end}{after}"
+
+
 def with_readme_table(readme: str) -> str:
     """`readme` with the text between the settings markers replaced by `readme_table()`."""
-    before, start, rest = readme.partition(README_START)
-    _, end, after = rest.partition(README_END)
-    if not start or not end:
-        raise ValueError("README.md lacks the settings table markers")
-    return f"{before}{start}\n{readme_table()}\n{end}{after}"
+    return between_markers(readme, README_START, README_END, readme_table(), "settings table")
 
 
 def main(argv: list[str]) -> int:

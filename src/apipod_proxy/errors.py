@@ -20,7 +20,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from .config import ROOT
+from .config import ROOT, between_markers
 from .jsonenc import json_bytes
 
 _TYPES: dict[int, str] = {
@@ -332,11 +332,8 @@ def with_readme_table(readme: str) -> str:
     """`readme` with the text between the error-table markers replaced by `readme_table()`.
 
     A blank line ends the table before the closing marker, as Markdown needs."""
-    before, start, rest = readme.partition(README_START)
-    _, end, after = rest.partition(README_END)
-    if not start or not end:
-        raise ValueError("README.md lacks the error table markers")
-    return f"{before}{start}\n{readme_table()}\n\n{end}{after}"
+    table = readme_table() + "\n"
+    return between_markers(readme, README_START, README_END, table, "error table")
 
 
 def main(argv: list[str]) -> int:
