@@ -15,8 +15,7 @@ from apipod_proxy import clock
 from apipod_proxy.flowstate import state_of
 from apipod_proxy.gateway import Gateway as ProxyGateway
 from apipod_proxy.policy.pricing import Price, PriceTable, Tier
-from tests.support.gateway import Gateway, captured_log
-from tests.unit.test_addon import chat_body, error_of
+from tests.support.gateway import Gateway, captured_log, chat_body, error_of
 
 GEMINI = "gemini-3-flash"
 #: 11 prompt (3 cached) and 5 completion tokens at these prices: (8*100 + 3*10 + 5*400)/1e6.
