@@ -20,7 +20,7 @@ from mitmproxy.proxy.layers.http import HttpRequestHook, _http1
 
 from apipod_proxy import keys, mitm_compat
 from apipod_proxy.addon import Apipod
-from apipod_proxy.flowstate import FlowState, state_of
+from apipod_proxy.flowstate import state_of
 from apipod_proxy.lifecycle import GATEWAY_OPTIONS, runs_in_front_of
 from apipod_proxy.policy import forwarding
 from apipod_proxy.storage.records import KeyRecord
@@ -339,130 +339,6 @@ def test_admin_crash_never_forwards_the_admin_request(gateway: Gateway) -> None:
     run(gateway.addon.requestheaders(flow))
     run(gateway.tctx.master.addons.trigger_event(HttpRequestHook(flow)))
     assert flow.response is not None
-
-
-# --- upstream timeout --------------------------------------------------------------------------
-
-
-def test_request_starts_the_upstream_timer(make_gateway: Callable[..., Gateway]) -> None:
-    gateway = make_gateway(upstream_timeout=0.05)
-    key, _ = gateway.new_key()
-    flow = make_flow(body=chat_body(), headers=[("authorization", f"Bearer {key}")])
-
-    async def go() -> FlowState:
-        await gateway.addon.requestheaders(flow)
-        await gateway.addon.request(flow)
-        state = state_of(flow)
-        assert state is not None
-        assert state.timer is not None
-        await asyncio.sleep(0.2)
-        return state
-
-    # No proxy connection exists for this flow, so only the flag records the timeout.
-    assert run(go()).timed_out is True
-
-
-def test_responseheaders_cancels_the_upstream_timer(make_gateway: Callable[..., Gateway]) -> None:
-    gateway = make_gateway(upstream_timeout=0.05)
-    key, _ = gateway.new_key()
-    flow = make_flow(body=chat_body(), headers=[("authorization", f"Bearer {key}")])
-
-    async def go() -> FlowState:
-        await gateway.addon.requestheaders(flow)
-        await gateway.addon.request(flow)
-        flow.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
-        gateway.addon.responseheaders(flow)
-        await asyncio.sleep(0.2)
-        state = state_of(flow)
-        assert state is not None
-        return state
-
-    state = run(go())
-    assert state.timer is not None
-    assert state.timer.cancelled()
-    assert state.timed_out is False
-
-
-def forwarded(gateway: Gateway) -> tuple[http.HTTPFlow, FlowState]:
-    key, _ = gateway.new_key()
-    flow = gateway.authed(key, body=chat_body())
-    state = state_of(flow)
-    assert state is not None
-    return flow, state
-
-
-def test_timeout_after_a_response_does_nothing(gateway: Gateway) -> None:
-    flow, state = forwarded(gateway)
-    flow.response = http.Response.make(200)
-    gateway.addon.answers.upstream_timed_out(flow)
-    assert state.timed_out is False
-
-
-def test_timeout_of_a_dead_flow_does_nothing(gateway: Gateway) -> None:
-    flow, state = forwarded(gateway)
-    flow.live = False
-    gateway.addon.answers.upstream_timed_out(flow)
-    assert state.timed_out is False
-
-
-def test_timeout_of_a_live_flow_is_recorded(gateway: Gateway) -> None:
-    flow, state = forwarded(gateway)
-    gateway.addon.answers.upstream_timed_out(flow)
-    assert state.timed_out is True
-    assert flow.response is None  # no proxy connection to answer on in a unit test
-
-
-# --- response path -----------------------------------------------------------------------------
-
-
-def respond(
-    gateway: Gateway, content_type: str | None, extra: list[tuple[str, str]] | None = None
-) -> http.HTTPFlow:
-    flow, _ = forwarded(gateway)
-    headers = [] if content_type is None else [("content-type", content_type)]
-    flow.response = http.Response.make(
-        200, b"", [(k.encode(), v.encode()) for k, v in headers + (extra or [])]
-    )
-    gateway.addon.responseheaders(flow)
-    return flow
-
-
-def is_streamed(response: http.Response | None) -> bool:
-    """mitmproxy streams when `stream` is True or a chunk callable."""
-    assert response is not None
-    return response.stream is True or callable(response.stream)
-
-
-@pytest.mark.parametrize("content_type", ["text/event-stream", "text/event-stream; charset=utf-8"])
-def test_event_streams_are_streamed_unbuffered(gateway: Gateway, content_type: str) -> None:
-    flow = respond(gateway, content_type)
-    assert is_streamed(flow.response)
-    assert flow.response is not None
-    assert flow.response.headers["x-accel-buffering"] == "no"
-
-
-@pytest.mark.parametrize("content_type", ["application/json", "text/plain", None])
-def test_other_responses_are_buffered(gateway: Gateway, content_type: str | None) -> None:
-    flow = respond(gateway, content_type)
-    assert not is_streamed(flow.response)
-    assert flow.response is not None
-    assert "x-accel-buffering" not in flow.response.headers
-
-
-def test_event_stream_detection_ignores_case(gateway: Gateway) -> None:
-    flow = respond(gateway, "Text/Event-Stream")
-    assert is_streamed(flow.response)
-
-
-def test_responses_lose_their_x_api_key(gateway: Gateway) -> None:
-    flow = respond(
-        gateway,
-        "application/json",
-        [("x-api-key", UPSTREAM_KEY), ("X-Api-Key", "again"), ("x-trace", "t1")],
-    )
-    assert flow.response is not None
-    assert "x-api-key" not in flow.response.headers
-    assert flow.response.headers["x-trace"] == "t1"
 
 
 # --- access log --------------------------------------------------------------------------------
