@@ -2,6 +2,12 @@
 
 No sockets: flows come from `mitmproxy.test.tflow`, the addon runs inside
 `taddons.context`, and each async hook runs on a short-lived event loop.
+
+Only what needs the hooks wired together is here: loading, the guards that answer 500
+instead of forwarding, the unread-body close, the proxy's own endpoints, and a request
+through every stage. Each stage's own checks are tested on the stage alone, built from
+its parts (tests/support/stages.py): test_admission.py, test_rewrite.py,
+test_answers.py, test_accounting.py; the client's API in test_clientapi.py.
 """
 
 from __future__ import annotations
@@ -37,11 +43,7 @@ from tests.support.gateway import (
     run,
 )
 
-CLAUDE = "claude-sonnet-4-5"
 GEMINI = "gemini-3-flash"
-
-
-CHAT = b'{"model":"gpt-4o","messages":[]}'
 
 
 # --- load --------------------------------------------------------------------------------
@@ -147,9 +149,6 @@ def test_runs_in_front_of(modes: list[str], url: str, expected: bool) -> None:
 
 
 # --- the request hooks' guards: a bug answers 500, never forwards ------------------------
-#
-# Each stage's own checks are tested on the stage alone: test_admission.py, test_rewrite.py,
-# test_answers.py, test_accounting.py. Here: what needs the hooks wired together.
 
 
 def forward_also(gateway: Gateway, path: str, methods: list[str]) -> None:
@@ -341,7 +340,7 @@ def test_admin_crash_never_forwards_the_admin_request(gateway: Gateway) -> None:
     assert flow.response is not None
 
 
-# --- access log --------------------------------------------------------------------------------
+# --- a request through every stage, and its access line ----------------------------------
 
 
 def complete(gateway: Gateway, flow: http.HTTPFlow, status: int = 200) -> http.HTTPFlow:
@@ -374,8 +373,109 @@ def test_access_line_never_contains_the_key(gateway: Gateway) -> None:
         assert UPSTREAM_KEY not in line
 
 
+def test_a_routed_request_goes_through_every_stage(gateway: Gateway) -> None:
+    """Admitted, routed and swapped, forwarded with its id and timer, streamed back,
+    counted and logged once, and flushed: the stages in the order the hooks call them."""
+    key, record = gateway.new_key("alice")
+
+    async def go() -> http.HTTPFlow:
+        flow = make_flow(
+            body=chat_body("cursor-pro-sonnet"),
+            headers=[
+                ("authorization", f"Bearer {key}"),
+                ("x-request-id", "r-every-stage"),
+            ],
+        )
+        await gateway.addon.requestheaders(flow)
+        await gateway.addon.request(flow)
+        assert flow.response is None  # forwarded
+        assert json.loads(flow.request.content or b"")["model"] == GEMINI  # draw 0.9
+        assert flow.request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+        assert flow.request.headers["x-request-id"] == "r-every-stage"
+        usage = {"prompt_tokens": 3, "completion_tokens": 4}
+        chunk = json.dumps({"choices": [], "usage": usage})
+        flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+        gateway.addon.responseheaders(flow)
+        stream = flow.response.stream
+        assert callable(stream)
+        stream(f"data: {chunk}\n\n".encode())
+        gateway.addon.response(flow)
+        gateway.addon.error(flow)  # a late error hook changes nothing
+        return flow
+
+    flow = run(go())
+    state = state_of(flow)
+    assert state is not None and state.timer is not None and state.timer.cancelled()
+    assert flow.response is not None and flow.response.headers["x-request-id"] == "r-every-stage"
+    [line] = access_lines(gateway)
+    assert f"key={record.id}:alice" in line and f"model=cursor-pro-sonnet->{GEMINI}" in line
+    assert flow.id not in gateway.addon.gateway.traffic.in_flight
+    gateway.flush()
+    [(prompt, completion)] = gateway.sql("SELECT prompt_tokens, completion_tokens FROM usage")
+    assert (prompt, completion) == (3, 4)
+
+
 def test_response_hook_without_state_logs_nothing(gateway: Gateway) -> None:
     flow = make_flow()
     flow.response = http.Response.make(200)
     gateway.addon.response(flow)
     assert access_lines(gateway) == []
+
+
+# --- a refusal on the headers: answered and closed, its body never read ------------------
+
+
+def refused_with_a_body(gateway: Gateway, monkeypatch: pytest.MonkeyPatch, live: bool) -> Any:
+    """A keyless request announcing a body, through `requestheaders`; what the connection
+    policy was asked to write before closing (`live`: the connection is still there)."""
+    written: list[bytes] = []
+
+    def close_unread(client: object, last_words: bytes) -> bool:
+        written.append(last_words)
+        return live
+
+    monkeypatch.setattr(gateway.addon.connections, "close_unread", close_unread)
+    body = chat_body()
+    flow = make_flow(body=body, headers=[("content-length", str(len(body)))])
+    run(gateway.addon.requestheaders(flow))
+    return flow, written
+
+
+def test_a_refusal_on_the_headers_is_written_and_closed_and_logged_once(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow, written = refused_with_a_body(gateway, monkeypatch, live=True)
+    state = state_of(flow)
+    assert state is not None and state.answered_by_proxy and state.finished
+    assert flow.response is not None and flow.response.status_code == 401
+    assert flow.response.headers["connection"] == "close"
+    assert flow.response.headers["x-request-id"] == state.request_id
+    [last_words] = written
+    assert last_words.startswith(b"HTTP/1.1 401 ") and b"missing_api_key" in last_words
+    assert len(access_lines(gateway)) == 1
+    gateway.addon.response(flow)  # mitmproxy goes on with the flow: counted once all the same
+    assert len(access_lines(gateway)) == 1
+
+
+def test_a_refusal_whose_connection_is_gone_is_left_to_the_response_hook(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow, written = refused_with_a_body(gateway, monkeypatch, live=False)
+    state = state_of(flow)
+    assert state is not None and not state.finished and len(written) == 1
+    assert access_lines(gateway) == []
+    gateway.addon.response(flow)
+    [line] = access_lines(gateway)
+    assert line.startswith("POST /v1/chat/completions 401 ")
+
+
+def test_a_refusal_of_a_request_without_a_body_is_left_to_mitmproxy(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def close_unread(client: object, last_words: bytes) -> bool:
+        raise AssertionError("closed")
+
+    monkeypatch.setattr(gateway.addon.connections, "close_unread", close_unread)
+    flow = gateway.send(make_flow("GET", "/v1/models"))
+    assert flow.response is not None and flow.response.status_code == 401
+    assert "connection" not in flow.response.headers
