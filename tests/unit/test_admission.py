@@ -384,18 +384,13 @@ def test_refusal_happens_before_the_body_is_needed(stage: Admission) -> None:
     assert flow.response.status_code == 401
 
 
-@pytest.mark.parametrize(
-    ("reason", "make"),
-    [
-        ("missing", lambda store: ""),
-        ("unknown", lambda store: f"Bearer {keys.generate_key()}"),
-    ],
-)
-def test_each_refusal_is_counted_by_its_reason(
-    stage: Admission, store: KeyStore, reason: str, make: Any
-) -> None:
-    admit(stage, make_flow(headers=[("authorization", make(store))]))
-    assert counted(stage, "auth_failures", reason=reason) == 1
+def test_each_refusal_is_counted_by_its_reason(stage: Admission, store: KeyStore) -> None:
+    key, record = new_key(store)
+    store.set_active(record.id, False)
+    for authorization in ["", "Bearer apk_short", f"Bearer {keys.generate_key()}", f"Bearer {key}"]:
+        admit(stage, make_flow(headers=[("authorization", authorization)]))
+    for reason, times in [("missing", 1), ("unknown", 2), ("inactive", 1), ("expired", 0)]:
+        assert counted(stage, "auth_failures", reason=reason) == times, reason
 
 
 def test_database_failure_during_lookup_is_503(settings: Settings, apipod_log: LogRecords) -> None:
