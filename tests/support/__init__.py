@@ -4,6 +4,7 @@ import start_proxy`. No test edits sys.path.
     harness.py            real mitmdump proxies, started as `make run` starts them
     gateway.py            the in-process harness: a loaded Apipod in mitmproxy's taddons
     endpoints.py          the endpoint table's answer, run from a synchronous test
+    stages.py             one pipeline stage built alone from its parts, no addon
     standin.py            the stand-in upstream the tests own (both APIs), recording requests
     standin_base.py       what the stand-ins share: a threaded aiohttp server, awkward SSE
     anthropic_standin.py  an upstream that speaks only Anthropic Messages, as the real one

@@ -145,6 +145,22 @@ def _bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
+def chat_body(model: str = "gpt-4o", **extra: Any) -> bytes:
+    """A Chat Completions body with one user message, "hi"."""
+    return json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+    ).encode()
+
+
+def error_of(response: http.Response | None) -> dict[str, Any]:
+    """The `error` object of one of the proxy's own JSON errors, in OpenAI's shape."""
+    assert response is not None
+    assert response.headers["content-type"] == "application/json"
+    payload = json.loads(response.content)
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    return payload["error"]
+
+
 @dataclass
 class Gateway:
     """A loaded addon, its mitmproxy context and what it logged."""

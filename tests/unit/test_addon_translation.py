@@ -1,5 +1,11 @@
-"""Unit tests for issue 10's wiring in the addon: translated requests and answers, quota
-answers and cooldowns, and the alias routing around models out of quota."""
+"""Unit tests for issue 10's wiring in the addon: a translated answer counted in the
+client's API, a quota answer cooling the model the next request is routed around (the
+answers and rewrite stages share one Cooldowns), and /health showing both.
+
+Each stage's part is tested on the stage alone: the translation choice and the routing
+around cooldowns in test_rewrite.py, streams, whole answers and quota answers in
+test_answers.py.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,7 @@ from typing import Any
 import pytest
 from mitmproxy import http
 
-from apipod_proxy import errors
-from apipod_proxy.flowstate import state_of
-from apipod_proxy.pipeline.usage import SseWatcher
-from apipod_proxy.translate.streams import AnthropicPassthroughStream, AnthropicToOpenAIStream
-from tests.support.gateway import Gateway, make_flow, run
+from tests.support.gateway import Gateway, make_flow
 
 CLAUDE, GEMINI = "claude-sonnet-4-5", "gemini-3-flash"
 QUOTA = f"You have exhausted your capacity on {CLAUDE}. Quota will reset after 1m30s."
@@ -54,39 +56,6 @@ def over_claude(make_gateway: Callable[..., Gateway]) -> Gateway:
     return make_gateway(upstream_api="anthropic")
 
 
-def test_an_openai_request_is_sent_as_anthropic_messages(over_claude: Gateway) -> None:
-    flow = send(over_claude, stream=True, stream_options={"include_usage": True})
-    assert flow.response is None
-    assert flow.request.path == "/v1/messages"
-    sent = json.loads(flow.request.content or b"")
-    assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
-    assert sent["max_tokens"] == 8192 and sent["stream"] is True
-    assert "stream_options" not in sent
-    assert flow.request.headers["anthropic-version"] == "2023-06-01"
-    state = state_of(flow)
-    assert state is not None and state.include_usage is True
-
-
-def test_what_cannot_be_translated_is_400_in_the_clients_shape(over_claude: Gateway) -> None:
-    flow = send(over_claude, n=3)
-    assert flow.response is not None and flow.response.status_code == 400
-    error = json.loads(flow.response.content or b"")["error"]
-    assert (error["code"], error["param"]) == ("unsupported_by_upstream", "n")
-    assert flow.request.path == "/v1/chat/completions"  # never rewritten, never forwarded
-
-
-def test_an_empty_body_that_needs_translating_is_refused(over_claude: Gateway) -> None:
-    key, _ = over_claude.new_key()
-    flow = over_claude.authed(key, body=b"")
-    assert flow.response is not None and flow.response.status_code == 400
-
-
-def test_messages_pass_through_to_an_anthropic_upstream(over_claude: Gateway) -> None:
-    flow = send(over_claude, path="/v1/messages", max_tokens=10)
-    assert flow.response is None and flow.request.path == "/v1/messages"
-    assert json.loads(flow.request.content or b"")["max_tokens"] == 10
-
-
 def test_the_answer_is_translated_back(over_claude: Gateway) -> None:
     flow = send(over_claude)
     message = {
@@ -105,44 +74,6 @@ def test_the_answer_is_translated_back(over_claude: Gateway) -> None:
     over_claude.flush()
     [(prompt, completion)] = over_claude.sql("SELECT prompt_tokens, completion_tokens FROM usage")
     assert (prompt, completion) == (8, 2)
-
-
-def test_our_own_errors_keep_the_openai_shape_after_translating(over_claude: Gateway) -> None:
-    flow = send(over_claude)
-    assert flow.request.path == "/v1/messages"  # translated for the upstream
-    state = state_of(flow)
-    assert state is not None
-    state.timed_out = True  # the proxy answers 504 itself
-    flow.response = errors.error_response(504, "late", "upstream_timeout")
-    over_claude.addon.responseheaders(flow)
-    assert "type" not in json.loads(flow.response.content or b"")  # not Anthropic's shape
-
-
-def test_an_sse_answer_gets_the_translating_stream(over_claude: Gateway) -> None:
-    flow = send(over_claude, stream=True)
-    answer(over_claude, flow, 200, None, sse=True)
-    assert isinstance(flow.response.stream, AnthropicToOpenAIStream)  # type: ignore[union-attr]
-
-
-def test_anthropic_passthrough_streams_watch_for_quota(over_claude: Gateway) -> None:
-    flow = send(over_claude, path="/v1/messages", max_tokens=10, stream=True)
-    answer(over_claude, flow, 200, None, sse=True)
-    stream = flow.response.stream  # type: ignore[union-attr]
-    assert isinstance(stream, AnthropicPassthroughStream)
-    event = json.dumps(
-        {"type": "error", "error": {"type": "invalid_request_error", "message": QUOTA}}
-    )
-    out = b"".join(stream(f"event: error\ndata: {event}\n\n".encode()))
-    assert b"upstream_quota_exhausted" in out
-    assert (
-        GEMINI in over_claude.addon.gateway.cooldowns.active()
-    )  # the model sent, not the message's
-
-
-def test_openai_passthrough_streams_keep_the_plain_watcher(gateway: Gateway) -> None:
-    flow = send(gateway, stream=True)
-    answer(gateway, flow, 200, None, sse=True)
-    assert isinstance(flow.response.stream, SseWatcher)  # type: ignore[union-attr]
 
 
 # --- quota ---------------------------------------------------------------------------------
@@ -166,53 +97,6 @@ def test_a_quota_answer_is_429_and_cools_the_model_sent(
     # Naming the cooled model directly is still forwarded.
     direct = send(gateway, model=GEMINI)
     assert direct.response is None
-
-
-def test_anthropic_clients_get_rate_limit_error(gateway: Gateway) -> None:
-    flow = send(gateway, path="/v1/messages", model=CLAUDE, max_tokens=5)
-    response = answer(gateway, flow, 400, anthropic_error(QUOTA))
-    payload = json.loads(response.content or b"")
-    assert response.status_code == 429 and payload["type"] == "error"
-    assert payload["error"]["type"] == "rate_limit_error"
-
-
-def test_other_client_errors_pass_through_untouched(gateway: Gateway) -> None:
-    flow = send(gateway)
-    original = {"error": {"message": "bad", "type": "invalid_request_error", "code": "x"}}
-    response = answer(gateway, flow, 400, original)
-    assert response.status_code == 400 and json.loads(response.content or b"") == original
-
-
-def test_an_alias_with_every_target_cooling_is_429_without_the_upstream(
-    gateway: Gateway,
-) -> None:
-    cooldowns = gateway.addon.gateway.cooldowns
-    cooldowns.mark_for(CLAUDE, 30, 60)
-    cooldowns.mark_for(GEMINI, 50, 60)
-    flow = send(gateway, model="cursor-pro-sonnet")
-    assert flow.response is not None and flow.response.status_code == 429
-    assert 29 <= int(flow.response.headers["retry-after"]) <= 30
-    assert json.loads(flow.response.content or b"")["error"]["code"] == "upstream_quota_exhausted"
-    state = state_of(flow)
-    assert state is not None and state.forwarded_at is None
-
-
-def test_endpoint_not_found_asks_the_upstream_again(make_gateway: Callable[..., Gateway]) -> None:
-    gateway = make_gateway(upstream_api="auto")
-    asked: list[bool] = []
-    gateway.addon.gateway.upstream.api = "both"
-    gateway.addon.gateway.upstream.recheck = lambda: asked.append(True)  # type: ignore[method-assign]
-    flow = send(gateway)
-
-    async def go() -> None:
-        flow.response = http.Response.make(
-            404, json.dumps(anthropic_error("Endpoint POST /v1/chat/completions not found"))
-        )
-        gateway.addon.response(flow)
-
-    run(go())
-    assert asked == [True]
-    assert flow.response is not None and flow.response.status_code == 404
 
 
 def test_health_shows_the_upstream_and_the_cooldowns(over_claude: Gateway) -> None:

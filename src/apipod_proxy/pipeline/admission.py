@@ -22,7 +22,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .. import clock, credentials, keys, logs
 from ..clientapi import ClientApi
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from mitmproxy import http
 
     from ..config import Settings
-    from ..endpoints import Endpoints
     from ..metrics import Metrics
     from ..policy.forwarding import Forwarding
     from ..policy.pricing import Plans
@@ -51,12 +50,20 @@ _REQUEST_ID = re.compile(r"[\w.:/+=-]{1,128}")
 _DATABASE_AWAY = "The key database is unavailable, try again shortly"
 
 
+class OwnPaths(Protocol):
+    """What admission asks of the endpoint table (endpoints.ENDPOINTS, or Endpoints)."""
+
+    def owns(self, method: str, path: str) -> bool: ...
+
+    def before_auth(self, path: str) -> bool: ...
+
+
 @dataclass(slots=True)
 class Admission:
     settings: Settings
     forwarding: Forwarding
     #: The paths the proxy answers itself (endpoints/): never forwarded.
-    endpoints: Endpoints
+    endpoints: OwnPaths
     #: The record of a key hash (None: unknown), from memory while the database is unchanged.
     find_key: Callable[[str], Awaitable[KeyRecord | None]]
     limiter: RateLimiter
