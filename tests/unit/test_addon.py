@@ -593,8 +593,8 @@ def test_rewritten_body_has_a_matching_content_length(gateway: Gateway) -> None:
     [
         b'{ "model" : "gpt-4o",\n  "messages": [],  "x": 1.0e2 }',
         b'{"model":"claude-sonnet-4-5","messages":[{"content":"\\u00e9"}]}',
-        b'{"model":"Cursor-Pro-Sonnet"}',
-        b'\xef\xbb\xbf{"model":"gemini-3-flash"}',
+        b'{"model":"Cursor-Pro-Sonnet","messages":[]}',
+        b'\xef\xbb\xbf{"model":"gemini-3-flash","messages":[]}',
     ],
 )
 def test_other_models_are_forwarded_as_the_object_checked(gateway: Gateway, body: bytes) -> None:
