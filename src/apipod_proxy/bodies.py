@@ -168,7 +168,12 @@ _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 
 def is_model_endpoint(path: str) -> bool:
     """Whether a POST to `path` (a query string and a trailing slash aside) names a model."""
-    return path.partition("?")[0].rstrip("/") in MODEL_ENDPOINTS
+    return _endpoint(path) in MODEL_ENDPOINTS
+
+
+def _endpoint(path: str) -> str:
+    """`path` without its query string and trailing slash."""
+    return path.partition("?")[0].rstrip("/")
 
 
 def is_model_id(name: str) -> bool:
@@ -188,10 +193,22 @@ class BodyRefusal:
     code: str
 
 
-def model_body_refusal(body: Any) -> BodyRefusal | None:
+#: Chat Completions, whose body is a conversation in one of two shapes: its own `messages`,
+#: or the Responses API's `input` (Cursor's Agent mode posts that here).
+CHAT_COMPLETIONS = "/v1/chat/completions"
+CONVERSATION_FIELDS = ("messages", "input")
+NO_CONVERSATION = (
+    "A /v1/chat/completions body needs either `messages` (Chat Completions) or `input` "
+    "(a Responses-style body); this one has neither"
+)
+
+
+def model_body_refusal(body: Any, path: str = "") -> BodyRefusal | None:
     """Refuse a parsed model-bearing body whose model cannot be read as exactly one
     plausible id, or whose `stream` / `stream_options` another reader could take
-    differently (`"stream": 1` streams on a lenient upstream, uncounted). None: it may pass."""
+    differently (`"stream": 1` streams on a lenient upstream, uncounted), or, posted to
+    `path` /v1/chat/completions, one with neither `messages` nor `input` (null counts as
+    absent). None: it may pass."""
     if not isinstance(body, dict):
         return BodyRefusal("The request body must be a JSON object", "invalid_json")
     model = body.get("model")
@@ -207,4 +224,7 @@ def model_body_refusal(body: Any) -> BodyRefusal | None:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         return BodyRefusal("`stream_options` must be an object", "invalid_stream")
+    conversation = (body.get(name) for name in CONVERSATION_FIELDS)
+    if _endpoint(path) == CHAT_COMPLETIONS and all(value is None for value in conversation):
+        return BodyRefusal(NO_CONVERSATION, "missing_messages")
     return None

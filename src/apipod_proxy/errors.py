@@ -170,6 +170,13 @@ CODES: tuple[ErrorCode, ...] = (
         "`stream_options` is not an object",
     ),
     ErrorCode(
+        "missing_messages",
+        400,
+        "A `/v1/chat/completions` body in neither accepted shape: it has no `messages` "
+        "(Chat Completions) and no `input` (a Responses-style body, as Cursor's Agent mode "
+        "sends)",
+    ),
+    ErrorCode(
         "unsupported_content_type",
         400,
         'A `Content-Type` other than JSON on a model endpoint (see "Security")',

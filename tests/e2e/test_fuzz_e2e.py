@@ -525,7 +525,7 @@ def test_oversized_truncated_and_broken_requests(small: Proxy, standin: StandIn)
     for raw, status, code in answers:
         assert_our_error(parse_reply(exchange(small.port, raw)), status, code)
     # At the limit exactly: forwarded.
-    head = b'{"model":"gemini-3-flash","a":"'
+    head = b'{"model":"gemini-3-flash","messages":[],"a":"'
     body = head + b"x" * (4096 - len(head) - 2) + b'"}'
     raw = auth + b"Content-Type: application/json\r\nContent-Length: 4096\r\n\r\n" + body
     reply = parse_reply(exchange(small.port, raw))

@@ -10,7 +10,9 @@ It behaves as the shared notes on wire formats measured (version 2.0.4):
   `x-api-key`; a mismatch is 401 `authentication_error`.
 - It checks requests as strictly as the Messages API: unknown top-level fields, roles
   that do not alternate, a `system` role inside messages, a tool_result without its
-  tool_use, and a missing `max_tokens` are all 400 `invalid_request_error`. A translation
+  tool_use, a missing `max_tokens`, a `system` block that is not non-empty text, and a
+  `cache_control` that is not `{"type": "ephemeral"}` (with an optional `ttl` of 5m or
+  1h) or on more than 4 blocks are all 400 `invalid_request_error`. A translation
   that forwards anything OpenAI-only therefore fails loudly.
 - Models `*-thinking` and `gemini-3*` answer with a `thinking` block (with a signature)
   first. Given tools (and a tool_choice other than none), the answer is a short text and
@@ -88,6 +90,9 @@ TOP_LEVEL = {
     "service_tier",
 }
 BLOCK_TYPES = {"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+#: The Messages API takes at most this many blocks (system, messages and tools) with
+#: `cache_control`, each `{"type": "ephemeral"}` with an optional `ttl` of 5m or 1h.
+MAX_CACHE_BREAKPOINTS = 4
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 _STATUS_TYPES = {
     400: "invalid_request_error",
@@ -531,6 +536,12 @@ def validate(body: Any) -> None:
     system = body.get("system")
     if system is not None and not isinstance(system, str | list):
         raise Invalid("system: Input should be a valid string or list")
+    for j, block in enumerate(system if isinstance(system, list) else []):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise Invalid(f"system.{j}.type: Input tag must be 'text'")
+        if not isinstance(block.get("text"), str) or not block["text"]:
+            raise Invalid(f"system.{j}: text content blocks must be non-empty")
+    _check_cache_controls(body)
     for i, tool in enumerate(body.get("tools") or []):
         if not isinstance(tool.get("name"), str) or not isinstance(tool.get("input_schema"), dict):
             raise Invalid(f"tools.{i}: name and input_schema are required")
@@ -585,6 +596,36 @@ def validate(body: Any) -> None:
             {b["id"] for b in blocks if b.get("type") == "tool_use"}
             if role == "assistant"
             else set()
+        )
+
+
+def _check_cache_controls(body: dict[str, Any]) -> None:
+    """Every `cache_control` well formed, and no more than the API's breakpoints."""
+    blocks: list[tuple[str, Any]] = []
+    system = body.get("system")
+    blocks += [(f"system.{j}", b) for j, b in enumerate(system if isinstance(system, list) else [])]
+    blocks += [(f"tools.{j}", tool) for j, tool in enumerate(body.get("tools") or [])]
+    for i, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            blocks += [(f"messages.{i}.content.{j}", b) for j, b in enumerate(content)]
+    marked = [
+        (where, b["cache_control"])
+        for where, b in blocks
+        if isinstance(b, dict) and "cache_control" in b
+    ]
+    for where, control in marked:
+        if (
+            not isinstance(control, dict)
+            or control.get("type") != "ephemeral"
+            or set(control) - {"type", "ttl"}
+            or control.get("ttl", "5m") not in ("5m", "1h")
+        ):
+            raise Invalid(f"{where}.cache_control: Input should be {{'type': 'ephemeral'}}")
+    if len(marked) > MAX_CACHE_BREAKPOINTS:
+        raise Invalid(
+            f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. "
+            f"Found {len(marked)}."
         )
 
 

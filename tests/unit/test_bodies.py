@@ -235,6 +235,35 @@ def test_model_body_refusal(body: object, code: str | None) -> None:
     assert (refusal and refusal.code) == code
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "code"),
+    [
+        ("/v1/chat/completions", {"model": "m"}, "missing_messages"),
+        ("/v1/chat/completions/?x=1", {"model": "m", "messages": None}, "missing_messages"),
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": None, "input": None},
+            "missing_messages",
+        ),
+        # Either shape passes here; what is in it is for the translation or the upstream.
+        ("/v1/chat/completions", {"model": "m", "messages": []}, None),
+        ("/v1/chat/completions", {"model": "m", "input": "hi"}, None),
+        ("/v1/chat/completions", {"model": "m", "input": [], "messages": "x"}, None),
+        # Only Chat Completions has the two shapes; the model check comes first.
+        ("/v1/chat/completions", {"messages": []}, "invalid_model"),
+        ("/v1/completions", {"model": "m"}, None),
+        ("/v1/messages", {"model": "m"}, None),
+        ("", {"model": "m"}, None),
+    ],
+)
+def test_a_chat_body_needs_messages_or_input(path: str, body: object, code: str | None) -> None:
+    refusal = model_body_refusal(body, path)
+    assert (refusal and refusal.code) == code
+    if code == "missing_messages":
+        assert refusal is not None
+        assert "`messages`" in refusal.message and "`input`" in refusal.message
+
+
 def test_model_endpoints_and_json_types() -> None:
     assert is_model_endpoint("/v1/chat/completions?x=1")
     assert is_model_endpoint("/v1/messages/count_tokens/")

@@ -470,10 +470,16 @@ special_fields = st.sampled_from(
     ]
 )
 other_fields = st.one_of(special_fields, st.tuples(json_text, json_values))
+#: A chat body without `messages` (or `input`) is refused (`missing_messages`), so half
+#: the bodies carry a conversation, to be forwarded.
+conversations = st.sampled_from([(), (("messages", [Obj((("role", "user"), ("content", "hi")))]),)])
 objects = st.builds(
-    lambda before, model, after: Obj((*before, ("model", model), *after)),
+    lambda before, model, conversation, after: Obj(
+        (*before, ("model", model), *conversation, *after)
+    ),
     st.lists(other_fields, max_size=3),
     model_values,
+    conversations,
     st.lists(other_fields, max_size=3),
 )
 nesting_depths = st.one_of(
@@ -487,10 +493,16 @@ def nested(depth: int, kind: str) -> str:
     return '{"a":' * depth + "1" + "}" * depth
 
 
+def nested_body(model: str, where: str, depth: int, kind: str) -> str:
+    """A body with `where` nested `depth` deep; with `messages` (empty) besides, so that a
+    chat body is not refused for having no conversation before its depth counts."""
+    conversation = "" if where == "messages" else '"messages":[],'
+    head = f"{json.dumps('model')}:{json.dumps(model)},{conversation}{json.dumps(where)}"
+    return f"{{{head}:{nested(depth, kind)}}}"
+
+
 deep_bodies = st.builds(
-    lambda model, where, depth, kind: (
-        f"{{{json.dumps('model')}:{json.dumps(model)},{json.dumps(where)}:{nested(depth, kind)}}}"
-    ),
+    nested_body,
     st.sampled_from([ALIAS, "gpt-4o"]),
     st.sampled_from(["messages", "system", "tools"]),
     nesting_depths,
@@ -631,7 +643,7 @@ def unique_parse(raw: bytes) -> Any:
         return INVALID
 
 
-def expected_refusal(content_type: bytes, expected: Any) -> str | None:
+def expected_refusal(content_type: bytes, expected: Any, path: str) -> str | None:
     """The code a model-bearing body is refused with (README "Limits"), None if it passes."""
     media = content_type.split(b";")[0].strip().lower()
     if media not in (b"", b"application/json"):
@@ -647,6 +659,10 @@ def expected_refusal(content_type: bytes, expected: Any) -> str | None:
         expected["stream_options"], dict
     ):
         return "invalid_stream"
+    if path.startswith("/v1/chat/completions") and all(
+        expected.get(name) is None for name in ("messages", "input")
+    ):
+        return "missing_messages"
     return None
 
 
@@ -658,7 +674,7 @@ def check_body_outcome(gateway: Gateway, path: str, content_type: bytes, raw: by
     assert state is not None
     flush_usage(gateway, state.routed_model)
     expected = unique_parse(raw)
-    refusal = expected_refusal(content_type, expected)
+    refusal = expected_refusal(content_type, expected, path)
     if not outcome.forwarded:
         error = error_of(flow.response, {400})
         if refusal is not None:
@@ -703,6 +719,11 @@ def test_any_body_is_forwarded_correctly_or_refused_as_invalid_json() -> None:
         @FUZZ
         @given(path=api_paths, content_type=content_types, raw=raw_bodies())
         @example("/v1/chat/completions", b"application/json", b'{"model":"cursor-pro-sonnet"}')
+        @example(
+            "/v1/chat/completions",
+            b"application/json",
+            b'{"model":"cursor-pro-sonnet","messages":[]}',
+        )
         @example(
             "/v1/chat/completions",
             b"application/json",
@@ -766,7 +787,7 @@ def test_deep_nesting_at_the_parser_limit_is_never_a_500() -> None:
             for where in ("messages", "system"):
                 for kind in ("list", "dict"):
                     for model in (ALIAS, "gpt-4o"):
-                        raw = f'{{"model":"{model}","{where}":{nested(depth, kind)}}}'.encode()
+                        raw = nested_body(model, where, depth, kind).encode()
                         check_body_outcome(
                             gateway, "/v1/chat/completions", b"application/json", raw
                         )
@@ -781,9 +802,7 @@ def test_sticky_alias_bodies_are_forwarded_correctly_or_refused() -> None:
         shallow = st.one_of(
             st.builds(write_json, objects, st.booleans()),
             st.builds(
-                lambda model, where, depth, kind: (
-                    f'{{"model":{json.dumps(model)},"{where}":{nested(depth, kind)}}}'
-                ),
+                nested_body,
                 st.sampled_from([ALIAS, "gpt-4o"]),
                 st.sampled_from(["messages", "system"]),
                 st.integers(1, 1000),
@@ -1088,7 +1107,8 @@ def test_encoded_alias_bodies_are_routed_and_forwarded_decoded() -> None:
             encoding: str, spelling: Callable[[str], str], extra: dict[str, str], stream: bool
         ) -> None:
             fields = {k: v for k, v in extra.items() if k not in ("model", "stream_options")}
-            plain = json.dumps({**fields, "model": ALIAS, "stream": stream}).encode()
+            body = {**fields, "messages": [], "model": ALIAS, "stream": stream}
+            plain = json.dumps(body).encode()
             headers = [
                 *bearer(VALID_KEY),
                 (b"content-type", b"application/json"),
@@ -1254,7 +1274,7 @@ def test_sticky_alias_deep_system_prompt_is_never_a_500() -> None:
     with running_gateway(router=Router(sticky)) as gateway:
         limit = parser_limit(gateway)
         for depth in range(limit - 40, limit + 5):
-            raw = f'{{"model":"{ALIAS}","system":{nested(depth, "list")}}}'.encode()
+            raw = nested_body(ALIAS, "system", depth, "list").encode()
             check_body_outcome(gateway, "/v1/chat/completions", b"application/json", raw)
 
 

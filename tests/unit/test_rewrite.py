@@ -209,8 +209,8 @@ def test_rewritten_body_has_a_matching_content_length(stage: Rewrite) -> None:
     [
         b'{ "model" : "gpt-4o",\n  "messages": [],  "x": 1.0e2 }',
         b'{"model":"claude-sonnet-4-5","messages":[{"content":"\\u00e9"}]}',
-        b'{"model":"Cursor-Pro-Sonnet"}',
-        b'\xef\xbb\xbf{"model":"gemini-3-flash"}',
+        b'{"model":"Cursor-Pro-Sonnet","messages":[]}',
+        b'\xef\xbb\xbf{"model":"gemini-3-flash","messages":[]}',
     ],
 )
 def test_other_models_are_forwarded_as_the_object_checked(stage: Rewrite, body: bytes) -> None:
@@ -314,7 +314,7 @@ def test_malformed_json_outside_v1_is_forwarded(stage: Rewrite) -> None:
 
 
 def test_a_number_out_of_range_in_a_body_written_again_is_400(stage: Rewrite) -> None:
-    flow = authed(stage, body=b'{"model": "cursor-pro-sonnet", "temperature": 1e400}')
+    flow = authed(stage, body=b'{"model": "cursor-pro-sonnet", "messages": [], "temperature": 1e400}')
     assert flow.response is not None and flow.response.status_code == 400
     error = error_of(flow.response)
     assert (error["code"], error["message"]) == (

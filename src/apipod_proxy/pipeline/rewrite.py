@@ -4,7 +4,8 @@
                   whatever happens next, the client's key never goes upstream), and the
                   proxy's own X-Forwarded-For/-Proto (policy/forwarding.py)
     body          decoded and parsed strictly; a model that cannot be read as one id, a
-                  body that is not JSON, or one too large decoded: 400/413
+                  body that is not JSON, a chat body with neither `messages` nor `input`,
+                  or one too large decoded: 400/413
     model         the key's allow-list (403), the route (aliases, around models out of
                   quota: 429 when every target is), a budgeted key's price (403) and the
                   estimate its budget hold is for
@@ -103,7 +104,7 @@ class Rewrite:
             message = f"Request body cannot be decoded: {exc}"
             return state.api.error(400, message, "invalid_encoding")
         names_model = model_bearing or (isinstance(body, dict) and "model" in body)
-        if names_model and (refused := model_body_refusal(body)):
+        if names_model and (refused := model_body_refusal(body, request.path)):
             return state.api.error(400, refused.message, refused.code)
         if not isinstance(body, dict):
             return self._untranslatable(state)

@@ -51,6 +51,11 @@ DROPPED_OPENAI_FIELDS = frozenset(
 DROPPED_ANTHROPIC_FIELDS = frozenset(
     {"top_k", "thinking", "service_tier", "container", "mcp_servers", "context_management"}
 )
+#: Anthropic's tool_choice types an OpenAI client may send as they are (Cursor does, for
+#: Claude-like model names), besides `{"type": "tool", "name": ...}`.
+ANTHROPIC_TOOL_CHOICES = frozenset({"auto", "any", "none"})
+#: The `cache_control.ttl` values the Messages API takes.
+CACHE_TTLS = frozenset({"5m", "1h"})
 _DATA_URL = re.compile(
     r"data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(?:;[^;,]*)*),(?P<data>.*)", re.S
 )
@@ -111,7 +116,7 @@ def openai_request_to_anthropic(body: dict[str, Any]) -> AnthropicRequest:
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
-    system, messages = _openai_messages(body.get("messages"))
+    system, messages = _openai_messages(body.get("messages"), body.get("system"))
     if system:
         out["system"] = system
     out["messages"] = messages
@@ -255,7 +260,10 @@ def _openai_tools(tools: Any) -> list[dict[str, Any]]:
 
 
 def _openai_tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    """OpenAI's tool_choice (a string or a named function), or Anthropic's own objects,
+    which Cursor sends in Chat Completions for Claude-like model names."""
     mapped: dict[str, Any] | None
+    kind = choice.get("type") if isinstance(choice, dict) else None
     if choice is None:
         mapped = None
     elif choice == "auto":
@@ -265,25 +273,39 @@ def _openai_tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     elif choice == "required":
         mapped = {"type": "any"}
     elif (
-        isinstance(choice, dict)
-        and choice.get("type") == "function"
+        kind == "function"
         and isinstance(choice.get("function"), dict)
         and isinstance(choice["function"].get("name"), str)
     ):
         mapped = {"type": "tool", "name": choice["function"]["name"]}
+    elif isinstance(kind, str) and kind in ANTHROPIC_TOOL_CHOICES:
+        mapped = {"type": kind}
+    elif kind == "tool" and isinstance(choice.get("name"), str) and choice["name"]:
+        mapped = {"type": "tool", "name": choice["name"]}
     else:
         raise TranslationError(
-            'tool_choice must be "auto", "none", "required" or a named function', "tool_choice"
+            'tool_choice must be "auto", "none", "required", a named function, or one of '
+            'Anthropic\'s {"type": "auto" | "any" | "none"} and {"type": "tool", "name": ...}',
+            "tool_choice",
         )
-    if parallel is False and (mapped is None or mapped["type"] != "none"):
+    disable = parallel is False or (
+        isinstance(choice, dict) and choice.get("disable_parallel_tool_use") is True
+    )
+    if disable and (mapped is None or mapped["type"] != "none"):
         mapped = {**(mapped or {"type": "auto"}), "disable_parallel_tool_use": True}
     return mapped
 
 
-def _openai_messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
+def _openai_messages(
+    messages: Any, top_system: Any = None
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Messages `system` and turns. A top-level `system` (Anthropic's, a string or
+    text blocks) comes first, then every system and developer message in order."""
     if not isinstance(messages, list) or not messages:
         raise TranslationError("messages must be a non-empty list", "messages")
-    system: list[str] = []
+    system: list[list[dict[str, Any]]] = []
+    if top_system is not None:
+        system.append(_text_blocks(top_system, "system"))
     turns: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
@@ -291,9 +313,7 @@ def _openai_messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
             raise TranslationError("Each message must be an object", where)
         role = message.get("role")
         if role in ("system", "developer"):
-            text = _joined_text(message.get("content"), f"{where}.content")
-            if text:
-                system.append(text)
+            system.append(_text_blocks(message.get("content"), f"{where}.content"))
             continue
         if role == "user":
             blocks = _user_blocks(message.get("content"), where)
@@ -316,27 +336,55 @@ def _openai_messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
         raise TranslationError("messages must hold at least one user message", "messages")
     for turn in turns:  # tool results lead their user turn, as Anthropic requires
         turn["content"].sort(key=lambda block: block["type"] != "tool_result")
-    return "\n\n".join(system), turns
+    return _system(system), turns
 
 
-def _joined_text(content: Any, where: str, item: str = "[{}]") -> str:
-    """Text of string or text-part content: system prompts, tool messages and results.
+def _system(messages: list[list[dict[str, Any]]]) -> str | list[dict[str, Any]]:
+    """The system prompt from each system message's text blocks: one string, the texts
+    joined by a blank line, unless a block carries `cache_control`. Then the non-empty
+    blocks themselves, so that the cache breakpoint stays where the client put it."""
+    if any("cache_control" in block for blocks in messages for block in blocks):
+        return [block for blocks in messages for block in blocks if block["text"]]
+    texts = ("\n\n".join(block["text"] for block in blocks) for blocks in messages)
+    return "\n\n".join(text for text in texts if text)
+
+
+def _text_blocks(content: Any, where: str, item: str = "[{}]") -> list[dict[str, Any]]:
+    """String or text-part content as Messages text blocks, each part's `cache_control` kept.
 
     `item` spells a part's place after `where`: `[0]` in OpenAI's params, `.0` in Anthropic's.
     """
     if content is None:
-        return ""
+        return []
     if isinstance(content, str):
-        return content
+        return [{"type": "text", "text": content}]
     if not isinstance(content, list):
         raise TranslationError("content must be a string or a list of text parts", where)
-    texts = []
+    blocks = []
     for j, part in enumerate(content):
         at = where + item.format(j)
         if not isinstance(part, dict) or part.get("type") != "text":
             raise TranslationError("Only text is allowed here", at)
-        texts.append(_text_of(part, at))
-    return "\n\n".join(texts)
+        blocks.append(_cached({"type": "text", "text": _text_of(part, at)}, part))
+    return blocks
+
+
+def _joined_text(content: Any, where: str, item: str = "[{}]") -> str:
+    """Text of string or text-part content: tool messages and results, Anthropic's system."""
+    return "\n\n".join(block["text"] for block in _text_blocks(content, where, item))
+
+
+def _cached(block: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """`block` with the `cache_control` of the client's `part`, when it is one the Messages
+    API takes (`{"type": "ephemeral"}`, optionally with a `ttl` of 5m or 1h); any other
+    value is dropped, as every unknown key of a part is."""
+    control = part.get("cache_control")
+    if isinstance(control, dict) and control.get("type") == "ephemeral":
+        kept = {"type": "ephemeral"}
+        if control.get("ttl") in CACHE_TTLS:
+            kept["ttl"] = control["ttl"]
+        block["cache_control"] = kept
+    return block
 
 
 def _text_of(part: dict[str, Any], where: str) -> str:
@@ -357,9 +405,9 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
             if text := _text_of(part, at):
-                blocks.append({"type": "text", "text": text})
+                blocks.append(_cached({"type": "text", "text": text}, part))
         elif kind == "image_url":
-            blocks.append(_image_block(part.get("image_url"), at))
+            blocks.append(_cached(_image_block(part.get("image_url"), at), part))
         else:
             raise TranslationError(f"Unsupported content part type {kind!r}", f"{at}.type")
     return blocks
@@ -398,7 +446,7 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
                     f"Unsupported assistant content part {kind!r}", f"{where}.content[{j}]"
                 )
             if text:
-                blocks.append({"type": "text", "text": text})
+                blocks.append(_cached({"type": "text", "text": text}, part))
     elif content is not None:
         raise TranslationError("content must be a string or a list of parts", f"{where}.content")
     calls = message.get("tool_calls") or []
@@ -441,10 +489,14 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
     call_id = message.get("tool_call_id")
     if not isinstance(call_id, str) or not call_id:
         raise TranslationError("A tool message needs a tool_call_id", f"{where}.tool_call_id")
-    text = _joined_text(message.get("content"), f"{where}.content")
+    parts = _text_blocks(message.get("content"), f"{where}.content")
+    text = "\n\n".join(part["text"] for part in parts)
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
     if text:
         block["content"] = text
+    for part in parts:  # the content is one text, so a breakpoint on a part is on the result
+        if "cache_control" in part:
+            block["cache_control"] = part["cache_control"]
     return block
 
 
