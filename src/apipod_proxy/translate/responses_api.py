@@ -430,7 +430,8 @@ def usage_of(meter_usage: dict[str, Any]) -> dict[str, Any]:
     reasoning = (meter_usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0)
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached},
+        # The upstream's cache writes are not reported (antigravity-claude-proxy's are 0).
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": prompt + completion,
