@@ -538,3 +538,31 @@ def test_arguments_of_another_shape_come_out_whole() -> None:
     arguments = '{"patch": "x", "input": "y"}'
     assert unwrapper.feed(arguments) == "" and unwrapper.finish() == "y"
     assert unwrap("not json") == "not json"
+
+
+# --- the policies read Responses bodies too ---------------------------------------------
+
+
+def test_a_responses_conversation_keeps_its_key_as_it_grows() -> None:
+    from apipod_proxy.policy.routing import conversation_key
+
+    opening = [{"role": "user", "content": [{"type": "input_text", "text": "Fix it"}]}]
+    first = request(instructions="Rules", input=opening)
+    later = request(
+        instructions="Rules",
+        input=[*opening, {"type": "function_call_output", "call_id": "c", "output": "ok"}],
+    )
+    other = request(instructions="Rules", input=[{"role": "user", "content": "Other"}])
+    assert conversation_key(1, None, first) == conversation_key(1, None, later)
+    assert conversation_key(1, None, first) != conversation_key(1, None, other)
+    assert conversation_key(1, None, request(input="a")) != conversation_key(
+        1, None, request(input="b")
+    )
+
+
+def test_a_responses_hold_reads_its_prompt_and_max_output_tokens() -> None:
+    from apipod_proxy.policy.budgets import output_allowance, prompt_chars
+
+    body = request(instructions="1234", input=[{"role": "user", "content": "5678"}])
+    assert prompt_chars(body) >= 8
+    assert output_allowance({**body, "max_output_tokens": 77}) == 77
