@@ -6,6 +6,8 @@ quota, the shape an upstream error is given, and which translation (translate/) 
 request needs under UPSTREAM_API. Nothing else in the request path asks the path again.
 
     OPENAI     Chat Completions and Completions, and any path not Anthropic's
+    RESPONSES  OpenAI Responses (`/v1/responses`); its errors are OpenAI's shape, which
+               the openai SDK reads for it too (`error.message`, `error.code`)
     ANTHROPIC  Messages (`/v1/messages…`); on a path the proxy does not serve, a
                request with `anthropic-version` (the Anthropic SDKs send it)
 """
@@ -22,16 +24,18 @@ from mitmproxy import http
 from . import errors
 from .errors import Refusal
 from .translate import Direction, TranslationError, direction_for
-from .translate.failures import ErrorAnswer, cooling_for_client, error_for_client
+from .translate.failures import ErrorAnswer, Shape, cooling_for_client, error_for_client
 
 #: Paths of the OpenAI APIs the proxy forwards: a client there speaks OpenAI's, whatever
 #: other headers it sends.
 _OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions")
+_RESPONSES_PATH = "/v1/responses"
 _ANTHROPIC_PREFIX = "/v1/messages"
 
 
 class ClientApi(Enum):
     OPENAI = "openai"
+    RESPONSES = "responses"
     ANTHROPIC = "anthropic"
 
     @classmethod
@@ -42,7 +46,14 @@ class ClientApi(Enum):
             return cls.ANTHROPIC
         if bare.startswith(_OPENAI_PATHS):
             return cls.OPENAI
+        if bare == _RESPONSES_PATH or bare.startswith(_RESPONSES_PATH + "/"):
+            return cls.RESPONSES
         return cls.ANTHROPIC if "anthropic-version" in headers else cls.OPENAI
+
+    @property
+    def shape(self) -> Shape:
+        """The error shape this API's clients read."""
+        return "anthropic" if self is ClientApi.ANTHROPIC else "openai"
 
     # --- errors the proxy answers itself -------------------------------------------------
 
@@ -62,7 +73,7 @@ class ClientApi(Enum):
 
     def cooling(self, alias: str, seconds: float) -> http.Response:
         """429 without calling the upstream: every target of `alias` is out of quota."""
-        answer = cooling_for_client(self.value, alias, seconds)
+        answer = cooling_for_client(self.shape, alias, seconds)
         return errors.json_response(answer.status, answer.payload, answer.headers)
 
     def untranslatable(self, exc: TranslationError) -> http.Response:
@@ -81,17 +92,16 @@ class ClientApi(Enum):
         max_reset: float = math.inf,
     ) -> ErrorAnswer:
         """An upstream error answered in this API's shape (a quota answer becomes 429)."""
-        return error_for_client(self.value, status, content, model, default_reset, max_reset)
+        return error_for_client(self.shape, status, content, model, default_reset, max_reset)
 
-    def translation(self, method: str, path: str, upstream_api: str) -> Direction | None:
+    def translation(
+        self, method: str, path: str, upstream_api: str, body: Any = None
+    ) -> Direction | None:
         """The translation a request needs to reach an upstream that speaks
-        `upstream_api` (resolved, not "auto"); None: forwarded in the API it came in."""
-        direction = direction_for(method, path, upstream_api)
+        `upstream_api` (resolved, not "auto"); None: forwarded in the API it came in.
+        With the parsed `body`, a Responses-shaped body on `/v1/chat/completions`
+        (Cursor's Agent mode) is recognised too."""
+        direction = direction_for(method, path, upstream_api, body)
         if direction is None:
             return None
-        wanted = (
-            Direction.ANTHROPIC_TO_OPENAI
-            if self is ClientApi.ANTHROPIC
-            else Direction.OPENAI_TO_ANTHROPIC
-        )
-        return direction if direction is wanted else None
+        return direction if direction.client_api == self.value else None

@@ -189,6 +189,13 @@ CODES: tuple[ErrorCode, ...] = (
         "`param` names the field",
     ),
     ErrorCode(
+        "unsupported_parameter",
+        400,
+        "`POST /v1/responses`: `previous_response_id`, `conversation` or an `item_reference` "
+        "input, which need stored responses; the proxy stores none, so send the whole "
+        "conversation in `input` each turn",
+    ),
+    ErrorCode(
         "invalid_field",
         400,
         "Admin API and dashboard: a field with a wrong value (a missing `name`, `expires_in` "

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from .pipeline.usage import SseWatcher
     from .storage.records import KeyRecord
     from .translate import Direction
+    from .translate.responses_api import ResponsesContext
+    from .translate.responses_stream import Chained
     from .translate.streams import _SseTranslator
 
 #: The key of the proxy's state in `flow.metadata`.
@@ -50,8 +52,10 @@ class FlowState:
     direction: Direction | None = None
     #: A translated OpenAI stream asked for its usage chunk.
     include_usage: bool = False
+    #: What a translated Responses answer needs from its request (custom tools, echo).
+    translation_context: ResponsesContext | None = None
     #: What watches (and maybe translates) an SSE answer; it holds the stream's usage.
-    watcher: SseWatcher | _SseTranslator | None = None
+    watcher: SseWatcher | _SseTranslator | Chained | None = None
     finished: bool = False
     #: The request body's size, for a prompt estimate when a stream reports no usage.
     request_chars: int = 0

@@ -44,11 +44,35 @@ _OPENAI_ONLY = (
     "total_tokens",
     "prompt_tokens_details",
     "completion_tokens_details",
+    "input_tokens_details",
+    "output_tokens_details",
+)
+
+
+#: The names of a usage object's fields: Chat Completions', and the Responses API's
+#: (whose `input_tokens` includes the cached part, as `prompt_tokens` does).
+_CHAT_NAMES = (
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+)
+_RESPONSES_NAMES = (
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_details",
+    "output_tokens_details",
 )
 
 
 def _is_openai(found: dict[str, Any]) -> bool:
     return any(name in found for name in _OPENAI_ONLY)
+
+
+def _is_responses(found: dict[str, Any]) -> bool:
+    """A Responses API usage object (`input_tokens` with OpenAI's `total_tokens` or
+    details), not Anthropic's `input_tokens`."""
+    return "prompt_tokens" not in found and "input_tokens" in found
 
 
 def estimate(characters: int) -> int:
@@ -132,17 +156,20 @@ class Meter:
         if not isinstance(found, dict):
             return
         self._openai = True
-        for name in ("prompt_tokens", "completion_tokens"):
-            if name in found:
-                self._merge(name, found[name])
+        prompt, completion, prompt_details, completion_details = (
+            _RESPONSES_NAMES if _is_responses(found) else _CHAT_NAMES
+        )
+        for given, name in ((prompt, "prompt_tokens"), (completion, "completion_tokens")):
+            if given in found:
+                self._merge(name, found[given])
         for outer, inner, name in (
-            ("prompt_tokens_details", "cached_tokens", "cached_tokens"),
-            ("completion_tokens_details", "reasoning_tokens", "reasoning_tokens"),
+            (prompt_details, "cached_tokens", "cached_tokens"),
+            (completion_details, "reasoning_tokens", "reasoning_tokens"),
         ):
             details = found.get(outer)
             if isinstance(details, dict) and inner in details:
                 self._merge(name, details[inner])
-        if "completion_tokens" in found:
+        if completion in found:
             self.output_final = True
 
     def delivered(self, text: Any) -> None:

@@ -96,7 +96,8 @@ def test_only_table_paths_are_forwarded(path: str) -> None:
         ("POST", "/chat/completions", 404),
         ("POST", "/v1/chat/completions/", 404),
         ("POST", "/v1/embeddings", 404),
-        ("POST", "/v1/responses", 404),
+        ("POST", "/v1/responses", "/v1/responses"),
+        ("GET", "/v1/responses", 405),
         ("GET", "/api/config", 404),
         ("GET", "/", 404),
         ("POST", "//v1/chat/completions", 400),
@@ -119,7 +120,7 @@ def test_the_proxys_own_paths_pass_the_check_only_when_plain() -> None:
 
 
 def test_every_row_names_an_api() -> None:
-    assert {route.api for route in forwarding.FORWARDED} == {"openai", "anthropic"}
+    assert {route.api for route in forwarding.FORWARDED} == {"openai", "responses", "anthropic"}
     assert all(re.fullmatch(r"/v1(/[a-z_]+)+", route.path) for route in forwarding.FORWARDED)
 
 

@@ -314,7 +314,8 @@ def test_malformed_json_outside_v1_is_forwarded(stage: Rewrite) -> None:
 
 
 def test_a_number_out_of_range_in_a_body_written_again_is_400(stage: Rewrite) -> None:
-    flow = authed(stage, body=b'{"model": "cursor-pro-sonnet", "messages": [], "temperature": 1e400}')
+    body = b'{"model": "cursor-pro-sonnet", "messages": [], "temperature": 1e400}'
+    flow = authed(stage, body=body)
     assert flow.response is not None and flow.response.status_code == 400
     error = error_of(flow.response)
     assert (error["code"], error["message"]) == (

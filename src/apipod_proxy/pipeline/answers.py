@@ -27,6 +27,7 @@ from ..flowstate import Traffic, state_of
 from ..logs import printable
 from ..translate import is_endpoint_missing
 from ..translate.directions import CHAT_PATH, MESSAGES_PATH
+from ..translate.responses_stream import Chained
 from ..translate.streams import AnthropicPassthroughStream, _SseTranslator
 from ..upstream.quota import QUOTA_ANSWERS, QuotaExhausted, retry_after
 from .usage import SseWatcher
@@ -108,14 +109,18 @@ class Answers:
             response.headers["x-accel-buffering"] = "no"
             self.metrics.active_streams.inc()
 
-    def _stream_watcher(self, flow: http.HTTPFlow, state: FlowState) -> SseWatcher | _SseTranslator:
+    def _stream_watcher(
+        self, flow: http.HTTPFlow, state: FlowState
+    ) -> SseWatcher | _SseTranslator | Chained:
         """The stream callable: a translator, Anthropic's passthrough (which rewrites an
         in-stream quota error), or the plain usage watcher."""
         response = flow.response
         assert response is not None
-        stream: _SseTranslator
+        stream: _SseTranslator | Chained
         if state.direction is not None and 200 <= response.status_code < 300:
-            stream = state.direction.stream(state.requested_model, state.include_usage)
+            stream = state.direction.stream(
+                state.requested_model, state.include_usage, state.translation_context
+            )
             if "content-length" in response.headers:  # the translation changes the length
                 del response.headers["content-length"]
                 response.headers["transfer-encoding"] = "chunked"
@@ -154,7 +159,9 @@ class Answers:
             self.upstream.recheck()
         cooldown, cap = self.settings.quota_cooldown, self.settings.quota_cooldown_max
         if state.direction is not None:
-            answer = state.direction.answer(status, content, state.requested_model, cooldown, cap)
+            answer = state.direction.answer(
+                status, content, state.requested_model, cooldown, cap, state.translation_context
+            )
             new_status, new_content, headers, quota = (
                 answer.status,
                 answer.content,

@@ -78,9 +78,11 @@ class Rewrite:
             return None
         api = await self.upstream.current_api()
         state.direction = state.api.translation("POST", request.path, api)
-        return await self._rewrite_body(flow, state)
+        return await self._rewrite_body(flow, state, api)
 
-    async def _rewrite_body(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
+    async def _rewrite_body(
+        self, flow: http.HTTPFlow, state: FlowState, api: str
+    ) -> http.Response | None:
         request = flow.request
         content_type = request.headers.get("content-type", "")
         model_bearing = is_model_endpoint(request.path)
@@ -108,6 +110,8 @@ class Rewrite:
             return state.api.error(400, refused.message, refused.code)
         if not isinstance(body, dict):
             return self._untranslatable(state)
+        # A Responses-shaped body on the Chat Completions path (Cursor's Agent mode).
+        state.direction = state.api.translation("POST", request.path, api, body)
         changed = not _forwardable_as_is(request)
         if isinstance(model := body.get("model"), str):
             state.requested_model = model
@@ -182,6 +186,7 @@ class Rewrite:
         except ValueError:  # 1e400 parses as infinity, which JSON cannot carry
             return state.api.error(400, _OUT_OF_RANGE, "invalid_json")
         state.include_usage = translated.include_usage
+        state.translation_context = translated.context
         request.path = translated.path
         for name, value in translated.headers.items():
             if name not in request.headers:

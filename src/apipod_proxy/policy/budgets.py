@@ -235,8 +235,9 @@ def prompt_chars(body: dict[str, Any]) -> int:
 
 
 def output_allowance(body: dict[str, Any]) -> int:
-    """`max_tokens` (or `max_completion_tokens`), else HOLD_DEFAULT_MAX_TOKENS."""
-    for name in ("max_tokens", "max_completion_tokens"):
+    """`max_tokens` (or `max_completion_tokens`, or the Responses API's
+    `max_output_tokens`), else HOLD_DEFAULT_MAX_TOKENS."""
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value

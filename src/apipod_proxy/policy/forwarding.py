@@ -48,17 +48,19 @@ class Route:
 
     path: str
     methods: tuple[str, ...]
-    #: "openai" or "anthropic"; "" for the operator's rows (forwarded as they come).
+    #: "openai", "responses" or "anthropic"; "" for the operator's rows (forwarded as
+    #: they come).
     api: str
 
 
-#: The API endpoints forwarded to the upstream.
-#: Reserved: `POST /v1/responses` (OpenAI Responses) joins once the proxy serves it.
+#: The API endpoints forwarded to the upstream. `POST /v1/responses` (OpenAI Responses)
+#: always reaches it translated, as Chat Completions or Messages (translate/).
 #: `/v1/embeddings` is not served (antigravity-claude-proxy has none); an upstream that
 #: has it can be given it with `[forward]`.
 FORWARDED: tuple[Route, ...] = (
     Route("/v1/chat/completions", ("POST",), "openai"),
     Route("/v1/completions", ("POST",), "openai"),
+    Route("/v1/responses", ("POST",), "responses"),
     Route("/v1/messages", ("POST",), "anthropic"),
     Route("/v1/messages/count_tokens", ("POST",), "anthropic"),
 )
@@ -138,7 +140,12 @@ def extra_routes(rows: dict[str, Any], own: Container[str] = frozenset()) -> dic
 
 def readme_table(routes: Iterable[Route] = FORWARDED) -> str:
     """The forwarding table as the README shows it."""
-    names = {"openai": "OpenAI", "anthropic": "Anthropic", "": "as sent"}
+    names = {
+        "openai": "OpenAI",
+        "responses": "OpenAI Responses",
+        "anthropic": "Anthropic",
+        "": "as sent",
+    }
     rows = ["| Path | Methods | Client API |", "| --- | --- | --- |"]
     rows += [f"| `{r.path}` | {', '.join(r.methods)} | {names[r.api]} |" for r in routes]
     return "\n".join(rows)

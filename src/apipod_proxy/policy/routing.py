@@ -229,13 +229,21 @@ def conversation_key(key_id: int, session: str | None, body: dict[str, Any]) -> 
     """Who and which conversation: the client's session id, or a hash of the opening.
 
     The opening is the system prompt and the first user message, which an agent resends
-    unchanged on every turn of a conversation while the rest of it grows.
+    unchanged on every turn of a conversation while the rest of it grows (in `messages`,
+    or in a Responses body's `instructions` and `input`).
     """
     if session:
         return f"{key_id}:session:{session}"
     messages = body.get("messages")
+    if messages is None and "input" in body:  # the Responses API (and Cursor's Agent mode)
+        messages = body["input"]
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
     messages = messages if isinstance(messages, list) else []
-    system = [body.get("system")]  # Anthropic keeps it outside the messages
+    # Anthropic keeps the system prompt outside the messages; Responses, in `instructions`.
+    system = [body.get("system")]
+    if body.get("instructions") is not None:
+        system.append(body["instructions"])
     first_user = None
     for message in messages:
         if not isinstance(message, dict):

@@ -1,4 +1,5 @@
-"""Translation between the OpenAI Chat Completions and Anthropic Messages APIs.
+"""Translation between the OpenAI Chat Completions, OpenAI Responses and Anthropic
+Messages APIs.
 
 Pure functions and small stateful stream translators, with no mitmproxy imports, so the
 addon's hooks only pick the direction and hand bytes over:
@@ -7,6 +8,9 @@ addon's hooks only pick the direction and hand bytes over:
     responses.py  non-streamed answers, both directions
     streams.py    SSE streams, both directions, fed arbitrary byte pieces
     failures.py   error bodies, both directions, and the upstream quota answer
+    responses_api.py    Responses requests as Chat Completions, whole answers back
+    responses_stream.py Chat Completions streams as Responses events (and for Cursor)
+    custom_tools.py     a custom tool's free-form input as one string parameter
     directions.py which direction a request needs, and one call per hook for each
 
 The tables in docs/translation.md say what maps to what, and what is dropped or refused.

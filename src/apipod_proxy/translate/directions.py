@@ -6,8 +6,13 @@ the answer is not None, it calls, in order:
     request hook          translated = direction.request(body)       (TranslationError: 400)
                           flow.request.path = translated.path; content = translated.body;
                           add translated.headers the client did not send
-    responseheaders hook  SSE: flow.response.stream = direction.stream(model, include_usage)
-    response hook         not SSE: direction.answer(status, content, model, default_reset)
+    responseheaders hook  SSE: flow.response.stream =
+                              direction.stream(model, include_usage, translated.context)
+    response hook         not SSE: direction.answer(status, content, model, default_reset,
+                              context=translated.context)
+
+A Responses-shaped body on the Chat Completions path (Cursor's Agent mode) is told by
+its body, once it is parsed: `direction_for(..., body)`.
 
 `UPSTREAM_API` values: "anthropic" (the upstream speaks only Messages), "openai" (only
 Chat Completions), "both" (forward each request as it came). "auto" is resolved to one of
@@ -27,7 +32,16 @@ from ..upstream.quota import QuotaExhausted
 from .failures import Shape, error_for_client
 from .requests import anthropic_request_to_openai, openai_request_to_anthropic
 from .responses import anthropic_response_to_openai, openai_response_to_anthropic
-from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from .responses_api import (
+    RESPONSES_PATH,
+    ResponsesContext,
+    chat_answer_for_cursor,
+    chat_response_to_responses,
+    is_responses_body,
+    responses_request_to_chat,
+)
+from .responses_stream import Chained, ChatToResponsesStream, CursorChatStream
+from .streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream, _SseTranslator
 
 CHAT_PATH = "/v1/chat/completions"
 MESSAGES_PATH = "/v1/messages"
@@ -44,6 +58,8 @@ class TranslatedRequest:
     include_usage: bool
     #: Headers to add upstream when the client did not send them.
     headers: dict[str, str] = field(default_factory=dict)
+    #: What the answer needs from the request (Responses: custom tools, echoed fields).
+    context: ResponsesContext | None = None
 
 
 @dataclass(slots=True)
@@ -61,33 +77,87 @@ class Direction(Enum):
 
     OPENAI_TO_ANTHROPIC = "openai->anthropic"
     ANTHROPIC_TO_OPENAI = "anthropic->openai"
+    #: `/v1/responses`, through Chat Completions (and on to Messages).
+    RESPONSES_TO_ANTHROPIC = "responses->anthropic"
+    RESPONSES_TO_OPENAI = "responses->openai"
+    #: A Responses body on `/v1/chat/completions` (Cursor), answered as Chat Completions.
+    CURSOR_TO_ANTHROPIC = "responses-on-chat->anthropic"
+    CURSOR_TO_OPENAI = "responses-on-chat->openai"
 
     @property
     def client(self) -> Shape:
-        """The API the client speaks."""
-        return "openai" if self is Direction.OPENAI_TO_ANTHROPIC else "anthropic"
+        """The error shape the client reads (the Responses API's is OpenAI's)."""
+        return "anthropic" if self is Direction.ANTHROPIC_TO_OPENAI else "openai"
+
+    @property
+    def client_api(self) -> str:
+        """The API the client speaks (clientapi.ClientApi's values)."""
+        if self is Direction.ANTHROPIC_TO_OPENAI:
+            return "anthropic"
+        if self in (Direction.RESPONSES_TO_ANTHROPIC, Direction.RESPONSES_TO_OPENAI):
+            return "responses"
+        return "openai"
+
+    @property
+    def to_anthropic(self) -> bool:
+        return self in _TO_ANTHROPIC
 
     def request(self, body: dict[str, Any]) -> TranslatedRequest:
         """The upstream path and body; raises TranslationError for what cannot map."""
+        if self is Direction.ANTHROPIC_TO_OPENAI:
+            back = anthropic_request_to_openai(body)
+            return TranslatedRequest(CHAT_PATH, back.body, back.stream, False)
+        context = None
+        include_usage = False
         if self is Direction.OPENAI_TO_ANTHROPIC:
-            forward = openai_request_to_anthropic(body)
-            return TranslatedRequest(
-                MESSAGES_PATH,
-                forward.body,
-                forward.stream,
-                forward.include_usage,
-                {"anthropic-version": ANTHROPIC_VERSION},
+            chat = body
+        else:
+            cursor = self in (Direction.CURSOR_TO_ANTHROPIC, Direction.CURSOR_TO_OPENAI)
+            translated = responses_request_to_chat(body, for_cursor=cursor)
+            chat, context, include_usage = (
+                translated.body,
+                translated.context,
+                translated.include_usage,
             )
-        back = anthropic_request_to_openai(body)
-        return TranslatedRequest(CHAT_PATH, back.body, back.stream, False)
+            if not self.to_anthropic:
+                return TranslatedRequest(
+                    CHAT_PATH, chat, translated.stream, include_usage, context=context
+                )
+        forward = openai_request_to_anthropic(chat)
+        if context is None:
+            include_usage = forward.include_usage
+        return TranslatedRequest(
+            MESSAGES_PATH,
+            forward.body,
+            forward.stream,
+            include_usage,
+            {"anthropic-version": ANTHROPIC_VERSION},
+            context,
+        )
 
     def stream(
-        self, model: str | None, include_usage: bool = False
-    ) -> AnthropicToOpenAIStream | OpenAIToAnthropicStream:
+        self,
+        model: str | None,
+        include_usage: bool = False,
+        context: ResponsesContext | None = None,
+    ) -> _SseTranslator | Chained:
         """The `flow.response.stream` callable for a 200 SSE answer."""
         if self is Direction.OPENAI_TO_ANTHROPIC:
             return AnthropicToOpenAIStream(model, include_usage)
-        return OpenAIToAnthropicStream(model)
+        if self is Direction.ANTHROPIC_TO_OPENAI:
+            return OpenAIToAnthropicStream(model)
+        if self is Direction.RESPONSES_TO_OPENAI:
+            return ChatToResponsesStream(model, context)
+        if self is Direction.RESPONSES_TO_ANTHROPIC:
+            # The usage chunk is always asked of the first: the second reads it.
+            return Chained(
+                AnthropicToOpenAIStream(model, True), ChatToResponsesStream(model, context)
+            )
+        custom = context.custom if context is not None else frozenset()
+        if self is Direction.CURSOR_TO_OPENAI:
+            return CursorChatStream(custom, include_usage)
+        first = AnthropicToOpenAIStream(model, include_usage)
+        return Chained(first, CursorChatStream(custom)) if custom else first
 
     def answer(
         self,
@@ -96,6 +166,7 @@ class Direction(Enum):
         model: str | None = None,
         default_reset: float = 60.0,
         max_reset: float = math.inf,
+        context: ResponsesContext | None = None,
     ) -> TranslatedAnswer:
         """A whole upstream answer (success or error) in the client's API.
 
@@ -112,16 +183,45 @@ class Direction(Enum):
             body = None
         if not isinstance(body, dict):
             return self.answer(502, b"The upstream sent an answer that is not a JSON object")
-        if self is Direction.OPENAI_TO_ANTHROPIC:
-            return TranslatedAnswer(status, json_bytes(anthropic_response_to_openai(body, model)))
-        return TranslatedAnswer(status, json_bytes(openai_response_to_anthropic(body, model)))
+        if self is Direction.ANTHROPIC_TO_OPENAI:
+            return TranslatedAnswer(status, json_bytes(openai_response_to_anthropic(body, model)))
+        if self.to_anthropic:
+            body = anthropic_response_to_openai(body, model)
+        context = context or ResponsesContext()
+        if self in (Direction.RESPONSES_TO_ANTHROPIC, Direction.RESPONSES_TO_OPENAI):
+            body = chat_response_to_responses(body, context, model)
+        elif self in (Direction.CURSOR_TO_ANTHROPIC, Direction.CURSOR_TO_OPENAI):
+            body = chat_answer_for_cursor(body, context.custom)
+        return TranslatedAnswer(status, json_bytes(body))
 
 
-def direction_for(method: str, path: str, upstream_api: str) -> Direction | None:
-    """The translation a request needs under UPSTREAM_API (already resolved, not "auto")."""
+_TO_ANTHROPIC = frozenset(
+    {
+        Direction.OPENAI_TO_ANTHROPIC,
+        Direction.RESPONSES_TO_ANTHROPIC,
+        Direction.CURSOR_TO_ANTHROPIC,
+    }
+)
+
+
+def direction_for(method: str, path: str, upstream_api: str, body: Any = None) -> Direction | None:
+    """The translation a request needs under UPSTREAM_API (already resolved, not "auto").
+
+    `/v1/responses` is always translated: to Chat Completions, and on to Messages over an
+    Anthropic-only upstream (while the API is unknown, "both", as over an OpenAI one).
+    With its parsed `body`, a Responses-shaped body on the Chat Completions path is too.
+    """
     if method != "POST":
         return None
     bare = path.partition("?")[0].rstrip("/")
+    if bare == RESPONSES_PATH:
+        if upstream_api == "anthropic":
+            return Direction.RESPONSES_TO_ANTHROPIC
+        return Direction.RESPONSES_TO_OPENAI
+    if bare == CHAT_PATH and is_responses_body(body):
+        if upstream_api == "anthropic":
+            return Direction.CURSOR_TO_ANTHROPIC
+        return Direction.CURSOR_TO_OPENAI
     if upstream_api == "anthropic" and bare == CHAT_PATH:
         return Direction.OPENAI_TO_ANTHROPIC
     if upstream_api == "openai" and bare == MESSAGES_PATH:
