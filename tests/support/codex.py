@@ -1,10 +1,11 @@
 """Codex CLI (npm `@openai/codex`), installed once into a cache and run one turn at a time.
 
-- `codex_binary()` installs the pinned package into `~/.cache/apipod-codex` (or
-  `$APIPOD_NPM_CACHE/apipod-codex`) the way real_upstream.py installs Claude Code: it
-  skips with one line without npm and fails under CI=true. The package is a small Node
-  launcher; the native binary ships in a platform package (`@openai/codex-linux-x64`,
-  an optional dependency npm installs beside it, about 400 MB). Installed, it runs offline.
+- `codex_binary()` (real_upstream.py) installs the pinned package (CODEX_VERSION) into
+  `~/.cache/apipod-codex` (or `$APIPOD_NPM_CACHE/apipod-codex`) as it installs Claude
+  Code: it skips with one line without npm and fails under CI=true. The package is a
+  small Node launcher; the native binary ships in a platform package
+  (`@openai/codex-linux-x64`, an optional dependency npm installs beside it, about
+  400 MB). Installed, it runs offline.
 - `codex_config(base_url)` is the `config.toml` a user writes (the README's "Codex CLI"
   block, copy-paste true): a provider `apipod` with `wire_api = "responses"`.
 - `run_codex(codex, workdir, base_url, key, prompt)` writes that config into a fresh
@@ -36,11 +37,9 @@ from typing import Any
 from aiohttp import web
 
 from tests.support.harness import ROOT
-from tests.support.real_upstream import npm_package
+from tests.support.real_upstream import codex_binary
 from tests.support.standin_base import Received, ThreadedServer
 
-CODEX_VERSION = "0.171.0"
-CODEX = f"@openai/codex@{CODEX_VERSION}"
 #: The variable the README's provider reads the apipod key from (`env_key`).
 KEY_VARIABLE = "APIPOD_API_KEY"
 #: The model the README's config names (the stand-ins and the recorder take any).
@@ -71,11 +70,6 @@ TEST_SETTINGS = [
     "model_providers.apipod.stream_max_retries=0",
     "model_providers.apipod.stream_idle_timeout_ms=30000",
 ]
-
-
-def codex_binary() -> Path:
-    """`codex`, installed once into the npm cache (skips without npm; fails under CI=true)."""
-    return npm_package(CODEX, "node_modules/.bin/codex", "apipod-codex")
 
 
 def codex_config(base_url: str, model: str = MODEL) -> str:
