@@ -52,8 +52,8 @@ lint: $(VENV)/.installed-test
 # curl runs the README's examples; wrk the bench smoke test, chromium the browser tests
 # of the dashboard, HAProxy the many-replicas tests, npm (Debian's npm brings nodejs)
 # the real-upstream tier; tests/support/real_upstream.py installs antigravity-claude-proxy
-# (pinned) and Claude Code from the npm registry into ~/.cache (each skipped without
-# it, except chromium, HAProxy and npm under CI=true).
+# and Codex CLI (pinned) and Claude Code from the npm registry into ~/.cache (each
+# skipped without it, except chromium, HAProxy and npm under CI=true).
 test: lint
 	@$(call need,curl)
 	-@$(call need,wrk)

@@ -12,6 +12,7 @@ import start_proxy`. No test edits sys.path.
     upstream_console.py   what the real upstream serves besides its API (config, console)
     google_fake.py        a fake Google backend for the real antigravity-claude-proxy
     real_upstream.py      the real tier's npm packages (`python -m tests.support.real_upstream`)
+    codex.py              Codex CLI run once offline, and a Responses-API stand-in recording it
     services.py           PostgreSQL and Redis: a fresh schema and key prefix per test
     strategies.py         Hypothesis helpers shared by the property tests
     tcpgate.py            a TCP forwarder a test can cut or hang

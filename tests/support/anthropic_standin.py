@@ -35,7 +35,10 @@ It behaves as the shared notes on wire formats measured (version 2.0.4):
   one empty text block), with zero usage.
 
 Per-request steering headers: `x-standin-status: CODE` (an error answer),
-`x-standin-mode: text|tool` (ignore or force tools), `x-standin-cache-read: N`,
+`x-standin-mode: text|tool` (ignore or force tools), `x-standin-tool: NAME` and
+`x-standin-tool-input: JSON` (call that tool with that input, as an agent's test needs a
+real command; otherwise the first tool, each property "value of <name>"),
+`x-standin-cache-read: N`,
 `x-standin-echo-error: 1` (a 400 `invalid_request_error` whose message quotes the last
 user text, `Invalid value "<text>"`, as upstreams quote a client's field; inside a 200
 stream when the request streams).
@@ -317,14 +320,19 @@ class AnthropicStandIn(ThreadedServer):
             quoted = "; ".join(tool_result_text(block) for block in results)
             answer.text = f"The tool said: {quoted}"
         elif tools and (mode == "tool" or (mode != "text" and choice != "none")):
-            named = (body.get("tool_choice") or {}).get("name")
+            named = request.headers.get("x-standin-tool") or (
+                (body.get("tool_choice") or {}).get("name")
+            )
             tool = next((t for t in tools if t["name"] == named), tools[0])
             answer.text = f"Let me call {tool['name']}."
             properties = (tool.get("input_schema") or {}).get("properties") or {}
+            given = request.headers.get("x-standin-tool-input")
             answer.tool = {
                 "id": f"toolu_standin_{len(self.reported)}",
                 "name": tool["name"],
-                "input": {name: f"value of {name}" for name in properties},
+                "input": json.loads(given)
+                if given
+                else {name: f"value of {name}" for name in properties},
             }
         else:
             images = sum(

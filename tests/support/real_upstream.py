@@ -3,16 +3,16 @@ antigravity-claude-proxy run offline in front of the fake Google backend.
 
 - `npm_package(spec, binary, cache)` installs an npm package (pinned) into a cache
   folder (`~/.cache/<cache>`, or `$APIPOD_NPM_CACHE/<cache>`) and returns its path;
-  Claude Code's test and this tier share it. Without npm the test skips with one line;
-  under CI=true it fails instead.
+  Claude Code's and Codex CLI's tests and this tier share it. Without npm the test
+  skips with one line; under CI=true it fails instead.
 - `start_antigravity(workdir, fake)` runs the package on a free port, with an API key,
   its HOME in `workdir` (so its config dir, `~/.config/antigravity-proxy/`, holds a
   pre-seeded OAuth account and needs no browser), under `node --import offline.mjs`
   so that every Google host goes to `fake` and nothing reaches the internet.
 
-`python -m tests.support.real_upstream` installs both packages into their caches ahead of the
-tests (`make test` does, so that a first install does not count against a test's
-timeout); without npm it says so and exits 0.
+`python -m tests.support.real_upstream` installs the three packages (Codex CLI too) into
+their caches ahead of the tests (`make test` does, so that a first install does not count
+against a test's timeout); without npm it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -35,12 +35,15 @@ ANTIGRAVITY_VERSION = "2.0.4"
 ANTIGRAVITY = f"antigravity-claude-proxy@{ANTIGRAVITY_VERSION}"
 #: Claude Code from the npm registry (a major version: its tests follow the newest 2.x).
 CLAUDE_CODE = "@anthropic-ai/claude-code@2"
+#: Codex CLI, pinned: its requests are recorded as fixtures (tests/support/codex.py).
+CODEX_VERSION = "0.171.0"
+CODEX = f"@openai/codex@{CODEX_VERSION}"
 OFFLINE = Path(__file__).parent / "node" / "offline.mjs"
 ACCOUNT_EMAIL = "fake-account@example.com"
 
 
 #: The words of the skip without Node or npm, by which conftest folds them into one line.
-NO_NPM = "not installed: the real-upstream and Claude Code tests need Node and npm"
+NO_NPM = "not installed: the real-upstream, Claude Code and Codex tests need Node and npm"
 
 
 def npm_cache(name: str) -> Path:
@@ -79,6 +82,12 @@ def npm_package(spec: str, binary: str, cache: str) -> Path:
 def claude_code_binary() -> Path:
     """`claude` (its tests and the real tier's share the install)."""
     return npm_package(CLAUDE_CODE, "node_modules/.bin/claude", "apipod-claude-code")
+
+
+def codex_binary() -> Path:
+    """`codex`: a Node launcher whose native binary npm installs beside it, from the
+    platform package (`@openai/codex-linux-x64`, about 400 MB); it runs offline."""
+    return npm_package(CODEX, "node_modules/.bin/codex", "apipod-codex")
 
 
 def antigravity_package() -> Path:
@@ -192,7 +201,7 @@ def main() -> None:
     if shutil.which("npm") is None or shutil.which("node") is None:
         print("real_upstream: node/npm not found; the real-upstream tests will skip")
         return
-    for install in (antigravity_package, claude_code_binary):
+    for install in (antigravity_package, claude_code_binary, codex_binary):
         print(f"real_upstream: {install()}")
 
 
