@@ -214,6 +214,25 @@ def test_dropped_fields_are_not_forwarded() -> None:
     assert [tool["name"] for tool in forwarded["tools"]] == ["get_weather"]
 
 
+def test_the_tools_codex_always_sends_are_dropped_and_its_functions_kept() -> None:
+    """Codex CLI sends a `namespace` of sub-agent functions, `web_search` and (with some
+    models) `tool_search` on every request (tests/fixtures/codex/)."""
+    namespace = {"type": "namespace", "name": "multi_agent_v1", "tools": [FUNCTION]}
+    search = {"type": "tool_search", "execution": "client"}
+    body = request(tools=[FUNCTION, namespace, {"type": "web_search"}, search])
+    forwarded = Direction.RESPONSES_TO_ANTHROPIC.request(body).body
+    validate(forwarded)
+    assert [tool["name"] for tool in forwarded["tools"]] == ["get_weather"]
+
+
+@pytest.mark.parametrize("kind", ["file_search", "computer_use_preview", "code_interpreter"])
+def test_other_hosted_tools_are_refused_by_name(kind: str) -> None:
+    with pytest.raises(TranslationError) as caught:
+        responses_request_to_chat(request(tools=[FUNCTION, {"type": kind}]))
+    payload = caught.value.openai_payload()["error"]
+    assert kind in payload["message"] and payload["param"] == "tools[1]"
+
+
 @pytest.mark.parametrize("name", ["previous_response_id", "conversation"])
 def test_stored_state_is_refused_with_unsupported_parameter(name: str) -> None:
     with pytest.raises(UnsupportedParameter) as caught:

@@ -44,9 +44,20 @@ DROPPED_FIELDS = frozenset(
         "user",
     }
 )
-#: Hosted tools dropped rather than refused: a model without web search still answers
-#: every request, in the same shape (Codex sends `web_search` when it is enabled).
-DROPPED_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11"})
+#: Tools dropped rather than refused, because a client sends them on every request and
+#: the model answers in the same shape without them: hosted web search (Codex sends
+#: `web_search` whenever it is enabled), and Codex CLI's `namespace` (a group of its
+#: sub-agent functions, multi_agent_v1) and `tool_search` (client-side tool discovery).
+#: Every other hosted tool is refused with a 400 naming it.
+DROPPED_TOOLS = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "web_search_preview_2025_03_11",
+        "namespace",
+        "tool_search",
+    }
+)
 #: Request fields that need a stored response or a feature the proxy does not have.
 _NEEDS_STORAGE = ("previous_response_id", "conversation")
 
