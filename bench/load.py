@@ -31,13 +31,40 @@ from bench.report import (
     profile_summary,
     rounded,
 )
-from bench.services import BENCH, CHAT_PATH, BenchError, Service
+from bench.services import BENCH, CHAT_PATH, RESPONSES_PATH, BenchError, Service
 
 WRK_SCRIPT = BENCH / "post.lua"
 #: py-spy samples per second.
 PROFILE_RATE = 200
 #: The content of each streamed chunk: "<index>@<send time> " (see bench/upstream.py).
 CHUNK_STAMP = re.compile(rb'"content": ?"(\d+)@(\d+\.\d+) "')
+#: The same stamp in a Responses `response.output_text.delta` event's `delta`. Only the
+#: deltas match: the `.done` events carry the whole text in `text`.
+DELTA_STAMP = re.compile(rb'"delta": ?"(\d+)@(\d+\.\d+) "')
+
+
+@dataclass(frozen=True)
+class StreamKind:
+    """What a stream target posts, and how its client finds the stamps and the end."""
+
+    path: str
+    body: dict[str, Any]
+    stamp: re.Pattern[bytes]
+    #: The start of the line that ends a complete stream.
+    end: bytes
+
+
+#: A Chat Completions stream (passthrough, translated, direct): chunks, then [DONE].
+CHAT_STREAM = StreamKind(
+    CHAT_PATH,
+    {"stream": True, "messages": [{"role": "user", "content": "Count"}]},
+    CHUNK_STAMP,
+    b"data: [DONE]",
+)
+#: A Responses API stream: typed events, ending with `response.completed`.
+RESPONSES_STREAM = StreamKind(
+    RESPONSES_PATH, {"stream": True, "input": "Count"}, DELTA_STAMP, b"event: response.completed"
+)
 
 
 @dataclass(frozen=True)
@@ -134,13 +161,15 @@ class StreamResult:
 
 
 async def _stream_batch(
-    url: str, key: str, model: str, streams: int, chunks: int, interval: float
+    url: str,
+    key: str,
+    model: str,
+    streams: int,
+    chunks: int,
+    interval: float,
+    kind: StreamKind = CHAT_STREAM,
 ) -> StreamResult:
-    body = {
-        "model": model,
-        "stream": True,
-        "messages": [{"role": "user", "content": "Count"}],
-    }
+    body = {"model": model, **kind.body}
     headers = {
         "authorization": f"Bearer {key}",
         "x-standin-chunks": str(chunks),
@@ -154,16 +183,16 @@ async def _stream_batch(
         await asyncio.sleep(index * interval / streams)
         seen = 0
         finished = False
-        async with session.post(url + CHAT_PATH, json=body, headers=headers) as response:
+        async with session.post(url + kind.path, json=body, headers=headers) as response:
             if response.status != 200:
                 await response.read()
                 return False
             async for line in response.content:
                 arrived = time.time()
-                if stamp := CHUNK_STAMP.search(line):
+                if stamp := kind.stamp.search(line):
                     lags.append((arrived - float(stamp[2])) * 1000)
                     seen += 1
-                elif line.startswith(b"data: [DONE]"):
+                elif line.startswith(kind.end):
                     finished = True
         return finished and seen == chunks
 
@@ -178,9 +207,15 @@ async def _stream_batch(
 
 
 def run_streams(
-    url: str, key: str, model: str, streams: int, chunks: int, interval: float
+    url: str,
+    key: str,
+    model: str,
+    streams: int,
+    chunks: int,
+    interval: float,
+    kind: StreamKind = CHAT_STREAM,
 ) -> StreamResult:
-    return asyncio.run(_stream_batch(url, key, model, streams, chunks, interval))
+    return asyncio.run(_stream_batch(url, key, model, streams, chunks, interval, kind))
 
 
 # --- statistics ------------------------------------------------------------------
@@ -198,7 +233,8 @@ class Bench:
     apipod: Service
     bare: Service
     key: str
-    #: apipod with UPSTREAM_API=anthropic: its streams are translated (None: not measured).
+    #: apipod with UPSTREAM_API=anthropic: its chat streams are translated, and it serves
+    #: the `responses` target's /v1/responses streams (None: neither is measured).
     translated: Service | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
     apipod_requests: int = 0
@@ -212,12 +248,13 @@ class Bench:
         """The process that answers a target's requests: for `direct`, the upstream."""
         services = {"apipod": self.apipod, "bare": self.bare, "direct": self.upstream}
         if self.translated is not None:
-            services["translated"] = self.translated
+            services["translated"] = services["responses"] = self.translated
         return services[target]
 
     def stream_targets(self, shift: int = 0) -> list[str]:
         """The stream targets this run measures, rotated by `shift`."""
-        targets = [t for t in STREAM_TARGETS if t != "translated" or self.translated]
+        over_translated = ("translated", "responses")
+        targets = [t for t in STREAM_TARGETS if t not in over_translated or self.translated]
         shift %= len(targets)
         return targets[shift:] + targets[:shift]
 
@@ -262,8 +299,9 @@ class Bench:
         server.check_alive()
         s = self.settings
         cpu_before = server.cpu_seconds()
+        kind = RESPONSES_STREAM if target == "responses" else CHAT_STREAM
         result = run_streams(
-            server.url, self.key, s.model, streams or s.streams, s.chunks, s.interval
+            server.url, self.key, s.model, streams or s.streams, s.chunks, s.interval, kind
         )
         cpu = server.cpu_seconds() - cpu_before
         self.incomplete_streams[target] += result.incomplete

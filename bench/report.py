@@ -24,7 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("apipod", "bare", "direct")
 #: `translated`: apipod with UPSTREAM_API=anthropic, its chat streams translated from the
 #: upstream's Anthropic events (compared with `apipod`, which passes them through).
-STREAM_TARGETS = ("apipod", "translated", "direct")
+#: `responses`: the same apipod serving `/v1/responses` streams, the upstream's Anthropic
+#: events turned into chat chunks and those into Responses events (also against `apipod`).
+STREAM_TARGETS = ("apipod", "translated", "responses", "direct")
+#: Issue 19's goal for `/v1/responses` streams: at most this much lag added at p50 (ms).
+RESPONSES_GOAL_P50_MS = 1.0
 SHARED_CORES_NOTE = (
     "load generator (wrk / the SSE client), upstream and proxies share the machine's "
     "{cpus} core(s); nothing is pinned, so figures are noisy: compare ratios"
@@ -217,6 +221,10 @@ def summarize(
             # What translating costs a chunk: translated minus passthrough, paired per round.
             "translation_added_p50": med(added_lag("p50", "translated", "apipod")),
             "translation_added_p99": med(added_lag("p99", "translated", "apipod")),
+            # What /v1/responses costs a chunk over passthrough, paired per round.
+            "responses_added_p50": med(added_lag("p50", "responses", "apipod")),
+            "responses_added_p99": med(added_lag("p99", "responses", "apipod")),
+            "responses_goal_p50": RESPONSES_GOAL_P50_MS,
         },
         "cpu_ms_per_request": {
             "apipod": med(cpu("apipod")),
@@ -327,6 +335,20 @@ def table(result: dict[str, Any]) -> str:
             fmt(lag.get("translation_added_p99"), "+.2f"),
         ),
         (
+            "SSE chunk lag p50, /v1/responses (ms)",
+            fmt(lag["p50"].get("responses"), ms),
+            "n/a",
+            "n/a",
+        ),
+        (
+            "  added over passthrough, p50 (ms)",
+            fmt(lag.get("responses_added_p50"), "+.2f"),
+        ),
+        (
+            "  added over passthrough, p99 (ms)",
+            fmt(lag.get("responses_added_p99"), "+.2f"),
+        ),
+        (
             "CPU ms/request (proxy process)",
             fmt(cpu["apipod"], ".3f"),
             fmt(cpu["bare"], ".3f"),
@@ -364,7 +386,11 @@ def table(result: dict[str, Any]) -> str:
         f"{lag['interval_ms']:g} ms; bare mitmdump is not measured (without the addon it "
         "buffers whole responses, so its lag is the stream's length). Translated: apipod "
         "with UPSTREAM_API=anthropic, the upstream's Anthropic events turned into chat "
-        "chunks; 'added by translating' is its lag minus passthrough's, paired per round.",
+        "chunks; 'added by translating' is its lag minus passthrough's, paired per round. "
+        "/v1/responses: the same apipod serving Responses streams (Anthropic events -> chat "
+        "chunks -> Responses events), lag of each output_text.delta; 'added over "
+        "passthrough' paired per round the same way; goal: at most "
+        f"{lag.get('responses_goal_p50', RESPONSES_GOAL_P50_MS):g} ms added at p50.",
         f"RSS apipod: {fmt(rss['apipod_before'], '.1f')} MiB after warm-up -> "
         f"{fmt(rss['apipod_after'], '.1f')} MiB after {rss['requests']:,} requests + "
         f"{rss['streams']:,} streams ({fmt(rss['apipod_growth'], '+.1f')} MiB); "

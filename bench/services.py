@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 
 CHAT_PATH = "/v1/chat/completions"
+#: Served by apipod itself (translated to Chat Completions, and on to Messages).
+RESPONSES_PATH = "/v1/responses"
 #: A plain model: apipod parses the body and passes it on unchanged. The
 #: cursor-pro-sonnet alias costs the same plus one random draw and a re-serialised body;
 #: try `--model cursor-pro-sonnet` to see it.
@@ -206,7 +208,9 @@ def services(
 
     The translating apipod (`UPSTREAM_API=anthropic`) shares apipod's database, so one
     key serves both; it turns chat completions into the upstream's Anthropic Messages
-    stream and back, which the `translated` stream row measures against passthrough.
+    stream and back, which the `translated` stream row measures against passthrough, and
+    serves the `responses` row's /v1/responses streams (Responses -> Chat -> Messages,
+    and the events back the same way: the whole translation chain).
     """
     started: list[Service] = []
     try:

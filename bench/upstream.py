@@ -17,6 +17,8 @@ test stand-in:
     POST /v1/chat/completions   a chat completion, or SSE chunks when `"stream": true`
     POST /v1/messages           the same in Anthropic's Messages API (text deltas), for
                                 the translated-stream row (apipod with UPSTREAM_API=anthropic)
+                                and the /v1/responses row (the same apipod, which turns a
+                                Responses request into Messages and the events back)
     x-standin-chunks: N         stream N content chunks (default 3)
     x-standin-interval: S       seconds between chunks (default 0)
 
@@ -25,7 +27,9 @@ tokens) gets `"usage": null` on each chunk and a final usage chunk, as OpenAI se
 
 Each streamed chunk's content (or text delta) is `"<index>@<send time> "`, the sender's
 `time.time()` taken just before the write, so a client can measure each chunk's lag
-(arrival time minus send time). Any other path answers 200 with a small JSON body.
+(arrival time minus send time); a text delta stays one delta through apipod's
+translations, so the stamp reaches a Responses client as one `response.output_text.delta`.
+Any other path answers 200 with a small JSON body.
 """
 
 from __future__ import annotations
