@@ -44,6 +44,8 @@ POSITIVE = [
     ("stream_lag_ms", "p99", "direct"),
     ("stream_lag_ms", "p50", "translated"),
     ("stream_lag_ms", "p99", "translated"),
+    ("stream_lag_ms", "p50", "responses"),
+    ("stream_lag_ms", "p99", "responses"),
     ("cpu_ms_per_request", "apipod"),
     ("cpu_ms_per_request", "bare"),
     ("cpu_ms_per_request", "upstream"),
@@ -67,6 +69,8 @@ NUMBERS = [
     ("stream_lag_ms", "added_p99", "apipod"),
     ("stream_lag_ms", "translation_added_p50"),
     ("stream_lag_ms", "translation_added_p99"),
+    ("stream_lag_ms", "responses_added_p50"),
+    ("stream_lag_ms", "responses_added_p99"),
     ("rss_mb", "apipod_growth"),
     ("context_switches_per_request", "apipod"),
     ("context_switches_per_request", "bare"),
@@ -105,6 +109,12 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         assert result["environment"][name], f"environment lacks {name}"
     assert "share" in result["note"]
     assert summary["errors"] == {"apipod": 0, "bare": 0, "direct": 0}, done.stdout
-    assert summary["incomplete_streams"] == {"apipod": 0, "translated": 0, "direct": 0}, done.stdout
+    assert summary["incomplete_streams"] == {
+        "apipod": 0,
+        "translated": 0,
+        "responses": 0,
+        "direct": 0,
+    }, done.stdout
+    assert "SSE chunk lag p50, /v1/responses (ms)" in done.stdout
     assert str(path) in done.stdout
     assert "req/s" in done.stdout

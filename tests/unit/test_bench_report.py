@@ -46,9 +46,11 @@ def round_(
     rps: tuple[float, float, float],
     lat50: tuple[float, float, float],
     lag50: tuple[float | None, float | None] = (2.0, 0.3),
+    responses_behind: float = 0.5,
 ) -> dict[str, Any]:
     """A round: (apipod, bare, direct) req/s and p50 latency; (apipod, direct) lag p50.
-    The translated streams lag 0.4 ms behind apipod's passthrough ones."""
+    The translated streams lag 0.4 ms behind apipod's passthrough ones, the /v1/responses
+    streams `responses_behind` ms; p99s are ten times the p50s."""
     targets = ("apipod", "bare", "direct")
     cpu = {"apipod": 1.5, "bare": 2.0, "direct": 0.1}
     return {
@@ -63,6 +65,10 @@ def round_(
                 None if lag50[0] is None else lag50[0] + 0.4,
                 None if lag50[0] is None else (lag50[0] + 0.4) * 10,
             ),
+            "responses": stream(
+                None if lag50[0] is None else lag50[0] + responses_behind,
+                None if lag50[0] is None else (lag50[0] + responses_behind) * 10,
+            ),
             "direct": stream(lag50[1], None if lag50[1] is None else lag50[1] * 10),
         },
     }
@@ -72,9 +78,12 @@ def round_(
 #: medians (600 / 500 = 1.2): the summary must pair within a round.
 ROUNDS = [
     round_((600.0, 500.0, 10_000.0), (1.8, 2.0, 0.1)),
-    round_((450.0, 500.0, 9_000.0), (1.7, 2.1, 0.2), (3.0, 0.5)),
+    round_((450.0, 500.0, 9_000.0), (1.7, 2.1, 0.2), (3.0, 0.5), responses_behind=0.7),
     round_((900.0, 1_000.0, 11_000.0), (2.0, 1.9, 0.1), (None, 0.4)),
 ]
+#: The third round has /v1/responses figures but no passthrough ones to pair them with:
+#: its responses p50 (5.0) counts in that median, not in the added lag.
+ROUNDS[2]["streams"]["responses"] = stream(5.0, 50.0)
 
 
 @pytest.fixture
@@ -129,12 +138,33 @@ def test_a_round_without_a_lag_figure_is_left_out_of_the_lag_medians(
     summary: dict[str, Any],
 ) -> None:
     lag = summary["stream_lag_ms"]
-    assert lag["p50"] == {"apipod": 2.5, "translated": 2.9, "direct": 0.4}
+    assert lag["p50"] == {"apipod": 2.5, "translated": 2.9, "responses": 3.7, "direct": 0.4}
     # apipod - direct where both exist: 1.7 and 2.5 -> 2.1.
     assert lag["added_p50"] == {"apipod": 2.1}
     # translated - passthrough, paired per round.
     assert (lag["translation_added_p50"], lag["translation_added_p99"]) == (0.4, 4.0)
     assert (lag["streams"], lag["chunks"], lag["interval_ms"]) == (100, 20, 50.0)
+
+
+def test_responses_lag_over_passthrough_is_paired_per_round(summary: dict[str, Any]) -> None:
+    lag = summary["stream_lag_ms"]
+    # /v1/responses p50: 2.0 + 0.5, 3.0 + 0.7 and 5.0 -> 3.7 (p99s: 25, 37, 50 -> 37).
+    assert (lag["p50"]["responses"], lag["p99"]["responses"]) == (3.7, 37.0)
+    # Minus passthrough in the same round: 0.5 and 0.7 -> 0.6 (p99: 5 and 7 -> 6), not
+    # the difference of the medians (3.7 - 2.5 = 1.2).
+    assert (lag["responses_added_p50"], lag["responses_added_p99"]) == (0.6, 6.0)
+    assert lag["responses_goal_p50"] == report.RESPONSES_GOAL_P50_MS == 1.0
+
+
+def test_a_run_from_before_the_responses_row_has_null_responses_figures() -> None:
+    rounds = [
+        {**r, "streams": {t: v for t, v in r["streams"].items() if t != "responses"}}
+        for r in ROUNDS
+    ]
+    lag = report.summarize(rounds, SHAPE, RSS, NO_ERRORS, NO_BROKEN)["stream_lag_ms"]
+    assert lag["p50"]["responses"] is None
+    assert (lag["responses_added_p50"], lag["responses_added_p99"]) == (None, None)
+    assert lag["translation_added_p50"] == 0.4
 
 
 def test_cpu_figures_and_their_ratio(summary: dict[str, Any]) -> None:
@@ -143,7 +173,12 @@ def test_cpu_figures_and_their_ratio(summary: dict[str, Any]) -> None:
     assert cpu["apipod_over_bare"] == 0.75
     assert cpu["apipod_main_thread"] == 1.35
     assert cpu["apipod_sequential"] == 1.6
-    assert summary["cpu_ms_per_stream"] == {"apipod": 3.0, "translated": 3.0, "direct": 3.0}
+    assert summary["cpu_ms_per_stream"] == {
+        "apipod": 3.0,
+        "translated": 3.0,
+        "responses": 3.0,
+        "direct": 3.0,
+    }
 
 
 def test_errors_rss_and_broken_streams_are_carried_over() -> None:
@@ -199,6 +234,7 @@ def test_table_shows_the_summary_figures(summary: dict[str, Any]) -> None:
     assert cells["latency p50, sequential (ms)"] == ["1.80", "2.00", "0.10"]
     assert cells["added over direct, p50 (ms)"][:2] == ["+1.70", "+1.90"]
     assert cells["SSE chunk lag p50 (ms)"] == ["2.50", "n/a", "0.40"]
+    assert cells["SSE chunk lag p50, /v1/responses (ms)"] == ["3.70", "n/a", "n/a"]
     assert cells["CPU ms/request (proxy process)"] == ["1.500", "2.000", "0.100*", "0.75"]
     assert "RSS apipod: 78.9 MiB after warm-up -> 84.8 MiB after 29,402 requests" in table
     assert "(+5.9 MiB)" in table
@@ -211,6 +247,17 @@ def test_table_header_lines_up_with_its_columns(summary: dict[str, Any]) -> None
     row = next(line for line in table if line.startswith("req/s"))
     # Numbers are right-aligned under their column names.
     assert header.index("direct") + len("direct") == row.index("10000") + len("10000")
+
+
+def test_table_shows_the_responses_rows_and_states_their_goal(summary: dict[str, Any]) -> None:
+    lines = report.table(result_of(summary)).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("SSE chunk lag p50, /v1/resp"))
+    # The two rows under it are its own (the translated row has rows of the same shape).
+    assert lines[at + 1].split() == ["added", "over", "passthrough,", "p50", "(ms)", "+0.60"]
+    assert lines[at + 2].split() == ["added", "over", "passthrough,", "p99", "(ms)", "+6.00"]
+    note = "\n".join(lines[at:])
+    assert "Anthropic events -> chat chunks -> Responses events" in note
+    assert "goal: at most 1 ms added at p50" in note
 
 
 def test_table_shows_missing_figures_as_a_dash() -> None:
