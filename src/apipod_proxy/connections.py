@@ -116,8 +116,11 @@ class ConnectionPolicy:
         self.settings: Settings | None = None
         self.max_connections = 0
         self.conns: dict[str, Conn] = {}
+        #: Closing connections still reading what their client sends (LingeringWriter),
+        #: counted here once mitmproxy has let go of them (until then, in `conns`).
         self.lingering = 0
         self.refused_lingering = 0
+        self._lingering_ids: set[str] = set()
         self.rate_log = RateLimitedLog(log)
         self._exception_handler: Any = None
         self._previous_handler: Any = None
@@ -212,7 +215,9 @@ class ConnectionPolicy:
         if self.refused_lingering < MAX_REFUSED_LINGERING:
             max_bytes, seconds = REFUSED_LINGER
             inner = reader.inner if isinstance(reader, WatchedReader) else reader
-            lingering = LingeringWriter(writer, inner, self, max_bytes, seconds, refused=True)
+            lingering = LingeringWriter(
+                writer, inner, self, max_bytes, seconds, refused=True, client_id=client.id
+            )
             mitm_compat.replace_client_streams(client, writer=lingering)
 
     def headers_too_large(self, conn: Conn) -> None:
@@ -238,6 +243,8 @@ class ConnectionPolicy:
 
     def client_disconnected(self, client: connection.Client) -> None:
         conn = self.conns.pop(client.id, None)
+        if conn is not None and client.id in self._lingering_ids:
+            self.lingering += 1  # still closing: it counts as lingering from now on
         if conn is not None:
             conn.cancel_timer()
             conn.release()
@@ -347,7 +354,9 @@ class ConnectionPolicy:
         reader, writer = streams
         inner = reader.inner if isinstance(reader, WatchedReader) else reader
         max_bytes = 2 * self.settings.max_body_size
-        lingering = LingeringWriter(writer, inner, self, max_bytes, LINGER_SECONDS)
+        lingering = LingeringWriter(
+            writer, inner, self, max_bytes, LINGER_SECONDS, client_id=client.id
+        )
         mitm_compat.replace_client_streams(client, writer=lingering)
 
     # --- timeouts ----------------------------------------------------------------
@@ -413,13 +422,20 @@ class ConnectionPolicy:
             timeout,
         )
 
-    def track_linger(self, task: asyncio.Task[None], refused: bool) -> None:
-        self.lingering += 1
+    def track_linger(self, task: asyncio.Task[None], refused: bool, client_id: str) -> None:
+        """Count a lingering close once against MAX_CONNECTIONS: in `lingering` only once
+        mitmproxy no longer holds the connection (it is in `conns` until then)."""
+        self._lingering_ids.add(client_id)
+        if client_id not in self.conns:
+            self.lingering += 1
         self.refused_lingering += refused
         self._linger_tasks.add(task)
 
         def finished(task: asyncio.Task[None]) -> None:
-            self.lingering -= 1
+            if client_id in self._lingering_ids:
+                self._lingering_ids.discard(client_id)
+                if client_id not in self.conns:
+                    self.lingering -= 1
             self.refused_lingering -= refused
             self._linger_tasks.discard(task)
 
@@ -552,9 +568,11 @@ class LingeringWriter:
         max_bytes: int,
         seconds: float,
         refused: bool = False,
+        client_id: str = "",
     ) -> None:
         self.inner, self.reader, self.policy = inner, reader, policy
         self.max_bytes, self.seconds, self.refused = max_bytes, seconds, refused
+        self.client_id = client_id
         self._closing = False
 
     def __getattr__(self, name: str) -> Any:
@@ -568,7 +586,7 @@ class LingeringWriter:
             return
         self._closing = True
         task = asyncio.get_running_loop().create_task(self._linger(), name="apipod linger")
-        self.policy.track_linger(task, self.refused)
+        self.policy.track_linger(task, self.refused, self.client_id)
 
     async def _linger(self) -> None:
         loop = asyncio.get_running_loop()

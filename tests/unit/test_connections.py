@@ -172,6 +172,37 @@ def test_a_connection_moves_between_headers_busy_and_idle(tmp_path: Path) -> Non
     ]
 
 
+def test_a_lingering_close_counts_once_against_max_connections(tmp_path: Path) -> None:
+    """A connection closed unread lingers while mitmproxy still holds it: it is one
+    connection, not two (40 refused slow bodies reached MAX_CONNECTIONS=48 before)."""
+
+    async def go() -> list[int]:
+        policy = ConnectionPolicy()
+        policy.setup(settings(tmp_path))
+        held, refused = tflow.tflow().client_conn, tflow.tflow().client_conn
+        policy.conns[held.id] = Conn(policy, held)
+        counts = []
+
+        def count() -> None:
+            counts.append(len(policy.conns) + policy.lingering)
+
+        release = asyncio.Event()
+        lingers = [asyncio.create_task(release.wait()) for _ in range(2)]
+        policy.track_linger(lingers[0], False, held.id)  # closed unread, still in conns
+        policy.track_linger(lingers[1], True, refused.id)  # refused at accept: never in conns
+        count()  # 1 held + 1 refused
+        with taddons.context():
+            policy.client_disconnected(held)  # mitmproxy lets go; the linger goes on
+        count()
+        release.set()
+        await asyncio.gather(*lingers)
+        await asyncio.sleep(0)  # the done callbacks
+        count()
+        return counts
+
+    assert asyncio.run(go()) == [2, 2, 0]
+
+
 def test_a_request_head_past_the_limit_is_refused_once(tmp_path: Path) -> None:
     async def go() -> tuple[list[int], list[int]]:
         policy = ConnectionPolicy()
