@@ -45,7 +45,7 @@ from .responses_api import (
     status_of,
     usage_of,
 )
-from .streams import INCOMPLETE, _index, _SseTranslator
+from .streams import INCOMPLETE, _index, _SseTranslator, chat_chunk
 
 
 @dataclass(slots=True)
@@ -210,17 +210,13 @@ class ChatToResponsesStream(_SseTranslator):
         if self.model is None and isinstance(payload.get("model"), str):
             self.model = payload["model"]
         self._start()
-        if isinstance(payload.get("usage"), dict):
-            self.meter.add_openai(payload["usage"])
-        choices = payload.get("choices")
-        choice = choices[0] if isinstance(choices, list) and choices else None
-        if not isinstance(choice, dict):
-            return
-        delta = choice.get("delta")
+        usage, delta, finish_reason = chat_chunk(payload)
+        if usage is not None:
+            self.meter.add_openai(usage)
         if isinstance(delta, dict):
             self._delta(delta)
-        if choice.get("finish_reason"):
-            self._finish_reason = choice["finish_reason"]
+        if finish_reason:
+            self._finish_reason = finish_reason
 
     def _delta(self, delta: dict[str, Any]) -> None:
         reasoning = delta.get("reasoning_content")

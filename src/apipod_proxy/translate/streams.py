@@ -48,6 +48,21 @@ def _index(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
+def chat_chunk(payload: dict[str, Any]) -> tuple[dict[str, Any] | None, Any, Any]:
+    """A Chat Completions chunk's usage object, its first choice's delta and that
+    choice's finish_reason; each None where the chunk has none."""
+    usage = payload.get("usage")
+    choices = payload.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    if not isinstance(choice, dict):
+        choice = {}
+    return (
+        (usage if isinstance(usage, dict) else None),
+        choice.get("delta"),
+        choice.get("finish_reason"),
+    )
+
+
 def _parse_event(raw: bytes) -> tuple[str | None, str | None]:
     """(event name, data) of one SSE event; multi-line data is joined with newlines."""
     name = None
@@ -379,17 +394,13 @@ class OpenAIToAnthropicStream(_SseTranslator):
             if self.model is None and isinstance(payload.get("model"), str):
                 self.model = payload["model"]
             self._start()
-        if isinstance(payload.get("usage"), dict):
-            self.meter.add_openai(payload["usage"])
-        choices = payload.get("choices")
-        choice = choices[0] if isinstance(choices, list) and choices else None
-        if not isinstance(choice, dict):
-            return
-        delta = choice.get("delta")
+        usage, delta, finish_reason = chat_chunk(payload)
+        if usage is not None:
+            self.meter.add_openai(usage)
         if isinstance(delta, dict):
             self._translate_delta(delta)
-        if choice.get("finish_reason"):
-            self._finish_reason = choice["finish_reason"]
+        if finish_reason:
+            self._finish_reason = finish_reason
             self._close_block()
 
     def _translate_delta(self, delta: dict[str, Any]) -> None:
