@@ -20,7 +20,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from .config import ROOT, between_markers
+from .config import DOCS_PAGE, ROOT, between_markers
 from .jsonenc import json_bytes
 
 _TYPES: dict[int, str] = {
@@ -355,7 +355,7 @@ def main(argv: list[str]) -> int:
     if argv != ["--write"]:
         print(readme_table())
         return 0
-    readme = ROOT / "README.md"
+    readme = ROOT / DOCS_PAGE
     readme.write_text(with_readme_table(readme.read_text()))
     print(f"wrote {readme}", file=sys.stderr)
     return 0

@@ -23,8 +23,8 @@ from tests.support.harness import (
     ROOT,
     Proxy,
     bearer,
+    doc_section,
     fenced_blocks,
-    readme_section,
     run_pasted,
     wait_for,
 )
@@ -435,13 +435,13 @@ def test_request_log_days_0_writes_nothing(
         assert conn.execute("SELECT count(*) FROM request_log").fetchone()[0] == 0
 
 
-# --- the README's worked example ---------------------------------------------------------
+# --- the worked example of docs/routing.md ------------------------------------------
 
 
 def test_readme_plans_and_budgets_example_runs_as_written(
     make_proxy: Callable[..., Proxy], standin: StandIn, tmp_path: Path
 ) -> None:
-    section = readme_section("Plans and budgets")
+    section = doc_section("docs/routing.md", "Plans and budgets")
     (toml,) = fenced_blocks(section, "toml")
     blocks = fenced_blocks(section, "bash")
     assert len(blocks) == 3

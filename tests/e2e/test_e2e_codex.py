@@ -34,8 +34,8 @@ from tests.support.codex import (
 from tests.support.harness import (
     UPSTREAM_KEY,
     Proxy,
+    doc_section,
     fenced_blocks,
-    readme_section,
     start_proxy,
 )
 from tests.support.real_upstream import CODEX_VERSION, codex_binary
@@ -154,7 +154,7 @@ def test_codex_fails_a_turn_without_response_completed(
 
 
 def test_readme_codex_config_is_what_the_tests_write() -> None:
-    section = readme_section("Clients")
+    section = doc_section("docs/clients.md", "Clients")
     [config] = [block for block in fenced_blocks(section, "toml") if "model_providers" in block]
     assert config == codex_config("http://localhost:8081/v1")
     assert f"{KEY_VARIABLE}=apk_" in section  # the variable the provider's env_key names

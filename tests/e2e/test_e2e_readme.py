@@ -1,4 +1,5 @@
-"""The README's "Try it" examples, run as a newcomer would paste them."""
+"""The README's examples after `make run`, and those of docs/clients.md and docs/operations.md,
+run as a newcomer would paste them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 from tests.support.harness import (
     ADMIN_SECRET,
     UPSTREAM_KEY,
+    as_pasted,
+    doc_section,
     fenced_blocks,
-    readme_section,
     run_pasted,
 )
 from tests.support.standin import StandIn
@@ -21,12 +23,13 @@ from tests.support.standin import StandIn
 def test_try_it_examples_work_against_a_real_proxy(
     make_proxy, standin: StandIn, tmp_path: Path
 ) -> None:
-    try_it, operate = (
-        fenced_blocks(readme_section("Try it"), "bash"),
-        fenced_blocks(readme_section("Operate it"), "bash"),
+    first, more, operate = (
+        fenced_blocks(doc_section("README.md", "First key and first request"), "bash"),
+        fenced_blocks(doc_section("README.md", "More to try"), "bash"),
+        fenced_blocks(doc_section("docs/operations.md", "Operate it"), "bash"),
     )
-    assert (len(try_it), len(operate)) == (3, 2)
-    blocks = try_it + operate
+    assert (len(first), len(more), len(operate)) == (1, 2, 2)
+    blocks = first + more + operate
     # The proxy takes its secret and database from .env, as after `make run`.
     dotenv = f"ADMIN_SECRET={ADMIN_SECRET}\nDATABASE_PATH=./data/proxy.db\n"
     proxy = make_proxy(standin.url, dotenv=dotenv, ADMIN_SECRET=None, DATABASE_PATH=None)
@@ -55,8 +58,8 @@ def test_try_it_examples_work_against_a_real_proxy(
 
 
 def test_client_examples_run_against_a_real_proxy(proxy, standin: StandIn) -> None:
-    """The Python snippets of "Clients", with the real port and a real key."""
-    blocks = fenced_blocks(readme_section("Clients"), "python")
+    """The Python snippets of docs/clients.md, with the real port and a real key."""
+    blocks = fenced_blocks(doc_section("docs/clients.md", "Clients"), "python")
     assert len(blocks) == 3
     key = proxy.create_key("readme-clients")
     for block in blocks:
@@ -72,15 +75,21 @@ def test_client_examples_run_against_a_real_proxy(proxy, standin: StandIn) -> No
 
 
 def test_dashboard_endpoint_examples_work(proxy, tmp_path: Path) -> None:
-    """The curl lines of "Dashboard", with the admin secret in the environment."""
-    (block,) = fenced_blocks(readme_section("Dashboard"), "bash")
-    script = "set -euo pipefail\n" + block.replace("localhost:8081", f"127.0.0.1:{proxy.port}")
+    """The curl lines of "Dashboard" (docs/operations.md), with the admin secret and PORT
+    in the environment."""
+    (block,) = fenced_blocks(doc_section("docs/operations.md", "Dashboard"), "bash")
+    script = "set -euo pipefail\n" + as_pasted(block, proxy.port)
     result = subprocess.run(
         ["bash", "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ADMIN_SECRET": ADMIN_SECRET},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "ADMIN_SECRET": ADMIN_SECRET,
+            "PORT": str(proxy.port),
+        },
     )
     assert result.returncode == 0, result.stderr
     answers, text, decoder = [], result.stdout, json.JSONDecoder()

@@ -381,15 +381,25 @@ def start_proxy(
     return proxy
 
 
-# --- the README, run as a newcomer pastes it ---------------------------------------------
+# --- the README and docs/, run as a newcomer pastes them -----------------------------------
 
 
-def readme_section(title: str) -> str:
-    """The text of the README's `## title` section."""
-    text = (ROOT / "README.md").read_text()
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.S | re.M)
-    assert match, f"README has no section {title!r}"
-    return match.group(1)
+def doc_section(page: str, title: str) -> str:
+    """The text of the section titled `title` (`#` to `###`) of `page` (`README.md` or
+    `docs/NAME.md`), up to the next heading of the same or a higher level."""
+    text = (ROOT / page).read_text()
+    match = re.search(rf"^(#{{1,3}}) {re.escape(title)}\n", text, re.M)
+    assert match, f"{page} has no section {title!r}"
+    level = len(match.group(1))
+    end = re.compile(rf"^#{{1,{level}}} ", re.M)
+    body, fenced = [], False
+    for line in text[match.end() :].splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced and end.match(line):
+            break
+        body.append(line)
+    return "".join(body)
 
 
 def fenced_blocks(section: str, language: str) -> list[str]:
@@ -397,18 +407,25 @@ def fenced_blocks(section: str, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", section, re.S)
 
 
+def as_pasted(script: str, port: int) -> str:
+    """Doc bash blocks pointed at `port`: the `export PORT=8081` line and any
+    hard-coded `localhost:8081` name it instead."""
+    script = re.sub(r"^export PORT=8081\b", f"export PORT={port}", script, flags=re.M)
+    return script.replace("localhost:8081", f"127.0.0.1:{port}")
+
+
 def run_pasted(proxy: Proxy, blocks: list[str], home: Path) -> subprocess.CompletedProcess[str]:
-    """Run README bash blocks in the proxy's folder the way a user pastes them after
-    `make run` (a `.venv` and `scripts/` at hand), against this proxy's real port."""
+    """Run doc bash blocks in the proxy's folder the way a user pastes them after
+    `make run` (a `.venv` and `scripts/` at hand, `PORT` exported), against this proxy's
+    real port."""
     (proxy.workdir / ".venv").symlink_to(Path(sys.prefix))
     (proxy.workdir / "scripts").symlink_to(ROOT / "scripts")
-    script = "set -euo pipefail\n" + "\n".join(blocks)
-    script = script.replace("localhost:8081", f"127.0.0.1:{proxy.port}")
+    script = "set -euo pipefail\n" + as_pasted("\n".join(blocks), proxy.port)
     return subprocess.run(
         ["bash", "-c", script],
         cwd=proxy.workdir,
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home), "PORT": str(proxy.port)},
     )

@@ -463,8 +463,8 @@ class OptionsLike(dict):
 
 
 def readme_settings_rows() -> dict[str, list[str]]:
-    """The README's settings table, parsed: variable -> [option, default, meaning]."""
-    text = (REPO / "README.md").read_text()
+    """The settings table of docs/reference.md, parsed: variable -> [option, default, meaning]."""
+    text = (REPO / "docs" / "reference.md").read_text()
     section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():

@@ -1,4 +1,5 @@
-"""The README's error table is `errors.CODES`, and the source answers with exactly its codes.
+"""The error table of docs/reference.md is `errors.CODES`, and the source answers with
+exactly its codes.
 
 Codes are read from the source (`ast`), wherever the proxy writes one:
 - the code argument of `error_response(...)`, `error_payload(...)`, `ClientApi.error(...)`, a
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import apipod_proxy
 from apipod_proxy import errors, mitm_compat
+from apipod_proxy.config import DOCS_PAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = Path(apipod_proxy.__file__).parent
@@ -164,7 +166,7 @@ def source_codes() -> set[str]:
 
 
 def readme_codes() -> set[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / DOCS_PAGE).read_text()
     table = text[text.index("| Status | `code` | When |") :].split("\n\n")[0]
     codes: set[str] = set()
     for row in table.splitlines()[2:]:
@@ -234,7 +236,7 @@ def test_the_table_has_one_row_a_code_each_one_line() -> None:
 
 def test_the_readme_error_table_is_generated_from_the_codes() -> None:
     """`python -m apipod_proxy.errors --write` wrote it (and does nothing more now)."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / DOCS_PAGE).read_text()
     start = errors.README_START + "\n"
     shown = text[text.index(start) + len(start) : text.index("\n\n" + errors.README_END)]
     assert shown == errors.readme_table(), "python -m apipod_proxy.errors --write"
@@ -245,7 +247,7 @@ def test_the_readme_lists_the_forwarding_table() -> None:
     """The "What is forwarded" table is `forwarding.FORWARDED`, row for row."""
     from apipod_proxy.policy.forwarding import readme_table
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / DOCS_PAGE).read_text()
     start = "<!-- forwarding table: generated from apipod_proxy.policy.forwarding.FORWARDED -->\n"
     shown = text[text.index(start) + len(start) : text.index("\n<!-- end of forwarding table -->")]
     assert shown == readme_table()
@@ -255,7 +257,7 @@ def test_the_readme_lists_the_endpoint_table() -> None:
     """ "The proxy's own endpoints" is `endpoints.ENDPOINTS`, row for row."""
     from apipod_proxy.endpoints import readme_table
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / DOCS_PAGE).read_text()
     start = "<!-- endpoint table: generated from apipod_proxy.endpoints.ENDPOINTS -->\n"
     shown = text[text.index(start) + len(start) : text.index("\n<!-- end of endpoint table -->")]
     assert shown == readme_table()

@@ -177,8 +177,8 @@ def test_a_bad_forward_row_keeps_the_last_good_file(tmp_path: Path) -> None:
 
 
 def test_the_readme_forward_example_is_valid() -> None:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### What is forwarded") : text.index("### Headers")]
+    text = (ROOT / "docs" / "reference.md").read_text()
+    section = text[text.index("## What is forwarded") : text.index("## The proxy's own endpoints")]
     (block,) = re.findall(r"```toml\n(.*?)```", section, re.S)
     assert "/v1/embeddings" in Forwarding().prepare(read_toml(block))
 

@@ -9,9 +9,9 @@ relative ones resolved. Then:
 - nothing in the package imports `addon` (addons/apipod.py, outside it, is its importer);
 - addon.py stays short;
 - each folder's `__init__.py` docstring has one line per module and a "May import:"
-  line equal to its row, and the README's layout table agrees with the rows.
+  line equal to its row, and the layout table of docs/reference.md agrees with the rows.
 
-Changing a rule means changing its row here, the folder's docstring and the README's
+Changing a rule means changing its row here, the folder's docstring and docs/reference.md's
 table; the tests say which of them disagree.
 """
 
@@ -106,7 +106,7 @@ LAYOUT: dict[str, tuple[str, ...]] = {
 NOTHING_IMPORTS = ("addon",)
 #: addon.py holds the hooks only, each handing the flow on.
 ADDON_MAX_LINES = 250
-#: The README's layout table follows this line.
+#: The layout table of docs/reference.md follows this line.
 README_TABLE = "<!-- layout table: tests/unit/test_layout.py checks it against LAYOUT -->"
 #: Outside the package, only these packages are checked (those the rows speak of).
 CHECKED = ("apipod_proxy", "tests", "bench", "mitmproxy")
@@ -509,8 +509,8 @@ def test_the_package_says_what_its_top_level_holds() -> None:
 
 
 def readme_table() -> dict[str, tuple[str, str]]:
-    """The README's layout table: folder -> (what it holds, what it may import)."""
-    text = (ROOT / "README.md").read_text()
+    """The layout table of docs/reference.md: folder -> (what it holds, what it may import)."""
+    text = (ROOT / "docs" / "reference.md").read_text()
     table = text[text.index(README_TABLE) + len(README_TABLE) :].strip().split("\n\n")[0]
     rows = {}
     for line in table.splitlines()[2:]:
@@ -531,7 +531,7 @@ def test_the_readme_table_shows_the_layout() -> None:
     outside = [row for row in LAYOUT if row not in inside]
     assert list(rows) == [*inside, "top level", *outside]
     for row, allowed in LAYOUT.items():
-        assert words(rows[row][1]) == allowed, f"README's row for {row}"
+        assert words(rows[row][1]) == allowed, f"docs/reference.md's row for {row}"
     holds, imports = rows["top level"]
     assert set(re.findall(r"`(\w+)`", holds)) >= set(top_level_modules())
     assert all(f"`{name}`" in imports for name in NOTHING_IMPORTS)
