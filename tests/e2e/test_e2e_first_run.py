@@ -6,13 +6,17 @@
 - A PORT already in use: one line naming PORT, and no "ready" line.
 - A relative DATABASE_PATH is the same file for the proxy and the key script, from any
   folder; a key script about to create a new database says so.
+- The README's first screen, walked in a fresh clone: `make run` (its recipes), the
+  upstream's two lines of `.env`, the first key and request, and Ctrl-C draining.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,8 +25,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.support.harness import ADMIN_SECRET, ROOT, UPSTREAM_KEY, Proxy, free_port
+from tests.support.harness import (
+    ADMIN_SECRET,
+    ROOT,
+    UPSTREAM_KEY,
+    Proxy,
+    as_pasted,
+    doc_section,
+    fenced_blocks,
+    free_port,
+    healthy,
+    spawn,
+    upstream_checked,
+    wait_ready,
+)
 from tests.support.standin import StandIn
 
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
@@ -185,3 +203,145 @@ def test_an_option_in_mitmproxys_config_yaml_applies(
     proxy = make_proxy(standin.url, command=command)
     [ready] = wait_for_lines(proxy, "apipod ready:")
     assert "upstream timeout 8s" in ready
+
+
+# --- the README's first screen, in a fresh clone -------------------------------------------
+
+
+def fresh_clone(folder: Path) -> Path:
+    """The repository's tracked files (`git ls-files`, as a clone has them, with their
+    uncommitted edits) in `folder`, with no .env, data/ or .venv."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if listed.returncode != 0 or shutil.which("git") is None:
+        pytest.skip("not a git checkout: no tracked files to clone")
+    clone = folder / "clone"
+    for name in filter(None, listed.stdout.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, clone / name)
+    assert not (clone / ".env").exists() and not (clone / "data").exists()
+    return clone
+
+
+def make_recipe(clone: Path, target: str) -> list[str]:
+    """The command of a one-line Makefile recipe, with this venv's Python for $(BIN)/python
+    (so `make run` is run as written without reinstalling the package)."""
+    makefile = (clone / "Makefile").read_text()
+    match = re.search(rf"^{re.escape(target)}:.*\n\t(.+)\n(?!\t)", makefile, re.M)
+    assert match, f"Makefile has no one-line recipe for {target}"
+    return match[1].replace("$(BIN)/python", sys.executable).split()
+
+
+def dotenv_with(text: str, values: dict[str, str]) -> str:
+    """`.env` text with these variables set as a user edits them in place."""
+    for name, value in values.items():
+        text, found = re.subn(rf"^#? ?{name}=.*$", f"{name}={value}", text, flags=re.M)
+        assert found, f".env has no {name} line to edit"
+    return text
+
+
+def test_the_readme_first_screen_works_in_a_fresh_clone(tmp_path: Path, standin: StandIn) -> None:
+    clone = fresh_clone(tmp_path)
+    readme = (clone / "README.md").read_text()
+    assert "Ctrl-C" in doc_section("README.md", "Stop")
+    (start,) = fenced_blocks(doc_section("README.md", "Quick start"), "bash")
+    assert [line.split()[:2] for line in start.splitlines()] == [["make", "run"], ["make", "test"]]
+    # The package, its scripts and `.venv/bin/python` as a clone's `make run` installs
+    # them: this venv's interpreter, importing the clone's own src/.
+    (clone / ".venv").symlink_to(Path(sys.prefix))
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ANTIGRAVITY_", "ADMIN_"))},
+        "PYTHONPATH": str(clone / "src"),
+        "PORT": str(port),  # a free port where a newcomer gets 8081
+        "HOME": str(tmp_path),
+    }
+    for name in ("DATABASE_PATH", "DATABASE_URL", "REDIS_URL", "ROUTES_FILE"):
+        env.pop(name, None)
+
+    # `make run`, first the `.env:` recipe: .env from .env.example with a fresh secret.
+    subprocess.run(make_recipe(clone, ".env"), cwd=clone, env=env, check=True, timeout=30)
+    dotenv = (clone / ".env").read_text()
+    secret = re.search(r"^ADMIN_SECRET=(.+)$", dotenv, re.M)
+    assert secret and secret[1] != ADMIN_SECRET and len(secret[1]) >= 16
+    # "Point the proxy at your upstream with two lines of .env": the README's lines,
+    # with the stand-in's address and key.
+    (lines,) = fenced_blocks(doc_section("README.md", "Quick start"), "ini")
+    names = [line.split("=")[0] for line in lines.splitlines()]
+    assert names == ["ANTIGRAVITY_URL", "ANTIGRAVITY_KEY"]
+    edited = dict(zip(names, [standin.url, UPSTREAM_KEY], strict=True))
+    (clone / ".env").write_text(dotenv_with(dotenv, edited))
+
+    # Then the `run:` recipe, in the foreground as a terminal would hold it.
+    log = tmp_path / "make-run.log"
+    process = spawn(make_recipe(clone, "run"), clone, log, env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(process, healthy(url), log.read_text)
+        upstream_checked(url)  # its start-up probes of the stand-in are done
+        standin.reset()
+
+        # "First key and first request", pasted in another terminal at the clone's root.
+        (block,) = fenced_blocks(doc_section("README.md", "First key and first request"), "bash")
+        assert "export PORT=8081" in block
+        pasted = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + as_pasted(block, port)],
+            cwd=clone,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": env["PYTHONPATH"]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out = pasted.stdout
+        assert pasted.returncode == 0, pasted.stderr + out
+        assert pasted.stderr == ""  # no curl meter, no warnings
+        completion, stream = out.split("\n", 1)
+        assert json.loads(completion)["object"] == "chat.completion"  # ends in a newline
+        assert stream.startswith("data: {") and stream.rstrip().endswith("data: [DONE]")
+        routed = [r.json()["model"] for r in standin.received]  # both, routed by the alias
+        assert len(routed) == 2 and set(routed) <= {"claude-sonnet-4-5", "gemini-3-flash"}
+        assert (clone / "data" / "proxy.db").is_file()  # the key went where the proxy reads
+
+        # "Stop": Ctrl-C while a stream is in flight; the stream finishes, then exit 0.
+        key = subprocess.run(
+            [sys.executable, "scripts/create_key.py", "--name", "drain"],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        headers = {
+            "authorization": f"Bearer {key}",
+            "x-standin-chunks": "5",
+            "x-standin-interval": "0.3",
+        }
+        body = {"model": "gemini-3-flash", "stream": True, "messages": []}
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", headers=headers, json=body, timeout=30
+        ) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            process.send_signal(signal.SIGINT)
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]" and len([x for x in rest if x.startswith("data: {")]) >= 4
+        assert process.wait(timeout=30) == 0, log.read_text()
+        assert "stop signal: draining 1 in-flight requests" in log.read_text()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/health", timeout=2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # The usage the stop wrote: alice's two requests and the drained stream.
+    usage = run(
+        [sys.executable, "scripts/keys.py", "usage", "--json"], clone, PYTHONPATH=env["PYTHONPATH"]
+    )
+    assert usage.returncode == 0, usage.stderr
+    counted = {row["name"]: row["requests"] for row in json.loads(usage.stdout)}
+    assert counted == {"alice": 2, "drain": 1}
+    assert readme.startswith("# Apipod Smart Proxy\n")

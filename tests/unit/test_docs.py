@@ -261,3 +261,70 @@ def test_the_readme_lists_the_endpoint_table() -> None:
     start = "<!-- endpoint table: generated from apipod_proxy.endpoints.ENDPOINTS -->\n"
     shown = text[text.index(start) + len(start) : text.index("\n<!-- end of endpoint table -->")]
     assert shown == readme_table()
+
+
+# --- links between README.md and docs/*.md -----------------------------------------------
+
+#: Every page the README and its docs consist of.
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+LINK = re.compile(r"\]\(([^)\s]+)\)|<img [^>]*\bsrc=\"([^\"]+)\"")
+
+
+def slug(heading: str) -> str:
+    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors of a page's headings (outside code blocks)."""
+    return {slug(m[1]) for m in re.finditer(r"^#+ (.+)$", FENCE.sub("", text), re.M)}
+
+
+def broken_links(page: Path, text: str) -> list[str]:
+    """The relative links of `text` (the page at `page`) whose file or anchor is missing."""
+    broken = []
+    for match in LINK.finditer(FENCE.sub("", text)):
+        target = match[1] or match[2]
+        if re.match(r"[a-z]+:", target):  # https:, mailto: ...
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            broken.append(f"{target} (no file {file})")
+        elif anchor and (file.suffix != ".md" or anchor not in anchors(file.read_text())):
+            broken.append(f"{target} (no heading #{anchor} in {file.name})")
+    return broken
+
+
+def test_the_link_check_finds_a_missing_file_and_a_missing_anchor() -> None:
+    page = ROOT / "docs" / "routing.md"
+    text = "[a](nowhere.md) [b](operations.md#no-such-heading) [c](#upstreams) [d](../README.md)"
+    assert [b.split()[0] for b in broken_links(page, text)] == [
+        "nowhere.md",
+        "operations.md#no-such-heading",
+    ]
+    assert slug("The proxy's own endpoints") == "the-proxys-own-endpoints"
+
+
+def test_every_relative_link_of_the_readme_and_docs_points_somewhere() -> None:
+    broken = {p.name: b for p in DOC_PAGES if (b := broken_links(p, p.read_text()))}
+    assert not broken, broken
+
+
+def test_the_readme_links_every_docs_page() -> None:
+    readme = (ROOT / "README.md").read_text()
+    unlinked = [p.name for p in DOC_PAGES[1:] if f"](docs/{p.name})" not in readme]
+    assert not unlinked, f"README.md links no {unlinked}"
+
+
+def test_the_first_screen_is_short_and_keeps_setup_details_out() -> None:
+    """Up to "Read on": what it is, the two commands, the upstream, the first key and
+    request, how to stop; no apt-get, CI=true or .ci/run."""
+    readme = (ROOT / "README.md").read_text()
+    first = readme[: readme.index("\n## Read on\n")]
+    assert len(first.splitlines()) <= 70
+    for word in ("make run", "make test", "ANTIGRAVITY_URL", "ANTIGRAVITY_KEY", "Ctrl-C"):
+        assert word in first, word
+    for word in ("apt-get", "Debian", "CI=true", ".ci/run"):
+        assert word not in first, word
