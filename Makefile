@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 help:
 	@echo "make run             start the proxy (creates .venv and .env on first use)"
 	@echo "make test            lint and run the whole test suite"
-	@echo "make screenshots     retake the README's dashboard screenshots into docs/"
+	@echo "make screenshots     retake the dashboard screenshots (docs/*.png)"
 	@echo "make bench           benchmark apipod against bare mitmdump (ARGS=--quick: short)"
 	@echo "make bench-replicas  throughput of 1 vs 2 replicas behind HAProxy"
 	@echo "make soak            200 streams + 2,000 requests while keys churn"
@@ -49,7 +49,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# curl runs the README's examples; wrk the bench smoke test, chromium the browser tests
+# curl runs the examples of README.md and docs/; wrk the bench smoke test, chromium the browser tests
 # of the dashboard, HAProxy the many-replicas tests, npm (Debian's npm brings nodejs)
 # the real-upstream tier; tests/support/real_upstream.py installs antigravity-claude-proxy
 # and Codex CLI (pinned) and Claude Code from the npm registry into ~/.cache (each
@@ -63,7 +63,7 @@ test: lint
 	$(BIN)/python -m tests.support.real_upstream
 	$(BIN)/pytest
 
-# Retake the README's screenshots (docs/*.png) with the dashboard's browser tests.
+# Retake the screenshots of docs/operations.md (docs/*.png) with the dashboard's browser tests.
 screenshots: $(VENV)/.installed-test
 	@$(call need,chromium)
 	SCREENSHOTS=docs $(BIN)/pytest -q tests/e2e/test_e2e_dashboard.py

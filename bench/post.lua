@@ -5,7 +5,7 @@
 --
 -- The model is gemini-3-flash, which apipod passes through unchanged; the
 -- cursor-pro-sonnet alias costs the same (one dict lookup and a random draw more,
--- then the body is re-serialised), see README "What the proxy does with each request".
+-- then the body is re-serialised), see docs/reference.md, "What the proxy does with each request".
 -- The same request goes to apipod, bare mitmdump and the upstream directly; the last
 -- two ignore the key.
 

@@ -4,7 +4,7 @@
 #
 # HAProxy listens on $PORT (default 8081); replica i listens on $PORT+i. All share
 # DATABASE_PATH (SQLite in WAL mode), or DATABASE_URL and REDIS_URL when .env sets them
-# (README, "Scaling out"). Ctrl-C or SIGTERM stops everything, letting the
+# (docs/scaling.md, "Scaling out"). Ctrl-C or SIGTERM stops everything, letting the
 # replicas drain their in-flight requests.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,7 +6,7 @@ not work on these machines). Without Chromium the file skips with one line; unde
 must run. Every page opened here also checks that the browser saw no CSP violation, no
 script error and no dialog.
 
-The tests take the README's screenshots: into a temporary folder, or into docs/ under
+The tests take the screenshots of docs/operations.md: into a temporary folder, or into docs/ under
 `make screenshots` (SCREENSHOTS=docs), so an ordinary test run changes no tracked file.
 """
 
