@@ -3,6 +3,7 @@
     probe.py   which API the upstream speaks (UPSTREAM_API=auto), model drift, /health's view
     models.py  GET /v1/models: the upstream's list plus the proxy's own names
     quota.py   the upstream's quota answers (structured only), reset times, capped cooldowns
+    pool.py    several upstreams: [upstreams] tables, choice by weight, ejection, cooldowns
 
 May import: base modules, policy/, storage/, translate/.
 
