@@ -39,5 +39,5 @@ Base modules: bodies, clock, config, credentials, errors, jsonenc, keys, logs, m
 metrics, mitm_compat.
 
 No import circle, not even under TYPE_CHECKING; tests/unit/test_layout.py checks these
-rules and the README's layout table.
+rules and the layout table in docs/reference.md.
 """

@@ -307,7 +307,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         _optional_text,
         "A TOML routing table, with prices and tiers, re-read when it changes; see "
-        '"Routing table" and "Plans and budgets". A relative path resolves like DATABASE_PATH.',
+        "docs/routing.md. A relative path resolves like DATABASE_PATH.",
         shown_default="(none: built-in table)",
         is_path=True,
     ),
@@ -319,7 +319,7 @@ SETTINGS: tuple[Setting, ...] = (
         _choice("auto", "anthropic", "openai", "both"),
         "The API the upstream speaks: `anthropic` (OpenAI clients are translated), "
         "`openai` (Anthropic clients are translated), `both` (nothing is), or `auto` "
-        'to find out at startup; see "Upstreams".',
+        'to find out at startup; see docs/routing.md, "Upstreams".',
     ),
     # antigravity-claude-proxy's quota answers name their reset time; this is for those
     # that do not.
@@ -344,7 +344,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         _service_url("postgresql", "postgres"),
         "`postgresql://user:password@host:5432/db` puts keys and usage in PostgreSQL instead "
-        'of DATABASE_PATH, shared by replicas on any host; see "Scaling out".',
+        'of DATABASE_PATH, shared by replicas on any host; see docs/scaling.md, "Scaling out".',
         secret=True,
         shown_default="(none: SQLite)",
     ),
@@ -353,7 +353,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         _service_url("redis", "rediss", "unix"),
         "`redis://host:6379/0` shares rate limits and budget spend between replicas; without "
-        'it limits are per process. See "Scaling out".',
+        'it limits are per process. See docs/scaling.md, "Scaling out".',
         secret=True,
         shown_default="(none: per process)",
     ),
@@ -368,7 +368,8 @@ SETTINGS: tuple[Setting, ...] = (
         "TRIM_ADDONS",
         "true",
         _parse_bool,
-        'Unload the mitmproxy addons a gateway never uses (faster; see "Performance"). '
+        "Unload the mitmproxy addons a gateway never uses (faster; see docs/scaling.md, "
+        '"Performance"). '
         "`false` keeps them, for options such as `--set save_stream_file=…`.",
     ),
     # --- client connections (connections.py) ---
@@ -378,14 +379,15 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_positive_float,
         "Seconds a client has to send complete request headers, from opening the connection "
         "(or from the first byte of a later request on keep-alive); then 408 "
-        '`request_timeout` (or a plain close if nothing was sent). See "Reliability".',
+        "`request_timeout` (or a plain close if nothing was sent). See docs/operations.md, "
+        '"Reliability".',
     ),
     Setting(
         "CLIENT_BODY_TIMEOUT",
         "30",
         _parse_positive_float,
         "Seconds a client may pause between reads of a request body; then 408 "
-        '`request_timeout` and a close. See "Limits".',
+        '`request_timeout` and a close. See docs/security.md, "Limits".',
     ),
     Setting(
         "UNAUTHENTICATED_BODY_BUFFER",
@@ -393,7 +395,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_size,
         "Bytes of request bodies without a customer key (the admin API, the dashboard) held "
         "in memory at once, all connections together; past it 413 `request_too_large` and a "
-        'close. See "Limits".',
+        'close. See docs/security.md, "Limits".',
     ),
     Setting(
         "IDLE_TIMEOUT",
@@ -415,7 +417,7 @@ SETTINGS: tuple[Setting, ...] = (
         "30",
         _parse_days,
         "Days the per-request log (`keys.py requests`, `GET /admin/requests`) is kept, pruned "
-        'hourly; `0` turns it off. See "Plans and budgets".',
+        'hourly; `0` turns it off. See docs/routing.md, "Plans and budgets".',
     ),
     # --- security (forwarding.py, admin.py) ---
     Setting(
@@ -424,7 +426,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_networks,
         "Addresses or networks (`10.0.0.5,192.168.0.0/16`) of front proxies whose "
         "`X-Forwarded-For` and `X-Forwarded-Proto` name the client; from others they are "
-        'dropped. See "Security".',
+        "dropped. See docs/security.md.",
         shown_default="(none)",
     ),
     Setting(
@@ -441,7 +443,7 @@ SETTINGS: tuple[Setting, ...] = (
         _choice("on", "off"),
         "`on` bills reasoning tokens estimated from the thinking delivered (characters / 4) "
         "at the model's output price, when the upstream does not report them. "
-        '`off` records them apart, unbilled. See "Usage accounting".',
+        '`off` records them apart, unbilled. See docs/operations.md, "Usage accounting".',
     ),
 )
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}

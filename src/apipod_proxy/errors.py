@@ -154,7 +154,7 @@ CODES: tuple[ErrorCode, ...] = (
         "invalid_request_target",
         400,
         "The target is not a plain path: absolute-form (`GET http://host/x`), percent "
-        'escapes, `//`, `.` or `..` segments (see "Security")',
+        "escapes, `//`, `.` or `..` segments (see docs/security.md)",
     ),
     ErrorCode(
         "invalid_model",
@@ -179,7 +179,7 @@ CODES: tuple[ErrorCode, ...] = (
     ErrorCode(
         "unsupported_content_type",
         400,
-        'A `Content-Type` other than JSON on a model endpoint (see "Security")',
+        "A `Content-Type` other than JSON on a model endpoint (see docs/security.md)",
     ),
     ErrorCode(
         "unsupported_by_upstream",
@@ -239,7 +239,7 @@ CODES: tuple[ErrorCode, ...] = (
     ErrorCode(
         "not_found",
         404,
-        'A path neither the proxy nor the forwarding table serves (see "Security")',
+        "A path neither the proxy nor the forwarding table serves (see docs/security.md)",
     ),
     ErrorCode("key_not_found", 404, "Admin API: no key with that id"),
     ErrorCode(
@@ -274,15 +274,15 @@ CODES: tuple[ErrorCode, ...] = (
         "insufficient_quota",
         429,
         "The key's budget is spent, or what is left of it is held by its requests in "
-        'progress (see "Plans and budgets"); the message says when it resets (see '
+        'progress (see docs/routing.md, "Plans and budgets"); the message says when it resets (see '
         "`Retry-After`)",
     ),
     ErrorCode(
         "upstream_quota_exhausted",
         429,
         "The upstream's quota for the model ran out, or every target of the alias is "
-        'cooling down (see "Upstreams" and `Retry-After`); also the `code` of the error '
-        "chunk when it happens inside a stream",
+        'cooling down (see docs/routing.md, "Upstreams", and `Retry-After`); also the `code` of '
+        "the error chunk when it happens inside a stream",
     ),
     ErrorCode(
         "request_headers_too_large",
