@@ -38,6 +38,9 @@ class FlowState:
     #: The client's address and scheme, past trusted front proxies (forwarding.py).
     client: str = ""
     client_proto: str = "http"
+    #: The path (with query) as the client sent it, before any rewrite points the
+    #: request at the upstream's endpoint: the access line shows both.
+    client_path: str = ""
     #: One of the proxy's own paths answered without a customer key (endpoints/).
     internal: bool = False
     user: KeyRecord | None = None

@@ -99,7 +99,12 @@ def redact(text: str, limit: int = 160) -> str:
 
 def shown_path(flow: http.HTTPFlow, limit: int = 160) -> str:
     """The request's path for a log line: no query string, keys redacted, printable."""
-    return redact(printable(flow.request.path.partition("?")[0]), limit)
+    return shown(flow.request.path, limit)
+
+
+def shown(path: str, limit: int = 160) -> str:
+    """`path` for a log line: no query string, keys redacted, printable."""
+    return redact(printable(path.partition("?")[0]), limit)
 
 
 def failure_status(error: mflow.Error | None, forwarded: bool) -> int:
@@ -117,13 +122,17 @@ def failure_status(error: mflow.Error | None, forwarded: bool) -> int:
 
 
 def access(flow: http.HTTPFlow, state: FlowState, status: int) -> None:
-    """Write the request's access line."""
+    """Write the request's access line: the client's method and path, and the
+    upstream's path after ` → ` when a translation sent the request elsewhere."""
     user = state.user
+    # A client may put its key in the path, too.
+    path = shown(state.client_path or flow.request.path, MAX_LOGGED_PATH)
+    upstream_path = shown_path(flow, MAX_LOGGED_PATH)
     fields: dict[str, Any] = {
         "request_id": state.request_id,
         "method": printable(flow.request.method),
-        # A client may put its key in the path, too.
-        "path": shown_path(flow, MAX_LOGGED_PATH),
+        "path": path,
+        "upstream_path": upstream_path if upstream_path != path else None,
         "status": status,
         "duration_ms": round((time.perf_counter() - state.started) * 1000, 1),
         "key_id": user.id if user else None,
@@ -134,7 +143,9 @@ def access(flow: http.HTTPFlow, state: FlowState, status: int) -> None:
     if flow.error and flow.response is None:
         fields["error"] = redact(flow.error.msg)
     text = (
-        f"{fields['method']} {fields['path']} {status} {fields['duration_ms']}ms "
+        f"{fields['method']} {path}"
+        + (f" → {upstream_path}" if fields["upstream_path"] else "")
+        + f" {status} {fields['duration_ms']}ms "
         f"key={f'{user.id}:{user.name}' if user else '-'} id={state.request_id}"
     )
     if fields["model"] is not None:

@@ -108,3 +108,22 @@ def test_health_shows_the_upstream_and_the_cooldowns(over_claude: Gateway) -> No
     assert 40 <= health["cooldowns"][0]["seconds_left"] <= 42
     metrics = over_claude.addon.gateway.metrics.render().decode()
     assert f'apipod_model_cooldown{{model="{CLAUDE}"}}' in metrics
+
+
+def test_the_access_line_shows_the_clients_path_then_the_upstreams(over_claude: Gateway) -> None:
+    """(Forwarded in the API it came in, the line has one path: test_accounting.py.)"""
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": GEMINI,
+        "content": [{"type": "text", "text": "Hello"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 5, "output_tokens": 2},
+    }
+    answer(over_claude, send(over_claude), 200, message)
+    [line] = [line for line in over_claude.lines() if " key=" in line]
+    assert line.startswith("POST /v1/chat/completions → /v1/messages 200 "), line
+    [record] = [r for r in over_claude.log.records if hasattr(r, "access")]
+    assert record.access["path"] == "/v1/chat/completions"
+    assert record.access["upstream_path"] == "/v1/messages"

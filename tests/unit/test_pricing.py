@@ -161,3 +161,15 @@ def test_default_price_prices_every_unlisted_name_and_names_match_exactly() -> N
 
 def test_the_routing_table_accepts_default_price_at_the_top_level() -> None:
     routes_from(read_toml("[default_price]\ninput = 1\noutput = 1\n"))
+
+
+def test_without_prices_an_unpriced_model_is_free_and_says_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No [prices] (no ROUTES_FILE, or one with only routes): everything is free, as the
+    docs say, so a warning about a missing price would only mislead."""
+    plans = Plans(parse_plans("[tiers.trial]\nrpm = 5\n"))
+    with caplog.at_level(logging.WARNING, "apipod"):
+        assert plans.cost("gemini-3-flash", 1000, 0, 1000) == 0
+        assert Plans().cost("gemini-3-flash", 1000, 0, 1000) == 0
+    assert caplog.records == []

@@ -79,7 +79,7 @@ class Admission:
         sane = _REQUEST_ID.fullmatch(given_id) and not keys.looks_keyish(given_id)
         request_id = given_id if sane else "req_" + secrets.token_hex(8)
         state = flow.metadata[STATE] = FlowState(
-            request_id, api=ClientApi.of(request.path, request.headers)
+            request_id, api=ClientApi.of(request.path, request.headers), client_path=request.path
         )
         self.traffic.in_flight.add(flow.id)
         return state

@@ -184,7 +184,10 @@ class Plans:
         """USD for one request's tokens at `model`'s price; an unpriced model costs 0."""
         price = self.price_of(model)
         if price is None:
-            if model and model not in self._warned and len(self._warned) < 1000:
+            # Without prices (no [prices] table) everything is free, as documented: no
+            # warning then. With some, an unpriced model is likely a forgotten one.
+            warn = bool(self.table.prices) and model not in self._warned
+            if model and warn and len(self._warned) < 1000:
                 self._warned.add(model)
                 log.warning(
                     "model %r has no price in ROUTES_FILE: its requests cost 0", model[:200]
