@@ -29,6 +29,25 @@ from .storage.records import KEY_FIELDS, REQUEST_FIELDS, USAGE_FIELDS
 from .storage.requestlog import DEFAULT_LIMIT, parse_limit
 from .storage.sqlite import KeyStore
 
+#: `keys.py list`'s columns without `--wide`: the ones an operator reads daily, in at
+#: most 100 columns for names of up to NAME_WIDTH characters (`--wide` and `--json` show
+#: all of KEY_FIELDS).
+LIST_COLUMNS = [
+    "id",
+    "name",
+    "tier",
+    "active",
+    "expires_at",
+    "requests",
+    "errors",
+    "spend",
+    "budget",
+]
+#: Longer names are cut (with `…`) in the narrow list.
+NAME_WIDTH = 20
+#: `keys.py requests`'s fields: the request log's, with the key's name after its id.
+REQUEST_COLUMNS = [*REQUEST_FIELDS[:3], "name", *REQUEST_FIELDS[3:]]
+
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """Rows as left-aligned columns under a header; numbers right-aligned."""
@@ -100,7 +119,14 @@ def key_objects(store: KeyStore, key_id: int | None = None) -> list[dict[str, An
 
 
 def list_keys(store: KeyStore, args: argparse.Namespace) -> int:
-    _print(key_objects(store), KEY_FIELDS, args.json)
+    rows = key_objects(store)
+    if args.json or args.wide:
+        _print(rows, KEY_FIELDS, args.json)
+        return 0
+    for row in rows:
+        if len(row["name"]) > NAME_WIDTH:
+            row["name"] = row["name"][: NAME_WIDTH - 1] + "…"
+    _print(rows, LIST_COLUMNS, False)
     return 0
 
 
@@ -141,7 +167,12 @@ def rotate(store: KeyStore, args: argparse.Namespace) -> int:
 def requests(store: KeyStore, args: argparse.Namespace) -> int:
     since = clock.since(args.since, "--since")
     limit = parse_limit(args.limit, "--limit")
-    _print(store.requests(args.key, since, limit), REQUEST_FIELDS, args.json)
+    names = {row["id"]: row["name"] for row in key_objects(store)}
+    rows = [
+        {**{c: row[c] for c in REQUEST_FIELDS[:3]}, "name": names.get(row["key_id"]), **row}
+        for row in store.requests(args.key, since, limit)
+    ]
+    _print(rows, REQUEST_COLUMNS, args.json)
     return 0
 
 
@@ -225,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="all keys with their usage (requests, errors, tokens); never a key"
     )
     listing.add_argument("--json", action="store_true")
+    listing.add_argument("--wide", action="store_true", help="every column (wider than 100)")
     for name in ("revoke", "activate"):
         sub = commands.add_parser(name, help=f"{name} a key by id, effective at once")
         sub.add_argument("id", type=int)

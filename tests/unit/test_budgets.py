@@ -18,7 +18,7 @@ from apipod_proxy.clientapi import ClientApi
 from apipod_proxy.errors import Refusal
 from apipod_proxy.policy import budgets
 from apipod_proxy.policy.budgets import SpendLedger
-from apipod_proxy.policy.pricing import Plans, Price, PriceTable, Tier
+from apipod_proxy.policy.pricing import Plans, Price, PriceTable, Tier, money
 from apipod_proxy.storage.records import KeyRecord, UsageCounts
 from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.gateway import make_settings
@@ -179,7 +179,7 @@ def test_budget_refusal_is_insufficient_quota_with_the_reset_time() -> None:
     error = json.loads(refused.content or b"")["error"]
     assert (error["code"], error["type"]) == ("insufficient_quota", "insufficient_quota")
     assert error["message"] == (
-        "This API key's budget of $0.01 per month is used up ($0.0100 spent);"
+        "This API key's budget of $0.01 per month is used up ($0.01 spent);"
         " it resets at 2026-04-01T00:00:00Z"
     )
     assert refused.headers["retry-after"] == "3600"
@@ -192,9 +192,31 @@ def test_total_budget_never_resets_and_sends_no_retry_after() -> None:
     assert refused is not None
     assert "retry-after" not in refused.headers
     assert (
-        "$0.00 in total is used up ($0.0000 spent); it does not reset"
+        "$0.00 in total is used up ($0.00 spent); it does not reset"
         in (refused.content or b"").decode()
     )
+
+
+def test_a_tiny_budget_shows_the_digits_that_make_it_true() -> None:
+    """A budget of a few millionths is spent in millionths: cents would read $0.00."""
+    key = replace(KEY, budget=0.000025, budget_period="total")
+    ledger = SpendLedger()
+    ledger.add(key.id, 0.0000251, "2026-03-31T23:00:00Z")
+    refused = budget_refusal(key, PLANS, ledger, "2026-03-31T23:00:00Z")
+    assert refused is not None
+    message = json.loads(refused.content or b"")["error"]["message"]
+    assert "budget of $0.000025 in total is used up ($0.000025 spent)" in message
+
+
+def test_money_is_cents_or_more_digits_to_the_micro_dollar() -> None:
+    assert [money(v) for v in (5, 0.01, 0.0105, 0.000012, 1234.5, 0)] == [
+        "$5.00",
+        "$0.01",
+        "$0.0105",
+        "$0.000012",
+        "$1234.50",
+        "$0.00",
+    ]
 
 
 def test_a_day_budget_counts_today_only() -> None:
@@ -354,8 +376,8 @@ def test_the_ledger_keeps_holds_per_key_and_the_refusal_says_what_is_held() -> N
     assert refusal is not None and refusal.status_code == 429
     error = json.loads(refusal.content or b"")["error"]
     assert (error["code"], error["type"]) == ("insufficient_quota", "insufficient_quota")
-    assert "$0.6000 held by requests in progress" in error["message"]
-    assert "up to $0.5000" in error["message"] and "resets at" in error["message"]
+    assert "$0.60 held by requests in progress" in error["message"]
+    assert "up to $0.50" in error["message"] and "resets at" in error["message"]
     assert refusal.headers["x-should-retry"] == "false" and int(refusal.headers["retry-after"]) > 0
     ledger.release(1, "a")
     ledger.release(1, "a")  # twice is harmless

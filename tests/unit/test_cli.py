@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from apipod_proxy import clock, keys
+from apipod_proxy import cli, clock, keys
 from apipod_proxy.cli import table
 from apipod_proxy.storage.backend import open_store
 from apipod_proxy.storage.records import UsageCounts
@@ -218,7 +218,7 @@ def test_list_table_columns_are_aligned(capsys: pytest.CaptureFixture[str]) -> N
     create(capsys, "--name", "al")
     create(capsys, "--name", "bartholomew-the-long", "--tier", "basic", "--rpm", "120")
     create(capsys, "--name", "cy", "--expires-in", "30d", "--rpm", "5")
-    code, out, _ = main(capsys, "list")
+    code, out, _ = main(capsys, "list", "--wide")
     assert code == 0
     header, *rows = out.rstrip("\n").split("\n")
     assert len(rows) == 3
@@ -247,7 +247,7 @@ def test_list_table_shows_missing_values_as_dashes_and_active_as_yes_no(
     kept = create(capsys, "--name", "kept")
     gone = create(capsys, "--name", "gone")
     store.set_active(gone["id"], False)
-    _, out, _ = main(capsys, "list")
+    _, out, _ = main(capsys, "list", "--wide")
     lines = out.rstrip("\n").split("\n")
     cells = {line.split()[1]: line.split() for line in lines[1:]}
     active = LIST_COLUMNS.index("active")
@@ -259,9 +259,28 @@ def test_list_table_shows_missing_values_as_dashes_and_active_as_yes_no(
 
 
 def test_list_of_no_keys_prints_the_header(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = main(capsys, "list")
+    code, out, _ = main(capsys, "list", "--wide")
     assert code == 0
     assert out.split() == LIST_COLUMNS
+    code, out, _ = main(capsys, "list")
+    assert out.split() == cli.LIST_COLUMNS
+
+
+def test_list_fits_100_columns_and_wide_shows_every_column(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    create(capsys, "--name", "customer-with-a-long-name-indeed", "--budget", "250.5")
+    create(capsys, "--name", "bob", "--tier", "elite", "--expires-in", "365d")
+    code, out, _ = main(capsys, "list")
+    assert code == 0
+    lines = out.rstrip("\n").split("\n")
+    assert max(map(len, lines)) <= 100, out
+    assert lines[0].split() == cli.LIST_COLUMNS
+    assert "customer-with-a-lon…" in out and "bob" in out and "250.5" in out
+    _, wide, _ = main(capsys, "list", "--wide")
+    assert wide.split("\n")[0].split() == LIST_COLUMNS
+    assert max(map(len, wide.split("\n"))) > 100
+    assert "customer-with-a-long-name-indeed" in wide
 
 
 # --- revoke / activate ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from apipod_proxy import clock, keys
+from apipod_proxy import cli, clock, keys
 from apipod_proxy.storage.records import UsageCounts
 from apipod_proxy.storage.sqlite import KeyStore
 from tests.support.gateway import cli_create as create
@@ -139,10 +139,13 @@ def test_requests_lists_the_log_newest_first(
     assert code == 0
     printed = json.loads(out)
     assert [r["request_id"] for r in printed] == ["r2", "r0"]
-    assert all(list(r) == REQUEST_FIELDS for r in printed)
+    assert all(list(r) == cli.REQUEST_COLUMNS for r in printed)
+    assert [*REQUEST_FIELDS[:3], "name", *REQUEST_FIELDS[3:]] == cli.REQUEST_COLUMNS
+    assert [r["name"] for r in printed] == ["a", "a"]
     code, out, _ = main(capsys, "requests", "--limit", "1")
     header, line = out.strip().split("\n")
-    assert header.split() == REQUEST_FIELDS and "r2" in line
+    assert header.split() == cli.REQUEST_COLUMNS and "r2" in line
+    assert line.split()[3] == "a"  # the key's name, after its id
     assert line.split()[-1] == "yes"  # r2's figures are estimated (a cut stream)
     assert [r["estimated"] for r in printed] == [True, False]
     code, err = main_exit(capsys, "requests", "--limit", "0")

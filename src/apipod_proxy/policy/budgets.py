@@ -39,7 +39,7 @@ from ..config import Settings
 from ..errors import Refusal
 from ..storage.records import KEY_FIELDS, KeyRecord, SpendRows, period_start
 from ..translate import DEFAULT_MAX_TOKENS
-from .pricing import DEFAULT_PERIOD, PER_TOKENS, PERIODS, Plans, Price
+from .pricing import DEFAULT_PERIOD, PER_TOKENS, PERIODS, Plans, Price, money
 
 #: Largest budget accepted, in USD (enough for any plan, small enough to print).
 MAX_BUDGET = 1e9
@@ -287,12 +287,14 @@ def quota_refusal(
     reset = resets_at(period, moment)
     per = {"day": "per day", "month": "per month", "total": "in total"}[period]
     if spent >= budget:
-        message = f"This API key's budget of ${budget:.2f} {per} is used up (${spent:.4f} spent)"
+        message = (
+            f"This API key's budget of {money(budget)} {per} is used up ({money(spent)} spent)"
+        )
     else:
         message = (
-            f"This API key's budget of ${budget:.2f} {per} cannot cover this request"
-            f" (${spent:.4f} spent, ${held:.4f} held by requests in progress, this one"
-            f" estimated at up to ${amount:.4f}); retry when they finish"
+            f"This API key's budget of {money(budget)} {per} cannot cover this request"
+            f" ({money(spent)} spent, {money(held)} held by requests in progress, this one"
+            f" estimated at up to {money(amount)}); retry when they finish"
         )
     # Clients retry a 429 on their own; this one stays until the period ends.
     headers = {"x-should-retry": "false"}

@@ -196,6 +196,14 @@ class Plans:
         return price.cost(prompt_tokens, cached_tokens, completion_tokens)
 
 
+def money(usd: float) -> str:
+    """`$` and USD to the micro-dollar, at least cents: `$5.00`, `$0.000012`, `$0.0105`.
+    A budget of a few cents is spent in millionths of a dollar, and `$0.00 … used up`
+    would hide that."""
+    whole, _, cents = f"{usd:.6f}".rstrip("0").partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
 def open_routes_file(
     path: str,
     router: Router | None = None,
