@@ -259,6 +259,9 @@ def test_metrics_need_the_admin_secret_and_count_requests(proxy: Proxy) -> None:
     assert 'apipod_requests_total{model="gemini-3-pro-high",status="200"}' in text
     assert 'apipod_auth_failures_total{reason="unknown"}' in text
     assert 'apipod_tokens_total{kind="prompt",model="gemini-3-pro-high"}' in text
+    # Refused without forwarding: counted by the proxy's own code; the database answered.
+    assert 'apipod_refusals_total{code="invalid_api_key"}' in text
+    assert "apipod_database_up 1.0" in text
     for name in (
         "apipod_request_duration_seconds_bucket",
         "apipod_upstream_ttfb_seconds_count",
