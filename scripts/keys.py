@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Manage API keys: create, list, update, rotate, revoke, activate, usage, requests.
+"""Manage API keys: create, list, update, rotate, revoke, activate, usage, requests,
+backup, restore.
 See `--help`.
 
 python scripts/keys.py create --name alice [--tier T] [--expires-in 30d] [--rpm N]
@@ -11,6 +12,7 @@ python scripts/keys.py rotate ID [--json]
 python scripts/keys.py revoke ID | activate ID
 python scripts/keys.py usage [--since 24h] [--json]
 python scripts/keys.py requests [--key ID] [--since 24h] [--limit N] [--json]
+python scripts/keys.py backup FILE [--force] | restore FILE [--force]
 """
 
 import sys

@@ -1,5 +1,5 @@
 """The operator's command line: `apipod-keys {create,list,update,rotate,revoke,activate,
-usage,requests,migrate-to}` (also `python scripts/keys.py ...`).
+usage,requests,migrate-to,backup,restore}` (also `python scripts/keys.py ...`).
 
 It opens the proxy's database (DATABASE_URL's PostgreSQL, else DATABASE_PATH, resolved
 as config.py says) directly,
@@ -17,6 +17,7 @@ import re
 import sqlite3
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import clock, config, keys
@@ -209,6 +210,27 @@ def migrate_to(store: KeyStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def backup(path: Path, url: str | None, args: argparse.Namespace) -> int:
+    from .storage.backup import backup as write_backup
+
+    counts = write_backup(path, url, args.file, force=args.force)
+    print(f"backed up {describe(path, url)} to {args.file}: {_summary(counts)}")
+    return 0
+
+
+def restore(path: Path, url: str | None, args: argparse.Namespace) -> int:
+    from .storage.backup import restore as read_backup
+
+    counts = read_backup(path, url, args.file, force=args.force)
+    print(f"restored {args.file} into {describe(path, url)}: {_summary(counts)}")
+    print("restart the proxies (or let them notice) so no one serves the old keys from memory")
+    return 0
+
+
+def _summary(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {table}" for table, count in counts.items())
+
+
 def add_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="who the key is for")
     parser.add_argument("--tier", default=keys.DEFAULT_TIER, help="tier (default: %(default)s)")
@@ -279,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the SQLite database (DATABASE_PATH) into an empty PostgreSQL database",
     )
     move.add_argument("url", help="postgresql://user:password@host:5432/database")
+    save = commands.add_parser(
+        "backup",
+        help="copy the database (SQLite online, or PostgreSQL) into one SQLite FILE",
+    )
+    save.add_argument("file", type=Path, help="the backup file to write")
+    save.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    load = commands.add_parser("restore", help="replace the database's contents with a backup FILE")
+    load.add_argument("file", type=Path, help="a file written by `backup`")
+    load.add_argument(
+        "--force", action="store_true", help="even when the database already holds keys"
+    )
     return parser
 
 
@@ -293,6 +326,9 @@ HANDLERS = {
     "requests": requests,
     "migrate-to": migrate_to,
 }
+
+#: Commands that open the database themselves: given DATABASE_PATH and DATABASE_URL.
+FILE_HANDLERS = {"backup": backup, "restore": restore}
 
 
 #: Flags whose value may look like a negative number (`--expires-in -5d`). argparse takes
@@ -323,6 +359,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         # migrate-to always reads the SQLite file, whatever DATABASE_URL says.
         url = None if args.command == "migrate-to" else database_url()
         where = describe(path, url)
+        if args.command in FILE_HANDLERS:
+            return FILE_HANDLERS[args.command](path, url, args)
         store = open_store(path, url) if url else NotingStore(path)
         try:
             return HANDLERS[args.command](store, args)

@@ -6,6 +6,7 @@ test that builds several addons never registers a metric twice.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Container, Iterator
 
@@ -14,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from .errors import CODES
 from .upstream.quota import Cooldowns
 
 #: Distinct model labels kept; clients choose model names, and every label value is a
@@ -24,6 +26,11 @@ MAX_MODEL_LABELS = 100
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: The `code` labels of `apipod_refusals_total`: the proxy's own (errors.CODES), else "other".
+REFUSAL_CODES = frozenset(code.code for code in CODES)
+#: The proxy's own error bodies are small; a larger body is not read for its code.
+MAX_REFUSAL_BODY = 16 * 1024
 
 
 class Metrics:
@@ -65,6 +72,19 @@ class Metrics:
         self.rate_limited = Counter(
             "apipod_rate_limited", "Requests refused by the per-key rate limit.", registry=registry
         )
+        self.refusals = Counter(
+            "apipod_refusals",
+            "Requests the proxy answered with an error of its own without forwarding them, "
+            "by code (insufficient_quota: a budget; upstream_quota_exhausted: every target "
+            "cooling).",
+            ["code"],
+            registry=registry,
+        )
+        self.database_up = Gauge(
+            "apipod_database_up",
+            "1 when the database answered the check made at this scrape, else 0.",
+            registry=registry,
+        )
 
         self._models: set[str] = set()
 
@@ -84,6 +104,17 @@ class Metrics:
             return "other"
         self._models.add(model)
         return model
+
+    def count_refusal(self, body: bytes | None) -> None:
+        """Count one of the proxy's own error answers by the `code` in its JSON `body`."""
+        code = "other"
+        if body and len(body) <= MAX_REFUSAL_BODY:
+            try:
+                error = json.loads(body).get("error")
+                code = error["code"] if error["code"] in REFUSAL_CODES else "other"
+            except (ValueError, AttributeError, KeyError, TypeError):
+                pass
+        self.refusals.labels(code).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,6 +3,7 @@ graceful shutdown and request ids, through real mitmdump processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from tests.support.harness import (
     Proxy,
     bearer,
 )
+from tests.support.services import fresh_database
 from tests.support.standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
@@ -259,6 +261,9 @@ def test_metrics_need_the_admin_secret_and_count_requests(proxy: Proxy) -> None:
     assert 'apipod_requests_total{model="gemini-3-pro-high",status="200"}' in text
     assert 'apipod_auth_failures_total{reason="unknown"}' in text
     assert 'apipod_tokens_total{kind="prompt",model="gemini-3-pro-high"}' in text
+    # Refused without forwarding: counted by the proxy's own code; the database answered.
+    assert 'apipod_refusals_total{code="invalid_api_key"}' in text
+    assert "apipod_database_up 1.0" in text
     for name in (
         "apipod_request_duration_seconds_bucket",
         "apipod_upstream_ttfb_seconds_count",
@@ -267,6 +272,71 @@ def test_metrics_need_the_admin_secret_and_count_requests(proxy: Proxy) -> None:
     ):
         assert name in text
     assert httpx.get(f"{proxy.url}/metrics", headers=ADMIN).status_code == 200
+
+
+# --- backup and restore ----------------------------------------------------------------
+
+
+def test_a_backup_taken_while_serving_restores_keys_that_still_authenticate(
+    proxy: Proxy, upstream: StandIn, make_proxy, backend: str, tmp_path
+) -> None:
+    _, key = proxy.new_key("backed-up")
+    revoked_id, revoked = proxy.new_key("revoked-before-backup")
+    proxy_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_PATH", "DATABASE_URL")}
+
+    def keys_py(*argv: str, settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "keys.py"), *argv],
+            cwd=tmp_path,  # not the checkout: the settings alone name the database
+            env={**proxy_env, **settings},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert keys_py("revoke", str(revoked_id), settings=proxy.database_env()).returncode == 0
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                answer = client.post(
+                    f"{proxy.url}/v1/chat/completions",
+                    headers=bearer(key),
+                    json={"model": "gemini-3-flash", "messages": []},
+                )
+                statuses.append(answer.status_code)
+
+    traffic = threading.Thread(target=serve)
+    traffic.start()
+    try:
+        eventually(lambda: len(statuses) >= 5, within=30)
+        saved = keys_py("backup", "live.db", settings=proxy.database_env())
+        served = len(statuses)
+        eventually(lambda: len(statuses) >= served + 5, within=30)  # still serving
+    finally:
+        stop.set()
+        traffic.join()
+    assert saved.returncode == 0, saved.stderr
+    assert set(statuses) == {200}
+
+    with contextlib.ExitStack() as stack:
+        fresh = {"DATABASE_PATH": str(tmp_path / "fresh" / "proxy.db")}
+        if backend == "postgresql":
+            fresh["DATABASE_URL"] = stack.enter_context(fresh_database())
+        loaded = keys_py("restore", "live.db", settings=fresh)
+        assert loaded.returncode == 0, loaded.stderr
+        restored = make_proxy(upstream.url, **fresh)
+        answer = httpx.post(
+            f"{restored.url}/v1/chat/completions",
+            headers=bearer(key),
+            json={"model": "gemini-3-flash", "messages": []},
+        )
+        assert answer.status_code == 200, answer.text
+        refused = httpx.get(f"{restored.url}/v1/models", headers=bearer(revoked))
+        assert refused.json()["error"]["code"] == "inactive_api_key"
+        restored.stop()
 
 
 # --- request ids and logs --------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import prometheus_client
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from apipod_proxy.metrics import CONTENT_TYPE, Metrics
+from tests.support.gateway import ADMIN_SECRET, make_flow
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -80,3 +84,35 @@ def test_active_streams_goes_up_and_down() -> None:
 
 def test_content_type_is_prometheus_text() -> None:
     assert CONTENT_TYPE.startswith("text/plain")
+
+
+def test_refusals_count_the_proxys_own_codes_and_nothing_else() -> None:
+    metrics = Metrics()
+    metrics.count_refusal(b'{"error": {"code": "insufficient_quota", "message": "spent"}}')
+    metrics.count_refusal(b'{"type": "error", "error": {"code": "insufficient_quota"}}')
+    metrics.count_refusal(b'{"error": {"code": "made-up\\n{x=1}"}}')  # never a label of its own
+    metrics.count_refusal(b"not json")
+    metrics.count_refusal(None)
+    assert sample(metrics, "apipod_refusals_total", code="insufficient_quota") == 2
+    assert sample(metrics, "apipod_refusals_total", code="other") == 3
+
+
+def test_database_up_follows_the_scrapes_check(
+    make_gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = make_gateway()
+    store = gateway.addon.gateway.store
+
+    def scrape() -> str:
+        flow = make_flow("GET", "/metrics", b"", [(b"x-admin-secret", ADMIN_SECRET.encode())])
+        gateway.send(flow)
+        assert flow.response is not None and flow.response.status_code == 200
+        return flow.response.get_text()
+
+    assert "apipod_database_up 1.0" in scrape().splitlines()
+
+    def down() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "ping", down)
+    assert "apipod_database_up 0.0" in scrape().splitlines()

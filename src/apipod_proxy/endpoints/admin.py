@@ -192,5 +192,13 @@ def usage(context: Context, request: http.Request, caller: Caller) -> http.Respo
 
 
 def metrics_page(context: Context, request: http.Request, caller: Caller) -> http.Response:
-    body = context.metrics.render() if context.metrics else b""
+    if context.metrics is None:
+        return http.Response.make(200, b"", {"content-type": CONTENT_TYPE})
+    try:  # on the database threads; PostgreSQL's ping is bounded (postgres.PING_WAIT)
+        context.store.ping()
+        context.metrics.database_up.set(1)
+    except DB_ERRORS as exc:
+        log.warning("metrics: database error: %s", error_text(exc))
+        context.metrics.database_up.set(0)
+    body = context.metrics.render()
     return http.Response.make(200, body, {"content-type": CONTENT_TYPE})

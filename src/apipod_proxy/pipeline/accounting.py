@@ -154,6 +154,8 @@ class Accounting:
         label = self.metrics.model_label(model, self._known_models(model))
         self.metrics.requests.labels(label, str(status)).inc()
         self.metrics.duration.observe(time.perf_counter() - state.started)
+        if status >= 400 and state.forwarded_at is None and flow.response is not None:
+            self.metrics.count_refusal(flow.response.raw_content)  # the proxy's own answer
         # The budget hold is settled to the cost below (0 for a failure) in any case.
         release = self._release_hold(state)
         added: SpendRows = {}

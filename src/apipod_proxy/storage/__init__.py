@@ -9,6 +9,7 @@
     backend.py           which one holds them (DATABASE_PATH or DATABASE_URL)
     keycache.py          key lookups from memory while the database is unchanged
     copy_to_postgres.py  `keys.py migrate-to`: copying a SQLite database into PostgreSQL
+    backup.py            `keys.py backup` / `restore`: one portable SQLite file, either backend
     requestlog.py        the per-request log, buffered and written with the usage batches
 
 May import: base modules.
