@@ -23,7 +23,7 @@ from apipod_proxy.config import Settings
 from apipod_proxy.flowstate import FlowState, state_of
 from apipod_proxy.pipeline.rewrite import Rewrite
 from apipod_proxy.policy.pricing import Price, PriceTable, Tier
-from apipod_proxy.policy.routing import Router
+from apipod_proxy.policy.routing import Router, parse_routes
 from apipod_proxy.storage.records import KeyRecord
 from apipod_proxy.translate import Direction
 from tests.support import stages
@@ -493,3 +493,68 @@ def test_the_upstream_is_asked_its_api_only_for_an_api_call(settings: Settings) 
     stage = stages.rewrite(settings, upstream=Unasked())
     flow = authed(stage, method="GET", path="/v1/batches", body=b"")
     assert flow.response is None and state(flow).direction is None
+
+
+# --- patterns and the default route --------------------------------------------------------
+
+
+class KnownModels:
+    """The upstream's model list as the stage asks it (`known_ids`), counted."""
+
+    def __init__(self, ids: set[str] | None) -> None:
+        self.ids = None if ids is None else frozenset(ids)
+        self.asked = 0
+
+    async def known_ids(self) -> frozenset[str] | None:
+        self.asked += 1
+        return self.ids
+
+
+def patterned(settings: Settings, ids: set[str] | None) -> Rewrite:
+    table = parse_routes(
+        '[patterns]\n"claude-opus-*" = "claude-opus-4-5-thinking"\n'
+        '[default_route]\ntarget = "gemini-3-flash"\n'
+    )
+    return stages.rewrite(settings, router=Router(table), models=KnownModels(ids))
+
+
+def test_a_pattern_routes_an_unlisted_name(settings: Settings) -> None:
+    stage = patterned(settings, {"claude-opus-4-5-thinking", GEMINI})
+    flow = authed(stage, body=chat_body("claude-opus-4-8"))
+    assert flow.response is None
+    assert sent(flow)["model"] == "claude-opus-4-5-thinking"
+    assert state(flow).requested_model == "claude-opus-4-8"
+
+
+def test_the_default_route_takes_another_unlisted_name_and_a_listed_one_passes(
+    settings: Settings,
+) -> None:
+    stage = patterned(settings, {"claude-opus-4-5-thinking", GEMINI, "served"})
+    assert sent(authed(stage, body=chat_body("gpt-5")))["model"] == GEMINI
+    assert sent(authed(stage, body=chat_body("served")))["model"] == "served"
+
+
+def test_without_the_upstreams_list_a_name_passes_as_asked(settings: Settings) -> None:
+    stage = patterned(settings, None)
+    assert sent(authed(stage, body=chat_body("claude-opus-4-8")))["model"] == "claude-opus-4-8"
+
+
+def test_a_table_without_patterns_never_asks_for_the_list(settings: Settings) -> None:
+    models = KnownModels({GEMINI})
+    stage = stages.rewrite(settings, router=Router(parse_routes("")), models=models)
+    authed(stage, body=chat_body("claude-opus-4-8"))
+    assert models.asked == 0
+
+
+def test_the_allow_list_is_of_the_asked_name_or_its_pattern(settings: Settings) -> None:
+    stage = patterned(settings, {"claude-opus-4-5-thinking", GEMINI})
+    # A tier allowed the routed model only: the asked name is not on its list.
+    stage.plans.apply(PriceTable(tiers={"trial": Tier(models=(GEMINI,))}))
+    trial = replace(ALICE, tier="trial")
+    refused = authed(stage, body=chat_body("gpt-5"), user=trial)
+    assert refused.response is not None and refused.response.status_code == 403
+    assert error_of(refused.response)["code"] == "model_not_allowed"
+    # A tier allowed the pattern: what it matches is allowed.
+    stage.plans.apply(PriceTable(tiers={"trial": Tier(models=("claude-opus-*",))}))
+    flow = authed(stage, body=chat_body("claude-opus-4-8"), user=trial)
+    assert flow.response is None and sent(flow)["model"] == "claude-opus-4-5-thinking"

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apipod_proxy.policy.routing import DEFAULT_TABLE
+from apipod_proxy.policy.routing import DEFAULT_TABLE, Alias, RouteTable
 from apipod_proxy.upstream import probe as upstream_module
 from apipod_proxy.upstream.probe import UNKNOWN_FALLBACK, Upstream
 from apipod_proxy.upstream.quota import Cooldowns
@@ -146,7 +146,8 @@ class FakeModels:
 def test_the_model_check_warns_once_per_unlisted_target() -> None:
     found = make(both, "both")
     with captured_log() as log:
-        asyncio.run(found.check_models(DEFAULT_TABLE, FakeModels({"gemini-3-flash"})))  # type: ignore[arg-type]
+        served = FakeModels({"gemini-3-flash", "claude-opus-4-5-thinking"})
+        asyncio.run(found.check_models(DEFAULT_TABLE, served))  # type: ignore[arg-type]
     assert found.unlisted == ["claude-sonnet-4-5"]
     warnings = [w for w in log.warnings() if "not listed" in w]
     assert len(warnings) == 1 and "claude-sonnet-4-5" in warnings[0]
@@ -155,12 +156,25 @@ def test_the_model_check_warns_once_per_unlisted_target() -> None:
     assert found.unlisted == ["claude-sonnet-4-5"]
 
 
+def test_the_model_check_counts_the_targets_of_patterns_and_the_default_route() -> None:
+    found = make(both, "both")
+    table = RouteTable(
+        aliases={"mix": Alias.from_weights({"a": 1, "b": 1})},
+        patterns={"claude-opus-*": "opus-x", "claude-haiku-*": "mix"},
+        default_route="fallback-y",
+    )
+    asyncio.run(found.check_models(table, FakeModels({"a", "b"})))  # type: ignore[arg-type]
+    # An alias a pattern names counts by its own targets, not as a model.
+    assert found.unlisted == ["opus-x", "fallback-y"]
+
+
 def test_health_before_and_after_the_startup_checks() -> None:
     found = make(anthropic_only)
     before: dict[str, Any] = found.health()
     assert before["upstream_api"] == "unknown" and before["upstream_checks"] == "pending"
     assert before["unlisted_models"] is None
-    asyncio.run(found.startup(DEFAULT_TABLE, FakeModels({"claude-sonnet-4-5", "gemini-3-flash"})))  # type: ignore[arg-type]
+    served = FakeModels({"claude-sonnet-4-5", "gemini-3-flash", "claude-opus-4-5-thinking"})
+    asyncio.run(found.startup(DEFAULT_TABLE, served))  # type: ignore[arg-type]
     after = found.health()
     assert (after["upstream_api"], after["upstream_checks"]) == ("anthropic", "done")
     assert after["unlisted_models"] == [] and after["cooldowns"] == []

@@ -6,8 +6,9 @@
     body          decoded and parsed strictly; a model that cannot be read as one id, a
                   body that is not JSON, a chat body with neither `messages` nor `input`,
                   or one too large decoded: 400/413
-    model         the key's allow-list (403), the route (aliases, around models out of
-                  quota: 429 when every target is), a budgeted key's price (403) and the
+    model         the route (aliases, around models out of quota: 429 when every
+                  target is; patterns and the default route for names the upstream's
+                  list lacks), the key's allow-list (403), a budgeted key's price (403) and the
                   estimate its budget hold is for
     translation   into the upstream's API when it does not speak the client's (translate/,
                   ClientApi.translation); else an OpenAI stream is asked for its usage
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from ..policy.pricing import Plans
     from ..policy.routing import Router
     from ..translate import Direction
+    from ..upstream.models import ModelList
     from ..upstream.probe import Upstream
     from ..upstream.quota import Cooldowns
 
@@ -68,6 +70,8 @@ class Rewrite:
     cooldowns: Cooldowns
     #: Which API the upstream speaks (UPSTREAM_API, or what its probe found).
     upstream: Upstream
+    #: The upstream's model list, for patterns and the default route (None: unknown).
+    models: ModelList | None = None
 
     async def prepare(self, flow: http.HTTPFlow, state: FlowState) -> http.Response | None:
         """Make the request ready to forward, or the refusal."""
@@ -115,7 +119,7 @@ class Rewrite:
         changed = not _forwardable_as_is(request)
         if isinstance(model := body.get("model"), str):
             state.requested_model = model
-            if (refusal := self._route(flow, state, body, model)) is not None:
+            if (refusal := await self._route(flow, state, body, model)) is not None:
                 return refusal
             if state.routed_model != model:
                 body["model"] = state.routed_model
@@ -135,21 +139,28 @@ class Rewrite:
         _set_body(request, content)
         return None
 
-    def _route(
+    async def _route(
         self, flow: http.HTTPFlow, state: FlowState, body: dict[str, Any], model: str
     ) -> http.Response | None:
         """Check `model` against the key's allow-list, route it (`state.routed_model`)
         and price it for a budgeted key; the refusal, or None."""
         user = state.user
-        if user is not None and (refusal := budgets.model_refusal(user, model, self.plans)):
+        table = self.router.table
+        listed = None
+        if self.models is not None and table.needs_listing():
+            listed = await self.models.known_ids()  # cached; bounded when it fetches
+        match = table.match(model, listed)
+        if user is not None and (
+            refusal := budgets.model_refusal(user, model, self.plans, via=match.via)
+        ):
             return state.api.refuse(refusal)
         conversation = None
-        if self.router.is_sticky(model) and user is not None:
+        if match.alias is not None and match.alias.sticky and user is not None:
             session = flow.request.headers.get(SESSION_HEADER)
             conversation = conversation_key(user.id, session, body)
         try:
-            state.routed_model = self.router.route(
-                model, conversation, avoid=self.cooldowns.active()
+            state.routed_model = self.router.route_match(
+                match, conversation, avoid=self.cooldowns.active()
             )
         except AllTargetsCooling as cooling:
             until = self.cooldowns.earliest_reset(cooling.targets)

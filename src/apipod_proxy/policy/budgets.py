@@ -40,6 +40,7 @@ from ..errors import Refusal
 from ..storage.records import KEY_FIELDS, KeyRecord, SpendRows, period_start
 from ..translate import DEFAULT_MAX_TOKENS
 from .pricing import DEFAULT_PERIOD, PER_TOKENS, PERIODS, Plans, Price, money
+from .routing import DEFAULT_ROUTE
 
 #: Largest budget accepted, in USD (enough for any plan, small enough to print).
 MAX_BUDGET = 1e9
@@ -189,10 +190,16 @@ def _merge(into: SpendRows, rows: SpendRows) -> None:
 # --- the checks before forwarding ----------------------------------------------------
 
 
-def model_refusal(record: KeyRecord, model: str, plans: Plans) -> Refusal | None:
-    """403 `model_not_allowed` unless `model` (as the client sent it) is on the list."""
+def model_refusal(
+    record: KeyRecord, model: str, plans: Plans, via: str | None = None
+) -> Refusal | None:
+    """403 `model_not_allowed` unless `model` (as the client sent it) is on the list, or
+    the routing pattern that matched it (`via`, as written in [patterns]) is: a pattern
+    counts as itself, like an alias. The default route allows nothing by itself."""
     allowed = models_of(record, plans)
     if allowed is None or model in allowed:
+        return None
+    if via is not None and via != DEFAULT_ROUTE and via in allowed:
         return None
     listed = ", ".join(allowed) if allowed else "none"
     return Refusal(

@@ -1,7 +1,21 @@
 """Model routing: which upstream model serves a requested model name.
 
 The routing table has aliases, which spread requests over targets by weight, and
-renames, which map one name to another. Every other model passes through unchanged.
+renames, which map one name to another: exact names, matched first. For the names
+clients send on their own (Claude Code's `claude-opus-4-8`, its small background
+model), patterns map a `*` glob to a target, and an optional default route takes every
+other name: both only for names the upstream's `/v1/models` does not list. The order:
+
+    1. an alias or a rename, by its exact name;
+    2. a name the upstream lists: as asked;
+    3. the first pattern, in file order, that matches the whole name;
+    4. the default route (`[default_route]`), when set;
+    5. as asked.
+
+Steps 3 and 4 need the upstream's list: while it was never had, they are skipped (a
+name is never routed by a guess about what the upstream serves). A pattern's or the
+default's target may name an alias (routed by its weights, sticky or not) or a rename;
+it is not matched against the patterns again.
 
 An alias may be sticky: all requests of one conversation then go to the same target.
 The choice is a hash of the conversation mapped onto the weights, so nothing is stored
@@ -11,12 +25,14 @@ per conversation and, across many conversations, the split still follows the wei
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import itertools
 import json
 import logging
 import os
 import random
+import re
 import time
 import tomllib
 from collections.abc import Collection, Mapping, Sequence
@@ -95,29 +111,105 @@ class Alias:
 
 
 @dataclass(frozen=True, slots=True)
+class Match:
+    """What the table does with a requested name: `target` is a model, or the alias
+    `alias` is drawn from; `via` is the pattern that matched, DEFAULT_ROUTE, or None."""
+
+    target: str
+    alias: Alias | None = None
+    via: str | None = None
+
+
+#: `Match.via` of a name the default route took.
+DEFAULT_ROUTE = "default_route"
+
+
+@functools.lru_cache(maxsize=1024)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`*` matches any run of characters (none too); every other character itself."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
 class RouteTable:
     aliases: dict[str, Alias] = field(default_factory=dict)
     renames: dict[str, str] = field(default_factory=dict)
+    #: Glob -> target, in file order (the first match wins).
+    patterns: dict[str, str] = field(default_factory=dict)
+    default_route: str | None = None
 
     def names(self) -> list[str]:
-        """Model names the proxy itself accepts, for `GET /v1/models`."""
+        """Model names the proxy itself accepts, for `GET /v1/models` (patterns and the
+        default route name no model: they are not listed)."""
         return [*self.aliases, *self.renames]
+
+    def needs_listing(self) -> bool:
+        """Whether routing may depend on the upstream's model list (patterns, default)."""
+        return bool(self.patterns) or self.default_route is not None
+
+    def pattern_for(self, model: str) -> str | None:
+        """The first pattern, in file order, matching all of `model`."""
+        for pattern in self.patterns:
+            if glob_regex(pattern).fullmatch(model):
+                return pattern
+        return None
+
+    def match(self, model: str, listed: Collection[str] | None = None) -> Match:
+        """Where `model` goes (see the module's order); `listed`: the upstream's model
+        ids, None while unknown (patterns and the default route are then skipped)."""
+        exact = self._exact(model)
+        if exact is not None or listed is None or model in listed:
+            return exact or Match(model)
+        if (pattern := self.pattern_for(model)) is not None:
+            target = self.patterns[pattern]
+            via = pattern
+        elif self.default_route is not None:
+            target, via = self.default_route, DEFAULT_ROUTE
+        else:
+            return Match(model)
+        found = self._exact(target) or Match(target)
+        return Match(found.target, found.alias, via)
+
+    def _exact(self, model: str) -> Match | None:
+        if (renamed := self.renames.get(model)) is not None:
+            return Match(renamed)
+        if (alias := self.aliases.get(model)) is not None:
+            return Match(model, alias)
+        return None
 
     def targets(self) -> list[str]:
         """Every upstream model the table routes to, each once, in table order."""
         found = [t for alias in self.aliases.values() for t in alias.targets]
-        return list(dict.fromkeys([*found, *self.renames.values()]))
+        found += self.renames.values()
+        later = [*self.patterns.values()]
+        if self.default_route is not None:
+            later.append(self.default_route)
+        for target in later:  # an alias or a rename named here is counted above
+            if target not in self.aliases:
+                found.append(self.renames.get(target, target))
+        return list(dict.fromkeys(found))
 
     def unlisted_targets(self, served: Collection[str]) -> list[str]:
         """Targets the upstream's `/v1/models` does not list (renamed or retired models)."""
         return [target for target in self.targets() if target not in served]
 
 
-#: The seed rule, used without ROUTES_FILE: Cursor's alias, 20 % Claude, 80 % Gemini.
+#: Claude Code's own model names (`claude-opus-4-8`, its small `claude-haiku-...`
+#: background model) onto models Antigravity serves. Only names the upstream does not
+#: list are matched, so a served `claude-sonnet-4-5-thinking` is never rewritten.
+CLAUDE_CODE_PATTERNS = {
+    "claude-opus-*": "claude-opus-4-5-thinking",
+    "claude-sonnet-*": "claude-sonnet-4-5",
+    "claude-haiku-*": "gemini-3-flash",
+}
+
+#: The built-in table, used without ROUTES_FILE: Cursor's alias (20 % Claude, 80 %
+#: Gemini) and Claude Code's default names; no default route.
 DEFAULT_TABLE = RouteTable(
     aliases={
         "cursor-pro-sonnet": Alias.from_weights({"claude-sonnet-4-5": 20, "gemini-3-flash": 80})
-    }
+    },
+    patterns=dict(CLAUDE_CODE_PATTERNS),
 )
 
 
@@ -140,7 +232,16 @@ def routes_from(document: dict[str, Any]) -> RouteTable:
     # forwarding.py; RoutesFile hands them the document too.
     only(
         document,
-        ("aliases", "renames", "prices", "default_price", "tiers", "forward"),
+        (
+            "aliases",
+            "renames",
+            "patterns",
+            "default_route",
+            "prices",
+            "default_price",
+            "tiers",
+            "forward",
+        ),
         "the top level",
     )
     aliases: dict[str, Alias] = {}
@@ -165,7 +266,28 @@ def routes_from(document: dict[str, Any]) -> RouteTable:
         if name in aliases:
             raise RoutesError(f"{name!r} is both an alias and a rename")
         renames[name] = target
-    return RouteTable(aliases, renames)
+    patterns: dict[str, str] = {}
+    for pattern, target in table_of(document, "patterns").items():
+        if "*" not in pattern:
+            raise RoutesError(
+                f"[patterns] {pattern!r} has no '*'; put one exact name under [renames]"
+            )
+        if not isinstance(target, str) or not target or "*" in target:
+            raise RoutesError(
+                f"[patterns] {pattern!r} must map to a model or alias name (without '*')"
+            )
+        patterns[pattern] = target
+    default_route = None
+    if "default_route" in document:
+        spec = table_of(document, "default_route")
+        only(spec, ("target",), "[default_route]")
+        target = spec.get("target")
+        if not isinstance(target, str) or not target or "*" in target:
+            raise RoutesError(
+                "[default_route] needs target = \"model or alias\" (a name without '*')"
+            )
+        default_route = target
+    return RouteTable(aliases, renames, patterns, default_route)
 
 
 def table_of(document: dict[str, Any], name: str) -> dict[str, Any]:
@@ -189,26 +311,35 @@ class Router:
         self.table = table  # replaced whole on reload, never mutated
         self._random = (rng or random.Random()).random
 
-    def is_sticky(self, model: str) -> bool:
-        alias = self.table.aliases.get(model)
+    def is_sticky(self, model: str, listed: Collection[str] | None = None) -> bool:
+        alias = self.table.match(model, listed).alias
         return alias is not None and alias.sticky
 
     def route(
-        self, model: str, conversation: str | None = None, avoid: Collection[str] = ()
+        self,
+        model: str,
+        conversation: str | None = None,
+        avoid: Collection[str] = (),
+        listed: Collection[str] | None = None,
     ) -> str:
-        """The target for `model`; `conversation` (a sticky alias's key) fixes the draw.
+        """The target for `model`; `conversation` (a sticky alias's key) fixes the draw;
+        `listed`: the upstream's model ids (None while unknown), for patterns and the
+        default route.
 
         An alias never picks a target in `avoid` (models cooling down): a draw that lands
         on one is re-drawn over the remaining targets by their weights, so conversations
         pinned elsewhere stay put. AllTargetsCooling when none remain. Renames and plain
         model names are never avoided: the upstream decides about those.
         """
-        table = self.table
-        if (renamed := table.renames.get(model)) is not None:
-            return renamed
-        alias = table.aliases.get(model)
+        return self.route_match(self.table.match(model, listed), conversation, avoid)
+
+    def route_match(
+        self, match: Match, conversation: str | None = None, avoid: Collection[str] = ()
+    ) -> str:
+        """`route` for a `RouteTable.match` already made."""
+        alias = match.alias
         if alias is None:
-            return model
+            return match.target
         draw = stable_draw(conversation) if alias.sticky and conversation else self._random()
         target = alias.pick(draw)
         if avoid and target in avoid:

@@ -100,6 +100,12 @@ class ModelList:
         self._keep(models)
         return models
 
+    async def known_ids(self) -> frozenset[str] | None:
+        """The ids of `upstream_models` (for patterns and the default route), None while
+        the upstream never gave a list. Bounded and never raises, like it."""
+        await self.upstream_models()
+        return self.ids if self._good is not None else None
+
     async def served_ids(self) -> set[str] | None:
         """The model ids the upstream lists now (for the drift check), None when it cannot
         be had within FETCH_TIMEOUT. A success refreshes the cache; a failure is not
