@@ -329,6 +329,49 @@ def test_claude_code_through_the_proxy_and_the_real_package(
     assert all(row["prompt_tokens"] == 25 for row in rows if row["status"] == 200), rows
 
 
+@pytest.fixture(scope="module")
+def first_run_proxy(
+    antigravity_session: Antigravity, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
+    """The proxy as a newcomer starts it: no ROUTES_FILE, the built-in routing table."""
+    running = start_proxy(
+        tmp_path_factory.mktemp("first-run-proxy"), antigravity_session.url, UPSTREAM_API="auto"
+    )
+    yield running
+    running.stop()
+
+
+def test_claude_code_with_no_model_setting_completes_a_turn_over_the_real_package(
+    first_run_proxy: Proxy, antigravity: Antigravity, claude_code: Path, tmp_path: Path
+) -> None:
+    """`ANTHROPIC_BASE_URL=… ANTHROPIC_API_KEY=… claude -p …` and nothing else: Claude
+    Code sends its own default names (`claude-opus-4-8`, a `claude-haiku-…` background
+    model), which the package does not list and refuses; the built-in patterns route them
+    to models it serves."""
+    home = tmp_path / "home"
+    home.mkdir()
+    key_id, key = first_run_proxy.new_key("claude-code-defaults")
+    env = claude_code_env(home, first_run_proxy.url, key, None)
+    done = subprocess.run(
+        [str(claude_code), "-p", "Say hello"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{first_run_proxy.log()[-3000:]}"
+    assert TEXT in done.stdout
+    rows = logged(first_run_proxy, key_id)
+    asked = {row["model"]: row["routed_model"] for row in rows}
+    assert any(m.startswith("claude-opus-") for m in asked), asked  # Claude Code's default
+    listing = httpx.get(f"{first_run_proxy.url}/v1/models", headers=bearer(key)).json()["data"]
+    served = {model["id"] for model in listing}  # the package's list, and the aliases
+    assert not any(m in served for m in asked if m.startswith("claude-opus-")), asked
+    assert all(routed in served for routed in asked.values()), asked
+    assert all(row["status"] == 200 for row in rows), rows
+
+
 # --- issue 16: the upstream's own pages are not a customer's ---------------------------------
 
 

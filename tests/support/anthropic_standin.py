@@ -91,6 +91,10 @@ TOP_LEVEL = {
     "tool_choice",
     "thinking",
     "service_tier",
+    # Messages API fields (beta) Claude Code sends with Opus names; antigravity-claude-
+    # proxy ignores them, as it ignores every field it does not read (server.js).
+    "context_management",
+    "output_config",
 }
 BLOCK_TYPES = {"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 #: The Messages API takes at most this many blocks (system, messages and tools) with
@@ -533,6 +537,10 @@ def validate(body: Any) -> None:
     if temperature is not None and not 0 <= temperature <= 1:
         raise Invalid("temperature: Input should be less than or equal to 1")
     thinking = body.get("thinking")
+    # `adaptive` (Claude Code's, for Opus names) has no budget; the real package then
+    # thinks without one (request-converter.js), and `disabled` is no thinking.
+    if isinstance(thinking, dict) and thinking.get("type") in ("adaptive", "disabled"):
+        thinking = None
     if thinking is not None:
         budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
         if thinking.get("type") != "enabled" or not isinstance(budget, int) or budget < 1024:

@@ -179,18 +179,20 @@ def start_antigravity(workdir: Path, fake: GoogleFake, package: Path | None = No
     return running
 
 
-def claude_code_env(home: Path, base_url: str, key: str, model: str) -> dict[str, str]:
-    """The environment `claude -p` runs in against `base_url` (no telemetry, no update)."""
-    return {
+def claude_code_env(home: Path, base_url: str, key: str, model: str | None) -> dict[str, str]:
+    """The environment `claude -p` runs in against `base_url` (no telemetry, no update).
+    `model` None: no model variable at all, so Claude Code sends its own default names."""
+    env = {
         "PATH": os.environ["PATH"],
         "HOME": str(home),
         "ANTHROPIC_BASE_URL": base_url,
         "ANTHROPIC_API_KEY": key,
-        "ANTHROPIC_MODEL": model,
-        "ANTHROPIC_SMALL_FAST_MODEL": model,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1",
     }
+    if model is not None:
+        env |= {"ANTHROPIC_MODEL": model, "ANTHROPIC_SMALL_FAST_MODEL": model}
+    return env
 
 
 #: The line conftest points every skip for a missing npm at.
