@@ -241,3 +241,21 @@ def test_a_reload_replaces_the_patterns_and_the_default(tmp_path: Path) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9))
     assert not routes.reload_if_changed()
     assert router.route("gpt-5", listed=LISTED) == "claude-sonnet-4-5"
+
+
+def test_the_routing_pages_toml_examples_parse_and_route_claude_codes_names() -> None:
+    """docs/routing.md's "Routing table" examples are valid tables, and its patterns
+    example routes what Claude Code sends as the page says."""
+    from tests.support.harness import doc_section, fenced_blocks
+
+    blocks = fenced_blocks(doc_section("docs/routing.md", "Routing table"), "toml")
+    tables = [parse_routes(block) for block in blocks]
+    [example] = [table for table in tables if table.patterns]
+    listed = {"claude-sonnet-4-5", "claude-sonnet-4-5-thinking", "gemini-3-flash"}
+    assert example.match("claude-opus-4-8", listed).target == "claude-opus-4-5-thinking"
+    assert example.match("claude-haiku-4-5-20251001", listed).target == "gemini-3-flash"
+    assert example.match("claude-sonnet-4-5-thinking", listed).target == (
+        "claude-sonnet-4-5-thinking"
+    )
+    assert example.match("mystery-model", listed).target == "gemini-3-flash"  # default route
+    assert example.match("claude-opus-4-8", None).target == "claude-opus-4-8"  # no list yet
