@@ -44,7 +44,26 @@ for i in $(seq 1 "$replicas"); do
   PORT=$((port + i)) setsid "$python" -m apipod_proxy.serve &
   pids+=($!)
 done
-setsid haproxy -W -db -f "$config" &
+# 200 from URL within 60 s, else a line saying what did not come up, and exit 1.
+healthy() {
+  for _ in $(seq 1 240); do
+    "$python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+      "$1" 2>/dev/null && return 0
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { echo "replicas.sh: $2 exited; see its lines above" >&2; exit 1; }
+    done
+    sleep 0.25
+  done
+  echo "replicas.sh: $2 did not answer $1 within 60 s" >&2
+  exit 1
+}
+# HAProxy starts once every replica answers, so its health checks never see one down
+# (no ALERT/DOWN lines at start); after that a DOWN line is news.
+for i in $(seq 1 "$replicas"); do
+  healthy "http://127.0.0.1:$((port + i))/health" "replica $i"
+done
+setsid haproxy -W -db -q -f "$config" &
 pids+=($!)
-echo "replicas.sh: HAProxy on :$port in front of $replicas replicas on :$((port + 1))-:$((port + replicas))" >&2
+healthy "http://127.0.0.1:$port/health" "HAProxy"
+echo "replicas.sh: ready: http://127.0.0.1:$port (HAProxy) in front of $replicas replicas on :$((port + 1))-:$((port + replicas)); Ctrl-C stops them" >&2
 wait -n "${pids[@]}"

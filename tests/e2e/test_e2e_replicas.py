@@ -272,3 +272,53 @@ def test_a_budget_is_shared_spend_stops_at_it_give_or_take_the_requests_in_fligh
     while cluster.usage_total(key_id) != total and time.monotonic() < deadline:
         time.sleep(0.3)
     assert cluster.usage_total(key_id) == total
+
+
+# --- make replicas: one ready line, and quiet ----------------------------------------------
+
+
+def test_make_replicas_prints_one_ready_line_and_no_haproxy_alerts(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """`scripts/replicas.sh 2` (what `make replicas N=2` runs): HAProxy starts once both
+    replicas answer, so none of its checks sees one down; one line says it is ready."""
+    if shutil.which("haproxy") is None:
+        if in_ci():
+            pytest.fail("HAProxy is required under CI=true (make test installs it)")
+        pytest.skip("HAProxy is not installed")
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "ANTIGRAVITY_URL": standin.url,
+        "ANTIGRAVITY_KEY": "upstream-key",
+        "ADMIN_SECRET": ADMIN_SECRET,
+        "DATABASE_PATH": str(tmp_path / "proxy.db"),
+    }
+    env.pop("DATABASE_URL", None), env.pop("REDIS_URL", None)
+    log = tmp_path / "replicas.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["bash", str(root / "scripts" / "replicas.sh"), "2"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "replicas.sh: ready:" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        time.sleep(2.5)  # one more round of HAProxy's checks (inter 2s)
+        text = log.read_text()
+        assert text.count("replicas.sh: ready:") == 1, text
+        assert "ALERT" not in text and " is DOWN" not in text, text
+        assert text.count("apipod ready") == 2, text  # each replica's own ready line
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
