@@ -306,23 +306,28 @@ def test_a_budget_is_charged_from_streamed_usage(
 # --- Claude Code -----------------------------------------------------------------------------
 
 
-def test_claude_code_through_the_proxy_and_the_real_package(
-    real_proxy: Proxy, antigravity: Antigravity, claude_code: Path, tmp_path: Path
-) -> None:
-    home = tmp_path / "home"
+def claude_turn(claude_code: Path, proxy: Proxy, key: str, model: str | None, where: Path) -> None:
+    """`claude -p "Say hello"` through `proxy` (`model` None: no model variable); it
+    must answer with the fake backend's text."""
+    home = where / "home"
     home.mkdir()
-    key_id, key = real_proxy.new_key("claude-code")
-    env = claude_code_env(home, real_proxy.url, key, CLAUDE)
     done = subprocess.run(
         [str(claude_code), "-p", "Say hello"],
         capture_output=True,
         text=True,
         timeout=180,
-        env=env,
-        cwd=tmp_path,
+        env=claude_code_env(home, proxy.url, key, model),
+        cwd=where,
     )
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{real_proxy.log()[-3000:]}"
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{proxy.log()[-3000:]}"
     assert TEXT in done.stdout
+
+
+def test_claude_code_through_the_proxy_and_the_real_package(
+    real_proxy: Proxy, antigravity: Antigravity, claude_code: Path, tmp_path: Path
+) -> None:
+    key_id, key = real_proxy.new_key("claude-code")
+    claude_turn(claude_code, real_proxy, key, CLAUDE, tmp_path)
     # Claude Code streams: its answers reached Google and were counted.
     assert any(a.stream for a in antigravity.fake.answered)
     rows = logged(real_proxy, key_id)
@@ -346,22 +351,10 @@ def test_claude_code_with_no_model_setting_completes_a_turn_over_the_real_packag
 ) -> None:
     """`ANTHROPIC_BASE_URL=… ANTHROPIC_API_KEY=… claude -p …` and nothing else: Claude
     Code sends its own default names (`claude-opus-4-8`, a `claude-haiku-…` background
-    model), which the package does not list and refuses; the built-in patterns route them
-    to models it serves."""
-    home = tmp_path / "home"
-    home.mkdir()
+    model), which the package does not list (reported refused by the real service; the
+    fake backend answers any name); the built-in patterns route them to models it lists."""
     key_id, key = first_run_proxy.new_key("claude-code-defaults")
-    env = claude_code_env(home, first_run_proxy.url, key, None)
-    done = subprocess.run(
-        [str(claude_code), "-p", "Say hello"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{first_run_proxy.log()[-3000:]}"
-    assert TEXT in done.stdout
+    claude_turn(claude_code, first_run_proxy, key, None, tmp_path)
     rows = logged(first_run_proxy, key_id)
     asked = {row["model"]: row["routed_model"] for row in rows}
     assert any(m.startswith("claude-opus-") for m in asked), asked  # Claude Code's default

@@ -51,6 +51,17 @@ def anthropic_error(message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
 
 
+#: An Anthropic answer "Hello" (give it a `usage`).
+HELLO = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": GEMINI,
+    "content": [{"type": "text", "text": "Hello"}],
+    "stop_reason": "end_turn",
+}
+
+
 @pytest.fixture
 def over_claude(make_gateway: Callable[..., Gateway]) -> Gateway:
     return make_gateway(upstream_api="anthropic")
@@ -58,16 +69,8 @@ def over_claude(make_gateway: Callable[..., Gateway]) -> Gateway:
 
 def test_the_answer_is_translated_back(over_claude: Gateway) -> None:
     flow = send(over_claude)
-    message = {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": GEMINI,
-        "content": [{"type": "text", "text": "Hello"}],
-        "stop_reason": "end_turn",
-        "usage": {"input_tokens": 5, "cache_read_input_tokens": 3, "output_tokens": 2},
-    }
-    response = answer(over_claude, flow, 200, message)
+    usage = {"input_tokens": 5, "cache_read_input_tokens": 3, "output_tokens": 2}
+    response = answer(over_claude, flow, 200, {**HELLO, "usage": usage})
     payload = json.loads(response.content or b"")
     assert payload["choices"][0]["message"]["content"] == "Hello"
     assert payload["usage"]["prompt_tokens"] == 8
@@ -112,15 +115,7 @@ def test_health_shows_the_upstream_and_the_cooldowns(over_claude: Gateway) -> No
 
 def test_the_access_line_shows_the_clients_path_then_the_upstreams(over_claude: Gateway) -> None:
     """(Forwarded in the API it came in, the line has one path: test_accounting.py.)"""
-    message = {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": GEMINI,
-        "content": [{"type": "text", "text": "Hello"}],
-        "stop_reason": "end_turn",
-        "usage": {"input_tokens": 5, "output_tokens": 2},
-    }
+    message = {**HELLO, "usage": {"input_tokens": 5, "output_tokens": 2}}
     answer(over_claude, send(over_claude), 200, message)
     [line] = [line for line in over_claude.lines() if " key=" in line]
     assert line.startswith("POST /v1/chat/completions → /v1/messages 200 "), line
