@@ -11,7 +11,10 @@ with usage, images, a two-turn tool conversation streamed and not, and quota ans
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -19,9 +22,10 @@ import httpx
 import openai
 import pytest
 
-from tests.support.anthropic_standin import AnthropicStandIn
-from tests.support.harness import UPSTREAM_KEY, Proxy, start_proxy
+from tests.support.anthropic_standin import MODELS, AnthropicStandIn
+from tests.support.harness import UPSTREAM_KEY, Proxy, start_proxy, wait_for
 from tests.support.harness import WEATHER_TOOL as WEATHER
+from tests.support.real_upstream import claude_code_env
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -230,3 +234,37 @@ def test_an_upstream_error_quoting_a_lone_surrogate_is_answered_in_json(
     [error] = [answer.json()] if not stream else data_lines(answer.text)
     assert answer.status_code == (200 if stream else 400), answer.text
     assert error == {"type": "error", "error": {"type": "invalid_request_error", "message": echoed}}
+
+
+# --- Claude Code as a newcomer runs it: no model flag, no model variable -----------------
+
+
+def test_claude_code_with_its_own_default_model_names_completes_a_turn(
+    claude_proxy: Proxy, claude_upstream: AnthropicStandIn, claude_code: Path, tmp_path: Path
+) -> None:
+    """`ANTHROPIC_BASE_URL=… ANTHROPIC_API_KEY=… claude`: Claude Code sends names such as
+    `claude-opus-4-8` and a `claude-haiku-…` background model, which the upstream does
+    not list; the built-in patterns route them to models it does."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = claude_code_env(home, claude_proxy.url, claude_proxy.create_key("cc-default"), None)
+    env["ANTHROPIC_CUSTOM_HEADERS"] = "x-standin-mode: text"  # text, although tools are sent
+    done = subprocess.run(
+        [str(claude_code), "-p", "Say hello"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{claude_proxy.log()[-3000:]}"
+    assert "Hello from claude-opus-4-5-thinking." in done.stdout
+    sent = [
+        r.json()["model"] for r in claude_upstream.received if r.path.startswith("/v1/messages")
+    ]
+    assert sent and set(sent) <= set(MODELS), sent  # nothing the upstream does not serve
+    # The access lines show what Claude Code asked for and where it went.
+    lines = r"model=(claude-[\w.-]+)->([\w.-]+)"  # written once each answer has ended
+    asked = wait_for(lambda: re.findall(lines, claude_proxy.log()))
+    assert any(a.startswith("claude-opus-") and a not in MODELS for a, _ in asked), asked
+    assert all(routed in MODELS for _, routed in asked), asked

@@ -568,8 +568,15 @@ def validate(body: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise Invalid("messages: at least one message is required")
     pending: set[str] = set()  # tool_use ids the next user turn must answer
+    previous: str | None = None  # the role of the last user or assistant message
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
+        if role == "system" and i > 0 and isinstance(message.get("content"), str | list):
+            # Claude Code 2.1 (with its default Opus name) sends one after the first user
+            # message; the real package takes it as a user turn (content-converter.js).
+            # First in the list it is what a translation that leaked an OpenAI system
+            # message would send, and is refused below.
+            continue
         if role not in ("user", "assistant"):
             raise Invalid(
                 f"messages.{i}.role: Input should be 'user' or 'assistant'"
@@ -577,8 +584,9 @@ def validate(body: Any) -> None:
             )
         if i == 0 and role != "user":
             raise Invalid("messages: first message must use the user role")
-        if i and messages[i - 1]["role"] == role:
+        if previous == role:
             raise Invalid("messages: roles must alternate between user and assistant")
+        previous = role
         content = message.get("content")
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
         if not isinstance(blocks, list) or not blocks:
