@@ -535,3 +535,21 @@ def test_the_upstream_console_is_served_to_anyone_and_recorded(claude: Anthropic
         ("GET", "/account-limits"),
         ("GET", "/"),
     ]
+
+
+def test_the_anthropic_standin_takes_what_claude_code_sends_for_its_opus_default() -> None:
+    """What Claude Code 2.1 sends with no model setting, which the real package accepts:
+    a system message after the first turn, adaptive thinking, context_management and
+    output_config (a system message first is still refused: see above)."""
+    from tests.support.anthropic_standin import validate
+
+    validate(
+        {
+            "model": "claude-opus-4-5-thinking",
+            "max_tokens": 32000,
+            "messages": [*HI, {"role": "system", "content": "a reminder"}],
+            "thinking": {"type": "adaptive"},
+            "context_management": {"edits": []},
+            "output_config": {"effort": "high"},
+        }
+    )
