@@ -42,7 +42,8 @@ from aiohttp import web
 
 from tests.support.standin_base import ThreadedServer
 
-MODELS = ["claude-sonnet-4-5", "gemini-3-flash", "gemini-3-pro-high"]
+#: As antigravity-claude-proxy lists them (the built-in patterns' targets among them).
+MODELS = ["claude-sonnet-4-5", "claude-opus-4-5-thinking", "gemini-3-flash", "gemini-3-pro-high"]
 
 
 def completion(model: str, created: int) -> dict[str, Any]:

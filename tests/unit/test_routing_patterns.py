@@ -259,3 +259,19 @@ def test_the_routing_pages_toml_examples_parse_and_route_claude_codes_names() ->
     )
     assert example.match("mystery-model", listed).target == "gemini-3-flash"  # default route
     assert example.match("claude-opus-4-8", None).target == "claude-opus-4-8"  # no list yet
+
+
+def test_only_a_name_a_pattern_or_the_default_would_take_waits_for_the_list() -> None:
+    """A request for an alias, a rename or a name no pattern matches is routed without
+    the upstream's model list, so it never waits for that list to be fetched."""
+    table = parse_routes(
+        '[aliases.a]\ntargets = { "m" = 1 }\n[renames]\n"r" = "m"\n[patterns]\n"claude-*" = "m"\n'
+    )
+    assert [table.needs_listing(n) for n in ("a", "r", "gemini-3-flash", "claude-opus-4-8")] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+    with_default = parse_routes('[default_route]\ntarget = "m"\n')
+    assert with_default.needs_listing("anything") and not DEFAULT_TABLE.needs_listing("gpt-4o")

@@ -147,7 +147,7 @@ class Rewrite:
         user = state.user
         table = self.router.table
         listed = None
-        if self.models is not None and table.needs_listing():
+        if self.models is not None and table.needs_listing(model):
             listed = await self.models.known_ids()  # cached; bounded when it fetches
         match = table.match(model, listed)
         if user is not None and (

@@ -143,9 +143,13 @@ class RouteTable:
         default route name no model: they are not listed)."""
         return [*self.aliases, *self.renames]
 
-    def needs_listing(self) -> bool:
-        """Whether routing may depend on the upstream's model list (patterns, default)."""
-        return bool(self.patterns) or self.default_route is not None
+    def needs_listing(self, model: str) -> bool:
+        """Whether routing `model` depends on the upstream's model list: it has no exact
+        route, and a pattern or the default route would take it if unlisted. Other
+        requests never wait for the list."""
+        if self._exact(model) is not None:
+            return False
+        return self.default_route is not None or self.pattern_for(model) is not None
 
     def pattern_for(self, model: str) -> str | None:
         """The first pattern, in file order, matching all of `model`."""
