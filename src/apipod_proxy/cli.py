@@ -168,7 +168,7 @@ def rotate(store: KeyStore, args: argparse.Namespace) -> int:
 def requests(store: KeyStore, args: argparse.Namespace) -> int:
     since = clock.since(args.since, "--since")
     limit = parse_limit(args.limit, "--limit")
-    names = {row["id"]: row["name"] for row in key_objects(store)}
+    names = {row["id"]: row["name"] for row in store.list_keys()}
     rows = [
         {**{c: row[c] for c in REQUEST_FIELDS[:3]}, "name": names.get(row["key_id"]), **row}
         for row in store.requests(args.key, since, limit)
