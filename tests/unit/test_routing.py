@@ -365,14 +365,14 @@ def test_router_does_not_chain_a_rename_into_an_alias() -> None:
     [(STICKY, True), ("loose", False), ("gpt-4o", False), ("unknown", False), ("", False)],
 )
 def test_is_sticky(model: str, sticky: bool) -> None:
-    assert sticky_router().is_sticky(model) is sticky
+    assert sticky_router().table.match(model).sticky is sticky
 
 
 def test_is_sticky_follows_a_replaced_table() -> None:
     router = sticky_router()
-    assert router.is_sticky(STICKY)
+    assert router.table.match(STICKY).sticky
     router.table = RouteTable()
-    assert not router.is_sticky(STICKY)
+    assert not router.table.match(STICKY).sticky
 
 
 def test_sticky_alias_with_a_conversation_uses_no_random_draw() -> None:

@@ -102,7 +102,7 @@ def test_the_default_route_takes_any_other_unlisted_name(router: Router) -> None
     assert match.via == DEFAULT_ROUTE and match.alias is router.table.aliases["pinned"]
     # A sticky alias as the default: the conversation fixes the draw.
     assert len({route(router, "gpt-5") for _ in range(20)}) == 1
-    assert router.is_sticky("gpt-5", LISTED) and not router.is_sticky("gpt-5")
+    assert router.table.match("gpt-5", LISTED).sticky and not router.table.match("gpt-5").sticky
 
 
 def test_without_the_upstreams_list_patterns_and_the_default_are_skipped(

@@ -155,7 +155,7 @@ class Rewrite:
         ):
             return state.api.refuse(refusal)
         conversation = None
-        if match.alias is not None and match.alias.sticky and user is not None:
+        if match.sticky and user is not None:
             session = flow.request.headers.get(SESSION_HEADER)
             conversation = conversation_key(user.id, session, body)
         try:

@@ -119,6 +119,11 @@ class Match:
     alias: Alias | None = None
     via: str | None = None
 
+    @property
+    def sticky(self) -> bool:
+        """Drawn from a sticky alias: a conversation keeps its target."""
+        return self.alias is not None and self.alias.sticky
+
 
 #: `Match.via` of a name the default route took.
 DEFAULT_ROUTE = "default_route"
@@ -314,10 +319,6 @@ class Router:
     def __init__(self, table: RouteTable = DEFAULT_TABLE, rng: random.Random | None = None) -> None:
         self.table = table  # replaced whole on reload, never mutated
         self._random = (rng or random.Random()).random
-
-    def is_sticky(self, model: str, listed: Collection[str] | None = None) -> bool:
-        alias = self.table.match(model, listed).alias
-        return alias is not None and alias.sticky
 
     def route(
         self,
