@@ -281,7 +281,7 @@ def routes_from(document: dict[str, Any]) -> RouteTable:
             raise RoutesError(
                 f"[patterns] {pattern!r} has no '*'; put one exact name under [renames]"
             )
-        if not isinstance(target, str) or not target or "*" in target:
+        if not _is_name(target):
             raise RoutesError(
                 f"[patterns] {pattern!r} must map to a model or alias name (without '*')"
             )
@@ -291,12 +291,17 @@ def routes_from(document: dict[str, Any]) -> RouteTable:
         spec = table_of(document, "default_route")
         only(spec, ("target",), "[default_route]")
         target = spec.get("target")
-        if not isinstance(target, str) or not target or "*" in target:
+        if not _is_name(target):
             raise RoutesError(
                 "[default_route] needs target = \"model or alias\" (a name without '*')"
             )
         default_route = target
     return RouteTable(aliases, renames, patterns, default_route)
+
+
+def _is_name(target: object) -> bool:
+    """A pattern's or the default route's target: one model or alias name, no glob."""
+    return isinstance(target, str) and bool(target) and "*" not in target
 
 
 def table_of(document: dict[str, Any], name: str) -> dict[str, Any]:
