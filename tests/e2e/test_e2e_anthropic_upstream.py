@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import pytest
 from tests.support.anthropic_standin import MODELS, AnthropicStandIn
 from tests.support.harness import UPSTREAM_KEY, Proxy, start_proxy, wait_for
 from tests.support.harness import WEATHER_TOOL as WEATHER
-from tests.support.real_upstream import claude_code_env
+from tests.support.real_upstream import claude_code_env, claude_says
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -249,16 +248,8 @@ def test_claude_code_with_its_own_default_model_names_completes_a_turn(
     home.mkdir()
     env = claude_code_env(home, claude_proxy.url, claude_proxy.create_key("cc-default"), None)
     env["ANTHROPIC_CUSTOM_HEADERS"] = "x-standin-mode: text"  # text, although tools are sent
-    done = subprocess.run(
-        [str(claude_code), "-p", "Say hello"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{claude_proxy.log()[-3000:]}"
-    assert "Hello from claude-opus-4-5-thinking." in done.stdout
+    said = claude_says(claude_code, env, tmp_path, claude_proxy)
+    assert "Hello from claude-opus-4-5-thinking." in said
     sent = [
         r.json()["model"] for r in claude_upstream.received if r.path.startswith("/v1/messages")
     ]

@@ -11,7 +11,6 @@ tokens, issue 17's headline.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from tests.support.harness import (
     start_proxy,
     wait_for,
 )
-from tests.support.real_upstream import ACCOUNT_EMAIL, Antigravity, claude_code_env
+from tests.support.real_upstream import ACCOUNT_EMAIL, Antigravity, claude_code_env, claude_says
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
 CLAUDE = "claude-sonnet-4-5"
@@ -311,16 +310,8 @@ def claude_turn(claude_code: Path, proxy: Proxy, key: str, model: str | None, wh
     must answer with the fake backend's text."""
     home = where / "home"
     home.mkdir()
-    done = subprocess.run(
-        [str(claude_code), "-p", "Say hello"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=claude_code_env(home, proxy.url, key, model),
-        cwd=where,
-    )
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{proxy.log()[-3000:]}"
-    assert TEXT in done.stdout
+    env = claude_code_env(home, proxy.url, key, model)
+    assert TEXT in claude_says(claude_code, env, where, proxy)
 
 
 def test_claude_code_through_the_proxy_and_the_real_package(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from tests.support.anthropic_standin import AnthropicStandIn
 from tests.support.harness import ADMIN_SECRET, Proxy
 from tests.support.harness import WEATHER_TOOL as WEATHER
 from tests.support.openai_standin import OpenAIStandIn
-from tests.support.real_upstream import claude_code_env
+from tests.support.real_upstream import claude_code_env, claude_says
 from tests.support.standin import StandIn
 
 ADMIN = {"x-admin-secret": ADMIN_SECRET}
@@ -306,16 +305,7 @@ def test_claude_code_works_over_an_openai_only_upstream(
     env = claude_code_env(home, proxy.url, proxy.create_key("claude-code"), "claude-sonnet-4-5")
     # The stand-in answers text although Claude Code sends its tools.
     env["ANTHROPIC_CUSTOM_HEADERS"] = "x-standin-mode: text"
-    done = subprocess.run(
-        [str(claude_code), "-p", "Say hello"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{proxy.log()[-3000:]}"
-    assert "Hello from claude-sonnet-4-5." in done.stdout
+    assert "Hello from claude-sonnet-4-5." in claude_says(claude_code, env, tmp_path, proxy)
     chats = [r for r in gpt_upstream.received if r.path == "/v1/chat/completions"]
     assert chats, "Claude Code's request never reached the upstream"
     sent = chats[-1].json()

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from tests.support.google_fake import GoogleFake
-from tests.support.harness import UPSTREAM_KEY, free_port, stop_process, wait_ready
+from tests.support.harness import UPSTREAM_KEY, Proxy, free_port, stop_process, wait_ready
 from tests.support.services import in_ci
 
 ANTIGRAVITY_VERSION = "2.0.4"
@@ -193,6 +193,21 @@ def claude_code_env(home: Path, base_url: str, key: str, model: str | None) -> d
     if model is not None:
         env |= {"ANTHROPIC_MODEL": model, "ANTHROPIC_SMALL_FAST_MODEL": model}
     return env
+
+
+def claude_says(claude_code: Path, env: dict[str, str], cwd: Path, proxy: Proxy) -> str:
+    """What `claude -p "Say hello"` printed, run in `env` from `cwd`; a failed run fails
+    the test with Claude Code's output and the tail of `proxy`'s log."""
+    done = subprocess.run(
+        [str(claude_code), "-p", "Say hello"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=cwd,
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{proxy.log()[-3000:]}"
+    return done.stdout
 
 
 #: The line conftest points every skip for a missing npm at.
